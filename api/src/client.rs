@@ -1,0 +1,289 @@
+//! An async client for the sbx HTTP API and for the agent protocol.
+//!
+//! Both hops are plain HTTP/1.1, so one small hyper-based transport serves
+//! the CLI and tests (TCP to `sbx serve`, with a bearer token) and the
+//! orchestrator's bridge (the agent's Unix socket, no token). Each request
+//! opens its own connection: on loopback and Unix sockets that costs tens of
+//! microseconds, and it keeps the client free of pool state.
+
+use crate::CreateSandboxRequest;
+use crate::{ErrorBody, ExecRequest, ExecResult, Sandbox, SandboxList};
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// Everything that can go wrong between a call and its decoded answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid url {0:?}: only http://host:port is supported")]
+    InvalidUrl(String),
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        source: std::io::Error,
+    },
+    #[error("http exchange with {endpoint} failed: {source}")]
+    Http {
+        endpoint: String,
+        source: hyper::Error,
+    },
+    /// The server answered with its error body.
+    #[error("{body} (http {status})")]
+    Api { status: u16, body: ErrorBody },
+    #[error("unexpected response (http {status}): {text}")]
+    Unexpected { status: u16, text: String },
+    #[error("invalid json in response: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+impl ClientError {
+    /// The API's error body, when the server sent one.
+    pub fn api_error(&self) -> Option<&ErrorBody> {
+        match self {
+            ClientError::Api { body, .. } => Some(body),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Endpoint {
+    Tcp { authority: String },
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp { authority } => write!(f, "http://{authority}"),
+            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// A client of `sbx serve` (see [`Client::new`]) or of one sandbox agent
+/// (see [`Client::unix`]).
+#[derive(Debug, Clone)]
+pub struct Client {
+    endpoint: Endpoint,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client of the public API at `url` (`http://127.0.0.1:7070`).
+    pub fn new(url: &str, token: Option<String>) -> Result<Self, ClientError> {
+        let invalid = || ClientError::InvalidUrl(url.to_owned());
+        let rest = url.strip_prefix("http://").ok_or_else(invalid)?;
+        let authority = rest.trim_end_matches('/');
+        if authority.is_empty() || authority.contains('/') {
+            return Err(invalid());
+        }
+        Ok(Self {
+            endpoint: Endpoint::Tcp {
+                authority: authority.to_owned(),
+            },
+            token,
+        })
+    }
+
+    /// A client of an agent listening on the Unix socket at `path`.
+    pub fn unix(path: impl Into<PathBuf>) -> Self {
+        Self {
+            endpoint: Endpoint::Unix(path.into()),
+            token: None,
+        }
+    }
+
+    /// Sends one request and returns the response with its body unread, so
+    /// callers can stream it. `path` includes any query string.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let host = match &self.endpoint {
+            Endpoint::Tcp { authority } => authority.as_str(),
+            Endpoint::Unix(_) => "sandbox-agent",
+        };
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, host);
+        if let Some(token) = &self.token {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if let Some(content_type) = content_type {
+            builder = builder.header(header::CONTENT_TYPE, content_type);
+        }
+        let request = builder
+            .body(Full::new(body))
+            .map_err(|err| ClientError::Unexpected {
+                status: 0,
+                text: format!("cannot build request for {path}: {err}"),
+            })?;
+        let http_error = |source| ClientError::Http {
+            endpoint: self.endpoint.to_string(),
+            source,
+        };
+        let connect_error = |source| ClientError::Connect {
+            endpoint: self.endpoint.to_string(),
+            source,
+        };
+        let mut sender = match &self.endpoint {
+            Endpoint::Tcp { authority } => {
+                let stream = tokio::net::TcpStream::connect(authority.as_str())
+                    .await
+                    .map_err(connect_error)?;
+                stream.set_nodelay(true).map_err(connect_error)?;
+                handshake(TokioIo::new(stream)).await.map_err(http_error)?
+            }
+            Endpoint::Unix(path) => {
+                let stream = tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(connect_error)?;
+                handshake(TokioIo::new(stream)).await.map_err(http_error)?
+            }
+        };
+        sender.send_request(request).await.map_err(http_error)
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let (content_type, bytes) = match body {
+            Some(body) => (
+                Some("application/json"),
+                Bytes::from(serde_json::to_vec(body)?),
+            ),
+            None => (None, Bytes::new()),
+        };
+        let response = self.send(method, path, content_type, bytes).await?;
+        let (status, bytes) = read_success(response, &self.endpoint).await?;
+        if status == StatusCode::NO_CONTENT {
+            return Ok(serde_json::from_slice(b"null")?);
+        }
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// `POST /v1/sandboxes`
+    pub async fn create_sandbox(
+        &self,
+        request: &CreateSandboxRequest,
+    ) -> Result<Sandbox, ClientError> {
+        self.call(Method::POST, "/v1/sandboxes", Some(request))
+            .await
+    }
+
+    /// `GET /v1/sandboxes`
+    pub async fn list_sandboxes(&self) -> Result<Vec<Sandbox>, ClientError> {
+        let list: SandboxList = self.call(Method::GET, "/v1/sandboxes", NO_BODY).await?;
+        Ok(list.sandboxes)
+    }
+
+    /// `GET /v1/sandboxes/{id}`
+    pub async fn get_sandbox(&self, id: &str) -> Result<Sandbox, ClientError> {
+        self.call(Method::GET, &format!("/v1/sandboxes/{id}"), NO_BODY)
+            .await
+    }
+
+    /// `DELETE /v1/sandboxes/{id}`
+    pub async fn delete_sandbox(&self, id: &str) -> Result<(), ClientError> {
+        self.call(Method::DELETE, &format!("/v1/sandboxes/{id}"), NO_BODY)
+            .await
+    }
+
+    /// `POST /v1/sandboxes/{id}/exec`
+    pub async fn exec(&self, id: &str, request: &ExecRequest) -> Result<ExecResult, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/exec"),
+            Some(request),
+        )
+        .await
+    }
+
+    /// The agent's `GET /health`.
+    pub async fn agent_health(&self) -> Result<(), ClientError> {
+        let response = self
+            .send(Method::GET, "/health", None, Bytes::new())
+            .await?;
+        read_success(response, &self.endpoint).await.map(drop)
+    }
+
+    /// The agent's `POST /exec`.
+    pub async fn agent_exec(&self, request: &ExecRequest) -> Result<ExecResult, ClientError> {
+        self.call(Method::POST, "/exec", Some(request)).await
+    }
+}
+
+const NO_BODY: Option<&()> = None;
+
+async fn handshake<IO>(
+    io: TokioIo<IO>,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, hyper::Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+    // The connection task ends by itself when the response body is done or
+    // dropped; its error, if any, surfaces through the request instead.
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// Reads the whole body; a non-2xx status becomes [`ClientError::Api`]
+/// when the body is the API's error body.
+async fn read_success(
+    response: Response<Incoming>,
+    endpoint: &Endpoint,
+) -> Result<(StatusCode, Bytes), ClientError> {
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|source| ClientError::Http {
+            endpoint: endpoint.to_string(),
+            source,
+        })?
+        .to_bytes();
+    if status.is_success() {
+        return Ok((status, bytes));
+    }
+    Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(body) => ClientError::Api {
+            status: status.as_u16(),
+            body,
+        },
+        Err(_) => ClientError::Unexpected {
+            status: status.as_u16(),
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_only_plain_http_urls() {
+        assert!(Client::new("http://127.0.0.1:7070", None).is_ok());
+        assert!(Client::new("http://127.0.0.1:7070/", None).is_ok());
+        assert!(Client::new("https://127.0.0.1:7070", None).is_err());
+        assert!(Client::new("127.0.0.1:7070", None).is_err());
+        assert!(Client::new("http://host/path", None).is_err());
+    }
+}

@@ -1,0 +1,94 @@
+//! The one error body of the HTTP API and the agent protocol.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Stable, machine-readable error codes. Clients branch on these, never on
+/// the message, so a variant is never renamed once released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed or a value is out of range (400).
+    InvalidRequest,
+    /// No or an unknown bearer token (401).
+    Unauthorized,
+    /// The token is valid but may not do this (403).
+    Forbidden,
+    /// The sandbox, image or path does not exist (404).
+    NotFound,
+    /// The route exists but not with this method (405).
+    MethodNotAllowed,
+    /// The resource is in a state that does not allow the call (409).
+    Conflict,
+    /// The body is larger than the server accepts (413).
+    PayloadTooLarge,
+    /// The sandbox's agent or the runtime could not be reached (503).
+    Unavailable,
+    /// A bug or an unexpected failure on the server (500).
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status that goes with this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidRequest => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::Conflict => 409,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = serde_json::to_value(self)
+            .ok()
+            .and_then(|value| value.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        f.write_str(&text)
+    }
+}
+
+/// `{"error_code": "not_found", "message": "sandbox abc not found"}`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error_code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(error_code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            error_code,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.error_code, self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_code_serializes_snake_case() {
+        let body = ErrorBody::new(ErrorCode::NotFound, "sandbox abc not found");
+        let json = serde_json::to_string(&body).expect("serializable");
+        assert_eq!(
+            json,
+            r#"{"error_code":"not_found","message":"sandbox abc not found"}"#
+        );
+        assert_eq!(ErrorCode::PayloadTooLarge.to_string(), "payload_too_large");
+    }
+}

@@ -1,0 +1,30 @@
+//! `sbx-api`: every type that crosses a process boundary in sbx.
+//!
+//! The orchestrator, the in-sandbox agent, the CLI and the tests all depend on
+//! this crate, so the HTTP API, the agent protocol and the client cannot drift
+//! apart: a field renamed here is renamed everywhere at compile time.
+//!
+//! The public API under `/v1/sandboxes/{id}/…` mirrors the agent's own routes,
+//! which is why request and result types such as [`ExecRequest`] are shared by
+//! both hops.
+
+mod error;
+mod exec;
+mod sandbox;
+
+#[cfg(feature = "client")]
+pub mod client;
+
+pub use error::{ErrorBody, ErrorCode};
+pub use exec::{ExecRequest, ExecResult, DEFAULT_OUTPUT_CAP, MAX_TIMEOUT_MS};
+pub use sandbox::{
+    CreateSandboxRequest, Sandbox, SandboxList, SandboxState, DEFAULT_IMAGE, MAX_CPUS,
+    MAX_MEMORY_MB,
+};
+
+/// Path of the agent's Unix socket inside a sandbox.
+pub const AGENT_SOCKET_PATH: &str = "/.sbx/run/agent.sock";
+/// Where the agent binary is bind-mounted inside a sandbox.
+pub const AGENT_BINARY_PATH: &str = "/.sbx/sandbox-agent";
+/// The default working directory of every command run in a sandbox.
+pub const WORKSPACE_DIR: &str = "/workspace";

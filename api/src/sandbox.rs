@@ -1,0 +1,159 @@
+//! Sandbox records and the create request.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The image a sandbox gets when the request names none.
+pub const DEFAULT_IMAGE: &str = "base";
+/// Upper bounds that catch unit mistakes (bytes sent as megabytes).
+pub const MAX_MEMORY_MB: u64 = 1024 * 1024;
+pub const MAX_CPUS: f64 = 1024.0;
+
+/// `POST /v1/sandboxes`. Every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandboxRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Environment every command in the sandbox starts with.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl CreateSandboxRequest {
+    /// Range and shape checks; the message names the offending field.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(image) = &self.image {
+            let valid = !image.is_empty()
+                && image.len() <= 128
+                && image
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                && !image.starts_with('.');
+            if !valid {
+                return Err(format!("image {image:?} is not a valid image name"));
+            }
+        }
+        match self.memory_mb {
+            Some(mb) if !(16..=MAX_MEMORY_MB).contains(&mb) => {
+                return Err(format!(
+                    "memory_mb {mb} is out of range (16..={MAX_MEMORY_MB})"
+                ))
+            }
+            _ => {}
+        }
+        match self.cpus {
+            Some(cpus) if !(cpus.is_finite() && cpus > 0.0 && cpus <= MAX_CPUS) => {
+                return Err(format!("cpus {cpus} is out of range (0..={MAX_CPUS})"))
+            }
+            _ => {}
+        }
+        for (key, value) in &self.env {
+            if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
+                return Err(format!("env var {key:?} is not a valid name=value pair"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a sandbox is in its life. Transitions are owned by the
+/// orchestrator's sandbox manager, which documents them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxState {
+    Creating,
+    Running,
+    Deleting,
+    Failed,
+}
+
+impl SandboxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxState::Creating => "creating",
+            SandboxState::Running => "running",
+            SandboxState::Deleting => "deleting",
+            SandboxState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            SandboxState::Creating,
+            SandboxState::Running,
+            SandboxState::Deleting,
+            SandboxState::Failed,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == text)
+    }
+}
+
+/// A sandbox as the API reports it. The environment is deliberately absent:
+/// it may hold secrets, and listing sandboxes must not leak them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sandbox {
+    pub id: String,
+    pub state: SandboxState,
+    pub image: String,
+    pub created_at: DateTime<Utc>,
+    pub memory_mb: u64,
+    pub cpus: f64,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `GET /v1/sandboxes`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxList {
+    pub sandboxes: Vec<Sandbox>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_request_is_valid() {
+        let parsed: CreateSandboxRequest = serde_json::from_str("{}").expect("empty object parses");
+        assert_eq!(parsed, CreateSandboxRequest::default());
+        assert!(parsed.validate().is_ok());
+    }
+
+    #[test]
+    fn rejects_out_of_range_values_and_bad_image_names() {
+        for bad in [
+            r#"{"memory_mb":0}"#,
+            r#"{"cpus":0}"#,
+            r#"{"cpus":-1.5}"#,
+            r#"{"image":"../etc"}"#,
+            r#"{"image":"a/b"}"#,
+            r#"{"image":""}"#,
+        ] {
+            let parsed: CreateSandboxRequest = serde_json::from_str(bad).expect("well-typed");
+            assert!(parsed.validate().is_err(), "{bad} should be rejected");
+        }
+        let negative: Result<CreateSandboxRequest, _> = serde_json::from_str(r#"{"memory_mb":-5}"#);
+        assert!(negative.is_err(), "negative memory is a type error");
+    }
+
+    #[test]
+    fn state_round_trips_through_text() {
+        for state in [
+            SandboxState::Creating,
+            SandboxState::Running,
+            SandboxState::Failed,
+        ] {
+            assert_eq!(SandboxState::parse(state.as_str()), Some(state));
+        }
+        assert_eq!(SandboxState::parse("bogus"), None);
+    }
+}

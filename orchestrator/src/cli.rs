@@ -1,0 +1,322 @@
+//! The `sbx` command line: `sbx serve`, and the client subcommands that
+//! talk to a running server over HTTP with the `sbx-api` client.
+//!
+//! The client finds its server through `SBX_URL` (default
+//! `http://127.0.0.1:7070`) and its token through `SBX_TOKEN`, falling back
+//! to the admin token in the local data dir, so `sbx create` just works on
+//! the machine that runs `sbx serve`.
+
+use crate::server::{self, ServeConfig, ServeError};
+use clap::{Args, Parser, Subcommand};
+use sbx_api::client::{Client, ClientError};
+use sbx_api::{CreateSandboxRequest, ExecRequest};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const DEFAULT_DATA_DIR: &str = "/var/lib/sbx";
+
+#[derive(Debug, Parser)]
+#[command(name = "sbx", version, about = "Sandboxes for coding agents")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the orchestrator (HTTP API on --listen)
+    Serve(ServeArgs),
+    /// Create a sandbox and print its id
+    Create {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long, default_value = sbx_api::DEFAULT_IMAGE)]
+        image: String,
+        /// Memory limit: 512M, 2G, or a number of MiB
+        #[arg(long, value_parser = parse_memory_mb)]
+        memory: Option<u64>,
+        #[arg(long)]
+        cpus: Option<f64>,
+        /// KEY=VALUE, repeatable
+        #[arg(long = "env", short = 'e', value_parser = parse_key_value)]
+        env: Vec<(String, String)>,
+        /// KEY=VALUE, repeatable
+        #[arg(long = "label", short = 'l', value_parser = parse_key_value)]
+        labels: Vec<(String, String)>,
+    },
+    /// List sandboxes
+    Ls {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Show one sandbox as JSON
+    Inspect {
+        #[command(flatten)]
+        conn: ConnArgs,
+        id: String,
+    },
+    /// Run a command in a sandbox; exits with the command's exit code
+    Exec {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long)]
+        cwd: Option<String>,
+        /// KEY=VALUE, repeatable
+        #[arg(long = "env", short = 'e', value_parser = parse_key_value)]
+        env: Vec<(String, String)>,
+        /// Kill the command after this many milliseconds
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// Run the words as one shell script instead of an argv
+        #[arg(long, short = 's')]
+        shell: bool,
+        id: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Delete sandboxes
+    Rm {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[arg(long, env = "SBX_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    #[arg(long, env = "SBX_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Directory of images (NAME/rootfs); defaults to <data-dir>/images
+    #[arg(long, env = "SBX_IMAGES_DIR")]
+    images_dir: Option<PathBuf>,
+    /// The statically linked sandbox-agent binary
+    #[arg(long, env = "SBX_AGENT_BIN")]
+    agent_bin: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ConnArgs {
+    #[arg(long, env = "SBX_URL", default_value = "http://127.0.0.1:7070")]
+    url: String,
+    #[arg(long, env = "SBX_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("no token: set SBX_TOKEN or pass --token (no readable {0})")]
+    NoToken(String),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+/// `512M`, `512MiB`, `2G`, `2GiB` or a bare number of MiB.
+fn parse_memory_mb(text: &str) -> Result<u64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let digits_end = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(digits_end);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a memory size like 512M or 2G"))?;
+    let factor = match unit {
+        "" | "m" | "mb" | "mi" | "mib" => 1,
+        "g" | "gb" | "gi" | "gib" => 1024,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use M or G)")),
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+impl ConnArgs {
+    fn client(&self) -> Result<Client, CliError> {
+        let token = match &self.token {
+            Some(token) => token.clone(),
+            None => local_admin_token()?,
+        };
+        Ok(Client::new(&self.url, Some(token))?)
+    }
+}
+
+fn local_admin_token() -> Result<String, CliError> {
+    let data_dir = std::env::var_os("SBX_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let path = data_dir.join("admin.token");
+    std::fs::read_to_string(&path)
+        .map(|token| token.trim().to_owned())
+        .map_err(|_| CliError::NoToken(path.display().to_string()))
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SBX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("sbx: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Serve(args) => {
+            server::run(ServeConfig {
+                listen: args.listen,
+                data_dir: args.data_dir,
+                images_dir: args.images_dir,
+                agent_binary: args.agent_bin,
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Create {
+            conn,
+            image,
+            memory,
+            cpus,
+            env,
+            labels,
+        } => {
+            let request = CreateSandboxRequest {
+                image: Some(image),
+                memory_mb: memory,
+                cpus,
+                env: env.into_iter().collect(),
+                labels: labels.into_iter().collect(),
+            };
+            let sandbox = conn.client()?.create_sandbox(&request).await?;
+            println!("{}", sandbox.id);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ls { conn } => {
+            let sandboxes = conn.client()?.list_sandboxes().await?;
+            println!("{:<18} {:<9} {:<12} CREATED", "ID", "STATE", "IMAGE");
+            for sandbox in sandboxes {
+                println!(
+                    "{:<18} {:<9} {:<12} {}",
+                    sandbox.id,
+                    sandbox.state.as_str(),
+                    sandbox.image,
+                    sandbox
+                        .created_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect { conn, id } => {
+            let sandbox = conn.client()?.get_sandbox(&id).await?;
+            let text = serde_json::to_string_pretty(&sandbox).map_err(ClientError::Decode)?;
+            println!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Exec {
+            conn,
+            cwd,
+            env,
+            timeout_ms,
+            shell,
+            id,
+            command,
+        } => {
+            let mut request = if shell {
+                ExecRequest::shell(command.join(" "))
+            } else {
+                ExecRequest::argv(command)
+            };
+            request.cwd = cwd;
+            request.env = env.into_iter().collect::<BTreeMap<_, _>>();
+            request.timeout_ms = timeout_ms;
+            let result = conn.client()?.exec(&id, &request).await?;
+            // A closed stdout (e.g. `| head`) must not turn into an error.
+            let _ = std::io::stdout().write_all(result.stdout.as_bytes());
+            let _ = std::io::stderr().write_all(result.stderr.as_bytes());
+            if result.timed_out {
+                eprintln!("sbx: command timed out");
+            }
+            if result.truncated {
+                eprintln!("sbx: output was truncated");
+            }
+            Ok(ExitCode::from(
+                u8::try_from(result.exit_code.clamp(0, 255)).unwrap_or(255),
+            ))
+        }
+        Command::Rm { conn, ids } => {
+            let client = conn.client()?;
+            for id in ids {
+                client.delete_sandbox(&id).await?;
+                println!("{id}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes_parse_to_mib() {
+        assert_eq!(parse_memory_mb("512M"), Ok(512));
+        assert_eq!(parse_memory_mb("512"), Ok(512));
+        assert_eq!(parse_memory_mb("2G"), Ok(2048));
+        assert_eq!(parse_memory_mb("1GiB"), Ok(1024));
+        assert!(parse_memory_mb("12T").is_err());
+        assert!(parse_memory_mb("M").is_err());
+    }
+
+    #[test]
+    fn key_values_need_a_key() {
+        assert_eq!(
+            parse_key_value("A=b=c"),
+            Ok(("A".to_owned(), "b=c".to_owned()))
+        );
+        assert!(parse_key_value("=x").is_err());
+        assert!(parse_key_value("novalue").is_err());
+    }
+
+    #[test]
+    fn exec_takes_the_command_after_the_separator() {
+        let cli = Cli::try_parse_from(["sbx", "exec", "abc", "--", "ls", "-la"]).expect("parses");
+        match cli.command {
+            Command::Exec { id, command, .. } => {
+                assert_eq!(id, "abc");
+                assert_eq!(command, ["ls", "-la"]);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The one place where errors become HTTP responses.
+//!
+//! Every failure a client can see is an [`ApiError`]: a stable
+//! [`ErrorCode`], whose HTTP status is fixed in `sbx-api`, and a message
+//! naming what was involved. Layers below produce their own error enums;
+//! the `From` impls here decide, once, what each of them means to a client.
+
+use crate::sandbox::SandboxError;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use sbx_api::{ErrorBody, ErrorCode};
+
+#[derive(Debug)]
+pub struct ApiError {
+    code: ErrorCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(code = %self.code, message = %self.message, "request failed");
+        }
+        (status, Json(ErrorBody::new(self.code, self.message))).into_response()
+    }
+}
+
+impl From<SandboxError> for ApiError {
+    fn from(err: SandboxError) -> Self {
+        let code = match &err {
+            SandboxError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            SandboxError::NotFound(_) | SandboxError::ImageNotFound(_) => ErrorCode::NotFound,
+            SandboxError::WrongState { .. } => ErrorCode::Conflict,
+            SandboxError::AgentUnavailable { .. } => ErrorCode::Unavailable,
+            SandboxError::Runtime { .. } | SandboxError::Store(_) | SandboxError::Io { .. } => {
+                ErrorCode::Internal
+            }
+        };
+        Self::new(code, err.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let code = match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+            _ => ErrorCode::InvalidRequest,
+        };
+        Self::new(code, rejection.body_text().to_lowercase())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::invalid(rejection.body_text().to_lowercase())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::invalid(rejection.body_text().to_lowercase())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_errors_map_to_stable_codes() {
+        let cases = [
+            (
+                SandboxError::NotFound("abc".into()),
+                404,
+                ErrorCode::NotFound,
+            ),
+            (
+                SandboxError::InvalidRequest("bad".into()),
+                400,
+                ErrorCode::InvalidRequest,
+            ),
+            (
+                SandboxError::WrongState {
+                    id: "abc".into(),
+                    state: "creating",
+                },
+                409,
+                ErrorCode::Conflict,
+            ),
+            (
+                SandboxError::AgentUnavailable {
+                    id: "abc".into(),
+                    reason: "gone".into(),
+                },
+                503,
+                ErrorCode::Unavailable,
+            ),
+        ];
+        for (err, status, code) in cases {
+            let api: ApiError = err.into();
+            assert_eq!(api.code, code);
+            assert_eq!(api.into_response().status().as_u16(), status);
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! The sbx orchestrator: `sbx serve` and the `sbx` command-line client.
+//!
+//! Layers, top to bottom (see `shared/DESIGN.md`):
+//! - [`http`]: routes, authentication, the one error-to-status mapping;
+//! - [`sandbox`]: the manager, owner of every lifecycle transition;
+//! - [`bridge`]: forwards sandbox calls to the agent's Unix socket;
+//! - [`runtime`]: the container engine seam (youki embedded);
+//! - [`store`]: SQLite.
+//!
+//! [`cli`] is the `sbx` binary's logic; `main.rs` only calls it.
+
+pub mod bridge;
+pub mod cli;
+pub mod http;
+pub mod runtime;
+pub mod sandbox;
+pub mod server;
+pub mod store;

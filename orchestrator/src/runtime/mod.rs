@@ -1,0 +1,119 @@
+//! The one seam between the orchestrator and a container engine.
+//!
+//! A [`Runtime`] turns a [`ContainerSpec`] into a running container whose
+//! PID 1 is the sandbox agent, and tears it down again. Everything above
+//! this trait (the store, the HTTP API, the agent bridge) is the same for
+//! every engine; everything engine-specific (rootfs layering, cgroups,
+//! namespaces, how a process is killed and reaped) lives below it.
+//!
+//! Implementations:
+//! - [`youki::YoukiRuntime`]: libcontainer embedded in this process, the
+//!   default on Linux as root. No daemon, no shim: a container costs a clone
+//!   and a few mounts.
+
+pub mod youki;
+
+mod loopback;
+mod overlay;
+mod process;
+mod spec;
+mod worker;
+
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("libcontainer failed for sandbox {id}: {source}")]
+    Libcontainer {
+        id: String,
+        source: Box<libcontainer::error::LibcontainerError>,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("invalid container spec for sandbox {id}: {reason}")]
+    Spec { id: String, reason: String },
+    #[error("the runtime worker thread has stopped")]
+    WorkerGone,
+}
+
+impl RuntimeError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| RuntimeError::Io { context, source }
+    }
+}
+
+/// The host-side directory of one sandbox, `<data-dir>/sandboxes/<id>/`.
+/// Owned by the manager; runtimes put their per-sandbox files in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxDir(PathBuf);
+
+impl SandboxDir {
+    pub fn new(path: PathBuf) -> Self {
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Host side of `/.sbx/run`: the agent's socket appears here.
+    pub fn run_dir(&self) -> PathBuf {
+        self.0.join("run")
+    }
+
+    pub fn agent_socket(&self) -> PathBuf {
+        self.run_dir().join("agent.sock")
+    }
+
+    /// The agent's own stdout/stderr, kept for post-mortems.
+    pub fn agent_log(&self) -> PathBuf {
+        self.0.join("agent.log")
+    }
+}
+
+/// Resource limits applied through cgroups.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    /// CPU quota in cores (1.5 = one and a half cores of time per period).
+    pub cpus: f64,
+    pub pids: u64,
+}
+
+/// What a runtime needs to start one sandbox.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub id: String,
+    /// The image's root filesystem, used read-only as the lower layer.
+    pub image_rootfs: PathBuf,
+    pub dir: SandboxDir,
+    /// The static agent binary on the host, mounted read-only.
+    pub agent_binary: PathBuf,
+    /// Environment of the agent process (and so the base of every exec).
+    pub agent_env: BTreeMap<String, String>,
+    pub limits: Limits,
+}
+
+#[async_trait]
+pub trait Runtime: Send + Sync + std::fmt::Debug {
+    /// Short engine name shown in logs and, later, `GET /v1/info`.
+    fn name(&self) -> &'static str;
+
+    /// Creates and starts the container. Returns once the agent process runs;
+    /// the caller waits for the agent's socket to know it is ready.
+    async fn start(&self, spec: &ContainerSpec) -> Result<(), RuntimeError>;
+
+    /// Stops the container (the agent gets SIGTERM and a grace period, then
+    /// everything is killed) and removes all it left on the host. Idempotent:
+    /// removing a sandbox that is half created or already gone succeeds.
+    async fn remove(&self, id: &str, dir: &SandboxDir) -> Result<(), RuntimeError>;
+
+    /// Whether the sandbox's agent process is alive.
+    async fn is_running(&self, id: &str) -> Result<bool, RuntimeError>;
+}

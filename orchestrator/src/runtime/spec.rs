@@ -1,0 +1,269 @@
+//! The OCI runtime spec (`config.json`) of a sandbox.
+//!
+//! Starts from oci-spec's defaults (runc's: pid, net, ipc, uts, mount and
+//! cgroup namespaces, masked and read-only /proc paths, the usual /dev and
+//! /sys mounts) and narrows them: a small capability set, no new privileges,
+//! cgroup limits, and the two bind mounts that connect the agent to the host.
+
+use super::{overlay, ContainerSpec, RuntimeError};
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
+    LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec,
+};
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+/// Docker's default capability set minus `NET_RAW` and `MKNOD`: enough for
+/// root inside to own files, switch users and bind low ports; nothing that
+/// administers the host, the network or devices.
+const CAPABILITIES: [Capability; 12] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fowner,
+    Capability::Fsetid,
+    Capability::Kill,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setpcap,
+    Capability::Setfcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::AuditWrite,
+];
+
+const CPU_PERIOD_US: u64 = 100_000;
+const OPEN_FILES_LIMIT: u64 = 65_536;
+
+/// The sandbox's open-files limit: ours, capped at [`OPEN_FILES_LIMIT`].
+/// Raising a hard limit needs `CAP_SYS_RESOURCE`, which the orchestrator may
+/// itself lack (it does on the CI machines), so never ask for more than the
+/// current hard limit.
+fn open_files_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(_, hard)| hard.min(OPEN_FILES_LIMIT))
+        .unwrap_or(1024)
+}
+
+/// Parent cgroup of every sandbox (`/sbx/<id>` in each v1 hierarchy).
+pub(crate) fn cgroup_path(id: &str) -> PathBuf {
+    PathBuf::from(format!("/sbx/{id}"))
+}
+
+pub(crate) fn build(spec: &ContainerSpec) -> Result<Spec, RuntimeError> {
+    let invalid = |err: oci_spec::OciSpecError| RuntimeError::Spec {
+        id: spec.id.clone(),
+        reason: err.to_string(),
+    };
+    let capabilities: HashSet<Capability> = CAPABILITIES.into_iter().collect();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(capabilities.clone())
+        .effective(capabilities.clone())
+        .permitted(capabilities)
+        .inheritable(HashSet::new())
+        .ambient(HashSet::new())
+        .build()
+        .map_err(invalid)?;
+    let mut env =
+        vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned()];
+    env.extend(
+        spec.agent_env
+            .iter()
+            .map(|(key, value)| format!("{key}={value}")),
+    );
+    let process = ProcessBuilder::default()
+        .args(vec![sbx_api::AGENT_BINARY_PATH.to_owned()])
+        .env(env)
+        .cwd("/")
+        .no_new_privileges(true)
+        .capabilities(capabilities)
+        .rlimits(vec![PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitNofile)
+            .soft(open_files_limit())
+            .hard(open_files_limit())
+            .build()
+            .map_err(invalid)?])
+        .build()
+        .map_err(invalid)?;
+
+    let limits = spec.limits;
+    let memory_bytes = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
+    let resources = LinuxResourcesBuilder::default()
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(memory_bytes)
+                // Equal to the limit: no swap beyond the memory limit.
+                .swap(memory_bytes)
+                .build()
+                .map_err(invalid)?,
+        )
+        .pids(
+            LinuxPidsBuilder::default()
+                .limit(i64::try_from(limits.pids).unwrap_or(i64::MAX))
+                .build()
+                .map_err(invalid)?,
+        )
+        .cpu(
+            LinuxCpuBuilder::default()
+                .quota((limits.cpus * CPU_PERIOD_US as f64).round() as i64)
+                .period(CPU_PERIOD_US)
+                .build()
+                .map_err(invalid)?,
+        )
+        .build()
+        .map_err(invalid)?;
+    let default_linux = oci_spec::runtime::Linux::default();
+    let linux = LinuxBuilder::default()
+        .namespaces(default_linux.namespaces().clone().unwrap_or_default())
+        .masked_paths(default_linux.masked_paths().clone().unwrap_or_default())
+        .readonly_paths(default_linux.readonly_paths().clone().unwrap_or_default())
+        .cgroups_path(cgroup_path(&spec.id))
+        .resources(resources)
+        .build()
+        .map_err(invalid)?;
+
+    let mut mounts = oci_spec::runtime::get_default_mounts();
+    mounts.push(
+        MountBuilder::default()
+            .destination(sbx_api::AGENT_BINARY_PATH)
+            .typ("bind")
+            .source(&spec.agent_binary)
+            .options(vec![
+                "bind".into(),
+                "ro".into(),
+                "nosuid".into(),
+                "nodev".into(),
+            ])
+            .build()
+            .map_err(invalid)?,
+    );
+    mounts.push(
+        MountBuilder::default()
+            .destination("/.sbx/run")
+            .typ("bind")
+            .source(spec.dir.run_dir())
+            .options(vec![
+                "bind".into(),
+                "rw".into(),
+                "nosuid".into(),
+                "nodev".into(),
+                "noexec".into(),
+            ])
+            .build()
+            .map_err(invalid)?,
+    );
+
+    let mut oci = Spec::default();
+    oci.set_hostname(Some(hostname(&spec.id)))
+        .set_root(Some(
+            RootBuilder::default()
+                .path(overlay::rootfs(&spec.dir))
+                .readonly(false)
+                .build()
+                .map_err(invalid)?,
+        ))
+        .set_process(Some(process))
+        .set_mounts(Some(mounts))
+        .set_linux(Some(linux));
+    Ok(oci)
+}
+
+fn hostname(id: &str) -> String {
+    format!("sbx-{}", &id[..id.len().min(12)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{Limits, SandboxDir};
+    use std::collections::BTreeMap;
+
+    fn container_spec() -> ContainerSpec {
+        ContainerSpec {
+            id: "abc123".into(),
+            image_rootfs: "/images/base/rootfs".into(),
+            dir: SandboxDir::new("/data/sandboxes/abc123".into()),
+            agent_binary: "/usr/lib/sbx/sandbox-agent".into(),
+            agent_env: BTreeMap::from([("SBX_ENV_FOO".into(), "bar".into())]),
+            limits: Limits {
+                memory_bytes: 512 << 20,
+                cpus: 1.5,
+                pids: 1024,
+            },
+        }
+    }
+
+    #[test]
+    fn narrows_privileges_and_sets_limits() {
+        let oci = build(&container_spec()).expect("valid spec");
+        let process = oci.process().as_ref().expect("process");
+        assert_eq!(process.no_new_privileges(), Some(true));
+        assert_eq!(
+            process.args().as_ref().expect("args")[0],
+            sbx_api::AGENT_BINARY_PATH
+        );
+        let caps = process.capabilities().as_ref().expect("caps");
+        let bounding = caps.bounding().as_ref().expect("bounding");
+        for forbidden in [
+            Capability::SysAdmin,
+            Capability::NetAdmin,
+            Capability::SysPtrace,
+            Capability::SysModule,
+            Capability::NetRaw,
+        ] {
+            assert!(
+                !bounding.contains(&forbidden),
+                "{forbidden:?} must be dropped"
+            );
+        }
+        assert!(process
+            .env()
+            .as_ref()
+            .expect("env")
+            .contains(&"SBX_ENV_FOO=bar".to_owned()));
+
+        let linux = oci.linux().as_ref().expect("linux");
+        let resources = linux.resources().as_ref().expect("resources");
+        assert_eq!(
+            resources.memory().as_ref().expect("memory").limit(),
+            Some(512 << 20)
+        );
+        assert_eq!(resources.pids().as_ref().expect("pids").limit(), 1024);
+        assert_eq!(
+            resources.cpu().as_ref().expect("cpu").quota(),
+            Some(150_000)
+        );
+        let namespaces: Vec<_> = linux
+            .namespaces()
+            .as_ref()
+            .expect("namespaces")
+            .iter()
+            .map(|ns| ns.typ())
+            .collect();
+        assert!(namespaces.contains(&oci_spec::runtime::LinuxNamespaceType::Network));
+        assert!(namespaces.contains(&oci_spec::runtime::LinuxNamespaceType::Pid));
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(std::path::Path::new("/sbx/abc123"))
+        );
+    }
+
+    #[test]
+    fn mounts_the_agent_read_only_and_the_socket_dir() {
+        let oci = build(&container_spec()).expect("valid spec");
+        let mounts = oci.mounts().as_ref().expect("mounts");
+        let agent = mounts
+            .iter()
+            .find(|m| m.destination() == std::path::Path::new(sbx_api::AGENT_BINARY_PATH))
+            .expect("agent mount");
+        assert!(agent
+            .options()
+            .as_ref()
+            .expect("options")
+            .contains(&"ro".to_owned()));
+        assert!(mounts
+            .iter()
+            .any(|m| m.source().as_deref()
+                == Some(std::path::Path::new("/data/sandboxes/abc123/run"))));
+    }
+}

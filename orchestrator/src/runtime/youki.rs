@@ -1,0 +1,206 @@
+//! The embedded runtime: youki's libcontainer, in this process.
+//!
+//! No daemon and no shim per container: `start` is an overlay mount, a
+//! `config.json`, and libcontainer's clone of the init (our agent), all in a
+//! few milliseconds. libcontainer calls go through [`Worker`] (see its docs
+//! for why). Container state lives in `<state-root>/<id>/` (libcontainer's
+//! own `state.json`), so after an orchestrator restart `Container::load`
+//! finds every container again: they keep running while we are gone.
+
+use super::worker::Worker;
+use super::{loopback, overlay, process, spec, ContainerSpec, Runtime, RuntimeError, SandboxDir};
+use async_trait::async_trait;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::error::LibcontainerError;
+use libcontainer::syscall::syscall::SyscallType;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long the agent gets after SIGTERM to stop its children and exit.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+/// After SIGKILL the kernel needs only to tear the process down.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct YoukiRuntime {
+    state_root: PathBuf,
+    worker: Worker,
+}
+
+impl YoukiRuntime {
+    /// `state_root` holds libcontainer's per-container state; it must be an
+    /// absolute path because libcontainer changes the process's cwd.
+    pub fn new(state_root: PathBuf) -> Result<Self, RuntimeError> {
+        std::fs::create_dir_all(&state_root).map_err(RuntimeError::io(format!(
+            "cannot create {}",
+            state_root.display()
+        )))?;
+        Ok(Self {
+            state_root,
+            worker: Worker::spawn("sbx-libcontainer")?,
+        })
+    }
+
+    fn container_root(&self, id: &str) -> PathBuf {
+        self.state_root.join(id)
+    }
+
+    /// The init pid recorded by libcontainer, if the container exists.
+    fn init_pid(&self, id: &str) -> Option<i32> {
+        let root = self.container_root(id);
+        if !root.exists() {
+            return None;
+        }
+        Container::load(root)
+            .ok()
+            .and_then(|container| container.pid())
+            .map(|pid| pid.as_raw())
+    }
+
+    async fn stop_init(&self, pid: i32) -> Result<(), RuntimeError> {
+        let wait_error = RuntimeError::io(format!("cannot wait for pid {pid}"));
+        if process::is_alive(pid) {
+            process::signal(pid, libc::SIGTERM);
+            if !process::wait_exit(pid, STOP_GRACE)
+                .await
+                .map_err(wait_error)?
+            {
+                // The init is PID 1 of the sandbox's pid namespace: its death
+                // makes the kernel kill everything else inside.
+                process::signal(pid, libc::SIGKILL);
+                let wait_error = RuntimeError::io(format!("cannot wait for pid {pid}"));
+                process::wait_exit(pid, KILL_WAIT)
+                    .await
+                    .map_err(wait_error)?;
+            }
+        }
+        process::reap(pid);
+        Ok(())
+    }
+}
+
+fn libcontainer_error(id: &str) -> impl FnOnce(LibcontainerError) -> RuntimeError + '_ {
+    move |source| RuntimeError::Libcontainer {
+        id: id.to_owned(),
+        source: Box::new(source),
+    }
+}
+
+/// Runs on the worker thread: clone the init, bring `lo` up in its network
+/// namespace, then let it exec the agent.
+fn create_and_start(
+    id: &str,
+    state_root: &Path,
+    bundle: &Path,
+    log_path: &Path,
+) -> Result<(), RuntimeError> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .map_err(RuntimeError::io(format!(
+            "cannot open {}",
+            log_path.display()
+        )))?;
+    let log_for_stderr = log
+        .try_clone()
+        .map_err(RuntimeError::io("cannot duplicate the agent log fd"))?;
+    let stdin = File::open("/dev/null").map_err(RuntimeError::io("cannot open /dev/null"))?;
+    let mut container = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+        .with_root_path(state_root)
+        .map_err(libcontainer_error(id))?
+        .with_stdin(stdin)
+        .with_stdout(log)
+        .with_stderr(log_for_stderr)
+        .as_init(bundle)
+        .with_systemd(false)
+        .build()
+        .map_err(libcontainer_error(id))?;
+    let pid = container.pid().ok_or_else(|| RuntimeError::Spec {
+        id: id.to_owned(),
+        reason: "libcontainer created no init process".into(),
+    })?;
+    loopback::bring_up_in(pid.as_raw())?;
+    container.start().map_err(libcontainer_error(id))
+}
+
+#[async_trait]
+impl Runtime for YoukiRuntime {
+    fn name(&self) -> &'static str {
+        "youki"
+    }
+
+    async fn start(&self, container: &ContainerSpec) -> Result<(), RuntimeError> {
+        let oci = spec::build(container)?;
+        let dir = container.dir.clone();
+        let image_rootfs = container.image_rootfs.clone();
+        let id = container.id.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            overlay::mount_rootfs(&dir, &image_rootfs)?;
+            let config = dir.path().join("config.json");
+            oci.save(&config).map_err(|err| RuntimeError::Spec {
+                id,
+                reason: format!("cannot write {}: {err}", config.display()),
+            })
+        })
+        .await
+        .map_err(|_| RuntimeError::WorkerGone)?;
+
+        let started = match prepared {
+            Ok(()) => {
+                let id = container.id.clone();
+                let state_root = self.state_root.clone();
+                let bundle = container.dir.path().to_owned();
+                let log = container.dir.agent_log();
+                self.worker
+                    .run(move || create_and_start(&id, &state_root, &bundle, &log))
+                    .await
+                    .and_then(|result| result)
+            }
+            Err(err) => Err(err),
+        };
+        if let Err(err) = started {
+            if let Err(cleanup) = self.remove(&container.id, &container.dir).await {
+                tracing::warn!(id = %container.id, error = %cleanup, "cleanup after a failed start failed");
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str, dir: &SandboxDir) -> Result<(), RuntimeError> {
+        if let Some(pid) = self.init_pid(id) {
+            self.stop_init(pid).await?;
+        }
+        let root = self.container_root(id);
+        if root.exists() {
+            let owned_id = id.to_owned();
+            self.worker
+                .run(move || -> Result<(), RuntimeError> {
+                    let mut container =
+                        Container::load(root.clone()).map_err(libcontainer_error(&owned_id))?;
+                    container
+                        .delete(true)
+                        .map_err(libcontainer_error(&owned_id))?;
+                    // delete() leaves the state dir when it failed half-way.
+                    match std::fs::remove_dir_all(&root) {
+                        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                            Err(RuntimeError::Io {
+                                context: format!("cannot remove {}", root.display()),
+                                source: err,
+                            })
+                        }
+                        _ => Ok(()),
+                    }
+                })
+                .await??;
+        }
+        overlay::unmount_rootfs(dir)
+    }
+
+    async fn is_running(&self, id: &str) -> Result<bool, RuntimeError> {
+        Ok(self.init_pid(id).is_some_and(process::is_alive))
+    }
+}

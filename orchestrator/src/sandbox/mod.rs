@@ -1,0 +1,404 @@
+//! The sandbox manager: the lifecycle of every sandbox, and the only code
+//! that changes a sandbox's state.
+//!
+//! States and the transitions allowed between them:
+//!
+//! ```text
+//!   (create) ──► creating ──► running ──► deleting ──► (gone)
+//!                   │            │            │
+//!                   │            └──► failed ─┤ (delete)
+//!                   └──(start fails: cleaned up, gone)
+//! ```
+//!
+//! - `creating`: the record exists, the container is being started and the
+//!   agent awaited. Delete answers 409 until it settles.
+//! - `running`: the agent answered; exec and files are served.
+//! - `failed`: the agent or container died underneath us (found at
+//!   recovery). Only delete is allowed.
+//! - `deleting`: teardown in progress; a crash here is finished at recovery.
+//!
+//! Every transition is a compare-and-set in the store, so two racing calls
+//! (two deletes, an exec racing a delete) cannot both win.
+
+mod ready;
+
+use crate::runtime::{ContainerSpec, Limits, Runtime, RuntimeError, SandboxDir};
+use crate::store::{SandboxRecord, Store, StoreError};
+use chrono::Utc;
+use sbx_api::client::Client;
+use sbx_api::{CreateSandboxRequest, Sandbox, SandboxState};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("sandbox {0} not found")]
+    NotFound(String),
+    #[error("image {0} not found")]
+    ImageNotFound(String),
+    #[error("sandbox {id} is {state}")]
+    WrongState { id: String, state: &'static str },
+    #[error("agent of sandbox {id} is unavailable: {reason}")]
+    AgentUnavailable { id: String, reason: String },
+    #[error("sandbox {id}: {source}")]
+    Runtime { id: String, source: RuntimeError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+/// Defaults and fixed paths the manager works with.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// `<data-dir>/sandboxes`
+    pub sandboxes_dir: PathBuf,
+    /// Image `NAME` is the rootfs at `<images_dir>/NAME/rootfs`.
+    pub images_dir: PathBuf,
+    pub agent_binary: PathBuf,
+    pub default_memory_mb: u64,
+    pub default_cpus: f64,
+    pub pids_limit: u64,
+    /// How long a new sandbox's agent may take to open its socket.
+    pub ready_timeout: Duration,
+}
+
+impl ManagerConfig {
+    pub fn new(data_dir: &Path, images_dir: PathBuf, agent_binary: PathBuf) -> Self {
+        Self {
+            sandboxes_dir: data_dir.join("sandboxes"),
+            images_dir,
+            agent_binary,
+            default_memory_mb: 512,
+            default_cpus: 1.0,
+            pids_limit: 1024,
+            ready_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Manager {
+    store: Store,
+    runtime: Arc<dyn Runtime>,
+    config: ManagerConfig,
+}
+
+/// Sandbox ids are 16 lowercase hex digits; anything else cannot name a
+/// sandbox, and rejecting it early keeps `/`, `..` and NUL out of paths.
+fn is_valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+fn new_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Environment of the agent process: the sandbox env travels as `SBX_ENV_*`
+/// so the agent can tell it apart from its own settings.
+fn agent_env(env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    env.iter()
+        .map(|(key, value)| (format!("SBX_ENV_{key}"), value.clone()))
+        .collect()
+}
+
+impl Manager {
+    pub fn new(
+        store: Store,
+        runtime: Arc<dyn Runtime>,
+        config: ManagerConfig,
+    ) -> Result<Self, SandboxError> {
+        std::fs::create_dir_all(&config.sandboxes_dir).map_err(|source| SandboxError::Io {
+            context: format!("cannot create {}", config.sandboxes_dir.display()),
+            source,
+        })?;
+        Ok(Self {
+            store,
+            runtime,
+            config,
+        })
+    }
+
+    pub fn runtime_name(&self) -> &'static str {
+        self.runtime.name()
+    }
+
+    fn dir(&self, id: &str) -> SandboxDir {
+        SandboxDir::new(self.config.sandboxes_dir.join(id))
+    }
+
+    fn record(&self, id: &str) -> Result<SandboxRecord, SandboxError> {
+        if !is_valid_id(id) {
+            return Err(SandboxError::NotFound(id.to_owned()));
+        }
+        self.store
+            .get(id)?
+            .ok_or_else(|| SandboxError::NotFound(id.to_owned()))
+    }
+
+    pub fn get(&self, id: &str) -> Result<Sandbox, SandboxError> {
+        Ok(self.record(id)?.sandbox)
+    }
+
+    pub fn list(&self) -> Result<Vec<Sandbox>, SandboxError> {
+        Ok(self
+            .store
+            .list()?
+            .into_iter()
+            .map(|record| record.sandbox)
+            .collect())
+    }
+
+    /// Creates a sandbox and returns it once its agent accepts connections.
+    pub async fn create(&self, request: CreateSandboxRequest) -> Result<Sandbox, SandboxError> {
+        request.validate().map_err(SandboxError::InvalidRequest)?;
+        let image = request
+            .image
+            .unwrap_or_else(|| sbx_api::DEFAULT_IMAGE.to_owned());
+        let image_rootfs = self.config.images_dir.join(&image).join("rootfs");
+        if !image_rootfs.is_dir() {
+            return Err(SandboxError::ImageNotFound(image));
+        }
+        let record = SandboxRecord {
+            sandbox: Sandbox {
+                id: new_id(),
+                state: SandboxState::Creating,
+                image,
+                created_at: Utc::now(),
+                memory_mb: request.memory_mb.unwrap_or(self.config.default_memory_mb),
+                cpus: request.cpus.unwrap_or(self.config.default_cpus),
+                labels: request.labels,
+            },
+            env: request.env,
+        };
+        self.store.insert(&record)?;
+        let id = record.sandbox.id.clone();
+        match self.start(&record, image_rootfs).await {
+            Ok(()) => {
+                self.store.set_state(&id, SandboxState::Running)?;
+                let mut sandbox = record.sandbox;
+                sandbox.state = SandboxState::Running;
+                tracing::info!(%id, image = %sandbox.image, "sandbox running");
+                Ok(sandbox)
+            }
+            Err(err) => {
+                tracing::warn!(%id, error = %err, "sandbox failed to start");
+                if let Err(cleanup) = self.teardown(&id).await {
+                    tracing::error!(%id, error = %cleanup, "cleanup of a failed sandbox failed");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn start(
+        &self,
+        record: &SandboxRecord,
+        image_rootfs: PathBuf,
+    ) -> Result<(), SandboxError> {
+        let id = &record.sandbox.id;
+        let dir = self.dir(id);
+        let run_dir = dir.run_dir();
+        std::fs::create_dir_all(&run_dir).map_err(|source| SandboxError::Io {
+            context: format!("cannot create {}", run_dir.display()),
+            source,
+        })?;
+        let watch =
+            ready::SocketWatch::new(&dir.agent_socket()).map_err(|source| SandboxError::Io {
+                context: format!("cannot watch {}", run_dir.display()),
+                source,
+            })?;
+        let spec = ContainerSpec {
+            id: id.clone(),
+            image_rootfs,
+            dir: dir.clone(),
+            agent_binary: self.config.agent_binary.clone(),
+            agent_env: agent_env(&record.env),
+            limits: Limits {
+                memory_bytes: record.sandbox.memory_mb << 20,
+                cpus: record.sandbox.cpus,
+                pids: self.config.pids_limit,
+            },
+        };
+        self.runtime
+            .start(&spec)
+            .await
+            .map_err(|source| SandboxError::Runtime {
+                id: id.clone(),
+                source,
+            })?;
+        let ready = watch
+            .wait(self.config.ready_timeout)
+            .await
+            .map_err(|source| SandboxError::Io {
+                context: format!("cannot watch {}", run_dir.display()),
+                source,
+            })?;
+        if ready {
+            Ok(())
+        } else {
+            Err(SandboxError::AgentUnavailable {
+                id: id.clone(),
+                reason: format!(
+                    "no socket after {:?}; agent log: {}",
+                    self.config.ready_timeout,
+                    log_tail(&dir.agent_log())
+                ),
+            })
+        }
+    }
+
+    /// Deletes a sandbox: stops the container and removes every trace.
+    pub async fn delete(&self, id: &str) -> Result<(), SandboxError> {
+        let record = self.record(id)?;
+        let allowed = [SandboxState::Running, SandboxState::Failed];
+        if !self
+            .store
+            .transition(id, &allowed, SandboxState::Deleting)?
+        {
+            let state = self.record(id)?.sandbox.state;
+            return Err(SandboxError::WrongState {
+                id: id.to_owned(),
+                state: state.as_str(),
+            });
+        }
+        drop(record);
+        if let Err(err) = self.teardown(id).await {
+            self.store.set_state(id, SandboxState::Failed)?;
+            return Err(err);
+        }
+        tracing::info!(%id, "sandbox deleted");
+        Ok(())
+    }
+
+    /// Removes the container, the sandbox directory and the record.
+    async fn teardown(&self, id: &str) -> Result<(), SandboxError> {
+        let dir = self.dir(id);
+        self.runtime
+            .remove(id, &dir)
+            .await
+            .map_err(|source| SandboxError::Runtime {
+                id: id.to_owned(),
+                source,
+            })?;
+        match std::fs::remove_dir_all(dir.path()) {
+            Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                return Err(SandboxError::Io {
+                    context: format!("cannot remove {}", dir.path().display()),
+                    source,
+                })
+            }
+            _ => {}
+        }
+        self.store.remove(id)?;
+        Ok(())
+    }
+
+    /// A client of a running sandbox's agent.
+    pub fn agent(&self, id: &str) -> Result<Client, SandboxError> {
+        let record = self.record(id)?;
+        if record.sandbox.state != SandboxState::Running {
+            return Err(SandboxError::WrongState {
+                id: id.to_owned(),
+                state: record.sandbox.state.as_str(),
+            });
+        }
+        Ok(Client::unix(self.dir(id).agent_socket()))
+    }
+
+    /// Explains why a call to a sandbox's agent failed: the sandbox may have
+    /// been deleted meanwhile (404), or its agent is really unreachable.
+    pub fn agent_failure(&self, id: &str, reason: String) -> SandboxError {
+        match self.record(id) {
+            Ok(_) => SandboxError::AgentUnavailable {
+                id: id.to_owned(),
+                reason,
+            },
+            Err(err) => err,
+        }
+    }
+
+    /// Reconciles the store with what is really running, after a restart.
+    ///
+    /// Sandboxes whose container and agent survived stay `running`; ones
+    /// that died are marked `failed`; ones caught mid-create or mid-delete
+    /// are torn down; directories the store does not know are removed.
+    pub async fn recover(&self) -> Result<(), SandboxError> {
+        for record in self.store.list()? {
+            let id = record.sandbox.id;
+            match record.sandbox.state {
+                SandboxState::Creating | SandboxState::Deleting => {
+                    tracing::info!(%id, "finishing the teardown of an interrupted sandbox");
+                    self.teardown(&id).await?;
+                }
+                SandboxState::Running => {
+                    let alive = self.runtime.is_running(&id).await.map_err(|source| {
+                        SandboxError::Runtime {
+                            id: id.clone(),
+                            source,
+                        }
+                    })?;
+                    if alive && self.dir(&id).agent_socket().exists() {
+                        tracing::info!(%id, "adopted running sandbox");
+                    } else {
+                        tracing::warn!(%id, "sandbox died while the orchestrator was down");
+                        self.store.set_state(&id, SandboxState::Failed)?;
+                    }
+                }
+                SandboxState::Failed => {}
+            }
+        }
+        let entries =
+            std::fs::read_dir(&self.config.sandboxes_dir).map_err(|source| SandboxError::Io {
+                context: format!("cannot list {}", self.config.sandboxes_dir.display()),
+                source,
+            })?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_valid_id(&name) && self.store.get(&name)?.is_none() {
+                tracing::info!(id = %name, "removing an orphaned sandbox directory");
+                self.teardown(&name).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The last lines of the agent's log, for error messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    if lines.is_empty() {
+        return "(empty)".into();
+    }
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_with_path_characters_are_invalid() {
+        assert!(is_valid_id(&new_id()));
+        for bad in ["", "..", "a/b", "a\0b", "../etc", &"x".repeat(65)] {
+            assert!(!is_valid_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sandbox_env_is_prefixed_for_the_agent() {
+        let env = BTreeMap::from([("FOO".to_owned(), "bar".to_owned())]);
+        assert_eq!(
+            agent_env(&env),
+            BTreeMap::from([("SBX_ENV_FOO".to_owned(), "bar".to_owned())])
+        );
+    }
+}

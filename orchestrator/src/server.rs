@@ -1,0 +1,143 @@
+//! `sbx serve`: assembles the store, the runtime, the manager and the HTTP
+//! API, adopts the sandboxes that survived the last run, and serves.
+//!
+//! Stopping the server (SIGTERM, Ctrl-C) stops the API only: sandboxes keep
+//! running, and the next `sbx serve` on the same data dir adopts them.
+
+use crate::http::{self, AppState};
+use crate::runtime::youki::YoukiRuntime;
+use crate::runtime::{Runtime, RuntimeError};
+use crate::sandbox::{Manager, ManagerConfig, SandboxError};
+use crate::store::{Store, StoreError};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("the sandbox agent binary was not found (looked at {0}); pass --agent-bin or set SBX_AGENT_BIN")]
+    AgentBinaryNotFound(String),
+    #[error("the youki runtime needs root (namespaces, cgroups and mounts)")]
+    NotRoot,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+}
+
+fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
+    let context = context.into();
+    move |source| ServeError::Io { context, source }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Defaults to `<data-dir>/images`.
+    pub images_dir: Option<PathBuf>,
+    /// Defaults to `sandbox-agent` next to the running executable.
+    pub agent_binary: Option<PathBuf>,
+}
+
+/// Where the agent binary is: the explicit path, or beside this executable.
+fn resolve_agent_binary(explicit: Option<PathBuf>) -> Result<PathBuf, ServeError> {
+    let candidates: Vec<PathBuf> = match explicit {
+        Some(path) => vec![path],
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join("sandbox-agent")))
+            .into_iter()
+            .chain([PathBuf::from("/usr/local/lib/sbx/sandbox-agent")])
+            .collect(),
+    };
+    candidates
+        .iter()
+        .find(|path| path.is_file())
+        .map(|path| path.canonicalize().unwrap_or_else(|_| path.clone()))
+        .ok_or_else(|| {
+            let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+            ServeError::AgentBinaryNotFound(looked.join(", "))
+        })
+}
+
+/// Creates the data dir (mode 0700: it holds the token and every sandbox's
+/// files) and returns its absolute path; libcontainer changes the process's
+/// cwd, so no relative path may survive start-up.
+fn prepare_data_dir(path: &Path) -> Result<PathBuf, ServeError> {
+    std::fs::create_dir_all(path).map_err(io_error(format!("cannot create {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_error(format!("cannot chmod {}", path.display())))?;
+    path.canonicalize()
+        .map_err(io_error(format!("cannot resolve {}", path.display())))
+}
+
+pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(ServeError::NotRoot);
+    }
+    let data_dir = prepare_data_dir(&config.data_dir)?;
+    let images_dir = match config.images_dir {
+        Some(dir) => std::path::absolute(&dir)
+            .map_err(io_error(format!("cannot resolve {}", dir.display())))?,
+        None => data_dir.join("images"),
+    };
+    let agent_binary = resolve_agent_binary(config.agent_binary)?;
+    let token_path = data_dir.join("admin.token");
+    let admin_token = http::load_or_create_admin_token(&token_path).map_err(io_error(format!(
+        "cannot read or create {}",
+        token_path.display()
+    )))?;
+
+    let store = Store::open(&data_dir.join("sbx.db"))?;
+    let runtime: Arc<dyn Runtime> = Arc::new(YoukiRuntime::new(data_dir.join("youki"))?);
+    let manager = Manager::new(
+        store,
+        runtime,
+        ManagerConfig::new(&data_dir, images_dir.clone(), agent_binary.clone()),
+    )?;
+    manager.recover().await?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(io_error(format!("cannot listen on {}", config.listen)))?;
+    let local = listener
+        .local_addr()
+        .map_err(io_error("cannot read the listening address"))?;
+    tracing::info!(
+        listen = %local,
+        data_dir = %data_dir.display(),
+        images_dir = %images_dir.display(),
+        agent = %agent_binary.display(),
+        runtime = manager.runtime_name(),
+        "sbx serve ready"
+    );
+    let app = http::router(AppState {
+        manager: Arc::new(manager),
+        admin_token: admin_token.into(),
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(io_error("http server failed"))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down; sandboxes keep running");
+}

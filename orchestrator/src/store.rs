@@ -1,0 +1,274 @@
+//! The orchestrator's durable state: one SQLite file, `<data-dir>/sbx.db`.
+//!
+//! SQLite (bundled, WAL) rather than a directory of JSON files because later
+//! issues add tokens and an audit trail that need queries, and because a
+//! crash mid-write must never leave a half-written record. Every call is a
+//! short statement on one connection behind a mutex: contention is a few
+//! microseconds, far below a sandbox's creation cost, so no pool is needed.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use sbx_api::{Sandbox, SandboxState};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("corrupt record for sandbox {id}: {reason}")]
+    Corrupt { id: String, reason: String },
+}
+
+/// A sandbox as stored: the public record plus what only the orchestrator
+/// needs (the environment, which the API never echoes back).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxRecord {
+    pub sandbox: Sandbox,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sandboxes (
+    id          TEXT PRIMARY KEY,
+    state       TEXT NOT NULL,
+    image       TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    memory_mb   INTEGER NOT NULL,
+    cpus        REAL NOT NULL,
+    labels      TEXT NOT NULL,
+    env         TEXT NOT NULL
+);
+";
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // NORMAL is durable across an orchestrator crash under WAL; only a
+        // power loss can drop the last transactions.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    #[cfg(test)]
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let conn = Connection::open_in_memory()?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent
+        // (statements are atomic), so a poisoned lock is still usable.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn insert(&self, record: &SandboxRecord) -> Result<(), StoreError> {
+        let sandbox = &record.sandbox;
+        self.conn().execute(
+            "INSERT INTO sandboxes (id, state, image, created_at, memory_mb, cpus, labels, env)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                sandbox.id,
+                sandbox.state.as_str(),
+                sandbox.image,
+                sandbox.created_at.to_rfc3339(),
+                sandbox.memory_mb as i64,
+                sandbox.cpus,
+                to_json(&sandbox.labels),
+                to_json(&record.env),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Sets the state; returns false when the sandbox is not stored.
+    pub fn set_state(&self, id: &str, state: SandboxState) -> Result<bool, StoreError> {
+        let changed = self.conn().execute(
+            "UPDATE sandboxes SET state = ?2 WHERE id = ?1",
+            params![id, state.as_str()],
+        )?;
+        Ok(changed > 0)
+    }
+
+    /// Moves the sandbox to `to` only if it is in one of `from`: the
+    /// compare-and-set that serialises racing lifecycle calls.
+    pub fn transition(
+        &self,
+        id: &str,
+        from: &[SandboxState],
+        to: SandboxState,
+    ) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let current: Option<String> = conn
+            .query_row(
+                "SELECT state FROM sandboxes WHERE id = ?1",
+                params![id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let allowed = current
+            .as_deref()
+            .and_then(SandboxState::parse)
+            .is_some_and(|state| from.contains(&state));
+        if allowed {
+            conn.execute(
+                "UPDATE sandboxes SET state = ?2 WHERE id = ?1",
+                params![id, to.as_str()],
+            )?;
+        }
+        Ok(allowed)
+    }
+
+    pub fn remove(&self, id: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM sandboxes WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(
+            "SELECT id, state, image, created_at, memory_mb, cpus, labels, env
+             FROM sandboxes WHERE id = ?1",
+        )?;
+        statement
+            .query_row(params![id], read_row)
+            .optional()?
+            .transpose()
+    }
+
+    pub fn list(&self) -> Result<Vec<SandboxRecord>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(
+            "SELECT id, state, image, created_at, memory_mb, cpus, labels, env
+             FROM sandboxes ORDER BY created_at, id",
+        )?;
+        let rows = statement.query_map([], read_row)?;
+        rows.map(|row| row?).collect()
+    }
+}
+
+fn to_json(map: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(map).expect("a string map always serializes")
+}
+
+fn read_row(row: &Row<'_>) -> rusqlite::Result<Result<SandboxRecord, StoreError>> {
+    let id: String = row.get(0)?;
+    let state: String = row.get(1)?;
+    let created_at: String = row.get(3)?;
+    let labels: String = row.get(6)?;
+    let env: String = row.get(7)?;
+    let memory_mb: i64 = row.get(4)?;
+    let corrupt = |reason: String| StoreError::Corrupt {
+        id: id.clone(),
+        reason,
+    };
+    let decoded = (|| {
+        Ok(SandboxRecord {
+            sandbox: Sandbox {
+                state: SandboxState::parse(&state)
+                    .ok_or_else(|| corrupt(format!("unknown state {state:?}")))?,
+                image: row.get(2).map_err(StoreError::from)?,
+                created_at: DateTime::parse_from_rfc3339(&created_at)
+                    .map_err(|err| corrupt(format!("created_at: {err}")))?
+                    .with_timezone(&Utc),
+                memory_mb: u64::try_from(memory_mb)
+                    .map_err(|_| corrupt(format!("memory_mb {memory_mb}")))?,
+                cpus: row.get(5).map_err(StoreError::from)?,
+                labels: serde_json::from_str(&labels)
+                    .map_err(|err| corrupt(format!("labels: {err}")))?,
+                id: id.clone(),
+            },
+            env: serde_json::from_str(&env).map_err(|err| corrupt(format!("env: {err}")))?,
+        })
+    })();
+    Ok(decoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> SandboxRecord {
+        SandboxRecord {
+            sandbox: Sandbox {
+                id: id.into(),
+                state: SandboxState::Creating,
+                image: "base".into(),
+                created_at: Utc::now(),
+                memory_mb: 512,
+                cpus: 1.0,
+                labels: BTreeMap::from([("team".into(), "infra".into())]),
+            },
+            env: BTreeMap::from([("SECRET".into(), "x".into())]),
+        }
+    }
+
+    #[test]
+    fn insert_get_update_list_remove() {
+        let store = Store::in_memory().expect("open");
+        let mut first = record("aaaa");
+        store.insert(&first).expect("insert");
+        store.insert(&record("bbbb")).expect("insert");
+        assert!(store.insert(&record("aaaa")).is_err(), "ids are unique");
+
+        assert!(store
+            .set_state("aaaa", SandboxState::Running)
+            .expect("update"));
+        assert!(!store
+            .set_state("zzzz", SandboxState::Running)
+            .expect("update"));
+        first.sandbox.state = SandboxState::Running;
+        let loaded = store.get("aaaa").expect("get").expect("present");
+        assert_eq!(loaded.env, first.env);
+        assert_eq!(loaded.sandbox.labels, first.sandbox.labels);
+        assert_eq!(loaded.sandbox.state, SandboxState::Running);
+        assert_eq!(
+            loaded.sandbox.created_at.timestamp_micros(),
+            first.sandbox.created_at.timestamp_micros()
+        );
+
+        assert!(!store
+            .transition("aaaa", &[SandboxState::Creating], SandboxState::Deleting)
+            .expect("transition"));
+        assert!(store
+            .transition("aaaa", &[SandboxState::Running], SandboxState::Deleting)
+            .expect("transition"));
+        assert!(store
+            .set_state("aaaa", SandboxState::Running)
+            .expect("update"));
+
+        assert_eq!(store.list().expect("list").len(), 2);
+        store.remove("aaaa").expect("remove");
+        assert!(store.get("aaaa").expect("get").is_none());
+        assert_eq!(store.list().expect("list").len(), 1);
+    }
+
+    #[test]
+    fn survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sbx.db");
+        Store::open(&path)
+            .expect("open")
+            .insert(&record("cccc"))
+            .expect("insert");
+        let reopened = Store::open(&path).expect("reopen");
+        assert!(reopened.get("cccc").expect("get").is_some());
+    }
+}

@@ -1,0 +1,138 @@
+//! The agent's one error type, and the one place it becomes an HTTP answer.
+//!
+//! Every failure a handler can meet is an [`AgentError`]; its
+//! [`IntoResponse`] impl picks the status and the stable
+//! [`ErrorCode`](sbx_api::ErrorCode), so no handler writes a status code by
+//! hand and every error reaches the client as an [`ErrorBody`] — including
+//! bad JSON, unknown routes and wrong methods, which axum would otherwise
+//! answer in plain text. Start-up failures (socket, signals, runtime) share
+//! the enum so `run` has a single error type too.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use sbx_api::{ErrorBody, ErrorCode};
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The request is malformed or names something unusable; the message
+    /// names the field or path.
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("no route for {method} {path}")]
+    RouteNotFound { method: String, path: String },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    /// SIGTERM arrived: the agent refuses new processes while it stops.
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+    /// fork/exec failed for a reason that is not the program's fault
+    /// (no pids or fds left, out of memory…).
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The process started but its pipes could not join the event loop.
+    #[error("cannot watch the output of pid {pid}: {source}")]
+    Pipe {
+        pid: i32,
+        #[source]
+        source: io::Error,
+    },
+    /// The reaper stopped before reporting this child's exit (a bug).
+    #[error("exit status of pid {pid} was lost")]
+    ExitLost { pid: i32 },
+    #[error("cannot listen on {}: {source}", path.display())]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot install the {signal} handler: {source}")]
+    Signal {
+        signal: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] io::Error),
+    #[error("the http server failed: {0}")]
+    Serve(#[source] io::Error),
+}
+
+impl AgentError {
+    /// The stable code clients branch on.
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            AgentError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            AgentError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
+            AgentError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            AgentError::RouteNotFound { .. } => ErrorCode::NotFound,
+            AgentError::ShuttingDown => ErrorCode::Unavailable,
+            AgentError::Spawn { .. }
+            | AgentError::Pipe { .. }
+            | AgentError::ExitLost { .. }
+            | AgentError::Listen { .. }
+            | AgentError::Signal { .. }
+            | AgentError::Runtime(_)
+            | AgentError::Serve(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The HTTP status, fixed by the code in `sbx-api`.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.error_code().http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        } else {
+            tracing::debug!(error = %self, "request rejected");
+        }
+        let body = ErrorBody::new(self.error_code(), self.to_string());
+        (status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_error_codes() {
+        let invalid = AgentError::InvalidRequest("cwd \"/nope\" does not exist".into());
+        assert_eq!(invalid.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(invalid.error_code(), ErrorCode::InvalidRequest);
+        let missing = AgentError::RouteNotFound {
+            method: "GET".into(),
+            path: "/nope".into(),
+        };
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        assert_eq!(missing.to_string(), "no route for GET /nope");
+        assert_eq!(
+            AgentError::PayloadTooLarge { limit: 1 }.status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(
+            AgentError::ShuttingDown.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let spawn = AgentError::Spawn {
+            program: "x".into(),
+            source: io::Error::from_raw_os_error(libc::EAGAIN),
+        };
+        assert_eq!(spawn.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

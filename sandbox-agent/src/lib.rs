@@ -1,0 +1,79 @@
+//! `sandbox-agent`: PID 1 of every sbx sandbox.
+//!
+//! The orchestrator never enters a sandbox to run something; it asks this
+//! daemon, which already lives inside, over HTTP/1.1 on a Unix socket
+//! (`/.sbx/run/agent.sock`, bind-mounted to the host). So an exec costs one
+//! socket round trip and a fork, and the agent owns every process it starts:
+//! it can time them out, signal their whole process group and reap them.
+//!
+//! Modules, bottom up:
+//! - [`reaper`]: the single `waitpid(-1)` loop (PID 1 must reap orphans)
+//!   that hands exit statuses to their owners;
+//! - [`process`]: spawn a command in its own session, with async pipes and
+//!   an exit watch — the base for exec, streaming and background processes;
+//! - [`exec`]: the buffered `POST /exec` consumer;
+//! - [`server`]: routes, readiness by atomic socket rename, shutdown;
+//! - [`env`]: the clean environment commands start with;
+//! - [`error`]: [`AgentError`] and its one mapping to HTTP.
+
+pub mod env;
+pub mod error;
+pub mod exec;
+pub mod process;
+pub mod reaper;
+pub mod server;
+
+pub use error::AgentError;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Worker threads of the runtime. The agent mostly waits on pipes and
+/// sockets; two threads are plenty and keep idle memory per sandbox low
+/// (the default would be one per host core).
+const WORKER_THREADS: usize = 2;
+
+/// What the agent needs to know, settled at start-up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen (`sbx_api::AGENT_SOCKET_PATH` in a sandbox).
+    pub socket: PathBuf,
+    /// The default cwd of commands (`sbx_api::WORKSPACE_DIR` in a sandbox).
+    pub workdir: PathBuf,
+    /// The sandbox's base environment, from `SBX_ENV_*` variables (see
+    /// [`env::base_env_from_vars`]).
+    pub base_env: BTreeMap<String, String>,
+}
+
+/// Shared state of the running agent.
+#[derive(Debug)]
+pub struct Agent {
+    pub config: Config,
+    pub reaper: Arc<reaper::Reaper>,
+}
+
+/// Runs the agent until SIGTERM/SIGINT. Returns `Ok` after a clean shutdown.
+pub fn run(config: Config) -> Result<(), AgentError> {
+    if std::process::id() != 1 {
+        // Outside a sandbox (tests, debugging) orphans of our commands would
+        // go to the host's init; as a subreaper they come to us, as in a
+        // sandbox, and get the same reaping.
+        if let Err(err) = nix::sys::prctl::set_child_subreaper(true) {
+            tracing::warn!(%err, "cannot become a child subreaper");
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKER_THREADS)
+        .enable_all()
+        .build()
+        .map_err(AgentError::Runtime)?;
+    let result = runtime.block_on(async {
+        let reaper = reaper::Reaper::start()?;
+        server::serve(Arc::new(Agent { config, reaper })).await
+    });
+    // Tasks still parked on pipes of killed processes must not delay exit.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
+}

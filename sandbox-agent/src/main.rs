@@ -1,0 +1,44 @@
+//! `sandbox-agent [--socket PATH] [--workdir DIR]`: parses arguments, sets
+//! up logging to stderr and hands over to the library.
+
+use clap::Parser;
+use sandbox_agent::{env::base_env_from_vars, Config};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+/// PID 1 of an sbx sandbox: serves exec and friends on a Unix socket.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Unix socket to listen on; it appears only once the agent is ready.
+    #[arg(long, env = "SBX_AGENT_SOCKET", default_value = sbx_api::AGENT_SOCKET_PATH)]
+    socket: PathBuf,
+    /// Default working directory of commands.
+    #[arg(long, env = "SBX_AGENT_WORKDIR", default_value = sbx_api::WORKSPACE_DIR)]
+    workdir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let config = Config {
+        socket: args.socket,
+        workdir: args.workdir,
+        base_env: base_env_from_vars(std::env::vars_os()),
+    };
+    match sandbox_agent::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err}");
+            ExitCode::FAILURE
+        }
+    }
+}

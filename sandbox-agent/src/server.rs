@@ -1,0 +1,233 @@
+//! The HTTP side: routes, the JSON extractor, readiness and shutdown.
+//!
+//! Readiness is the socket's existence. The orchestrator watches the socket
+//! directory with inotify, so the final name must appear only when a
+//! `connect` will succeed: we bind and listen under a temporary name in the
+//! same directory and `rename` it into place, which is atomic.
+//!
+//! Shutdown (SIGTERM, or SIGINT by hand): stop starting processes, SIGTERM
+//! every process group the agent started (and, as PID 1, every process in
+//! the sandbox), give them up to [`STOP_GRACE`] to go, SIGKILL what is left,
+//! let in-flight replies go out for a moment, remove the socket, exit 0.
+
+use crate::error::AgentError;
+use crate::process::signal_group;
+use crate::{exec, Agent};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use sbx_api::{ExecRequest, ExecResult};
+use serde::de::DeserializeOwned;
+use std::future::IntoFuture;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, Signal as SignalStream, SignalKind};
+use tokio::time::Instant;
+
+/// Largest request body accepted. Exec stdin travels in the JSON body, so
+/// this is deliberately larger than axum's 2 MiB default.
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// How long children get between SIGTERM and SIGKILL at shutdown.
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// How long in-flight replies may take to go out once children are gone.
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
+
+/// The routes, with `agent` as state.
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/exec", post(exec_handler))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(agent)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn exec_handler(
+    State(agent): State<Arc<Agent>>,
+    JsonBody(request): JsonBody<ExecRequest>,
+) -> Result<Json<ExecResult>, AgentError> {
+    request.validate().map_err(AgentError::InvalidRequest)?;
+    Ok(Json(exec::run(&agent, request).await?))
+}
+
+async fn not_found(method: Method, uri: Uri) -> AgentError {
+    AgentError::RouteNotFound {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> AgentError {
+    AgentError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+}
+
+/// A JSON body whose every failure (too big, unreadable, not JSON, wrong
+/// shape) is an [`AgentError`], unlike axum's `Json`, which answers in plain
+/// text. The content type is not checked: `curl -d` works too.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = AgentError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    AgentError::PayloadTooLarge {
+                        limit: MAX_BODY_BYTES,
+                    }
+                } else {
+                    AgentError::InvalidRequest(format!(
+                        "cannot read request body: {}",
+                        rejection.body_text()
+                    ))
+                }
+            })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|err| AgentError::InvalidRequest(format!("invalid json body: {err}")))
+    }
+}
+
+/// Serves until SIGTERM/SIGINT, then shuts down as the module docs say.
+pub async fn serve(agent: Arc<Agent>) -> Result<(), AgentError> {
+    // Handlers first: as PID 1 an unhandled SIGTERM is simply ignored, and
+    // the orchestrator may send it as soon as the socket appears.
+    let mut sigterm = install(SignalKind::terminate(), "SIGTERM")?;
+    let mut sigint = install(SignalKind::interrupt(), "SIGINT")?;
+    let socket = agent.config.socket.clone();
+    let listener = listen_ready(&socket)?;
+    tracing::info!(socket = %socket.display(), pid = std::process::id(), "agent ready");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router(Arc::clone(&agent)))
+        .with_graceful_shutdown(async {
+            let _ = stop_rx.await;
+        })
+        .into_future();
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => {
+            remove_socket(&socket);
+            return result.map_err(AgentError::Serve);
+        }
+        _ = sigterm.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = sigint.recv() => tracing::info!("SIGINT received, shutting down"),
+    }
+
+    stop_children(&agent).await;
+    let _ = stop_tx.send(());
+    if tokio::time::timeout(DRAIN_GRACE, &mut server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open at exit");
+    }
+    remove_socket(&socket);
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+fn install(kind: SignalKind, name: &'static str) -> Result<SignalStream, AgentError> {
+    signal(kind).map_err(|source| AgentError::Signal {
+        signal: name,
+        source,
+    })
+}
+
+/// Binds under a temporary name and renames into place, so `path` appears
+/// only once connections are accepted.
+pub fn listen_ready(path: &Path) -> Result<UnixListener, AgentError> {
+    let listen_error = |source| AgentError::Listen {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().ok_or_else(|| {
+        listen_error(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a file name",
+        ))
+    })?;
+    std::fs::create_dir_all(&dir).map_err(listen_error)?;
+    let temporary = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    // Left behind by an earlier agent with the same pid (always 1 in a
+    // sandbox) that was killed before renaming.
+    remove_if_present(&temporary).map_err(listen_error)?;
+    let listener = UnixListener::bind(&temporary).map_err(listen_error)?;
+    // rename(2) replaces a stale socket at `path` atomically.
+    if let Err(err) = std::fs::rename(&temporary, path) {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(listen_error(err));
+    }
+    Ok(listener)
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
+    }
+}
+
+fn remove_socket(path: &Path) {
+    if let Err(err) = remove_if_present(path) {
+        tracing::warn!(socket = %path.display(), %err, "cannot remove socket");
+    }
+}
+
+/// SIGTERM, grace, SIGKILL for everything the agent started.
+async fn stop_children(agent: &Agent) {
+    let groups = agent.reaper.close();
+    let is_init = std::process::id() == 1;
+    tracing::info!(groups = groups.len(), "stopping children");
+    for &pgid in &groups {
+        signal_group(pgid, Signal::SIGTERM);
+    }
+    // Only as PID 1 is "every process" the sandbox; on a host it would be
+    // the whole machine.
+    if is_init {
+        let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    while agent.reaper.live_count() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Also reaches background members of groups whose leader already left.
+    for &pgid in &groups {
+        signal_group(pgid, Signal::SIGKILL);
+    }
+    if is_init {
+        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    }
+}

@@ -1,0 +1,492 @@
+//! Agent tests: the real binary on a temporary socket on the host, driven
+//! through the `sbx-api` client as the orchestrator would. No container is
+//! needed: the agent makes itself a child subreaper, so orphan reaping is
+//! exercised here too.
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::BodyExt;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use sbx_api::client::{Client, ClientError};
+use sbx_api::{ErrorBody, ErrorCode, ExecRequest, ExecResult, DEFAULT_OUTPUT_CAP};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// One agent process, SIGTERMed (then SIGKILLed) on drop so that it stops
+/// the commands it started. Only the pid spawned here is ever signalled.
+struct TestAgent {
+    child: Option<Child>,
+    dir: TempDir,
+    socket: PathBuf,
+}
+
+impl TestAgent {
+    fn start() -> Self {
+        Self::start_with_env(&[])
+    }
+
+    fn start_with_env(env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for the agent");
+        let socket = dir.path().join("agent.sock");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sandbox-agent"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--workdir")
+            .arg(dir.path())
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("agent binary starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if let Some(status) = child.try_wait().expect("agent status") {
+                panic!("agent exited before listening: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent socket did not appear within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Self {
+            child: Some(child),
+            dir,
+            socket,
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::unix(&self.socket)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn pid(&self) -> Pid {
+        let child = self.child.as_ref().expect("agent still owned");
+        Pid::from_raw(i32::try_from(child.id()).expect("pid fits"))
+    }
+
+    /// Waits up to `limit` for the agent to exit and returns its status.
+    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("agent status") {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        if child.try_wait().ok().flatten().is_none() {
+            let _ = kill(self.pid(), Signal::SIGTERM);
+            if self.wait_exit(Duration::from_secs(3)).is_none() {
+                if let Some(child) = self.child.as_mut() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+    }
+}
+
+async fn exec(agent: &TestAgent, request: ExecRequest) -> ExecResult {
+    agent
+        .client()
+        .agent_exec(&request)
+        .await
+        .expect("exec succeeds")
+}
+
+async fn exec_error(agent: &TestAgent, request: ExecRequest) -> (u16, ErrorBody) {
+    match agent.client().agent_exec(&request).await {
+        Err(ClientError::Api { status, body }) => (status, body),
+        other => panic!("expected an api error, got {other:?}"),
+    }
+}
+
+/// Sends raw bytes, for requests the typed client cannot produce.
+async fn raw(
+    agent: &TestAgent,
+    method: Method,
+    path: &str,
+    body: &'static [u8],
+) -> (u16, ErrorBody) {
+    let response = agent
+        .client()
+        .send(
+            method,
+            path,
+            Some("application/json"),
+            Bytes::from_static(body),
+        )
+        .await
+        .expect("request goes through");
+    let status = response.status().as_u16();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+        panic!(
+            "not an ErrorBody ({err}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    (status, body)
+}
+
+fn read_pid(path: &Path) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Ok(pid) = text.trim().parse() {
+                return pid;
+            }
+        }
+        assert!(Instant::now() < deadline, "no pid in {}", path.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// True once /proc/<pid> is gone (killed and reaped), within `limit`.
+fn gone_within(pid: i32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+fn with_env(mut request: ExecRequest, pairs: &[(&str, &str)]) -> ExecRequest {
+    request.env = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    request
+}
+
+#[tokio::test]
+async fn health_answers_ok() {
+    let agent = TestAgent::start();
+    agent.client().agent_health().await.expect("healthy");
+}
+
+#[tokio::test]
+async fn argv_and_shell_commands_run() {
+    let agent = TestAgent::start();
+    let echo = exec(&agent, ExecRequest::argv(["echo", "hi"])).await;
+    assert_eq!(echo.stdout, "hi\n");
+    assert_eq!(echo.exit_code, 0);
+    assert!(!echo.timed_out && !echo.truncated);
+    let pipeline = exec(&agent, ExecRequest::shell("echo hi | tr a-z A-Z")).await;
+    assert_eq!(pipeline.stdout, "HI\n");
+}
+
+#[tokio::test]
+async fn exit_codes_and_stderr_come_back() {
+    let agent = TestAgent::start();
+    assert_eq!(
+        exec(&agent, ExecRequest::shell("exit 3")).await.exit_code,
+        3
+    );
+    let stderr = exec(&agent, ExecRequest::shell("echo oops >&2")).await;
+    assert_eq!(stderr.stderr, "oops\n");
+    assert_eq!(stderr.stdout, "");
+    let killed = exec(&agent, ExecRequest::shell("kill -9 $$")).await;
+    assert_eq!(killed.exit_code, 137);
+    assert!(!killed.timed_out);
+}
+
+#[tokio::test]
+async fn stdin_is_delivered_and_closed() {
+    let agent = TestAgent::start();
+    let small = ExecRequest {
+        stdin: Some("hello\nworld\n".into()),
+        ..ExecRequest::argv(["cat"])
+    };
+    assert_eq!(exec(&agent, small).await.stdout, "hello\nworld\n");
+    // Larger than any pipe buffer both ways: writing and reading must overlap.
+    let big_input = "x".repeat(4 * 1024 * 1024);
+    let big = ExecRequest {
+        stdin: Some(big_input.clone()),
+        ..ExecRequest::argv(["cat"])
+    };
+    let result = exec(&agent, big).await;
+    assert_eq!(result.stdout.len(), big_input.len());
+    assert!(result.stdout == big_input);
+    let no_stdin = exec(&agent, ExecRequest::argv(["cat"])).await;
+    assert_eq!(no_stdin.stdout, "", "stdin defaults to /dev/null");
+}
+
+#[tokio::test]
+async fn environment_is_clean_base_then_request() {
+    let agent = TestAgent::start_with_env(&[
+        ("SBX_ENV_BASE", "base"),
+        ("SBX_ENV_OVER", "base"),
+        ("AGENT_PRIVATE", "must not leak"),
+    ]);
+    let request = with_env(
+        ExecRequest::argv(["env"]),
+        &[("OVER", "request"), ("REQ", "1")],
+    );
+    let result = exec(&agent, request).await;
+    let env: BTreeMap<&str, &str> = result
+        .stdout
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .collect();
+    assert_eq!(env.get("BASE"), Some(&"base"));
+    assert_eq!(env.get("OVER"), Some(&"request"));
+    assert_eq!(env.get("REQ"), Some(&"1"));
+    assert_eq!(env.get("HOME"), Some(&"/root"));
+    assert_eq!(env.get("LANG"), Some(&"C.UTF-8"));
+    assert!(env["PATH"].contains("/usr/bin"));
+    assert!(
+        !env.contains_key("AGENT_PRIVATE"),
+        "agent env leaked: {env:?}"
+    );
+    assert!(!env.contains_key("SBX_ENV_BASE"));
+    assert!(
+        !env.keys().any(|key| key.starts_with("CARGO")),
+        "agent env leaked: {env:?}"
+    );
+}
+
+#[tokio::test]
+async fn cwd_is_honoured_and_defaults_to_workdir() {
+    let agent = TestAgent::start();
+    let sub = agent.path("sub");
+    std::fs::create_dir(&sub).expect("mkdir sub");
+    let in_sub = ExecRequest {
+        cwd: Some(sub.to_str().expect("utf-8 path").to_owned()),
+        ..ExecRequest::argv(["pwd"])
+    };
+    let expected = format!("{}\n", sub.canonicalize().expect("canonical").display());
+    assert_eq!(exec(&agent, in_sub).await.stdout, expected);
+    let default = exec(&agent, ExecRequest::argv(["pwd"])).await;
+    let workdir = agent.dir.path().canonicalize().expect("canonical");
+    assert_eq!(default.stdout, format!("{}\n", workdir.display()));
+}
+
+#[tokio::test]
+async fn missing_cwd_is_a_bad_request() {
+    let agent = TestAgent::start();
+    let missing = agent.path("nope");
+    let request = ExecRequest {
+        cwd: Some(missing.to_str().expect("utf-8 path").to_owned()),
+        ..ExecRequest::argv(["true"])
+    };
+    let (status, body) = exec_error(&agent, request).await;
+    assert_eq!(status, 400);
+    assert_eq!(body.error_code, ErrorCode::InvalidRequest);
+    assert!(
+        body.message.contains(missing.to_str().expect("utf-8")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn missing_program_exits_127() {
+    let agent = TestAgent::start();
+    let result = exec(&agent, ExecRequest::argv(["sbx-no-such-program", "x"])).await;
+    assert_eq!(result.exit_code, 127);
+    assert!(
+        result.stderr.contains("sbx-no-such-program"),
+        "{}",
+        result.stderr
+    );
+    assert!(
+        result.stderr.contains("No such file or directory"),
+        "{}",
+        result.stderr
+    );
+}
+
+#[tokio::test]
+async fn timeout_kills_the_whole_process_group() {
+    let agent = TestAgent::start();
+    let pidfile = agent.path("grandchild.pid");
+    let request = ExecRequest {
+        timeout_ms: Some(300),
+        ..ExecRequest::shell(format!(
+            "sleep 30 & echo $! > {}; sleep 30",
+            pidfile.display()
+        ))
+    };
+    let started = Instant::now();
+    let result = exec(&agent, request).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(result.timed_out);
+    assert_eq!(result.exit_code, 137);
+    assert!(result.duration_ms >= 300, "{}", result.duration_ms);
+    let grandchild = read_pid(&pidfile);
+    assert!(
+        gone_within(grandchild, Duration::from_secs(5)),
+        "grandchild {grandchild} survived the timeout"
+    );
+}
+
+#[tokio::test]
+async fn output_beyond_the_cap_is_truncated() {
+    let agent = TestAgent::start();
+    let result = exec(
+        &agent,
+        ExecRequest::shell("head -c 11M /dev/zero | tr '\\0' a"),
+    )
+    .await;
+    assert_eq!(result.exit_code, 0);
+    assert!(result.truncated);
+    assert_eq!(result.stdout.len(), DEFAULT_OUTPUT_CAP);
+    assert!(result.stdout.bytes().all(|byte| byte == b'a'));
+}
+
+#[tokio::test]
+async fn background_grandchild_does_not_hold_the_reply() {
+    let agent = TestAgent::start();
+    let pidfile = agent.path("background.pid");
+    let request = ExecRequest::shell(format!(
+        "sleep 5 & echo $! > {}; echo done",
+        pidfile.display()
+    ));
+    let started = Instant::now();
+    let result = exec(&agent, request).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(result.stdout, "done\n");
+    // The sleep outlives its exec by design; do not leave it behind. It is
+    // now the agent's orphan, so its disappearance also shows the agent
+    // reaps processes it never registered.
+    let background = read_pid(&pidfile);
+    kill(Pid::from_raw(background), Signal::SIGKILL).expect("background sleep still running");
+    assert!(
+        gone_within(background, Duration::from_secs(5)),
+        "orphan {background} not reaped"
+    );
+}
+
+#[tokio::test]
+async fn malformed_requests_get_error_bodies() {
+    let agent = TestAgent::start();
+    for body in [
+        &b"{not json"[..],
+        br#"{"cmd": "echo"}"#,
+        br#"{"cmd": ["true"], "bogus": 1}"#,
+        br#"{"cmd": ["true"], "shell": "true"}"#,
+        br#"{}"#,
+    ] {
+        let (status, error) = raw(&agent, Method::POST, "/exec", body).await;
+        assert_eq!(status, 400, "{}", String::from_utf8_lossy(body));
+        assert_eq!(error.error_code, ErrorCode::InvalidRequest);
+    }
+    let both = ExecRequest {
+        shell: Some("true".into()),
+        ..ExecRequest::argv(["true"])
+    };
+    let (status, error) = exec_error(&agent, both).await;
+    assert_eq!(status, 400);
+    assert!(error.message.contains("not both"), "{error}");
+
+    let (status, error) = raw(&agent, Method::GET, "/no/such/route", b"").await;
+    assert_eq!(status, 404);
+    assert_eq!(error.error_code, ErrorCode::NotFound);
+    let (status, error) = raw(&agent, Method::GET, "/exec", b"").await;
+    assert_eq!(status, 405);
+    assert_eq!(error.error_code, ErrorCode::InvalidRequest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_execs() {
+    let agent = TestAgent::start();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let client = agent.client();
+        tasks.spawn(async move {
+            let request = if i % 2 == 0 {
+                ExecRequest::argv(["echo".to_owned(), i.to_string()])
+            } else {
+                ExecRequest::shell(format!("sleep 0.1; echo {i}"))
+            };
+            let result = client.agent_exec(&request).await.expect("exec succeeds");
+            (i, result)
+        });
+    }
+    let mut seen = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (i, result) = joined.expect("task completes");
+        assert_eq!(result.stdout, format!("{i}\n"));
+        assert_eq!(result.exit_code, 0);
+        seen += 1;
+    }
+    assert_eq!(seen, 50);
+}
+
+// Multi-threaded: the exec runs on another worker while this test blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_children_and_removes_the_socket() {
+    let mut agent = TestAgent::start();
+    let leader_file = agent.path("leader.pid");
+    let background_file = agent.path("background.pid");
+    let request = ExecRequest::shell(format!(
+        "sleep 30 & echo $! > {}; echo $$ > {}; wait",
+        background_file.display(),
+        leader_file.display()
+    ));
+    let client = agent.client();
+    let running = tokio::spawn(async move { client.agent_exec(&request).await });
+    let leader = read_pid(&leader_file);
+    let background = read_pid(&background_file);
+
+    let started = Instant::now();
+    kill(agent.pid(), Signal::SIGTERM).expect("signal the agent");
+    let status = agent
+        .wait_exit(Duration::from_secs(5))
+        .expect("agent exits within 5 s");
+    assert!(status.success(), "agent exit status {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!agent.socket.exists(), "socket left behind");
+    for pid in [leader, background] {
+        assert!(
+            gone_within(pid, Duration::from_secs(5)),
+            "child {pid} survived SIGTERM"
+        );
+    }
+    // The in-flight exec either got its (killed) result or lost the
+    // connection; both are fine, it must just not hang.
+    if let Ok(Ok(Ok(result))) = tokio::time::timeout(Duration::from_secs(5), running).await {
+        assert_ne!(result.exit_code, 0);
+    }
+}

@@ -1,0 +1,71 @@
+# shellcheck shell=bash
+# Helpers shared by the scripts in this directory. Source it, don't run it:
+#   . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# It only defines functions and exported defaults; it has no side effects on
+# the machine, so sourcing it is always cheap.
+
+# The repository root, whatever the caller's cwd is.
+SBX_REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export SBX_REPO_DIR
+
+# Same default as the orchestrator (`--data-dir`, SBX_DATA_DIR), so images
+# built here are where `sbx serve` looks for them without extra flags.
+export SBX_DATA_DIR="${SBX_DATA_DIR:-/var/lib/sbx}"
+export SBX_IMAGES_DIR="${SBX_IMAGES_DIR:-$SBX_DATA_DIR/images}"
+# One target dir outside the checkout: survives `git clean`, and is shared by
+# every script (and every worktree) so nothing is compiled twice.
+: "${CARGO_TARGET_DIR:=/var/cache/sbx/target}"
+export CARGO_TARGET_DIR
+
+# rustup installs cargo into ~/.cargo/bin, which non-login shells (CI steps,
+# sudo) often lack on PATH. Add it only when cargo is not already reachable.
+if ! command -v cargo >/dev/null 2>&1 && [[ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]]; then
+  export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+fi
+
+# sbx_log MSG...: progress for humans, on stderr so that stdout stays
+# machine-readable (build-image prints only the rootfs path there).
+sbx_log() {
+  printf '%s: %s\n' "sbx/${0##*/}" "$*" >&2
+}
+
+# sbx_die MSG...: log and exit non-zero.
+sbx_die() {
+  sbx_log "error: $*"
+  exit 1
+}
+
+# sbx_apt_install PKG...: install the packages that are not installed yet.
+# The dpkg-query check makes the common case (everything present) take a few
+# milliseconds and touch nothing; `apt-get update` runs only when something
+# is actually missing, and at most once per call.
+sbx_apt_install() {
+  local pkg status
+  local -a missing=()
+  for pkg in "$@"; do
+    status="$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)"
+    if [[ "$status" != "install ok installed" ]]; then
+      missing+=("$pkg")
+    fi
+  done
+  if ((${#missing[@]} == 0)); then
+    return 0
+  fi
+  if ((EUID != 0)); then
+    sbx_die "missing packages: ${missing[*]} (run as root, or: apt-get install ${missing[*]})"
+  fi
+  sbx_log "installing: ${missing[*]}"
+  # Lock::Timeout: on a fresh CI VM, unattended-upgrades or cloud-init may
+  # hold the dpkg lock for a while; wait for it instead of failing.
+  local -a apt_opts=(-qq -o Dpkg::Use-Pty=0 -o DPkg::Lock::Timeout=300)
+  DEBIAN_FRONTEND=noninteractive apt-get "${apt_opts[@]}" update >&2
+  DEBIAN_FRONTEND=noninteractive apt-get "${apt_opts[@]}" install -y \
+    --no-install-recommends "${missing[@]}" >&2
+}
+
+# Where scripts/build puts the binaries. The agent is built for an explicit
+# target triple (static), so it lives in its own subdirectory.
+SBX_HOST_TRIPLE="$(rustc -vV 2>/dev/null | sed -n 's/^host: //p')"
+export SBX_HOST_TRIPLE="${SBX_HOST_TRIPLE:-x86_64-unknown-linux-gnu}"
+export SBX_BIN="$CARGO_TARGET_DIR/release/sbx"
+export SBX_AGENT_BIN="$CARGO_TARGET_DIR/$SBX_HOST_TRIPLE/release/sandbox-agent"

@@ -1,0 +1,172 @@
+//! Harness for the end-to-end tests: a real `sbx serve` on a temp data dir
+//! and a free loopback port, creating real containers.
+//!
+//! The binaries and the image come from `scripts/test`, which builds them
+//! and exports `SBX_BIN`, `SBX_AGENT_BIN` and `SBX_TEST_IMAGES_DIR`. When
+//! they are missing the tests fail with a hint: an e2e suite that skips
+//! itself would report green while testing nothing.
+
+use anyhow::{bail, Context, Result};
+use sbx_api::client::Client;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A path from the environment that `scripts/test` sets.
+pub fn required_env_path(name: &str) -> PathBuf {
+    match std::env::var_os(name) {
+        Some(value) => PathBuf::from(value),
+        None => panic!("{name} is not set: run the e2e suite through ./scripts/test"),
+    }
+}
+
+pub fn sbx_bin() -> PathBuf {
+    required_env_path("SBX_BIN")
+}
+
+fn free_loopback_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A running `sbx serve`. Dropping it deletes the sandboxes it still holds
+/// (so a failed test leaks no container) and then kills the server.
+#[derive(Debug)]
+pub struct Server {
+    child: Option<Child>,
+    data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    pub url: String,
+    pub token: String,
+}
+
+impl Server {
+    /// Starts a server on a new temp data dir.
+    pub async fn start() -> Result<Self> {
+        let temp = tempfile::Builder::new().prefix("sbx-e2e-").tempdir()?;
+        let data_dir = temp.path().to_owned();
+        let mut server = Self::start_on(&data_dir).await?;
+        server._temp = Some(temp);
+        Ok(server)
+    }
+
+    /// Starts a server on an existing data dir (to test restarts).
+    pub async fn start_on(data_dir: &Path) -> Result<Self> {
+        let port = free_loopback_port()?;
+        let url = format!("http://127.0.0.1:{port}");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))?;
+        let child = Command::new(sbx_bin())
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--images-dir")
+            .arg(required_env_path("SBX_TEST_IMAGES_DIR"))
+            .arg("--agent-bin")
+            .arg(required_env_path("SBX_AGENT_BIN"))
+            .env("SBX_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start sbx serve")?;
+        let mut server = Self {
+            child: Some(child),
+            data_dir: data_dir.to_owned(),
+            _temp: None,
+            url,
+            token: String::new(),
+        };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let token_path = self.data_dir.join("admin.token");
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("sbx serve exited with {status}; log: {}", self.log());
+                }
+            }
+            if let Ok(token) = std::fs::read_to_string(&token_path) {
+                let probe = Client::new(&self.url, Some(token.trim().to_owned()))?;
+                if probe.list_sandboxes().await.is_ok() {
+                    self.token = token.trim().to_owned();
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("sbx serve not ready after 30 s; log: {}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The server's own log, for assertion messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url, Some(self.token.clone())).expect("the harness url is valid")
+    }
+
+    pub fn client_with_token(&self, token: Option<&str>) -> Client {
+        Client::new(&self.url, token.map(str::to_owned)).expect("the harness url is valid")
+    }
+
+    /// SIGKILLs the server, leaving its sandboxes running (as a crash would).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Keeps the data dir alive beyond this server, for a restart.
+    pub fn take_data_dir(&mut self) -> Option<tempfile::TempDir> {
+        self._temp.take()
+    }
+
+    /// Deletes every sandbox through the API, then stops the server.
+    fn clean_up(&mut self) {
+        if self.child.is_none() {
+            return;
+        }
+        let client = self.client();
+        // Drop runs inside the test's runtime, which cannot be blocked on;
+        // a thread with its own runtime can.
+        let cleaner = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread runtime");
+            runtime.block_on(async {
+                if let Ok(sandboxes) = client.list_sandboxes().await {
+                    for sandbox in sandboxes {
+                        let _ = client.delete_sandbox(&sandbox.id).await;
+                    }
+                }
+            });
+        });
+        let _ = cleaner.join();
+        self.kill();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.clean_up();
+    }
+}

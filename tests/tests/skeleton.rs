@@ -1,0 +1,349 @@
+//! End to end: a real `sbx serve` (youki runtime) creating real sandboxes
+//! from the base image, driven through the Rust client.
+
+use anyhow::Result;
+use sbx_api::client::ClientError;
+use sbx_api::{CreateSandboxRequest, ErrorCode, ExecRequest, SandboxState};
+use sbx_tests::Server;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+async fn new_sandbox(server: &Server) -> Result<String> {
+    let sandbox = server
+        .client()
+        .create_sandbox(&CreateSandboxRequest::default())
+        .await?;
+    assert_eq!(sandbox.state, SandboxState::Running);
+    Ok(sandbox.id)
+}
+
+fn api_code(err: &ClientError) -> Option<ErrorCode> {
+    err.api_error().map(|body| body.error_code)
+}
+
+#[tokio::test]
+async fn echo_git_python_and_exit_codes() -> Result<()> {
+    let server = Server::start().await?;
+    let client = server.client();
+    let id = new_sandbox(&server).await?;
+
+    let hi = client.exec(&id, &ExecRequest::argv(["echo", "hi"])).await?;
+    assert_eq!(hi.stdout, "hi\n");
+    assert_eq!(hi.exit_code, 0);
+    assert!(!hi.timed_out && !hi.truncated);
+
+    let piped = client
+        .exec(&id, &ExecRequest::shell("echo hi | tr a-z A-Z"))
+        .await?;
+    assert_eq!(piped.stdout, "HI\n");
+
+    let git = client
+        .exec(&id, &ExecRequest::argv(["git", "--version"]))
+        .await?;
+    assert_eq!(git.exit_code, 0, "stderr: {}", git.stderr);
+    assert!(git.stdout.starts_with("git version"), "{}", git.stdout);
+
+    let python = client
+        .exec(&id, &ExecRequest::argv(["python3", "-c", "print(1+1)"]))
+        .await?;
+    assert_eq!(python.stdout, "2\n", "stderr: {}", python.stderr);
+
+    let failing = client
+        .exec(&id, &ExecRequest::shell("echo oops >&2; exit 3"))
+        .await?;
+    assert_eq!(failing.exit_code, 3);
+    assert_eq!(failing.stderr, "oops\n");
+
+    let cwd = client.exec(&id, &ExecRequest::argv(["pwd"])).await?;
+    assert_eq!(cwd.stdout, "/workspace\n");
+    Ok(())
+}
+
+#[tokio::test]
+async fn create_answers_201_with_the_sandbox_and_applies_limits_and_env() -> Result<()> {
+    let server = Server::start().await?;
+    let client = server.client();
+    let body = br#"{"image":"base","memory_mb":256,"cpus":0.5,"env":{"GREETING":"hello"},"labels":{"team":"e2e"}}"#;
+    let response = client
+        .send(
+            http::Method::POST,
+            "/v1/sandboxes",
+            Some("application/json"),
+            bytes::Bytes::from_static(body),
+        )
+        .await?;
+    assert_eq!(response.status(), 201);
+    let bytes = http_body_util::BodyExt::collect(response.into_body())
+        .await?
+        .to_bytes();
+    let sandbox: serde_json::Value = serde_json::from_slice(&bytes)?;
+    let id = sandbox["id"].as_str().expect("id is a string").to_owned();
+    assert_eq!(sandbox["state"], "running");
+    assert_eq!(sandbox["image"], "base");
+    assert_eq!(sandbox["labels"]["team"], "e2e");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(sandbox["created_at"].as_str().expect("string"))
+            .is_ok()
+    );
+    assert!(
+        sandbox.get("env").is_none(),
+        "env may hold secrets and is never echoed"
+    );
+
+    let env = client
+        .exec(&id, &ExecRequest::shell("echo $GREETING"))
+        .await?;
+    assert_eq!(env.stdout, "hello\n");
+    // cgroup v1 memory limit, as seen from the host.
+    let limit = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/sbx/{id}/memory.limit_in_bytes"
+    ))?;
+    assert_eq!(limit.trim(), (256u64 << 20).to_string());
+    let quota = std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/sbx/{id}/cpu.cfs_quota_us"))?;
+    assert_eq!(quota.trim(), "50000");
+    let pids = std::fs::read_to_string(format!("/sys/fs/cgroup/pids/sbx/{id}/pids.max"))?;
+    assert_eq!(pids.trim(), "1024");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_timeout_kills_the_command_quickly() -> Result<()> {
+    let server = Server::start().await?;
+    let id = new_sandbox(&server).await?;
+    let request = ExecRequest {
+        timeout_ms: Some(500),
+        ..ExecRequest::shell("sleep 10 & sleep 10")
+    };
+    let started = Instant::now();
+    let result = server.client().exec(&id, &request).await?;
+    assert!(result.timed_out);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let leftover = server
+        .client()
+        .exec(&id, &ExecRequest::shell("pgrep -x sleep || true"))
+        .await?;
+    assert_eq!(leftover.stdout, "", "the whole process group is killed");
+    Ok(())
+}
+
+#[tokio::test]
+async fn files_persist_between_execs_and_sandboxes_are_isolated() -> Result<()> {
+    let server = Server::start().await?;
+    let client = server.client();
+    let first = new_sandbox(&server).await?;
+    let second = new_sandbox(&server).await?;
+
+    let write = client
+        .exec(&first, &ExecRequest::shell("echo secret > /workspace/note"))
+        .await?;
+    assert_eq!(write.exit_code, 0, "{}", write.stderr);
+    let read = client
+        .exec(&first, &ExecRequest::argv(["cat", "/workspace/note"]))
+        .await?;
+    assert_eq!(read.stdout, "secret\n");
+
+    let other = client
+        .exec(&second, &ExecRequest::argv(["cat", "/workspace/note"]))
+        .await?;
+    assert_ne!(
+        other.exit_code, 0,
+        "the other sandbox must not see the file"
+    );
+    let processes = client
+        .exec(&second, &ExecRequest::shell("ls /proc | grep -c '^[0-9]'"))
+        .await?;
+    let count: u32 = processes.stdout.trim().parse()?;
+    assert!(
+        count <= 4,
+        "a sandbox sees only its own processes, saw {count}"
+    );
+
+    for id in [&first, &second] {
+        let interfaces = client
+            .exec(
+                id,
+                &ExecRequest::shell("tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"),
+            )
+            .await?;
+        assert_eq!(interfaces.stdout, "lo\n", "only lo, no other network");
+        let routes = client
+            .exec(
+                id,
+                &ExecRequest::shell("tail -n +2 /proc/net/route | wc -l"),
+            )
+            .await?;
+        assert_eq!(routes.stdout.trim(), "0", "no route out");
+        // lo is up: something can listen and be reached on loopback.
+        let loopback = client
+            .exec(
+                id,
+                &ExecRequest::argv([
+                    "python3",
+                    "-c",
+                    "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(); \
+                     c=socket.create_connection(s.getsockname()); print('ok')",
+                ]),
+            )
+            .await?;
+        assert_eq!(loopback.stdout, "ok\n", "{}", loopback.stderr);
+    }
+    Ok(())
+}
+
+/// Host processes whose root directory is inside `dir`.
+fn processes_rooted_in(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/root"))
+                .map(|root| root.starts_with(dir))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn delete_leaves_nothing_behind() -> Result<()> {
+    let server = Server::start().await?;
+    let client = server.client();
+    let id = new_sandbox(&server).await?;
+    let dir = server.data_dir().join("sandboxes").join(&id);
+    let cgroup = format!("/sys/fs/cgroup/memory/sbx/{id}");
+    client
+        .exec(&id, &ExecRequest::shell("sleep 1000 & echo started"))
+        .await?;
+    assert!(dir.is_dir());
+    assert!(Path::new(&cgroup).is_dir());
+    assert!(
+        !processes_rooted_in(&dir).is_empty(),
+        "the agent runs in the sandbox"
+    );
+    let mounts = std::fs::read_to_string("/proc/mounts")?;
+    assert!(mounts.contains(&id), "the overlay is mounted");
+
+    client.delete_sandbox(&id).await?;
+
+    assert!(!dir.exists(), "sandbox dir removed");
+    assert!(!Path::new(&cgroup).exists(), "cgroup removed");
+    assert!(
+        processes_rooted_in(&dir).is_empty(),
+        "no container process left"
+    );
+    let mounts = std::fs::read_to_string("/proc/mounts")?;
+    assert!(!mounts.contains(&id), "no mount left");
+    let err = client.get_sandbox(&id).await.expect_err("deleted");
+    assert_eq!(api_code(&err), Some(ErrorCode::NotFound));
+    let err = client
+        .exec(&id, &ExecRequest::argv(["true"]))
+        .await
+        .expect_err("deleted");
+    assert_eq!(api_code(&err), Some(ErrorCode::NotFound));
+    Ok(())
+}
+
+#[tokio::test]
+async fn sandboxes_survive_a_server_restart() -> Result<()> {
+    let mut first = Server::start().await?;
+    let id = new_sandbox(&first).await?;
+    first
+        .client()
+        .exec(&id, &ExecRequest::shell("echo kept > /workspace/kept"))
+        .await?;
+    let data_dir = first.take_data_dir().expect("the harness owns a temp dir");
+    first.kill();
+
+    let second = Server::start_on(data_dir.path()).await?;
+    let client = second.client();
+    let listed = client.list_sandboxes().await?;
+    assert!(
+        listed
+            .iter()
+            .any(|s| s.id == id && s.state == SandboxState::Running),
+        "{listed:?}; log: {}",
+        second.log()
+    );
+    let read = client
+        .exec(&id, &ExecRequest::argv(["cat", "/workspace/kept"]))
+        .await?;
+    assert_eq!(read.stdout, "kept\n");
+    client.delete_sandbox(&id).await?;
+    assert!(!data_dir.path().join("sandboxes").join(&id).exists());
+    Ok(())
+}
+
+#[tokio::test]
+async fn auth_and_error_bodies() -> Result<()> {
+    let server = Server::start().await?;
+    for token in [None, Some("wrong-token")] {
+        let err = server
+            .client_with_token(token)
+            .list_sandboxes()
+            .await
+            .expect_err("unauthorized");
+        assert!(matches!(err, ClientError::Api { status: 401, .. }), "{err}");
+        assert_eq!(api_code(&err), Some(ErrorCode::Unauthorized));
+    }
+
+    let client = server.client();
+    let err = client
+        .get_sandbox("0123456789abcdef")
+        .await
+        .expect_err("unknown");
+    assert!(matches!(err, ClientError::Api { status: 404, .. }), "{err}");
+    let body = err.api_error().expect("error body");
+    assert_eq!(body.message, "sandbox 0123456789abcdef not found");
+    let err = client.delete_sandbox("nope").await.expect_err("unknown");
+    assert_eq!(api_code(&err), Some(ErrorCode::NotFound));
+
+    let err = client
+        .create_sandbox(&CreateSandboxRequest {
+            image: Some("no-such-image".into()),
+            ..CreateSandboxRequest::default()
+        })
+        .await
+        .expect_err("unknown image");
+    assert_eq!(api_code(&err), Some(ErrorCode::NotFound));
+
+    for (path, body) in [
+        ("/v1/sandboxes", "{not json"),
+        ("/v1/sandboxes", r#"{"memory_mb":"lots"}"#),
+        ("/v1/sandboxes", r#"{"memory_mb":0}"#),
+        ("/v1/sandboxes", r#"{"cpus":-1}"#),
+    ] {
+        let response = client
+            .send(
+                http::Method::POST,
+                path,
+                Some("application/json"),
+                bytes::Bytes::from(body),
+            )
+            .await?;
+        assert_eq!(response.status(), 400, "{body}");
+        let bytes = http_body_util::BodyExt::collect(response.into_body())
+            .await?
+            .to_bytes();
+        let error: sbx_api::ErrorBody = serde_json::from_slice(&bytes)?;
+        assert_eq!(error.error_code, ErrorCode::InvalidRequest, "{body}");
+    }
+
+    let id = new_sandbox(&server).await?;
+    let both = ExecRequest {
+        shell: Some("true".into()),
+        ..ExecRequest::argv(["true"])
+    };
+    let err = client.exec(&id, &both).await.expect_err("invalid");
+    assert_eq!(api_code(&err), Some(ErrorCode::InvalidRequest));
+    assert!(
+        server.client().list_sandboxes().await?.len() == 1,
+        "server still up"
+    );
+    Ok(())
+}
