@@ -140,7 +140,10 @@ mod tests {
             timeout_ms: Some(1_000_000_000_000),
             ..ExecRequest::shell("true")
         };
-        assert!(huge.validate().unwrap_err().contains("timeout_ms"));
+        assert!(huge
+            .validate()
+            .expect_err("absurd timeout")
+            .contains("timeout_ms"));
         let zero = ExecRequest {
             timeout_ms: Some(0),
             ..ExecRequest::shell("true")

@@ -5,7 +5,7 @@
 //! - [`sandbox`]: the manager, owner of every lifecycle transition;
 //! - [`bridge`]: forwards sandbox calls to the agent's Unix socket;
 //! - [`runtime`]: the container engine seam (youki embedded);
-//! - [`store`]: SQLite.
+//! - [`store`]: the SQLite store.
 //!
 //! [`cli`] is the `sbx` binary's logic; `main.rs` only calls it.
 

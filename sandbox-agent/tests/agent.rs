@@ -421,7 +421,7 @@ async fn malformed_requests_get_error_bodies() {
     assert_eq!(error.error_code, ErrorCode::NotFound);
     let (status, error) = raw(&agent, Method::GET, "/exec", b"").await;
     assert_eq!(status, 405);
-    assert_eq!(error.error_code, ErrorCode::InvalidRequest);
+    assert_eq!(error.error_code, ErrorCode::MethodNotAllowed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
