@@ -14,6 +14,8 @@ pub enum ErrorCode {
     Unauthorized,
     /// The token is valid but may not do this (403).
     Forbidden,
+    /// The sandbox's own permissions refuse the file operation (403).
+    PermissionDenied,
     /// The sandbox, image or path does not exist (404).
     NotFound,
     /// The route exists but not with this method (405).
@@ -34,7 +36,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidRequest => 400,
             ErrorCode::Unauthorized => 401,
-            ErrorCode::Forbidden => 403,
+            ErrorCode::Forbidden | ErrorCode::PermissionDenied => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,

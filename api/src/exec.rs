@@ -32,6 +32,14 @@ pub struct ExecRequest {
     /// Written to the command's stdin, which is then closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin: Option<String>,
+    /// Run as this user: a name from the sandbox's `/etc/passwd`, or
+    /// `uid[:gid]`. Root when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Answer with an NDJSON stream of [`ExecEvent`]s instead of one
+    /// [`ExecResult`] (the same as sending `Accept: application/x-ndjson`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
 }
 
 impl ExecRequest {
@@ -76,6 +84,9 @@ impl ExecRequest {
                 }
             }
         }
+        if let Some(user) = &self.user {
+            validate_user(user)?;
+        }
         if let Some(cwd) = &self.cwd {
             if !cwd.starts_with('/') || cwd.contains('\0') {
                 return Err(format!("cwd {cwd:?} must be an absolute path"));
@@ -94,6 +105,68 @@ impl ExecRequest {
             _ => Ok(()),
         }
     }
+}
+
+/// `user` is a name (`[a-z_][a-z0-9_.-]*`) or `uid[:gid]`.
+pub(crate) fn validate_user(user: &str) -> Result<(), String> {
+    let numeric = |part: &str| {
+        !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) && part.parse::<u32>().is_ok()
+    };
+    let valid = match user.split_once(':') {
+        Some((uid, gid)) => numeric(uid) && numeric(gid),
+        None => {
+            numeric(user)
+                || (!user.is_empty()
+                    && user.len() <= 32
+                    && user.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                    && user.bytes().all(|b| {
+                        b.is_ascii_lowercase()
+                            || b.is_ascii_digit()
+                            || matches!(b, b'_' | b'.' | b'-')
+                    }))
+        }
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "user {user:?} is neither a user name nor uid[:gid]"
+        ))
+    }
+}
+
+/// Media type of NDJSON streams: one JSON value per line.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// One line of a streamed exec, or of a background process's logs.
+///
+/// Order: one `start`, then `stdout`/`stderr` as the output happens, then
+/// one `exit` last (logs that are not followed end without `exit` while the
+/// process runs). Output is decoded as UTF-8 with invalid sequences
+/// replaced; a character split across two reads is never broken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExecEvent {
+    Start {
+        pid: i32,
+    },
+    Stdout {
+        data: String,
+    },
+    Stderr {
+        data: String,
+    },
+    Exit {
+        exit_code: i32,
+        duration_ms: u64,
+        timed_out: bool,
+    },
+    /// The stream could not go on (e.g. the agent is shutting down); no
+    /// `exit` follows.
+    Error {
+        error_code: crate::ErrorCode,
+        message: String,
+    },
 }
 
 /// The outcome of a command run to completion.
@@ -149,6 +222,41 @@ mod tests {
             ..ExecRequest::shell("true")
         };
         assert!(zero.validate().is_err());
+    }
+
+    #[test]
+    fn users_are_names_or_numeric_ids() {
+        for good in ["root", "www-data", "_apt", "1000", "1000:1000"] {
+            assert!(validate_user(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "Root",
+            "a/b",
+            "1000:",
+            ":1000",
+            "x:y",
+            "99999999999",
+            "a\0",
+        ] {
+            assert!(validate_user(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn events_are_tagged_by_type() {
+        let line = serde_json::to_string(&ExecEvent::Exit {
+            exit_code: 0,
+            duration_ms: 5,
+            timed_out: false,
+        })
+        .expect("serializable");
+        assert_eq!(
+            line,
+            r#"{"type":"exit","exit_code":0,"duration_ms":5,"timed_out":false}"#
+        );
+        let start: ExecEvent = serde_json::from_str(r#"{"type":"start","pid":7}"#).expect("parses");
+        assert_eq!(start, ExecEvent::Start { pid: 7 });
     }
 
     #[test]

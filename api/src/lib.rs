@@ -10,13 +10,23 @@
 
 mod error;
 mod exec;
+mod files;
+mod process;
 mod sandbox;
 
 #[cfg(feature = "client")]
 pub mod client;
 
 pub use error::{ErrorBody, ErrorCode};
-pub use exec::{ExecRequest, ExecResult, DEFAULT_OUTPUT_CAP, MAX_TIMEOUT_MS};
+pub use exec::{ExecEvent, ExecRequest, ExecResult, DEFAULT_OUTPUT_CAP, MAX_TIMEOUT_MS, NDJSON};
+pub use files::{
+    parse_mode, validate_path, ArchiveSummary, FileInfo, FileList, FileQuery, FileType,
+    MkdirRequest, MoveRequest, MAX_LIST_DEPTH,
+};
+pub use process::{
+    LogsQuery, ProcessInfo, ProcessList, ProcessState, SignalRequest, StartProcessRequest,
+    StdinQuery, PROCESS_LOG_CAP,
+};
 pub use sandbox::{
     CreateSandboxRequest, Sandbox, SandboxList, SandboxState, DEFAULT_IMAGE, MAX_CPUS,
     MAX_MEMORY_MB,
