@@ -30,6 +30,49 @@ fn free_loopback_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// Peak resident memory (`VmHWM`) of a host process, in bytes.
+pub fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Host pid of a sandbox's agent: the process in its cgroup running
+/// `/.sbx/sandbox-agent`.
+pub fn agent_pid(sandbox_id: &str) -> Option<u32> {
+    let procs =
+        std::fs::read_to_string(format!("/sys/fs/cgroup/pids/sbx/{sandbox_id}/cgroup.procs"))
+            .ok()?;
+    procs
+        .lines()
+        .filter_map(|line| line.trim().parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|cmdline| cmdline.starts_with(sbx_api::AGENT_BINARY_PATH.as_bytes()))
+                .unwrap_or(false)
+        })
+}
+
+/// Polls `check` until it returns true or `limit` passes; for conditions
+/// the system reaches asynchronously (a killed process disappearing).
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A running `sbx serve`. Dropping it deletes the sandboxes it still holds
 /// (so a failed test leaks no container) and then kills the server.
 #[derive(Debug)]
@@ -107,6 +150,11 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Pid of the `sbx serve` process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -2,6 +2,7 @@
 
 use anyhow::{ensure, Result};
 use sbx_tests::{sbx_bin, Server};
+use std::io::Read;
 use std::process::{Command, Output};
 
 fn sbx(server: &Server, args: &[&str]) -> Result<Output> {
@@ -62,6 +63,135 @@ async fn create_exec_ls_rm() -> Result<()> {
     let missing = sbx(&server, &["exec", &id, "--", "true"])?;
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn background_processes_from_the_cli() -> Result<()> {
+    let server = Server::start().await?;
+    let created = sbx(&server, &["create"])?;
+    let id = stdout(&created).trim().to_owned();
+
+    let started = sbx(
+        &server,
+        &[
+            "exec",
+            "-d",
+            "--shell",
+            &id,
+            "--",
+            "echo up; exec sleep 300",
+        ],
+    )?;
+    ensure!(started.status.success(), "exec -d failed: {started:?}");
+    let pid = stdout(&started).trim().to_owned();
+    ensure!(
+        pid.parse::<i32>().is_ok(),
+        "exec -d prints the pid: {pid:?}"
+    );
+
+    let ps = sbx(&server, &["ps", &id])?;
+    let line = stdout(&ps)
+        .lines()
+        .find(|line| line.starts_with(&pid))
+        .map(str::to_owned)
+        .expect("ps lists the process");
+    assert!(line.contains("running"), "{line}");
+
+    let killed = sbx(&server, &["kill", "--signal", "KILL", &id, &pid])?;
+    ensure!(killed.status.success(), "kill failed: {killed:?}");
+    // `logs -f` ends when the process has exited, so this also waits.
+    let logs = sbx(&server, &["logs", "-f", &id, &pid])?;
+    assert!(logs.status.success());
+    assert_eq!(stdout(&logs), "up\n");
+    let ps = sbx(&server, &["ps", &id])?;
+    assert!(
+        stdout(&ps)
+            .lines()
+            .any(|l| l.starts_with(&pid) && l.contains("exited")),
+        "{}",
+        stdout(&ps)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn cp_round_trips_a_100_mib_file_and_a_tree() -> Result<()> {
+    let server = Server::start().await?;
+    let created = sbx(&server, &["create"])?;
+    let id = stdout(&created).trim().to_owned();
+    let local = tempfile::tempdir()?;
+
+    let mut data = vec![0u8; 100 * 1024 * 1024];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut data)?;
+    let source = local.path().join("big.bin");
+    std::fs::write(&source, &data)?;
+    let up = sbx(
+        &server,
+        &[
+            "cp",
+            source.to_str().expect("utf-8"),
+            &format!("{id}:/workspace/"),
+        ],
+    )?;
+    ensure!(up.status.success(), "cp up failed: {up:?}");
+    let back = local.path().join("back.bin");
+    let down = sbx(
+        &server,
+        &[
+            "cp",
+            &format!("{id}:/workspace/big.bin"),
+            back.to_str().expect("utf-8"),
+        ],
+    )?;
+    ensure!(down.status.success(), "cp down failed: {down:?}");
+    assert!(
+        std::fs::read(&back)? == data,
+        "100 MiB differ after the round trip"
+    );
+
+    let tree = local.path().join("src");
+    std::fs::create_dir_all(tree.join("nested"))?;
+    std::fs::write(tree.join("a.txt"), "a\n")?;
+    std::fs::write(tree.join("nested/b.txt"), "b\n")?;
+    let up = sbx(
+        &server,
+        &[
+            "cp",
+            tree.to_str().expect("utf-8"),
+            &format!("{id}:/workspace/copied"),
+        ],
+    )?;
+    ensure!(up.status.success(), "cp tree failed: {up:?}");
+    let cat = sbx(
+        &server,
+        &["exec", &id, "--", "cat", "/workspace/copied/nested/b.txt"],
+    )?;
+    assert_eq!(stdout(&cat), "b\n");
+    let out = local.path().join("out");
+    std::fs::create_dir(&out)?;
+    let down = sbx(
+        &server,
+        &[
+            "cp",
+            &format!("{id}:/workspace/copied"),
+            out.to_str().expect("utf-8"),
+        ],
+    )?;
+    ensure!(down.status.success(), "cp tree down failed: {down:?}");
+    assert_eq!(std::fs::read_to_string(out.join("copied/a.txt"))?, "a\n");
+
+    let tar = sbx(&server, &["cp", &format!("{id}:/workspace/copied"), "-"])?;
+    ensure!(tar.status.success());
+    let mut archive = tar::Archive::new(tar.stdout.as_slice());
+    let names: Vec<String> = archive
+        .entries()?
+        .map(|entry| Ok(entry?.path()?.to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    assert!(
+        names.iter().any(|n| n == "copied/nested/b.txt"),
+        "{names:?}"
+    );
     Ok(())
 }
 

@@ -2,39 +2,63 @@
 //!
 //! The public routes under `/v1/sandboxes/{id}/…` mirror the agent's own
 //! routes, so the bridge does not interpret results: it sends the request
-//! over the agent's Unix socket and streams the agent's status, content type
-//! and body straight back, never buffering a whole body. The orchestrator
-//! never spawns a process per call; the agent already lives inside.
+//! over the agent's Unix socket and streams the agent's status, headers and
+//! body straight back — and streams request bodies (uploads) the other way —
+//! never buffering a whole body in the orchestrator. The orchestrator never
+//! spawns a process per call; the agent already lives inside.
+//!
+//! Dropping the response (the public client went away) drops the agent
+//! connection with it, which is how a disconnect reaches the agent and kills
+//! a streamed command.
 
 use crate::sandbox::{Manager, SandboxError};
 use axum::body::Body;
-use axum::http::{header, Method, Response};
-use bytes::Bytes;
+use axum::http::{header, HeaderMap, Method, Request, Response};
 
-/// Sends a JSON request to the agent of sandbox `id` and returns its
-/// response, body still streaming.
-pub async fn forward_json(
+/// Headers that describe the body or what the caller accepts; everything
+/// else (authorization above all) stays on this side of the bridge.
+const FORWARDED_REQUEST_HEADERS: [header::HeaderName; 3] =
+    [header::CONTENT_TYPE, header::CONTENT_LENGTH, header::ACCEPT];
+const FORWARDED_RESPONSE_HEADERS: [header::HeaderName; 2] =
+    [header::CONTENT_TYPE, header::CONTENT_LENGTH];
+
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, names: &[header::HeaderName]) {
+    for name in names {
+        if let Some(value) = from.get(name) {
+            to.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Sends `method agent_path` (path and query, as the agent spells it) with
+/// `body` to the agent of sandbox `id`; returns the agent's response with
+/// its body still streaming.
+pub async fn forward(
     manager: &Manager,
     id: &str,
+    method: Method,
     agent_path: &str,
-    body: Vec<u8>,
+    headers: &HeaderMap,
+    body: Body,
 ) -> Result<Response<Body>, SandboxError> {
     let agent = manager.agent(id)?;
+    let mut request = Request::builder()
+        .method(method)
+        .uri(agent_path)
+        .body(body)
+        .map_err(|err| SandboxError::InvalidRequest(format!("cannot forward request: {err}")))?;
+    copy_headers(headers, request.headers_mut(), &FORWARDED_REQUEST_HEADERS);
     let response = agent
-        .send(
-            Method::POST,
-            agent_path,
-            Some("application/json"),
-            Bytes::from(body),
-        )
+        .send_request(request)
         .await
         .map_err(|err| manager.agent_failure(id, err.to_string()))?;
     let (parts, incoming) = response.into_parts();
-    let mut forwarded = Response::builder().status(parts.status);
-    if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
-        forwarded = forwarded.header(header::CONTENT_TYPE, content_type);
-    }
-    forwarded
-        .body(Body::new(incoming))
-        .map_err(|err| manager.agent_failure(id, err.to_string()))
+    let mut forwarded = Response::new(Body::new(incoming));
+    *forwarded.status_mut() = parts.status;
+    copy_headers(
+        &parts.headers,
+        forwarded.headers_mut(),
+        &FORWARDED_RESPONSE_HEADERS,
+    );
+    Ok(forwarded)
 }

@@ -5,6 +5,7 @@
 //! only, and errors become responses in [`error`] only.
 
 mod auth;
+mod bridged;
 mod error;
 mod extract;
 mod sandboxes;
@@ -13,7 +14,7 @@ pub use auth::load_or_create_admin_token;
 pub use error::ApiError;
 
 use crate::sandbox::Manager;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use sbx_api::ErrorCode;
 use std::sync::Arc;
@@ -31,7 +32,7 @@ pub fn router(state: AppState) -> Router {
             "/sandboxes/{id}",
             get(sandboxes::get).delete(sandboxes::delete),
         )
-        .route("/sandboxes/{id}/exec", post(sandboxes::exec))
+        .merge(bridged::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

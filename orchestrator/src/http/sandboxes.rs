@@ -3,12 +3,10 @@
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath};
 use super::AppState;
-use crate::bridge;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::Json;
-use sbx_api::{CreateSandboxRequest, ExecRequest, Sandbox, SandboxList};
+use sbx_api::{CreateSandboxRequest, Sandbox, SandboxList};
 
 pub async fn create(
     State(state): State<AppState>,
@@ -36,15 +34,4 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     state.manager.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-pub async fn exec(
-    State(state): State<AppState>,
-    ApiPath(id): ApiPath<String>,
-    ApiJson(request): ApiJson<ExecRequest>,
-) -> Result<Response, ApiError> {
-    request.validate().map_err(ApiError::invalid)?;
-    let body = serde_json::to_vec(&request).map_err(|err| ApiError::invalid(err.to_string()))?;
-    let response = bridge::forward_json(&state.manager, &id, "/exec", body).await?;
-    Ok(response.into_response())
 }

@@ -6,10 +6,12 @@
 //! to the admin token in the local data dir, so `sbx create` just works on
 //! the machine that runs `sbx serve`.
 
+mod cp;
+
 use crate::server::{self, ServeConfig, ServeError};
 use clap::{Args, Parser, Subcommand};
 use sbx_api::client::{Client, ClientError};
-use sbx_api::{CreateSandboxRequest, ExecRequest};
+use sbx_api::{CreateSandboxRequest, ExecEvent, ExecRequest, LogsQuery, StartProcessRequest};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -73,9 +75,51 @@ enum Command {
         /// Run the words as one shell script instead of an argv
         #[arg(long, short = 's')]
         shell: bool,
+        /// Run as this user (name or uid[:gid])
+        #[arg(long, short = 'u')]
+        user: Option<String>,
+        /// Start in the background and print the pid (see `sbx ps`, `sbx logs`)
+        #[arg(long, short = 'd')]
+        detach: bool,
         id: String,
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// List a sandbox's background processes
+    Ps {
+        #[command(flatten)]
+        conn: ConnArgs,
+        id: String,
+    },
+    /// Print a background process's output
+    Logs {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// Keep printing output as it happens, until the process exits
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only the last this many bytes of each stream
+        #[arg(long)]
+        tail: Option<usize>,
+        id: String,
+        pid: i32,
+    },
+    /// Signal a background process's whole process group
+    Kill {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long, short = 's', default_value = "TERM")]
+        signal: String,
+        id: String,
+        pid: i32,
+    },
+    /// Copy files between the host and a sandbox: `sbx cp ./src ID:/workspace/`,
+    /// `sbx cp ID:/workspace/out ./out`; `-` is a tar on stdin or stdout
+    Cp {
+        #[command(flatten)]
+        conn: ConnArgs,
+        from: String,
+        to: String,
     },
     /// Delete sandboxes
     Rm {
@@ -118,6 +162,13 @@ pub enum CliError {
     NoToken(String),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -248,6 +299,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             env,
             timeout_ms,
             shell,
+            user,
+            detach,
             id,
             command,
         } => {
@@ -259,19 +312,77 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             request.cwd = cwd;
             request.env = env.into_iter().collect::<BTreeMap<_, _>>();
             request.timeout_ms = timeout_ms;
-            let result = conn.client()?.exec(&id, &request).await?;
-            // A closed stdout (e.g. `| head`) must not turn into an error.
-            let _ = std::io::stdout().write_all(result.stdout.as_bytes());
-            let _ = std::io::stderr().write_all(result.stderr.as_bytes());
-            if result.timed_out {
-                eprintln!("sbx: command timed out");
+            request.user = user;
+            let client = conn.client()?;
+            if detach {
+                let process = client
+                    .sandbox(&id)
+                    .start_process(&StartProcessRequest {
+                        cmd: request.cmd,
+                        shell: request.shell,
+                        cwd: request.cwd,
+                        env: request.env,
+                        user: request.user,
+                        name: None,
+                    })
+                    .await?;
+                println!("{}", process.pid);
+                return Ok(ExitCode::SUCCESS);
             }
-            if result.truncated {
-                eprintln!("sbx: output was truncated");
+            let events = client.sandbox(&id).exec_stream(&request).await?;
+            print_events(events).await
+        }
+        Command::Ps { conn, id } => {
+            let processes = conn.client()?.sandbox(&id).processes().await?;
+            println!(
+                "{:<8} {:<8} {:<5} {:<12} CMD",
+                "PID", "STATE", "EXIT", "NAME"
+            );
+            for process in processes {
+                let state = match process.state {
+                    sbx_api::ProcessState::Running => "running",
+                    sbx_api::ProcessState::Exited => "exited",
+                };
+                println!(
+                    "{:<8} {:<8} {:<5} {:<12} {}",
+                    process.pid,
+                    state,
+                    process
+                        .exit_code
+                        .map(|code| code.to_string())
+                        .unwrap_or_default(),
+                    process.name.unwrap_or_default(),
+                    process.cmd.join(" ")
+                );
             }
-            Ok(ExitCode::from(
-                u8::try_from(result.exit_code.clamp(0, 255)).unwrap_or(255),
-            ))
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs {
+            conn,
+            follow,
+            tail,
+            id,
+            pid,
+        } => {
+            let client = conn.client()?;
+            let events = client
+                .sandbox(&id)
+                .process_logs(pid, &LogsQuery { tail, follow })
+                .await?;
+            print_events(events).await.map(|_| ExitCode::SUCCESS)
+        }
+        Command::Kill {
+            conn,
+            signal,
+            id,
+            pid,
+        } => {
+            conn.client()?.sandbox(&id).signal(pid, &signal).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cp { conn, from, to } => {
+            cp::copy(&conn.client()?, &from, &to).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Rm { conn, ids } => {
             let client = conn.client()?;
@@ -282,6 +393,45 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Prints output events to the matching streams as they arrive; the exit
+/// code is the command's.
+async fn print_events(mut events: sbx_api::client::EventStream) -> Result<ExitCode, CliError> {
+    let mut exit_code = 0;
+    while let Some(event) = events.next().await? {
+        // A closed stdout (e.g. `| head`) must not turn into an error.
+        match event {
+            ExecEvent::Start { .. } => {}
+            ExecEvent::Stdout { data } => {
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout.write_all(data.as_bytes());
+                let _ = stdout.flush();
+            }
+            ExecEvent::Stderr { data } => {
+                let _ = std::io::stderr().write_all(data.as_bytes());
+            }
+            ExecEvent::Exit {
+                exit_code: code,
+                timed_out,
+                ..
+            } => {
+                if timed_out {
+                    eprintln!("sbx: command timed out");
+                }
+                exit_code = code;
+            }
+            ExecEvent::Error {
+                error_code,
+                message,
+            } => {
+                return Err(CliError::Usage(format!("{error_code}: {message}")));
+            }
+        }
+    }
+    Ok(ExitCode::from(
+        u8::try_from(exit_code.clamp(0, 255)).unwrap_or(255),
+    ))
 }
 
 #[cfg(test)]

@@ -6,6 +6,12 @@
 //! opens its own connection: on loopback and Unix sockets that costs tens of
 //! microseconds, and it keeps the client free of pool state.
 
+mod sandbox;
+mod stream;
+
+pub use sandbox::SandboxClient;
+pub use stream::{ByteStream, EventStream};
+
 use crate::CreateSandboxRequest;
 use crate::{ErrorBody, ExecRequest, ExecResult, Sandbox, SandboxList};
 use bytes::Bytes;
@@ -108,17 +114,7 @@ impl Client {
         content_type: Option<&str>,
         body: Bytes,
     ) -> Result<Response<Incoming>, ClientError> {
-        let host = match &self.endpoint {
-            Endpoint::Tcp { authority } => authority.as_str(),
-            Endpoint::Unix(_) => "sandbox-agent",
-        };
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::HOST, host);
-        if let Some(token) = &self.token {
-            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
+        let mut builder = Request::builder().method(method).uri(path);
         if let Some(content_type) = content_type {
             builder = builder.header(header::CONTENT_TYPE, content_type);
         }
@@ -128,6 +124,39 @@ impl Client {
                 status: 0,
                 text: format!("cannot build request for {path}: {err}"),
             })?;
+        self.send_request(request).await
+    }
+
+    /// Sends a request whose body may be a stream (an upload), adding the
+    /// host and authorization headers. The response body is left unread.
+    pub async fn send_request<B>(
+        &self,
+        mut request: Request<B>,
+    ) -> Result<Response<Incoming>, ClientError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let host = match &self.endpoint {
+            Endpoint::Tcp { authority } => authority.as_str(),
+            Endpoint::Unix(_) => "sandbox-agent",
+        };
+        let headers = request.headers_mut();
+        let invalid = |what: &str| ClientError::Unexpected {
+            status: 0,
+            text: format!("invalid {what} header value"),
+        };
+        headers.insert(
+            header::HOST,
+            header::HeaderValue::from_str(host).map_err(|_| invalid("host"))?,
+        );
+        if let Some(token) = &self.token {
+            headers.insert(
+                header::AUTHORIZATION,
+                header::HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| invalid("authorization"))?,
+            );
+        }
         let http_error = |source| ClientError::Http {
             endpoint: self.endpoint.to_string(),
             source,
@@ -152,6 +181,23 @@ impl Client {
             }
         };
         sender.send_request(request).await.map_err(http_error)
+    }
+
+    /// Calls on one sandbox through the public API (`/v1/sandboxes/{id}/…`).
+    pub fn sandbox(&self, id: &str) -> SandboxClient<'_> {
+        SandboxClient {
+            client: self,
+            prefix: format!("/v1/sandboxes/{id}"),
+        }
+    }
+
+    /// Calls on the agent this client is connected to (see [`Client::unix`]):
+    /// the same routes without the `/v1/sandboxes/{id}` prefix.
+    pub fn agent(&self) -> SandboxClient<'_> {
+        SandboxClient {
+            client: self,
+            prefix: String::new(),
+        }
     }
 
     async fn call<T: DeserializeOwned>(
@@ -228,11 +274,13 @@ impl Client {
 
 const NO_BODY: Option<&()> = None;
 
-async fn handshake<IO>(
+async fn handshake<IO, B>(
     io: TokioIo<IO>,
-) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, hyper::Error>
+) -> Result<hyper::client::conn::http1::SendRequest<B>, hyper::Error>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
     // The connection task ends by itself when the response body is done or
@@ -249,13 +297,20 @@ async fn read_success(
     response: Response<Incoming>,
     endpoint: &Endpoint,
 ) -> Result<(StatusCode, Bytes), ClientError> {
+    read_body(response, &endpoint.to_string()).await
+}
+
+async fn read_body(
+    response: Response<Incoming>,
+    endpoint: &str,
+) -> Result<(StatusCode, Bytes), ClientError> {
     let status = response.status();
     let bytes = response
         .into_body()
         .collect()
         .await
         .map_err(|source| ClientError::Http {
-            endpoint: endpoint.to_string(),
+            endpoint: endpoint.to_owned(),
             source,
         })?
         .to_bytes();
