@@ -11,6 +11,7 @@
 mod error;
 mod exec;
 mod files;
+mod info;
 mod process;
 mod sandbox;
 
@@ -23,6 +24,7 @@ pub use files::{
     parse_mode, validate_path, ArchiveSummary, FileInfo, FileList, FileQuery, FileType,
     MkdirRequest, MoveRequest, MAX_LIST_DEPTH,
 };
+pub use info::{RuntimeInfo, ServerInfo};
 pub use process::{
     LogsQuery, ProcessInfo, ProcessList, ProcessState, SignalRequest, StartProcessRequest,
     StdinQuery, PROCESS_LOG_CAP,

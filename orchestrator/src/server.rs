@@ -5,6 +5,7 @@
 //! running, and the next `sbx serve` on the same data dir adopts them.
 
 use crate::http::{self, AppState};
+use crate::runtime::docker::DockerRuntime;
 use crate::runtime::youki::YoukiRuntime;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::sandbox::{Manager, ManagerConfig, SandboxError};
@@ -23,7 +24,7 @@ pub enum ServeError {
     },
     #[error("the sandbox agent binary was not found (looked at {0}); pass --agent-bin or set SBX_AGENT_BIN")]
     AgentBinaryNotFound(String),
-    #[error("the youki runtime needs root (namespaces, cgroups and mounts)")]
+    #[error("sbx serve needs root (namespaces, cgroups, mounts and the data dir)")]
     NotRoot,
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -38,8 +39,38 @@ fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeE
     move |source| ServeError::Io { context, source }
 }
 
+/// Which container engine runs the sandboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    /// youki where it can run (Linux, root, cgroups), Docker otherwise.
+    Auto,
+    /// libcontainer embedded in this process.
+    Youki,
+    /// A Docker Engine at DOCKER_HOST or /var/run/docker.sock.
+    Docker,
+}
+
+impl RuntimeKind {
+    fn resolve(self) -> RuntimeKind {
+        match self {
+            RuntimeKind::Auto => {
+                let can_run_youki = cfg!(target_os = "linux")
+                    && nix::unistd::geteuid().is_root()
+                    && Path::new("/sys/fs/cgroup").is_dir();
+                if can_run_youki {
+                    RuntimeKind::Youki
+                } else {
+                    RuntimeKind::Docker
+                }
+            }
+            chosen => chosen,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    pub runtime: RuntimeKind,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     /// Defaults to `<data-dir>/images`.
@@ -98,7 +129,10 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     )))?;
 
     let store = Store::open(&data_dir.join("sbx.db"))?;
-    let runtime: Arc<dyn Runtime> = Arc::new(YoukiRuntime::new(data_dir.join("youki"))?);
+    let runtime: Arc<dyn Runtime> = match config.runtime.resolve() {
+        RuntimeKind::Docker => Arc::new(DockerRuntime::connect().await?),
+        _ => Arc::new(YoukiRuntime::new(data_dir.join("youki"))?),
+    };
     let manager = Manager::new(
         store,
         runtime,
@@ -117,7 +151,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         data_dir = %data_dir.display(),
         images_dir = %images_dir.display(),
         agent = %agent_binary.display(),
-        runtime = manager.runtime_name(),
+        runtime = manager.runtime().name(),
         "sbx serve ready"
     );
     let app = http::router(AppState {

@@ -230,6 +230,11 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/info`
+    pub async fn info(&self) -> Result<crate::ServerInfo, ClientError> {
+        self.call(Method::GET, "/v1/info", NO_BODY).await
+    }
+
     /// `GET /v1/sandboxes`
     pub async fn list_sandboxes(&self) -> Result<Vec<Sandbox>, ClientError> {
         let list: SandboxList = self.call(Method::GET, "/v1/sandboxes", NO_BODY).await?;

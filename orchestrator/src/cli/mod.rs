@@ -8,7 +8,7 @@
 
 mod cp;
 
-use crate::server::{self, ServeConfig, ServeError};
+use crate::server::{self, RuntimeKind, ServeConfig, ServeError};
 use clap::{Args, Parser, Subcommand};
 use sbx_api::client::{Client, ClientError};
 use sbx_api::{CreateSandboxRequest, ExecEvent, ExecRequest, LogsQuery, StartProcessRequest};
@@ -132,6 +132,9 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
+    /// Container engine for the sandboxes
+    #[arg(long, env = "SBX_RUNTIME", value_enum, default_value_t = RuntimeKind::Auto)]
+    runtime: RuntimeKind,
     #[arg(long, env = "SBX_LISTEN", default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
     #[arg(long, env = "SBX_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
@@ -244,6 +247,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Serve(args) => {
             server::run(ServeConfig {
+                runtime: args.runtime,
                 listen: args.listen,
                 data_dir: args.data_dir,
                 images_dir: args.images_dir,

@@ -27,6 +27,7 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
+        .route("/info", get(sandboxes::info))
         .route("/sandboxes", get(sandboxes::list).post(sandboxes::create))
         .route(
             "/sandboxes/{id}",

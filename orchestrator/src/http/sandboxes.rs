@@ -6,7 +6,18 @@ use super::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use sbx_api::{CreateSandboxRequest, Sandbox, SandboxList};
+use sbx_api::{CreateSandboxRequest, RuntimeInfo, Sandbox, SandboxList, ServerInfo};
+
+pub async fn info(State(state): State<AppState>) -> Json<ServerInfo> {
+    let runtime = state.manager.runtime();
+    Json(ServerInfo {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        runtime: RuntimeInfo {
+            name: runtime.name().to_owned(),
+            version: runtime.version(),
+        },
+    })
+}
 
 pub async fn create(
     State(state): State<AppState>,

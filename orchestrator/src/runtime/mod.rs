@@ -10,7 +10,10 @@
 //! - [`youki::YoukiRuntime`]: libcontainer embedded in this process, the
 //!   default on Linux as root. No daemon, no shim: a container costs a clone
 //!   and a few mounts.
+//! - [`docker::DockerRuntime`]: a Docker Engine through bollard, for
+//!   machines where Docker is what there is.
 
+pub mod docker;
 pub mod youki;
 
 mod loopback;
@@ -39,6 +42,8 @@ pub enum RuntimeError {
     Spec { id: String, reason: String },
     #[error("the runtime worker thread has stopped")]
     WorkerGone,
+    #[error("{context}: {message}")]
+    Engine { context: String, message: String },
 }
 
 impl RuntimeError {
@@ -102,8 +107,11 @@ pub struct ContainerSpec {
 
 #[async_trait]
 pub trait Runtime: Send + Sync + std::fmt::Debug {
-    /// Short engine name shown in logs and, later, `GET /v1/info`.
+    /// Short engine name shown in logs and `GET /v1/info`.
     fn name(&self) -> &'static str;
+
+    /// The engine's version, for `GET /v1/info`.
+    fn version(&self) -> String;
 
     /// Creates and starts the container. Returns once the agent process runs;
     /// the caller waits for the agent's socket to know it is ready.
@@ -116,4 +124,8 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
 
     /// Whether the sandbox's agent process is alive.
     async fn is_running(&self, id: &str) -> Result<bool, RuntimeError>;
+
+    /// Ids of every sandbox container this runtime holds, running or not:
+    /// recovery removes the ones the store does not know.
+    async fn list(&self) -> Result<Vec<String>, RuntimeError>;
 }

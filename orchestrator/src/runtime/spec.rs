@@ -32,14 +32,26 @@ const CAPABILITIES: [Capability; 12] = [
     Capability::AuditWrite,
 ];
 
+/// The same set by name (`CAP_CHOWN`…), for engines configured by name.
+pub(crate) fn capability_names() -> Vec<String> {
+    CAPABILITIES
+        .iter()
+        .filter_map(|cap| serde_json::to_value(cap).ok()?.as_str().map(str::to_owned))
+        .collect()
+}
+
 const CPU_PERIOD_US: u64 = 100_000;
 const OPEN_FILES_LIMIT: u64 = 65_536;
+
+/// PATH of the agent process, and so of every command it starts.
+pub(crate) const SANDBOX_PATH: &str =
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The sandbox's open-files limit: ours, capped at [`OPEN_FILES_LIMIT`].
 /// Raising a hard limit needs `CAP_SYS_RESOURCE`, which the orchestrator may
 /// itself lack (it does on the CI machines), so never ask for more than the
 /// current hard limit.
-fn open_files_limit() -> u64 {
+pub(crate) fn open_files_limit() -> u64 {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map(|(_, hard)| hard.min(OPEN_FILES_LIMIT))
         .unwrap_or(1024)
@@ -48,6 +60,17 @@ fn open_files_limit() -> u64 {
 /// Parent cgroup of every sandbox (`/sbx/<id>` in each v1 hierarchy).
 pub(crate) fn cgroup_path(id: &str) -> PathBuf {
     PathBuf::from(format!("/sbx/{id}"))
+}
+
+/// The agent's environment as `KEY=VALUE` lines.
+pub(crate) fn agent_env(spec: &ContainerSpec) -> Vec<String> {
+    std::iter::once(SANDBOX_PATH.to_owned())
+        .chain(
+            spec.agent_env
+                .iter()
+                .map(|(key, value)| format!("{key}={value}")),
+        )
+        .collect()
 }
 
 pub(crate) fn build(spec: &ContainerSpec) -> Result<Spec, RuntimeError> {
@@ -64,16 +87,9 @@ pub(crate) fn build(spec: &ContainerSpec) -> Result<Spec, RuntimeError> {
         .ambient(HashSet::new())
         .build()
         .map_err(invalid)?;
-    let mut env =
-        vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned()];
-    env.extend(
-        spec.agent_env
-            .iter()
-            .map(|(key, value)| format!("{key}={value}")),
-    );
     let process = ProcessBuilder::default()
         .args(vec![sbx_api::AGENT_BINARY_PATH.to_owned()])
-        .env(env)
+        .env(agent_env(spec))
         .cwd("/")
         .no_new_privileges(true)
         .capabilities(capabilities)
@@ -168,7 +184,7 @@ pub(crate) fn build(spec: &ContainerSpec) -> Result<Spec, RuntimeError> {
     Ok(oci)
 }
 
-fn hostname(id: &str) -> String {
+pub(crate) fn hostname(id: &str) -> String {
     format!("sbx-{}", &id[..id.len().min(12)])
 }
 
@@ -246,6 +262,14 @@ mod tests {
             linux.cgroups_path().as_deref(),
             Some(std::path::Path::new("/sbx/abc123"))
         );
+    }
+
+    #[test]
+    fn capability_names_are_the_kernel_names() {
+        let names = capability_names();
+        assert_eq!(names.len(), CAPABILITIES.len());
+        assert!(names.contains(&"CAP_CHOWN".to_owned()));
+        assert!(!names.contains(&"CAP_SYS_ADMIN".to_owned()));
     }
 
     #[test]

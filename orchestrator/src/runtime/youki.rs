@@ -18,6 +18,9 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The libcontainer release this runtime embeds (see Cargo.toml).
+const LIBCONTAINER_VERSION: &str = "0.7";
+
 /// How long the agent gets after SIGTERM to stop its children and exit.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 /// After SIGKILL the kernel needs only to tear the process down.
@@ -132,6 +135,10 @@ impl Runtime for YoukiRuntime {
         "youki"
     }
 
+    fn version(&self) -> String {
+        format!("libcontainer {LIBCONTAINER_VERSION}")
+    }
+
     async fn start(&self, container: &ContainerSpec) -> Result<(), RuntimeError> {
         let oci = spec::build(container)?;
         let dir = container.dir.clone();
@@ -202,5 +209,17 @@ impl Runtime for YoukiRuntime {
 
     async fn is_running(&self, id: &str) -> Result<bool, RuntimeError> {
         Ok(self.init_pid(id).is_some_and(process::is_alive))
+    }
+
+    async fn list(&self) -> Result<Vec<String>, RuntimeError> {
+        let entries = std::fs::read_dir(&self.state_root).map_err(RuntimeError::io(format!(
+            "cannot list {}",
+            self.state_root.display()
+        )))?;
+        Ok(entries
+            .flatten()
+            .filter(|entry| entry.path().is_dir())
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect())
     }
 }

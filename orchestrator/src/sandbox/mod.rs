@@ -126,8 +126,8 @@ impl Manager {
         })
     }
 
-    pub fn runtime_name(&self) -> &'static str {
-        self.runtime.name()
+    pub fn runtime(&self) -> &dyn Runtime {
+        self.runtime.as_ref()
     }
 
     fn dir(&self, id: &str) -> SandboxDir {
@@ -355,16 +355,33 @@ impl Manager {
                 SandboxState::Failed => {}
             }
         }
+        // Containers and directories that no record owns: left by a crash
+        // between creating them and recording the sandbox. They are ours
+        // (labelled, or under our data dir), so they go.
+        let mut orphans = self
+            .runtime
+            .list()
+            .await
+            .map_err(|source| SandboxError::Runtime {
+                id: "(all)".into(),
+                source,
+            })?;
         let entries =
             std::fs::read_dir(&self.config.sandboxes_dir).map_err(|source| SandboxError::Io {
                 context: format!("cannot list {}", self.config.sandboxes_dir.display()),
                 source,
             })?;
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if is_valid_id(&name) && self.store.get(&name)?.is_none() {
-                tracing::info!(id = %name, "removing an orphaned sandbox directory");
-                self.teardown(&name).await?;
+        orphans.extend(
+            entries
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned()),
+        );
+        orphans.sort();
+        orphans.dedup();
+        for id in orphans {
+            if is_valid_id(&id) && self.store.get(&id)?.is_none() {
+                tracing::info!(%id, "removing an orphaned sandbox");
+                self.teardown(&id).await?;
             }
         }
         Ok(())

@@ -1,0 +1,325 @@
+//! The Docker runtime: the same sandboxes on a Docker Engine, through
+//! bollard.
+//!
+//! Each sandbox is one container named `sbx-<id>` and labelled
+//! `sbx.id=<id>`, `sbx.managed=true`, so the orchestrator finds its own
+//! containers after a restart and removes the ones it no longer knows. The
+//! agent binary and the socket directory are bind mounts, exactly as with
+//! youki, so everything above the [`Runtime`] trait is unchanged.
+//!
+//! Images: no registry is reachable, so an image's rootfs directory is
+//! imported (`docker import`) as `sbx/<name>:<build-hash>`, once; the tag
+//! names the image build, so a rebuilt image is imported again and a
+//! present one never is.
+
+use super::{spec, ContainerSpec, Runtime, RuntimeError, SandboxDir};
+use async_trait::async_trait;
+use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::path::Path;
+use tokio::sync::Mutex;
+
+const LABEL_ID: &str = "sbx.id";
+const LABEL_MANAGED: &str = "sbx.managed";
+/// Seconds the agent gets between SIGTERM and SIGKILL on delete.
+const STOP_GRACE_SECS: i32 = 2;
+
+#[derive(Debug)]
+pub struct DockerRuntime {
+    docker: Docker,
+    /// Serialises image imports, so two creates never import one image twice.
+    imports: Mutex<()>,
+    version: String,
+}
+
+fn docker_error(context: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> RuntimeError {
+    let context = context.into();
+    move |err| RuntimeError::Engine {
+        context,
+        message: err.to_string(),
+    }
+}
+
+fn is_not_found(err: &bollard::errors::Error) -> bool {
+    matches!(
+        err,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+fn container_name(id: &str) -> String {
+    format!("sbx-{id}")
+}
+
+/// `sbx/<name>:<hash>` from an image build directory named `<name>-<hash>`
+/// (what `scripts/build-image` makes); other layouts are named after the
+/// directory as a whole.
+fn image_tag(image_rootfs: &Path) -> Result<String, RuntimeError> {
+    let resolved = image_rootfs
+        .canonicalize()
+        .map_err(RuntimeError::io(format!(
+            "cannot resolve image rootfs {}",
+            image_rootfs.display()
+        )))?;
+    let build = resolved
+        .parent()
+        .and_then(Path::file_name)
+        .map(|name| name.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let clean = |text: &str| -> String {
+        text.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    };
+    Ok(match build.rsplit_once('-') {
+        Some((name, hash)) if !name.is_empty() && !hash.is_empty() => {
+            format!("sbx/{}:{}", clean(name), clean(hash))
+        }
+        _ => format!("sbx/{}:latest", clean(&build)),
+    })
+}
+
+impl DockerRuntime {
+    /// Connects over `DOCKER_HOST` or `/var/run/docker.sock` and checks the
+    /// engine answers.
+    pub async fn connect() -> Result<Self, RuntimeError> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(docker_error("cannot connect to the docker engine"))?
+            .negotiate_version()
+            .await
+            .map_err(docker_error("the docker engine does not answer"))?;
+        let version = docker
+            .version()
+            .await
+            .map_err(docker_error("the docker engine does not answer"))?
+            .version
+            .unwrap_or_default();
+        Ok(Self {
+            docker,
+            imports: Mutex::new(()),
+            version,
+        })
+    }
+
+    /// Imports the rootfs as `tag` unless the engine already has it.
+    async fn ensure_image(&self, tag: &str, rootfs: &Path) -> Result<(), RuntimeError> {
+        let _import = self.imports.lock().await;
+        if self.docker.inspect_image(tag).await.is_ok() {
+            return Ok(());
+        }
+        tracing::info!(%tag, rootfs = %rootfs.display(), "importing image into docker");
+        let (repo, version) = tag.split_once(':').unwrap_or((tag, "latest"));
+        // GNU tar handles every file type a rootfs holds (devices, sockets,
+        // hard links, xattrs); its output streams straight into the engine.
+        let mut tar = tokio::process::Command::new("tar")
+            .arg("--numeric-owner")
+            .arg("-C")
+            .arg(rootfs)
+            .args(["-cf", "-", "."])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(RuntimeError::io("cannot run tar to import an image"))?;
+        let stdout = tar.stdout.take().ok_or_else(|| RuntimeError::Engine {
+            context: "image import".into(),
+            message: "tar has no stdout".into(),
+        })?;
+        let body = bollard::body_try_stream(tokio_util::io::ReaderStream::new(stdout));
+        let options = CreateImageOptionsBuilder::default()
+            .from_src("-")
+            .repo(repo)
+            .tag(version)
+            .build();
+        let mut progress = self.docker.create_image(Some(options), Some(body), None);
+        while let Some(step) = progress.next().await {
+            step.map_err(docker_error(format!("cannot import {tag}")))?;
+        }
+        let status = tar
+            .wait()
+            .await
+            .map_err(RuntimeError::io("cannot wait for tar"))?;
+        if !status.success() {
+            return Err(RuntimeError::Engine {
+                context: format!("cannot import {tag}"),
+                message: format!("tar exited with {status}"),
+            });
+        }
+        Ok(())
+    }
+
+    fn container_body(container: &ContainerSpec, image: String) -> ContainerCreateBody {
+        let limits = container.limits;
+        let memory = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
+        let open_files = i64::try_from(spec::open_files_limit()).unwrap_or(1024);
+        let host_config = HostConfig {
+            binds: Some(vec![
+                format!(
+                    "{}:{}:ro",
+                    container.agent_binary.display(),
+                    sbx_api::AGENT_BINARY_PATH
+                ),
+                format!("{}:/.sbx/run:rw", container.dir.run_dir().display()),
+            ]),
+            network_mode: Some("none".into()),
+            memory: Some(memory),
+            // Equal to the memory limit: no swap on top of it.
+            memory_swap: Some(memory),
+            nano_cpus: Some((limits.cpus * 1e9).round() as i64),
+            pids_limit: Some(i64::try_from(limits.pids).unwrap_or(i64::MAX)),
+            cap_drop: Some(vec!["ALL".into()]),
+            cap_add: Some(spec::capability_names()),
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            ulimits: Some(vec![ResourcesUlimits {
+                name: Some("nofile".into()),
+                soft: Some(open_files),
+                hard: Some(open_files),
+            }]),
+            init: Some(false),
+            ..HostConfig::default()
+        };
+        ContainerCreateBody {
+            image: Some(image),
+            entrypoint: Some(vec![sbx_api::AGENT_BINARY_PATH.to_owned()]),
+            cmd: Some(Vec::new()),
+            env: Some(spec::agent_env(container)),
+            working_dir: Some("/".into()),
+            hostname: Some(spec::hostname(&container.id)),
+            labels: Some(HashMap::from([
+                (LABEL_ID.to_owned(), container.id.clone()),
+                (LABEL_MANAGED.to_owned(), "true".to_owned()),
+            ])),
+            network_disabled: Some(true),
+            host_config: Some(host_config),
+            ..ContainerCreateBody::default()
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn version(&self) -> String {
+        self.version.clone()
+    }
+
+    async fn start(&self, container: &ContainerSpec) -> Result<(), RuntimeError> {
+        let tag = image_tag(&container.image_rootfs)?;
+        self.ensure_image(&tag, &container.image_rootfs).await?;
+        let name = container_name(&container.id);
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let created = self
+            .docker
+            .create_container(Some(options), Self::container_body(container, tag))
+            .await
+            .map_err(docker_error(format!("cannot create container {name}")));
+        let started = match created {
+            Ok(_) => self
+                .docker
+                .start_container(&name, None)
+                .await
+                .map_err(docker_error(format!("cannot start container {name}"))),
+            Err(err) => Err(err),
+        };
+        if let Err(err) = started {
+            if let Err(cleanup) = self.remove(&container.id, &container.dir).await {
+                tracing::warn!(id = %container.id, error = %cleanup, "cleanup after a failed start failed");
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str, _dir: &SandboxDir) -> Result<(), RuntimeError> {
+        let name = container_name(id);
+        let stop = StopContainerOptionsBuilder::default()
+            .t(STOP_GRACE_SECS)
+            .build();
+        match self.docker.stop_container(&name, Some(stop)).await {
+            Err(err) if is_not_found(&err) => return Ok(()),
+            // Stopping an already stopped container answers 304: fine.
+            _ => {}
+        }
+        let remove = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(&name, Some(remove)).await {
+            Ok(()) => Ok(()),
+            Err(err) if is_not_found(&err) => Ok(()),
+            Err(err) => Err(docker_error(format!("cannot remove container {name}"))(err)),
+        }
+    }
+
+    async fn is_running(&self, id: &str) -> Result<bool, RuntimeError> {
+        match self
+            .docker
+            .inspect_container(&container_name(id), None)
+            .await
+        {
+            Ok(inspect) => Ok(inspect
+                .state
+                .and_then(|state| state.running)
+                .unwrap_or(false)),
+            Err(err) if is_not_found(&err) => Ok(false),
+            Err(err) => Err(docker_error(format!("cannot inspect sandbox {id}"))(err)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<String>, RuntimeError> {
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&HashMap::from([(
+                "label".to_owned(),
+                vec![format!("{LABEL_MANAGED}=true")],
+            )]))
+            .build();
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(docker_error("cannot list containers"))?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|container| container.labels?.get(LABEL_ID).cloned())
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_tags_name_the_build() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rootfs = dir.path().join(".store/base-2db5b67ebfff/rootfs");
+        std::fs::create_dir_all(&rootfs).expect("mkdir");
+        std::os::unix::fs::symlink(".store/base-2db5b67ebfff", dir.path().join("base"))
+            .expect("symlink");
+        assert_eq!(
+            image_tag(&dir.path().join("base/rootfs")).expect("tag"),
+            "sbx/base:2db5b67ebfff"
+        );
+        let plain = dir.path().join("Plain/rootfs");
+        std::fs::create_dir_all(&plain).expect("mkdir");
+        assert_eq!(image_tag(&plain).expect("tag"), "sbx/plain:latest");
+    }
+}
