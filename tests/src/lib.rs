@@ -73,6 +73,90 @@ where
     }
 }
 
+/// The container engines the suite runs every test against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Youki,
+    Docker,
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Youki => "youki",
+            Engine::Docker => "docker",
+        }
+    }
+
+    /// What the cgroup paths of a sandbox's processes contain: the sbx id
+    /// under youki, the container id under Docker (None once it is gone).
+    pub fn cgroup_marker(self, sandbox_id: &str) -> Option<String> {
+        match self {
+            Engine::Youki => Some(format!(":/sbx/{sandbox_id}")),
+            Engine::Docker => docker_container_id(sandbox_id),
+        }
+    }
+}
+
+/// Host pids of the processes whose cgroup path contains `marker` (see
+/// [`Engine::cgroup_marker`]): a sandbox's processes, wherever their mount
+/// namespace puts them.
+pub fn processes_in_cgroup(marker: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .map(|groups| groups.lines().any(|line| line.contains(marker)))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// The full Docker id of a sandbox's container, if it exists.
+pub fn docker_container_id(sandbox_id: &str) -> Option<String> {
+    let output = Command::new("docker")
+        .args([
+            "inspect",
+            "--format",
+            "{{.Id}}",
+            &format!("sbx-{sandbox_id}"),
+        ])
+        .output()
+        .ok()?;
+    let id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    (output.status.success() && !id.is_empty()).then_some(id)
+}
+
+/// Defines one `#[tokio::test]` per engine for each named test function
+/// (`async fn name(engine: Engine) -> anyhow::Result<()>`), in modules
+/// `youki` and `docker`: the same suite runs on both runtimes, and a runtime
+/// that cannot start fails its tests instead of skipping them.
+#[macro_export]
+macro_rules! on_every_runtime {
+    ($($name:ident),* $(,)?) => {
+        mod youki {
+            $(
+                #[tokio::test]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name($crate::Engine::Youki).await
+                }
+            )*
+        }
+        mod docker {
+            $(
+                #[tokio::test]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name($crate::Engine::Docker).await
+                }
+            )*
+        }
+    };
+}
+
 /// A running `sbx serve`. Dropping it deletes the sandboxes it still holds
 /// (so a failed test leaks no container) and then kills the server.
 #[derive(Debug)]
@@ -80,22 +164,23 @@ pub struct Server {
     child: Option<Child>,
     data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
+    pub engine: Engine,
     pub url: String,
     pub token: String,
 }
 
 impl Server {
     /// Starts a server on a new temp data dir.
-    pub async fn start() -> Result<Self> {
+    pub async fn start(engine: Engine) -> Result<Self> {
         let temp = tempfile::Builder::new().prefix("sbx-e2e-").tempdir()?;
         let data_dir = temp.path().to_owned();
-        let mut server = Self::start_on(&data_dir).await?;
+        let mut server = Self::start_on(engine, &data_dir).await?;
         server._temp = Some(temp);
         Ok(server)
     }
 
     /// Starts a server on an existing data dir (to test restarts).
-    pub async fn start_on(data_dir: &Path) -> Result<Self> {
+    pub async fn start_on(engine: Engine, data_dir: &Path) -> Result<Self> {
         let port = free_loopback_port()?;
         let url = format!("http://127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new()
@@ -104,6 +189,8 @@ impl Server {
             .open(data_dir.with_extension("log"))?;
         let child = Command::new(sbx_bin())
             .arg("serve")
+            .arg("--runtime")
+            .arg(engine.name())
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
@@ -122,6 +209,7 @@ impl Server {
             child: Some(child),
             data_dir: data_dir.to_owned(),
             _temp: None,
+            engine,
             url,
             token: String::new(),
         };
@@ -140,7 +228,14 @@ impl Server {
             }
             if let Ok(token) = std::fs::read_to_string(&token_path) {
                 let probe = Client::new(&self.url, Some(token.trim().to_owned()))?;
-                if probe.list_sandboxes().await.is_ok() {
+                if let Ok(info) = probe.info().await {
+                    if info.runtime.name != self.engine.name() {
+                        bail!(
+                            "asked for {}, got {}",
+                            self.engine.name(),
+                            info.runtime.name
+                        );
+                    }
                     self.token = token.trim().to_owned();
                     return Ok(());
                 }

@@ -1,7 +1,7 @@
 //! End to end through the `sbx` binary itself: what a person types.
 
 use anyhow::{ensure, Result};
-use sbx_tests::{sbx_bin, Server};
+use sbx_tests::{sbx_bin, Engine, Server};
 use std::io::Read;
 use std::process::{Command, Output};
 
@@ -17,9 +17,8 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-#[tokio::test]
-async fn create_exec_ls_rm() -> Result<()> {
-    let server = Server::start().await?;
+async fn create_exec_ls_rm(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
 
     let created = sbx(
         &server,
@@ -66,9 +65,8 @@ async fn create_exec_ls_rm() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn background_processes_from_the_cli() -> Result<()> {
-    let server = Server::start().await?;
+async fn background_processes_from_the_cli(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
     let created = sbx(&server, &["create"])?;
     let id = stdout(&created).trim().to_owned();
 
@@ -115,9 +113,8 @@ async fn background_processes_from_the_cli() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn cp_round_trips_a_100_mib_file_and_a_tree() -> Result<()> {
-    let server = Server::start().await?;
+async fn cp_round_trips_a_100_mib_file_and_a_tree(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
     let created = sbx(&server, &["create"])?;
     let id = stdout(&created).trim().to_owned();
     let local = tempfile::tempdir()?;
@@ -195,9 +192,8 @@ async fn cp_round_trips_a_100_mib_file_and_a_tree() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn without_a_token_the_cli_is_refused() -> Result<()> {
-    let server = Server::start().await?;
+async fn without_a_token_the_cli_is_refused(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
     let output = Command::new(sbx_bin())
         .args(["ls", "--token", "bogus"])
         .env("SBX_URL", &server.url)
@@ -206,3 +202,10 @@ async fn without_a_token_the_cli_is_refused() -> Result<()> {
     assert!(String::from_utf8_lossy(&output.stderr).contains("unauthorized"));
     Ok(())
 }
+
+sbx_tests::on_every_runtime!(
+    create_exec_ls_rm,
+    background_processes_from_the_cli,
+    cp_round_trips_a_100_mib_file_and_a_tree,
+    without_a_token_the_cli_is_refused,
+);

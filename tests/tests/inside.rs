@@ -10,7 +10,7 @@ use sbx_api::{
     CreateSandboxRequest, ErrorCode, ExecEvent, ExecRequest, FileType, LogsQuery, ProcessState,
     StartProcessRequest,
 };
-use sbx_tests::{agent_pid, eventually, peak_rss, Server};
+use sbx_tests::{agent_pid, eventually, peak_rss, Engine, Server};
 use std::io::Read;
 use std::time::Duration;
 
@@ -54,9 +54,10 @@ fn random_bytes(len: usize) -> Result<Vec<u8>> {
     Ok(data)
 }
 
-#[tokio::test]
-async fn streamed_exec_delivers_events_in_order_while_the_command_runs() -> Result<()> {
-    let server = Server::start().await?;
+async fn streamed_exec_delivers_events_in_order_while_the_command_runs(
+    engine: Engine,
+) -> Result<()> {
+    let server = Server::start(engine).await?;
     let client = server.client();
     let id = new_sandbox(&server).await?;
     let sandbox = client.sandbox(&id);
@@ -104,9 +105,8 @@ async fn streamed_exec_delivers_events_in_order_while_the_command_runs() -> Resu
     Ok(())
 }
 
-#[tokio::test]
-async fn a_client_that_disconnects_kills_the_streamed_command() -> Result<()> {
-    let server = Server::start().await?;
+async fn a_client_that_disconnects_kills_the_streamed_command(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
     let client = server.client();
     let id = new_sandbox(&server).await?;
     let sandbox = client.sandbox(&id);
@@ -138,9 +138,8 @@ async fn a_client_that_disconnects_kills_the_streamed_command() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn fifty_concurrent_execs_on_one_sandbox() -> Result<()> {
-    let server = Server::start().await?;
+async fn fifty_concurrent_execs_on_one_sandbox(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
     let client = server.client();
     let id = new_sandbox(&server).await?;
     let mut tasks = tokio::task::JoinSet::new();
@@ -167,9 +166,10 @@ async fn fifty_concurrent_execs_on_one_sandbox() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn a_gigabyte_of_output_keeps_agent_and_orchestrator_memory_bounded() -> Result<()> {
-    let server = Server::start().await?;
+async fn a_gigabyte_of_output_keeps_agent_and_orchestrator_memory_bounded(
+    engine: Engine,
+) -> Result<()> {
+    let server = Server::start(engine).await?;
     let client = server.client();
     let id = new_sandbox(&server).await?;
     let sandbox = client.sandbox(&id);
@@ -211,9 +211,8 @@ async fn a_gigabyte_of_output_keeps_agent_and_orchestrator_memory_bounded() -> R
     Ok(())
 }
 
-#[tokio::test]
-async fn background_process_logs_stdin_signals_and_wait() -> Result<()> {
-    let server = Server::start().await?;
+async fn background_process_logs_stdin_signals_and_wait(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
     let client = server.client();
     let id = new_sandbox(&server).await?;
     let sandbox = client.sandbox(&id);
@@ -324,9 +323,8 @@ async fn background_process_logs_stdin_signals_and_wait() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn a_100_mib_file_round_trips_byte_identical() -> Result<()> {
-    let server = Server::start().await?;
+async fn a_100_mib_file_round_trips_byte_identical(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
     let client = server.client();
     let id = new_sandbox(&server).await?;
     let sandbox = client.sandbox(&id);
@@ -363,9 +361,8 @@ async fn a_100_mib_file_round_trips_byte_identical() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn file_operations_and_their_errors() -> Result<()> {
-    let server = Server::start().await?;
+async fn file_operations_and_their_errors(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
     let client = server.client();
     let id = new_sandbox(&server).await?;
     let sandbox = client.sandbox(&id);
@@ -475,9 +472,8 @@ fn tree_tar(files: usize) -> Result<Vec<u8>> {
     Ok(builder.into_inner()?)
 }
 
-#[tokio::test]
-async fn a_10000_file_tree_round_trips_through_archives() -> Result<()> {
-    let server = Server::start().await?;
+async fn a_10000_file_tree_round_trips_through_archives(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
     let client = server.client();
     let id = new_sandbox(&server).await?;
     let sandbox = client.sandbox(&id);
@@ -555,9 +551,8 @@ fn hostile_tar() -> Result<Vec<u8>> {
     Ok(builder.into_inner()?)
 }
 
-#[tokio::test]
-async fn hostile_archives_stay_inside_the_target_directory() -> Result<()> {
-    let server = Server::start().await?;
+async fn hostile_archives_stay_inside_the_target_directory(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
     let client = server.client();
     let id = new_sandbox(&server).await?;
     let sandbox = client.sandbox(&id);
@@ -585,9 +580,8 @@ async fn hostile_archives_stay_inside_the_target_directory() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn exec_defaults_and_users() -> Result<()> {
-    let server = Server::start().await?;
+async fn exec_defaults_and_users(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
     let client = server.client();
     let id = new_sandbox(&server).await?;
     let sandbox = client.sandbox(&id);
@@ -623,3 +617,16 @@ async fn exec_defaults_and_users() -> Result<()> {
     assert_eq!(api_code(&err), Some(ErrorCode::InvalidRequest));
     Ok(())
 }
+
+sbx_tests::on_every_runtime!(
+    streamed_exec_delivers_events_in_order_while_the_command_runs,
+    a_client_that_disconnects_kills_the_streamed_command,
+    fifty_concurrent_execs_on_one_sandbox,
+    a_gigabyte_of_output_keeps_agent_and_orchestrator_memory_bounded,
+    background_process_logs_stdin_signals_and_wait,
+    a_100_mib_file_round_trips_byte_identical,
+    file_operations_and_their_errors,
+    a_10000_file_tree_round_trips_through_archives,
+    hostile_archives_stay_inside_the_target_directory,
+    exec_defaults_and_users,
+);

@@ -1,10 +1,10 @@
 //! End to end: a real `sbx serve` (youki runtime) creating real sandboxes
 //! from the base image, driven through the Rust client.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use sbx_api::client::ClientError;
 use sbx_api::{CreateSandboxRequest, ErrorCode, ExecRequest, SandboxState};
-use sbx_tests::Server;
+use sbx_tests::{processes_in_cgroup, Engine, Server};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -21,9 +21,8 @@ fn api_code(err: &ClientError) -> Option<ErrorCode> {
     err.api_error().map(|body| body.error_code)
 }
 
-#[tokio::test]
-async fn echo_git_python_and_exit_codes() -> Result<()> {
-    let server = Server::start().await?;
+async fn echo_git_python_and_exit_codes(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
     let client = server.client();
     let id = new_sandbox(&server).await?;
 
@@ -59,9 +58,10 @@ async fn echo_git_python_and_exit_codes() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn create_answers_201_with_the_sandbox_and_applies_limits_and_env() -> Result<()> {
-    let server = Server::start().await?;
+async fn create_answers_201_with_the_sandbox_and_applies_limits_and_env(
+    engine: Engine,
+) -> Result<()> {
+    let server = Server::start(engine).await?;
     let client = server.client();
     let body = br#"{"image":"base","memory_mb":256,"cpus":0.5,"env":{"GREETING":"hello"},"labels":{"team":"e2e"}}"#;
     let response = client
@@ -94,21 +94,23 @@ async fn create_answers_201_with_the_sandbox_and_applies_limits_and_env() -> Res
         .exec(&id, &ExecRequest::shell("echo $GREETING"))
         .await?;
     assert_eq!(env.stdout, "hello\n");
-    // cgroup v1 memory limit, as seen from the host.
-    let limit = std::fs::read_to_string(format!(
-        "/sys/fs/cgroup/memory/sbx/{id}/memory.limit_in_bytes"
-    ))?;
-    assert_eq!(limit.trim(), (256u64 << 20).to_string());
-    let quota = std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/sbx/{id}/cpu.cfs_quota_us"))?;
-    assert_eq!(quota.trim(), "50000");
-    let pids = std::fs::read_to_string(format!("/sys/fs/cgroup/pids/sbx/{id}/pids.max"))?;
-    assert_eq!(pids.trim(), "1024");
+    // The limits as the sandbox itself sees them (cgroup v1 files).
+    let limits = client
+        .exec(
+            &id,
+            &ExecRequest::shell(
+                "cat /sys/fs/cgroup/memory/memory.limit_in_bytes \
+                     /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/pids/pids.max",
+            ),
+        )
+        .await?;
+    let expected = format!("{}\n50000\n1024\n", 256u64 << 20);
+    assert_eq!(limits.stdout, expected, "{}", limits.stderr);
     Ok(())
 }
 
-#[tokio::test]
-async fn a_timeout_kills_the_command_quickly() -> Result<()> {
-    let server = Server::start().await?;
+async fn a_timeout_kills_the_command_quickly(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
     let id = new_sandbox(&server).await?;
     let request = ExecRequest {
         timeout_ms: Some(500),
@@ -130,9 +132,8 @@ async fn a_timeout_kills_the_command_quickly() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn files_persist_between_execs_and_sandboxes_are_isolated() -> Result<()> {
-    let server = Server::start().await?;
+async fn files_persist_between_execs_and_sandboxes_are_isolated(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
     let client = server.client();
     let first = new_sandbox(&server).await?;
     let second = new_sandbox(&server).await?;
@@ -194,38 +195,18 @@ async fn files_persist_between_execs_and_sandboxes_are_isolated() -> Result<()> 
     Ok(())
 }
 
-/// Host processes in the sandbox's cgroup (`/sbx/<id>` in any hierarchy):
-/// the container's processes, wherever their mount namespace put them.
-fn processes_of(id: &str) -> Vec<u32> {
-    let cgroup = format!(":/sbx/{id}");
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .map(|groups| groups.lines().any(|line| line.ends_with(&cgroup)))
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
-#[tokio::test]
-async fn delete_leaves_nothing_behind() -> Result<()> {
-    let server = Server::start().await?;
+async fn delete_leaves_nothing_behind(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
     let client = server.client();
     let id = new_sandbox(&server).await?;
     let dir = server.data_dir().join("sandboxes").join(&id);
-    let cgroup = format!("/sys/fs/cgroup/memory/sbx/{id}");
+    let marker = engine.cgroup_marker(&id).context("the container exists")?;
     client
         .exec(&id, &ExecRequest::shell("sleep 1000 & echo started"))
         .await?;
     assert!(dir.is_dir());
-    assert!(Path::new(&cgroup).is_dir());
     assert!(
-        processes_of(&id).len() >= 2,
+        processes_in_cgroup(&marker).len() >= 2,
         "the agent and the background sleep run in the sandbox"
     );
     let mounts = std::fs::read_to_string("/proc/mounts")?;
@@ -234,8 +215,20 @@ async fn delete_leaves_nothing_behind() -> Result<()> {
     client.delete_sandbox(&id).await?;
 
     assert!(!dir.exists(), "sandbox dir removed");
-    assert!(!Path::new(&cgroup).exists(), "cgroup removed");
-    assert!(processes_of(&id).is_empty(), "no container process left");
+    assert!(
+        processes_in_cgroup(&marker).is_empty(),
+        "no container process left"
+    );
+    match engine {
+        Engine::Youki => assert!(
+            !Path::new(&format!("/sys/fs/cgroup/memory/sbx/{id}")).exists(),
+            "cgroup removed"
+        ),
+        Engine::Docker => assert!(
+            sbx_tests::docker_container_id(&id).is_none(),
+            "container removed"
+        ),
+    }
     let mounts = std::fs::read_to_string("/proc/mounts")?;
     assert!(!mounts.contains(&id), "no mount left");
     let err = client.get_sandbox(&id).await.expect_err("deleted");
@@ -248,9 +241,8 @@ async fn delete_leaves_nothing_behind() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn sandboxes_survive_a_server_restart() -> Result<()> {
-    let mut first = Server::start().await?;
+async fn sandboxes_survive_a_server_restart(engine: Engine) -> Result<()> {
+    let mut first = Server::start(engine).await?;
     let id = new_sandbox(&first).await?;
     first
         .client()
@@ -259,7 +251,7 @@ async fn sandboxes_survive_a_server_restart() -> Result<()> {
     let data_dir = first.take_data_dir().expect("the harness owns a temp dir");
     first.kill();
 
-    let second = Server::start_on(data_dir.path()).await?;
+    let second = Server::start_on(engine, data_dir.path()).await?;
     let client = second.client();
     let listed = client.list_sandboxes().await?;
     assert!(
@@ -278,9 +270,8 @@ async fn sandboxes_survive_a_server_restart() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn auth_and_error_bodies() -> Result<()> {
-    let server = Server::start().await?;
+async fn auth_and_error_bodies(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
     for token in [None, Some("wrong-token")] {
         let err = server
             .client_with_token(token)
@@ -346,3 +337,13 @@ async fn auth_and_error_bodies() -> Result<()> {
     );
     Ok(())
 }
+
+sbx_tests::on_every_runtime!(
+    echo_git_python_and_exit_codes,
+    create_answers_201_with_the_sandbox_and_applies_limits_and_env,
+    a_timeout_kills_the_command_quickly,
+    files_persist_between_execs_and_sandboxes_are_isolated,
+    delete_leaves_nothing_behind,
+    sandboxes_survive_a_server_restart,
+    auth_and_error_bodies,
+);
