@@ -5,8 +5,9 @@
 //! pass, none of which the tenant should see or depend on. Instead every
 //! command gets, in increasing precedence: a small fixed default
 //! ([`DEFAULT_ENV`]), the sandbox's base environment (which the orchestrator
-//! hands the agent as `SBX_ENV_NAME=value` variables), and the request's own
-//! `env`.
+//! hands the agent as `SBX_ENV_NAME=value` variables), what the request's
+//! `user` implies (`HOME`, `USER`, `LOGNAME`: running as someone else must
+//! not leave root's home in place), and the request's own `env`.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -44,9 +45,11 @@ pub fn base_env_from_vars(
 }
 
 /// The full environment of one command: defaults, then `base`, then
-/// `request` (later entries win).
+/// `user` (see [`crate::user::Identity::env`]), then `request` (later
+/// entries win).
 pub fn command_env(
     base: &BTreeMap<String, String>,
+    user: &[(String, String)],
     request: &BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
     let mut env: BTreeMap<String, String> = DEFAULT_ENV
@@ -54,6 +57,7 @@ pub fn command_env(
         .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
         .collect();
     env.extend(base.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(user.iter().cloned());
     env.extend(request.iter().map(|(k, v)| (k.clone(), v.clone())));
     env
 }
@@ -89,7 +93,7 @@ mod tests {
     fn request_beats_base_beats_defaults() {
         let base = map(&[("HOME", "/home/sbx"), ("A", "base"), ("B", "base")]);
         let request = map(&[("B", "request"), ("C", "request")]);
-        let env = command_env(&base, &request);
+        let env = command_env(&base, &[], &request);
         assert_eq!(env["HOME"], "/home/sbx");
         assert_eq!(env["LANG"], "C.UTF-8");
         assert!(env["PATH"].contains("/usr/bin"));
@@ -97,5 +101,18 @@ mod tests {
         assert_eq!(env["B"], "request");
         assert_eq!(env["C"], "request");
         assert_eq!(env.len(), 6);
+    }
+
+    #[test]
+    fn user_beats_base_but_not_request() {
+        let base = map(&[("HOME", "/home/sbx"), ("USER", "base")]);
+        let user = [
+            ("HOME".to_owned(), "/home/dev".to_owned()),
+            ("USER".to_owned(), "dev".to_owned()),
+        ];
+        let request = map(&[("USER", "request")]);
+        let env = command_env(&base, &user, &request);
+        assert_eq!(env["HOME"], "/home/dev");
+        assert_eq!(env["USER"], "request");
     }
 }

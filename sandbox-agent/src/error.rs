@@ -28,6 +28,37 @@ pub enum AgentError {
     RouteNotFound { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
+    /// `user` names nobody in the sandbox's `/etc/passwd`.
+    #[error("user {user:?} is not in /etc/passwd")]
+    UnknownUser { user: String },
+    /// A background process's program cannot be run (missing, not
+    /// executable); buffered and streamed execs report this as exit 126/127
+    /// instead, as a shell does.
+    #[error("cannot run {program}: {reason}")]
+    NotRunnable { program: String, reason: String },
+    #[error("unknown signal {signal:?}")]
+    UnknownSignal { signal: String },
+    #[error("no process with pid {pid}")]
+    ProcessNotFound { pid: i32 },
+    /// The call needs a running process (signal, stdin).
+    #[error("process {pid} has exited")]
+    ProcessExited { pid: i32 },
+    /// Closed by an earlier `?close=true`, or by the process itself.
+    #[error("stdin of process {pid} is closed")]
+    StdinClosed { pid: i32 },
+    #[error("cannot write to the stdin of process {pid}: {source}")]
+    Stdin {
+        pid: i32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot send {signal} to process group {pid}: {source}")]
+    SendSignal {
+        pid: i32,
+        signal: &'static str,
+        #[source]
+        source: nix::errno::Errno,
+    },
     /// SIGTERM arrived: the agent refuses new processes while it stops.
     #[error("the agent is shutting down")]
     ShuttingDown,
@@ -65,18 +96,45 @@ pub enum AgentError {
     Runtime(#[source] io::Error),
     #[error("the http server failed: {0}")]
     Serve(#[source] io::Error),
+    /// A file-system call failed; the code follows the errno (see
+    /// [`io_error_code`]). `path` is the path inside the sandbox.
+    #[error("cannot {op} {path}: {}", crate::fs_safe::describe(source))]
+    File {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The path exists but is the wrong kind of file for the call.
+    #[error("cannot {op} {path}: {reason}")]
+    FileConflict {
+        op: &'static str,
+        path: String,
+        reason: &'static str,
+    },
 }
 
 impl AgentError {
     /// The stable code clients branch on.
     pub fn error_code(&self) -> ErrorCode {
         match self {
-            AgentError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            AgentError::InvalidRequest(_)
+            | AgentError::UnknownUser { .. }
+            | AgentError::NotRunnable { .. }
+            | AgentError::UnknownSignal { .. } => ErrorCode::InvalidRequest,
+            AgentError::ProcessNotFound { .. } => ErrorCode::NotFound,
+            AgentError::ProcessExited { .. } | AgentError::StdinClosed { .. } => {
+                ErrorCode::Conflict
+            }
             AgentError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
             AgentError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             AgentError::RouteNotFound { .. } => ErrorCode::NotFound,
             AgentError::ShuttingDown => ErrorCode::Unavailable,
+            AgentError::File { source, .. } => io_error_code(source),
+            AgentError::FileConflict { .. } => ErrorCode::Conflict,
             AgentError::Spawn { .. }
+            | AgentError::Stdin { .. }
+            | AgentError::SendSignal { .. }
             | AgentError::Pipe { .. }
             | AgentError::ExitLost { .. }
             | AgentError::Listen { .. }
@@ -90,6 +148,28 @@ impl AgentError {
     pub fn status(&self) -> StatusCode {
         StatusCode::from_u16(self.error_code().http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+/// The error code of a failed file-system call, by errno: what the caller
+/// can fix (missing path, wrong kind of file, full disk) is a 4xx.
+fn io_error_code(err: &io::Error) -> ErrorCode {
+    match err.raw_os_error() {
+        Some(libc::ENOENT) => ErrorCode::NotFound,
+        Some(libc::EACCES | libc::EPERM | libc::EROFS) => ErrorCode::PermissionDenied,
+        Some(
+            libc::EEXIST
+            | libc::ENOTEMPTY
+            | libc::EISDIR
+            | libc::ENOTDIR
+            | libc::EBUSY
+            | libc::EXDEV
+            | libc::ETXTBSY
+            | libc::EMLINK,
+        ) => ErrorCode::Conflict,
+        Some(libc::ENAMETOOLONG | libc::ELOOP | libc::EINVAL) => ErrorCode::InvalidRequest,
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => ErrorCode::PayloadTooLarge,
+        _ => ErrorCode::Internal,
     }
 }
 
@@ -134,5 +214,16 @@ mod tests {
             source: io::Error::from_raw_os_error(libc::EAGAIN),
         };
         assert_eq!(spawn.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            AgentError::ProcessNotFound { pid: 7 }.status(),
+            StatusCode::NOT_FOUND
+        );
+        let exited = AgentError::ProcessExited { pid: 7 };
+        assert_eq!(exited.status(), StatusCode::CONFLICT);
+        assert_eq!(exited.to_string(), "process 7 has exited");
+        assert_eq!(
+            AgentError::UnknownUser { user: "x".into() }.status(),
+            StatusCode::BAD_REQUEST
+        );
     }
 }

@@ -17,7 +17,8 @@ use crate::error::AgentError;
 use crate::process::{
     self, is_program_error, signal_group, CommandSpec, GroupKillGuard, OutputStream,
 };
-use crate::reaper::ExitWatch;
+use crate::reaper::{ExitStatus, ExitWatch};
+use crate::user::Identity;
 use crate::Agent;
 use nix::sys::signal::Signal;
 use sbx_api::{ExecRequest, ExecResult, DEFAULT_OUTPUT_CAP};
@@ -53,7 +54,12 @@ pub async fn run(agent: &Agent, request: ExecRequest) -> Result<ExecResult, Agen
     Ok(result)
 }
 
-fn command_spec(agent: &Agent, request: &ExecRequest) -> Result<CommandSpec, AgentError> {
+/// What to spawn for a validated request (shared with background
+/// processes): argv, checked cwd, identity and environment.
+pub(crate) fn command_spec(
+    agent: &Agent,
+    request: &ExecRequest,
+) -> Result<CommandSpec, AgentError> {
     let argv = match (&request.cmd, &request.shell) {
         (Some(argv), None) => argv.clone(),
         (None, Some(script)) => vec![shell().to_owned(), "-c".to_owned(), script.clone()],
@@ -68,11 +74,14 @@ fn command_spec(agent: &Agent, request: &ExecRequest) -> Result<CommandSpec, Age
         .as_ref()
         .map_or_else(|| agent.config.workdir.clone(), PathBuf::from);
     check_cwd(&cwd)?;
+    let identity = request.user.as_deref().map(Identity::resolve).transpose()?;
+    let user_env = identity.as_ref().map(Identity::env).unwrap_or_default();
     Ok(CommandSpec {
         argv,
         cwd,
-        env: command_env(&agent.config.base_env, &request.env),
+        env: command_env(&agent.config.base_env, &user_env, &request.env),
         stdin: request.stdin.is_some(),
+        identity,
     })
 }
 
@@ -104,24 +113,29 @@ fn check_cwd(cwd: &Path) -> Result<(), AgentError> {
 }
 
 /// The result of a command that could not be started, shaped like a shell's.
-fn not_runnable(program: &str, err: &io::Error) -> ExecResult {
+pub(crate) fn not_runnable(program: &str, err: &io::Error) -> ExecResult {
     let exit_code = if err.raw_os_error() == Some(libc::ENOENT) {
         127
     } else {
         126
     };
-    let reason = err.raw_os_error().map_or_else(
-        || err.to_string(),
-        |errno| nix::errno::Errno::from_raw(errno).desc().to_owned(),
-    );
     ExecResult {
         exit_code,
         stdout: String::new(),
-        stderr: format!("sandbox-agent: {program}: {reason}\n"),
+        stderr: format!("sandbox-agent: {program}: {}\n", spawn_reason(err)),
         duration_ms: 0,
         timed_out: false,
         truncated: false,
     }
+}
+
+/// Why a program could not be run, as `strerror` says it (without the
+/// "(os error N)" of io::Error's Display).
+pub(crate) fn spawn_reason(err: &io::Error) -> String {
+    err.raw_os_error().map_or_else(
+        || err.to_string(),
+        |errno| nix::errno::Errno::from_raw(errno).desc().to_owned(),
+    )
 }
 
 /// Drives a spawned command to the end: stdin, both outputs and the exit
@@ -138,28 +152,18 @@ async fn collect(
         stdin: stdin_pipe,
         stdout,
         stderr,
-        mut exit,
+        exit,
     } = spawned;
     let mut guard = GroupKillGuard::new(pid);
     let feed_exit = exit.clone();
-    let wait = async {
-        let timed_out = match timeout {
-            Some(limit) => tokio::time::timeout(limit, exit.exited()).await.is_err(),
-            None => false,
-        };
-        if timed_out {
-            signal_group(pid, Signal::SIGKILL);
-        }
-        let status = exit.wait().await?;
-        Ok::<_, AgentError>((status, timed_out, started.elapsed()))
-    };
     let (out, err, waited, ()) = tokio::join!(
         read_capped(stdout, cap),
         read_capped(stderr, cap),
-        wait,
+        wait_exit(pid, exit, timeout),
         feed(stdin_pipe, stdin, feed_exit),
     );
-    let (status, timed_out, duration) = waited?;
+    let (status, timed_out) = waited?;
+    let duration = started.elapsed();
     guard.disarm();
     Ok(ExecResult {
         exit_code: status.code(),
@@ -171,9 +175,26 @@ async fn collect(
     })
 }
 
+/// Waits for the command to exit; when `timeout` runs out first, kills its
+/// process group and reports `timed_out`.
+pub(crate) async fn wait_exit(
+    pid: i32,
+    mut exit: ExitWatch,
+    timeout: Option<Duration>,
+) -> Result<(ExitStatus, bool), AgentError> {
+    let timed_out = match timeout {
+        Some(limit) => tokio::time::timeout(limit, exit.exited()).await.is_err(),
+        None => false,
+    };
+    if timed_out {
+        signal_group(pid, Signal::SIGKILL);
+    }
+    Ok((exit.wait().await?, timed_out))
+}
+
 /// Writes `data` to the command's stdin and closes it. Gives up when the
 /// command exits: a grandchild may hold the pipe without ever reading it.
-async fn feed(pipe: Option<pipe::Sender>, data: Option<String>, mut exit: ExitWatch) {
+pub(crate) async fn feed(pipe: Option<pipe::Sender>, data: Option<String>, mut exit: ExitWatch) {
     let (Some(mut pipe), Some(data)) = (pipe, data) else {
         return;
     };

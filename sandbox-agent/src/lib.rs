@@ -11,17 +11,30 @@
 //!   that hands exit statuses to their owners;
 //! - [`process`]: spawn a command in its own session, with async pipes and
 //!   an exit watch — the base for exec, streaming and background processes;
+//! - [`user`]: who a command runs as, from the sandbox's `/etc/passwd`;
 //! - [`exec`]: the buffered `POST /exec` consumer;
+//! - [`events`]: NDJSON event streams and incremental UTF-8 decoding;
+//! - [`stream`]: the streamed `POST /exec`, killed when its client leaves;
+//! - [`processes`]: background processes, their logs, stdin and signals;
+//! - [`files`], [`archive`]: file and tar routes, streamed; [`fs_safe`]
+//!   keeps archive extraction beneath its target directory;
 //! - [`server`]: routes, readiness by atomic socket rename, shutdown;
 //! - [`env`]: the clean environment commands start with;
 //! - [`error`]: [`AgentError`] and its one mapping to HTTP.
 
+pub mod archive;
 pub mod env;
 pub mod error;
+pub mod events;
 pub mod exec;
+pub mod files;
+pub mod fs_safe;
 pub mod process;
+pub mod processes;
 pub mod reaper;
 pub mod server;
+pub mod stream;
+pub mod user;
 
 pub use error::AgentError;
 
@@ -52,6 +65,7 @@ pub struct Config {
 pub struct Agent {
     pub config: Config,
     pub reaper: Arc<reaper::Reaper>,
+    pub processes: processes::Processes,
 }
 
 /// Runs the agent until SIGTERM/SIGINT. Returns `Ok` after a clean shutdown.
@@ -71,7 +85,12 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         .map_err(AgentError::Runtime)?;
     let result = runtime.block_on(async {
         let reaper = reaper::Reaper::start()?;
-        server::serve(Arc::new(Agent { config, reaper })).await
+        server::serve(Arc::new(Agent {
+            config,
+            reaper,
+            processes: processes::Processes::default(),
+        }))
+        .await
     });
     // Tasks still parked on pipes of killed processes must not delay exit.
     runtime.shutdown_timeout(Duration::from_millis(100));

@@ -1,6 +1,6 @@
 //! Starting a command in the sandbox: the layer every way of running
-//! something (buffered exec today, streamed exec and background processes
-//! later) is built on.
+//! something (buffered exec, streamed exec, background processes) is built
+//! on.
 //!
 //! [`spawn`] returns a [`Spawned`]: the pid, which is also the process group
 //! id because each command starts its own session (so a timeout, a signal
@@ -16,6 +16,7 @@
 
 use crate::error::AgentError;
 use crate::reaper::{ExitWatch, Reaper};
+use crate::user::Identity;
 use bytes::{Bytes, BytesMut};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -52,6 +53,8 @@ pub struct CommandSpec {
     pub env: BTreeMap<String, String>,
     /// Give the command a stdin pipe; otherwise stdin is `/dev/null`.
     pub stdin: bool,
+    /// Run as this user; as the agent's own (root) when `None`.
+    pub identity: Option<Identity>,
 }
 
 /// A running command. Dropping it neither waits for nor kills the command;
@@ -89,11 +92,19 @@ pub fn spawn(reaper: &Reaper, spec: &CommandSpec) -> Result<Spawned, AgentError>
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let identity = spec.identity.clone();
     // SAFETY: the hook runs in the forked child before exec, where only
     // async-signal-safe calls are allowed; it calls setsid(2), which is one,
-    // and builds an io::Error from an errno without allocating.
+    // then `Identity::apply_in_child` (raw set*id syscalls on data built
+    // before the fork), and builds io::Errors from errnos without allocating.
     unsafe {
-        command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
+        command.pre_exec(move || {
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            match &identity {
+                Some(identity) => identity.apply_in_child(),
+                None => Ok(()),
+            }
+        });
     }
     let started = Instant::now();
     let (mut child, exit) = reaper.spawn(&mut command)?;

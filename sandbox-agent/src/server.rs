@@ -6,21 +6,26 @@
 //! same directory and `rename` it into place, which is atomic.
 //!
 //! Shutdown (SIGTERM, or SIGINT by hand): stop starting processes, SIGTERM
-//! every process group the agent started (and, as PID 1, every process in
-//! the sandbox), give them up to [`STOP_GRACE`] to go, SIGKILL what is left,
-//! let in-flight replies go out for a moment, remove the socket, exit 0.
+//! every process group the agent started (execs, streams and background
+//! processes alike: all are the reaper's children) and, as PID 1, every
+//! process in the sandbox, give them up to [`STOP_GRACE`] to go, SIGKILL
+//! what is left, let in-flight replies go out for a moment, remove the
+//! socket, exit 0.
 
 use crate::error::AgentError;
+use crate::events::ndjson_response;
 use crate::process::signal_group;
-use crate::{exec, Agent};
+use crate::{exec, processes, stream, Agent};
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::header::ACCEPT;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use sbx_api::{ExecRequest, ExecResult};
+use sbx_api::{ExecRequest, NDJSON};
 use serde::de::DeserializeOwned;
 use std::future::IntoFuture;
 use std::io;
@@ -46,6 +51,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/exec", post(exec_handler))
+        .merge(processes::routes())
+        .merge(crate::files::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -56,12 +63,27 @@ async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+/// Buffered, or streamed (see [`stream`]) when the body says `stream` or
+/// the client accepts NDJSON.
 async fn exec_handler(
     State(agent): State<Arc<Agent>>,
+    headers: HeaderMap,
     JsonBody(request): JsonBody<ExecRequest>,
-) -> Result<Json<ExecResult>, AgentError> {
+) -> Result<Response, AgentError> {
     request.validate().map_err(AgentError::InvalidRequest)?;
-    Ok(Json(exec::run(&agent, request).await?))
+    if request.stream || accepts_ndjson(&headers) {
+        return Ok(ndjson_response(stream::start(&agent, request)?));
+    }
+    Ok(Json(exec::run(&agent, request).await?).into_response())
+}
+
+fn accepts_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|range| range.split(';').next().map(str::trim) == Some(NDJSON))
 }
 
 async fn not_found(method: Method, uri: Uri) -> AgentError {

@@ -3,109 +3,18 @@
 //! needed: the agent makes itself a child subreaper, so orphan reaping is
 //! exercised here too.
 
+mod common;
+
 use bytes::Bytes;
+use common::{gone_within, read_pid, TestAgent};
 use http::Method;
 use http_body_util::BodyExt;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use sbx_api::client::{Client, ClientError};
+use sbx_api::client::ClientError;
 use sbx_api::{ErrorBody, ErrorCode, ExecRequest, ExecResult, DEFAULT_OUTPUT_CAP};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-use tempfile::TempDir;
-
-/// One agent process, SIGTERMed (then SIGKILLed) on drop so that it stops
-/// the commands it started. Only the pid spawned here is ever signalled.
-struct TestAgent {
-    child: Option<Child>,
-    dir: TempDir,
-    socket: PathBuf,
-}
-
-impl TestAgent {
-    fn start() -> Self {
-        Self::start_with_env(&[])
-    }
-
-    fn start_with_env(env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir for the agent");
-        let socket = dir.path().join("agent.sock");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sandbox-agent"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--workdir")
-            .arg(dir.path())
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("agent binary starts");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            if let Some(status) = child.try_wait().expect("agent status") {
-                panic!("agent exited before listening: {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent socket did not appear within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Self {
-            child: Some(child),
-            dir,
-            socket,
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::unix(&self.socket)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn pid(&self) -> Pid {
-        let child = self.child.as_ref().expect("agent still owned");
-        Pid::from_raw(i32::try_from(child.id()).expect("pid fits"))
-    }
-
-    /// Waits up to `limit` for the agent to exit and returns its status.
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let child = self.child.as_mut()?;
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = child.try_wait().expect("agent status") {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for TestAgent {
-    fn drop(&mut self) {
-        let Some(child) = self.child.as_mut() else {
-            return;
-        };
-        if child.try_wait().ok().flatten().is_none() {
-            let _ = kill(self.pid(), Signal::SIGTERM);
-            if self.wait_exit(Duration::from_secs(3)).is_none() {
-                if let Some(child) = self.child.as_mut() {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
-            }
-        }
-    }
-}
 
 async fn exec(agent: &TestAgent, request: ExecRequest) -> ExecResult {
     agent
@@ -153,31 +62,6 @@ async fn raw(
         )
     });
     (status, body)
-}
-
-fn read_pid(path: &Path) -> i32 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if let Ok(pid) = text.trim().parse() {
-                return pid;
-            }
-        }
-        assert!(Instant::now() < deadline, "no pid in {}", path.display());
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// True once /proc/<pid> is gone (killed and reaped), within `limit`.
-fn gone_within(pid: i32, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    true
 }
 
 fn with_env(mut request: ExecRequest, pairs: &[(&str, &str)]) -> ExecRequest {
@@ -489,4 +373,100 @@ async fn sigterm_stops_children_and_removes_the_socket() {
     if let Ok(Ok(Ok(result))) = tokio::time::timeout(Duration::from_secs(5), running).await {
         assert_ne!(result.exit_code, 0);
     }
+}
+
+fn as_user(user: &str, request: ExecRequest) -> ExecRequest {
+    ExecRequest {
+        user: Some(user.to_owned()),
+        ..request
+    }
+}
+
+fn env_of(stdout: &str) -> BTreeMap<&str, &str> {
+    stdout
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .collect()
+}
+
+#[tokio::test]
+async fn numeric_user_runs_with_those_ids() {
+    let agent = TestAgent::start();
+    let ids = exec(
+        &agent,
+        as_user("1000:1000", ExecRequest::shell("id -u; id -g; id -G")),
+    )
+    .await;
+    assert_eq!(ids.exit_code, 0, "{}", ids.stderr);
+    let lines: Vec<&str> = ids.stdout.lines().collect();
+    assert_eq!(lines[..2], ["1000", "1000"], "{}", ids.stdout);
+    assert!(
+        !lines[2].split(' ').any(|gid| gid == "0"),
+        "root's group kept: {}",
+        ids.stdout
+    );
+    // Not in any /etc/passwd: the gid defaults to the uid, HOME to /.
+    let stranger = exec(
+        &agent,
+        as_user("4242", ExecRequest::shell("id -u; id -g; env")),
+    )
+    .await;
+    assert_eq!(stranger.exit_code, 0, "{}", stranger.stderr);
+    assert!(
+        stranger.stdout.starts_with("4242\n4242\n"),
+        "{}",
+        stranger.stdout
+    );
+    assert_eq!(env_of(&stranger.stdout).get("HOME"), Some(&"/"));
+}
+
+#[tokio::test]
+async fn named_user_gets_ids_groups_and_home_from_passwd() {
+    let agent = TestAgent::start();
+    // Debian's nobody: 65534:65534, home /nonexistent.
+    let result = exec(
+        &agent,
+        as_user("nobody", ExecRequest::shell("id -un; id -u; id -g; env")),
+    )
+    .await;
+    assert_eq!(result.exit_code, 0, "{}", result.stderr);
+    assert!(
+        result.stdout.starts_with("nobody\n65534\n65534\n"),
+        "{}",
+        result.stdout
+    );
+    let env = env_of(&result.stdout);
+    assert_eq!(env.get("HOME"), Some(&"/nonexistent"));
+    assert_eq!(env.get("USER"), Some(&"nobody"));
+    assert_eq!(env.get("LOGNAME"), Some(&"nobody"));
+    assert_eq!(env.get("LANG"), Some(&"C.UTF-8"));
+    // The request's env still wins.
+    let overridden = exec(
+        &agent,
+        as_user(
+            "nobody",
+            with_env(ExecRequest::argv(["env"]), &[("HOME", "/tmp")]),
+        ),
+    )
+    .await;
+    assert_eq!(env_of(&overridden.stdout).get("HOME"), Some(&"/tmp"));
+    // Root by name keeps root's home and sets no USER.
+    let root = exec(&agent, as_user("root", ExecRequest::shell("id -u; env"))).await;
+    assert!(root.stdout.starts_with("0\n"), "{}", root.stdout);
+    assert_eq!(env_of(&root.stdout).get("HOME"), Some(&"/root"));
+}
+
+#[tokio::test]
+async fn unknown_user_is_a_bad_request() {
+    let agent = TestAgent::start();
+    let (status, body) = exec_error(
+        &agent,
+        as_user("sbx-no-such-user", ExecRequest::argv(["true"])),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body.error_code, ErrorCode::InvalidRequest);
+    assert!(body.message.contains("sbx-no-such-user"), "{body}");
+    let (status, _) = exec_error(&agent, as_user("Bad/Name", ExecRequest::argv(["true"]))).await;
+    assert_eq!(status, 400);
 }
