@@ -111,6 +111,20 @@ fn prepare_data_dir(path: &Path) -> Result<PathBuf, ServeError> {
         .map_err(io_error(format!("cannot resolve {}", path.display())))
 }
 
+/// A random id naming this data dir, created once: it tells this
+/// orchestrator's containers from those of others sharing an engine.
+fn load_or_create_instance_id(path: &Path) -> std::io::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err),
+    }
+    let id = format!("{:016x}", rand::random::<u64>());
+    std::fs::write(path, format!("{id}\n"))?;
+    Ok(id)
+}
+
 pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(ServeError::NotRoot);
@@ -130,7 +144,11 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
 
     let store = Store::open(&data_dir.join("sbx.db"))?;
     let runtime: Arc<dyn Runtime> = match config.runtime.resolve() {
-        RuntimeKind::Docker => Arc::new(DockerRuntime::connect().await?),
+        RuntimeKind::Docker => {
+            let instance = load_or_create_instance_id(&data_dir.join("instance-id"))
+                .map_err(io_error("cannot read or create the instance id"))?;
+            Arc::new(DockerRuntime::connect(instance).await?)
+        }
         _ => Arc::new(YoukiRuntime::new(data_dir.join("youki"))?),
     };
     let manager = Manager::new(

@@ -40,18 +40,13 @@ pub fn peak_rss(pid: u32) -> Option<u64> {
 
 /// Host pid of a sandbox's agent: the process in its cgroup running
 /// `/.sbx/sandbox-agent`.
-pub fn agent_pid(sandbox_id: &str) -> Option<u32> {
-    let procs =
-        std::fs::read_to_string(format!("/sys/fs/cgroup/pids/sbx/{sandbox_id}/cgroup.procs"))
-            .ok()?;
-    procs
-        .lines()
-        .filter_map(|line| line.trim().parse::<u32>().ok())
-        .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|cmdline| cmdline.starts_with(sbx_api::AGENT_BINARY_PATH.as_bytes()))
-                .unwrap_or(false)
-        })
+pub fn agent_pid(engine: Engine, sandbox_id: &str) -> Option<u32> {
+    let marker = engine.cgroup_marker(sandbox_id)?;
+    processes_in_cgroup(&marker).into_iter().find(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|cmdline| cmdline.starts_with(sbx_api::AGENT_BINARY_PATH.as_bytes()))
+            .unwrap_or(false)
+    })
 }
 
 /// Polls `check` until it returns true or `limit` passes; for conditions

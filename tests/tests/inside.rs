@@ -195,7 +195,7 @@ async fn a_gigabyte_of_output_keeps_agent_and_orchestrator_memory_bounded(
     assert!(buffered.truncated);
     assert_eq!(buffered.stdout.len() as u64, 10 * MIB, "cut at the cap");
 
-    let agent = agent_pid(&id).context("agent pid")?;
+    let agent = agent_pid(engine, &id).context("agent pid")?;
     let agent_peak = peak_rss(agent).context("agent rss")?;
     let server_peak = peak_rss(server.pid().context("server pid")?).context("server rss")?;
     assert!(

@@ -209,8 +209,11 @@ async fn delete_leaves_nothing_behind(engine: Engine) -> Result<()> {
         processes_in_cgroup(&marker).len() >= 2,
         "the agent and the background sleep run in the sandbox"
     );
-    let mounts = std::fs::read_to_string("/proc/mounts")?;
-    assert!(mounts.contains(&id), "the overlay is mounted");
+    if engine == Engine::Youki {
+        // Docker keeps its overlays under its own layer ids.
+        let mounts = std::fs::read_to_string("/proc/mounts")?;
+        assert!(mounts.contains(&id), "the overlay is mounted");
+    }
 
     client.delete_sandbox(&id).await?;
 

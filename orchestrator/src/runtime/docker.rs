@@ -2,8 +2,11 @@
 //! bollard.
 //!
 //! Each sandbox is one container named `sbx-<id>` and labelled
-//! `sbx.id=<id>`, `sbx.managed=true`, so the orchestrator finds its own
-//! containers after a restart and removes the ones it no longer knows. The
+//! `sbx.id=<id>`, `sbx.managed=true` and `sbx.instance=<instance>`, so the
+//! orchestrator finds its own containers after a restart and removes the
+//! ones it no longer knows. The instance label names the data dir that owns
+//! the container: several `sbx serve` can share one engine without ever
+//! adopting or removing each other's sandboxes. The
 //! agent binary and the socket directory are bind mounts, exactly as with
 //! youki, so everything above the [`Runtime`] trait is unchanged.
 //!
@@ -27,6 +30,7 @@ use tokio::sync::Mutex;
 
 const LABEL_ID: &str = "sbx.id";
 const LABEL_MANAGED: &str = "sbx.managed";
+const LABEL_INSTANCE: &str = "sbx.instance";
 /// Seconds the agent gets between SIGTERM and SIGKILL on delete.
 const STOP_GRACE_SECS: i32 = 2;
 
@@ -36,6 +40,9 @@ pub struct DockerRuntime {
     /// Serialises image imports, so two creates never import one image twice.
     imports: Mutex<()>,
     version: String,
+    /// Identifies the orchestrator instance (its data dir) that owns a
+    /// container.
+    instance: String,
 }
 
 fn docker_error(context: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> RuntimeError {
@@ -96,8 +103,9 @@ fn image_tag(image_rootfs: &Path) -> Result<String, RuntimeError> {
 
 impl DockerRuntime {
     /// Connects over `DOCKER_HOST` or `/var/run/docker.sock` and checks the
-    /// engine answers.
-    pub async fn connect() -> Result<Self, RuntimeError> {
+    /// engine answers. `instance` is stamped on every container it creates
+    /// and is the only set of containers it lists.
+    pub async fn connect(instance: String) -> Result<Self, RuntimeError> {
         let docker = Docker::connect_with_local_defaults()
             .map_err(docker_error("cannot connect to the docker engine"))?
             .negotiate_version()
@@ -113,6 +121,7 @@ impl DockerRuntime {
             docker,
             imports: Mutex::new(()),
             version,
+            instance,
         })
     }
 
@@ -162,7 +171,7 @@ impl DockerRuntime {
         Ok(())
     }
 
-    fn container_body(container: &ContainerSpec, image: String) -> ContainerCreateBody {
+    fn container_body(&self, container: &ContainerSpec, image: String) -> ContainerCreateBody {
         let limits = container.limits;
         let memory = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
         let open_files = i64::try_from(spec::open_files_limit()).unwrap_or(1024);
@@ -202,6 +211,7 @@ impl DockerRuntime {
             labels: Some(HashMap::from([
                 (LABEL_ID.to_owned(), container.id.clone()),
                 (LABEL_MANAGED.to_owned(), "true".to_owned()),
+                (LABEL_INSTANCE.to_owned(), self.instance.clone()),
             ])),
             network_disabled: Some(true),
             host_config: Some(host_config),
@@ -227,7 +237,7 @@ impl Runtime for DockerRuntime {
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         let created = self
             .docker
-            .create_container(Some(options), Self::container_body(container, tag))
+            .create_container(Some(options), self.container_body(container, tag))
             .await
             .map_err(docker_error(format!("cannot create container {name}")));
         let started = match created {
@@ -288,7 +298,10 @@ impl Runtime for DockerRuntime {
             .all(true)
             .filters(&HashMap::from([(
                 "label".to_owned(),
-                vec![format!("{LABEL_MANAGED}=true")],
+                vec![
+                    format!("{LABEL_MANAGED}=true"),
+                    format!("{LABEL_INSTANCE}={}", self.instance),
+                ],
             )]))
             .build();
         let containers = self
