@@ -2,7 +2,7 @@
 
 use anyhow::{ensure, Result};
 use sbx_tests::{sbx_bin, Engine, Server};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::process::{Command, Output};
 
 fn sbx(server: &Server, args: &[&str]) -> Result<Output> {

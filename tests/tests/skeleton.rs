@@ -273,8 +273,40 @@ async fn sandboxes_survive_a_server_restart(engine: Engine) -> Result<()> {
     Ok(())
 }
 
+async fn containers_the_store_does_not_know_are_removed_at_start(engine: Engine) -> Result<()> {
+    let mut first = Server::start(engine).await?;
+    let id = new_sandbox(&first).await?;
+    let marker = engine.cgroup_marker(&id).context("the container exists")?;
+    let data_dir = first.take_data_dir().expect("the harness owns a temp dir");
+    first.kill();
+    // Forget the sandbox: as if the server died between starting the
+    // container and recording it.
+    for name in ["sbx.db", "sbx.db-wal", "sbx.db-shm"] {
+        let _ = std::fs::remove_file(data_dir.path().join(name));
+    }
+
+    let second = Server::start_on(engine, data_dir.path()).await?;
+    assert!(second.client().list_sandboxes().await?.is_empty());
+    assert!(
+        processes_in_cgroup(&marker).is_empty(),
+        "orphan still running"
+    );
+    assert!(!data_dir.path().join("sandboxes").join(&id).exists());
+    if engine == Engine::Docker {
+        assert!(
+            sbx_tests::docker_container_id(&id).is_none(),
+            "orphan container kept"
+        );
+    }
+    Ok(())
+}
+
 async fn auth_and_error_bodies(engine: Engine) -> Result<()> {
     let server = Server::start(engine).await?;
+    let info = server.client().info().await?;
+    assert_eq!(info.runtime.name, engine.name());
+    assert!(!info.runtime.version.is_empty());
+    assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
     for token in [None, Some("wrong-token")] {
         let err = server
             .client_with_token(token)
@@ -348,5 +380,6 @@ sbx_tests::on_every_runtime!(
     files_persist_between_execs_and_sandboxes_are_isolated,
     delete_leaves_nothing_behind,
     sandboxes_survive_a_server_restart,
+    containers_the_store_does_not_know_are_removed_at_start,
     auth_and_error_bodies,
 );
