@@ -1,0 +1,702 @@
+//! The sbx benchmark: sbx (youki and Docker runtimes) against plain Docker,
+//! measured on this machine in one run. Prints a markdown table and writes
+//! it to `--out` (default `target/bench.md` under the Cargo target dir).
+//!
+//! `--quick` keeps every section but shrinks the counts so the whole run
+//! takes under two minutes; CI runs that and asserts nothing about the
+//! figures. Only loopback and the sandboxes' own namespaces are used.
+//!
+//! Docker figures go through the `docker` CLI, which is how people use it:
+//! `docker run -d` + `docker exec` + `docker rm -f`.
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use sbx_api::client::Client;
+use sbx_api::{CreateSandboxRequest, ExecRequest};
+use sbx_tests::{Engine, Server};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    cycles: usize,
+    execs: usize,
+    docker_execs: usize,
+    throughput_window: Duration,
+    densities: &'static [usize],
+    docker_density: usize,
+    tree_files: usize,
+}
+
+const FULL: Sizes = Sizes {
+    cycles: 50,
+    execs: 1000,
+    docker_execs: 100,
+    throughput_window: Duration::from_secs(5),
+    densities: &[100, 500, 1000],
+    docker_density: 200,
+    tree_files: 10_000,
+};
+
+const QUICK: Sizes = Sizes {
+    cycles: 10,
+    execs: 100,
+    docker_execs: 10,
+    throughput_window: Duration::from_secs(1),
+    densities: &[20],
+    docker_density: 20,
+    tree_files: 10_000,
+};
+
+/// p50/p95/p99 of a set of samples.
+#[derive(Debug, Clone, Copy)]
+struct Percentiles {
+    p50: Duration,
+    p95: Duration,
+    p99: Duration,
+}
+
+impl Percentiles {
+    fn of(samples: &mut [Duration]) -> Self {
+        samples.sort();
+        let at = |q: f64| {
+            let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
+            samples[index.min(samples.len() - 1)]
+        };
+        Self {
+            p50: at(0.50),
+            p95: at(0.95),
+            p99: at(0.99),
+        }
+    }
+}
+
+fn ms(duration: Duration) -> String {
+    format!("{:.2}", duration.as_secs_f64() * 1000.0)
+}
+
+/// How many times faster `ours` is than `theirs`.
+fn ratio(theirs: Duration, ours: Duration) -> String {
+    format!(
+        "{:.1}×",
+        theirs.as_secs_f64() / ours.as_secs_f64().max(1e-9)
+    )
+}
+
+#[derive(Debug, Default)]
+struct Report {
+    sections: Vec<(String, Vec<String>, Vec<Vec<String>>)>,
+}
+
+impl Report {
+    fn table(&mut self, title: &str, header: &[&str], rows: Vec<Vec<String>>) {
+        let header = header.iter().map(|h| (*h).to_owned()).collect();
+        let section = (title.to_owned(), header, rows);
+        // Progress on stderr; the whole report goes to stdout at the end.
+        eprintln!("{}", render(std::slice::from_ref(&section)));
+        self.sections.push(section);
+    }
+}
+
+fn render(sections: &[(String, Vec<String>, Vec<Vec<String>>)]) -> String {
+    let mut out = String::new();
+    for (title, header, rows) in sections {
+        let _ = writeln!(out, "### {title}\n");
+        let _ = writeln!(out, "| {} |", header.join(" | "));
+        let _ = writeln!(out, "|{}", "---|".repeat(header.len()));
+        for row in rows {
+            let _ = writeln!(out, "| {} |", row.join(" | "));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn docker(args: &[&str]) -> Result<String> {
+    let output = Command::new("docker").args(args).output()?;
+    if !output.status.success() {
+        bail!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// The Docker tag the sbx Docker runtime imports the base image as.
+fn docker_image() -> Result<String> {
+    let images = sbx_tests::required_env_path("SBX_TEST_IMAGES_DIR");
+    let build = std::fs::canonicalize(images.join("base"))?;
+    let name = build
+        .file_name()
+        .context("image build dir")?
+        .to_string_lossy()
+        .into_owned();
+    let (image, hash) = name.rsplit_once('-').context("NAME-HASH build dir")?;
+    Ok(format!("sbx/{image}:{hash}"))
+}
+
+fn docker_run_idle(image: &str, name: &str) -> Result<String> {
+    docker(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        name,
+        image,
+        "sleep",
+        "infinity",
+    ])
+}
+
+async fn cold_cycles(client: &Client, n: usize) -> Result<Vec<Duration>> {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let sandbox = client
+            .create_sandbox(&CreateSandboxRequest::default())
+            .await?;
+        let result = client
+            .exec(&sandbox.id, &ExecRequest::argv(["true"]))
+            .await?;
+        client.delete_sandbox(&sandbox.id).await?;
+        samples.push(started.elapsed());
+        if result.exit_code != 0 {
+            bail!("true failed: {}", result.stderr);
+        }
+    }
+    Ok(samples)
+}
+
+fn docker_cold_cycles(image: &str, n: usize) -> Result<Vec<Duration>> {
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        let name = format!("sbx-bench-cycle-{i}");
+        docker_run_idle(image, &name)?;
+        docker(&["exec", &name, "true"])?;
+        docker(&["rm", "-f", &name])?;
+        samples.push(started.elapsed());
+    }
+    Ok(samples)
+}
+
+async fn exec_round_trips(client: &Client, id: &str, n: usize) -> Result<Vec<Duration>> {
+    let request = ExecRequest::argv(["true"]);
+    // Warm the connection path and the page cache first.
+    client.exec(id, &request).await?;
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        client.exec(id, &request).await?;
+        samples.push(started.elapsed());
+    }
+    Ok(samples)
+}
+
+fn docker_exec_round_trips(container: &str, n: usize) -> Result<Vec<Duration>> {
+    docker(&["exec", container, "true"])?;
+    (0..n)
+        .map(|_| {
+            let started = Instant::now();
+            docker(&["exec", container, "true"])?;
+            Ok(started.elapsed())
+        })
+        .collect()
+}
+
+/// Execs per second with `clients` concurrent clients over `ids`.
+async fn throughput(
+    client: &Client,
+    ids: &[String],
+    clients: usize,
+    window: Duration,
+) -> Result<f64> {
+    let deadline = Instant::now() + window;
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..clients {
+        let client = client.clone();
+        let id = ids[worker % ids.len()].clone();
+        tasks.spawn(async move {
+            let mut done = 0u64;
+            while Instant::now() < deadline {
+                client.exec(&id, &ExecRequest::argv(["true"])).await?;
+                done += 1;
+            }
+            anyhow::Ok(done)
+        });
+    }
+    let started = Instant::now();
+    let mut total = 0;
+    while let Some(done) = tasks.join_next().await {
+        total += done??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+fn docker_throughput(containers: &[String], clients: usize, window: Duration) -> Result<f64> {
+    let deadline = Instant::now() + window;
+    let started = Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|worker| {
+            let container = containers[worker % containers.len()].clone();
+            std::thread::spawn(move || -> Result<u64> {
+                let mut done = 0;
+                while Instant::now() < deadline {
+                    docker(&["exec", &container, "true"])?;
+                    done += 1;
+                }
+                Ok(done)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for handle in handles {
+        total += handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("worker panicked"))??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+fn tree_tar(files: usize) -> Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for i in 0..files {
+        let content = format!("file {i}\n");
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(
+            &mut header,
+            format!("tree/d{}/f{i}.txt", i % 100),
+            content.as_bytes(),
+        )?;
+    }
+    Ok(builder.into_inner()?)
+}
+
+/// Writes then reads 100 MiB; returns (write MiB/s, read MiB/s).
+async fn file_round_trip(client: &Client, id: &str) -> Result<(f64, f64)> {
+    let mut data = vec![0u8; 100 * 1024 * 1024];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut data)?;
+    let data = Bytes::from(data);
+    let sandbox = client.sandbox(id);
+    let started = Instant::now();
+    sandbox
+        .write_file("/workspace/bench.bin", None, Full::new(data.clone()))
+        .await?;
+    let write = started.elapsed();
+    let started = Instant::now();
+    let read = sandbox
+        .read_file("/workspace/bench.bin")
+        .await?
+        .bytes()
+        .await?;
+    let read_time = started.elapsed();
+    if read.len() != data.len() {
+        bail!("read {} bytes, wrote {}", read.len(), data.len());
+    }
+    let rate = |time: Duration| data.len() as f64 / MIB / time.as_secs_f64();
+    Ok((rate(write), rate(read_time)))
+}
+
+/// Memory in use on the host (`MemTotal - MemAvailable`), measured after
+/// dropping clean caches so that earlier file traffic does not blur it.
+fn host_memory_used() -> Result<u64> {
+    std::fs::write("/proc/sys/vm/drop_caches", "3")?;
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    let field = |name: &str| -> Result<u64> {
+        let line = meminfo
+            .lines()
+            .find(|line| line.starts_with(name))
+            .with_context(|| format!("{name} in /proc/meminfo"))?;
+        let kib: u64 = line.split_whitespace().nth(1).context("value")?.parse()?;
+        Ok(kib * 1024)
+    };
+    Ok(field("MemTotal:")? - field("MemAvailable:")?)
+}
+
+fn rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+fn host_total_memory() -> Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    let kib: u64 = meminfo
+        .lines()
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .context("MemTotal")?
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+/// Sum of `memory.usage_in_bytes` over the cgroups under `parent`.
+fn cgroup_usage(parent: &Path) -> u64 {
+    std::fs::read_dir(parent)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|entry| entry.path().is_dir())
+                .filter_map(|entry| {
+                    std::fs::read_to_string(entry.path().join("memory.usage_in_bytes")).ok()
+                })
+                .filter_map(|text| text.trim().parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Lets the kernel settle (lazy frees, page cache) before a reading.
+async fn settle() {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
+struct Density {
+    count: usize,
+    per_sandbox_meminfo: f64,
+    per_sandbox_cgroup: f64,
+    orchestrator_rss: f64,
+    create_p50: Duration,
+}
+
+async fn sbx_density(server: &Server, counts: &[usize]) -> Result<Vec<Density>> {
+    let client = server.client();
+    settle().await;
+    let baseline = host_memory_used()?;
+    let mut ids = Vec::new();
+    let mut results = Vec::new();
+    let mut create_times = Vec::new();
+    for &count in counts {
+        while ids.len() < count {
+            let started = Instant::now();
+            match client
+                .create_sandbox(&CreateSandboxRequest::default())
+                .await
+            {
+                Ok(sandbox) => ids.push(sandbox.id),
+                Err(err) => {
+                    eprintln!("stopped at {} sandboxes: {err}", ids.len());
+                    break;
+                }
+            }
+            create_times.push(started.elapsed());
+        }
+        settle().await;
+        let held = ids.len();
+        let used = host_memory_used()?.saturating_sub(baseline) as f64;
+        results.push(Density {
+            count: held,
+            per_sandbox_meminfo: used / held as f64 / MIB,
+            per_sandbox_cgroup: cgroup_usage(Path::new("/sys/fs/cgroup/memory/sbx")) as f64
+                / held as f64
+                / MIB,
+            orchestrator_rss: server.pid().and_then(rss).unwrap_or(0) as f64 / MIB,
+            create_p50: Percentiles::of(&mut create_times.clone()).p50,
+        });
+        if held < count {
+            break;
+        }
+    }
+    for id in &ids {
+        client.delete_sandbox(id).await?;
+    }
+    Ok(results)
+}
+
+fn docker_density(image: &str, count: usize) -> Result<(usize, f64, f64)> {
+    std::thread::sleep(Duration::from_secs(2));
+    let baseline = host_memory_used()?;
+    let mut names = Vec::new();
+    for i in 0..count {
+        let name = format!("sbx-bench-idle-{i}");
+        if let Err(err) = docker_run_idle(image, &name) {
+            eprintln!("docker stopped at {i} containers: {err}");
+            break;
+        }
+        names.push(name);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let used = host_memory_used()?.saturating_sub(baseline) as f64;
+    let cgroups = cgroup_usage(Path::new("/sys/fs/cgroup/memory/docker")) as f64;
+    let held = names.len().max(1);
+    for chunk in names.chunks(50) {
+        let mut args = vec!["rm", "-f"];
+        args.extend(chunk.iter().map(String::as_str));
+        docker(&args)?;
+    }
+    Ok((
+        names.len(),
+        used / held as f64 / MIB,
+        cgroups / held as f64 / MIB,
+    ))
+}
+
+fn remove_leftover_bench_containers() {
+    if let Ok(names) = docker(&["ps", "-aq", "--filter", "name=sbx-bench-"]) {
+        for name in names.lines().filter(|line| !line.is_empty()) {
+            let _ = docker(&["rm", "-f", name]);
+        }
+    }
+}
+
+fn latency_row(
+    name: &str,
+    mut samples: Vec<Duration>,
+    baseline: Option<Percentiles>,
+) -> (Vec<String>, Percentiles) {
+    let p = Percentiles::of(&mut samples);
+    let row = vec![
+        name.to_owned(),
+        samples.len().to_string(),
+        ms(p.p50),
+        ms(p.p95),
+        ms(p.p99),
+        baseline.map_or_else(|| "—".to_owned(), |docker| ratio(docker.p50, p.p50)),
+    ];
+    (row, p)
+}
+
+async fn run(sizes: Sizes, out: &Path) -> Result<()> {
+    remove_leftover_bench_containers();
+    let image = docker_image()?;
+    let youki = Server::start(Engine::Youki).await?;
+    let on_docker = Server::start(Engine::Docker).await?;
+    // The Docker runtime imports the image on its first sandbox.
+    let warm = on_docker
+        .client()
+        .create_sandbox(&CreateSandboxRequest::default())
+        .await?;
+    on_docker.client().delete_sandbox(&warm.id).await?;
+    let mut report = Report::default();
+
+    // 1. Cold cycle.
+    let docker_cycles = Percentiles::of(&mut docker_cold_cycles(&image, sizes.cycles)?);
+    let mut rows = Vec::new();
+    for (name, server) in [("sbx / youki", &youki), ("sbx / docker", &on_docker)] {
+        let samples = cold_cycles(&server.client(), sizes.cycles).await?;
+        rows.push(latency_row(name, samples, Some(docker_cycles)).0);
+    }
+    rows.push(vec![
+        "docker run -d + exec + rm -f".into(),
+        sizes.cycles.to_string(),
+        ms(docker_cycles.p50),
+        ms(docker_cycles.p95),
+        ms(docker_cycles.p99),
+        "1.0×".into(),
+    ]);
+    report.table(
+        "Cold sandbox cycle: create, first exec `true`, delete (ms)",
+        &["", "n", "p50", "p95", "p99", "vs docker (p50)"],
+        rows,
+    );
+
+    // 2. Exec round trip, and 3. throughput, on 8 sandboxes per runtime.
+    let docker_containers: Vec<String> = (0..8)
+        .map(|i| {
+            let name = format!("sbx-bench-exec-{i}");
+            docker_run_idle(&image, &name).map(|_| name)
+        })
+        .collect::<Result<_>>()?;
+    let docker_rtt = Percentiles::of(&mut docker_exec_round_trips(
+        &docker_containers[0],
+        sizes.docker_execs,
+    )?);
+    let mut rtt_rows = Vec::new();
+    let mut throughput_rows = Vec::new();
+    for (name, server) in [("sbx / youki", &youki), ("sbx / docker", &on_docker)] {
+        let client = server.client();
+        let mut ids = Vec::new();
+        for _ in 0..8 {
+            ids.push(
+                client
+                    .create_sandbox(&CreateSandboxRequest::default())
+                    .await?
+                    .id,
+            );
+        }
+        let samples = exec_round_trips(&client, &ids[0], sizes.execs).await?;
+        rtt_rows.push(latency_row(name, samples, Some(docker_rtt)).0);
+        let mut row = vec![name.to_owned()];
+        for clients in [1, 8, 32] {
+            let rate = throughput(&client, &ids, clients, sizes.throughput_window).await?;
+            row.push(format!("{rate:.0}"));
+        }
+        throughput_rows.push(row);
+        for id in &ids {
+            client.delete_sandbox(id).await?;
+        }
+    }
+    rtt_rows.push(vec![
+        "docker exec".into(),
+        sizes.docker_execs.to_string(),
+        ms(docker_rtt.p50),
+        ms(docker_rtt.p95),
+        ms(docker_rtt.p99),
+        "1.0×".into(),
+    ]);
+    report.table(
+        "Exec `true` round trip over HTTP (ms)",
+        &["", "n", "p50", "p95", "p99", "vs docker exec (p50)"],
+        rtt_rows,
+    );
+    let mut docker_row = vec!["docker exec (CLI)".to_owned()];
+    for clients in [1, 8, 32] {
+        let rate = docker_throughput(&docker_containers, clients, sizes.throughput_window)?;
+        docker_row.push(format!("{rate:.0}"));
+    }
+    throughput_rows.push(docker_row);
+    report.table(
+        "Exec throughput, `true`, over 8 sandboxes (execs/s)",
+        &["", "1 client", "8 clients", "32 clients"],
+        throughput_rows,
+    );
+
+    // 4. Files.
+    let tar = tree_tar(sizes.tree_files)?;
+    let tree_dir = tempfile::tempdir()?;
+    tar::Archive::new(tar.as_slice()).unpack(tree_dir.path())?;
+    let started = Instant::now();
+    docker(&[
+        "cp",
+        tree_dir.path().join("tree").to_str().context("utf-8")?,
+        &format!("{}:/tmp/", docker_containers[0]),
+    ])?;
+    let docker_cp = started.elapsed();
+    let mut file_rows = Vec::new();
+    for (name, server) in [("sbx / youki", &youki), ("sbx / docker", &on_docker)] {
+        let client = server.client();
+        let id = client
+            .create_sandbox(&CreateSandboxRequest::default())
+            .await?
+            .id;
+        let (write, read) = file_round_trip(&client, &id).await?;
+        let started = Instant::now();
+        client
+            .sandbox(&id)
+            .upload_archive("/workspace", Full::new(Bytes::from(tar.clone())))
+            .await?;
+        let upload = started.elapsed();
+        file_rows.push(vec![
+            name.to_owned(),
+            format!("{write:.0}"),
+            format!("{read:.0}"),
+            ms(upload),
+            ratio(docker_cp, upload),
+        ]);
+        client.delete_sandbox(&id).await?;
+    }
+    file_rows.push(vec![
+        "docker cp (tree)".into(),
+        "—".into(),
+        "—".into(),
+        ms(docker_cp),
+        "1.0×".into(),
+    ]);
+    report.table(
+        &format!(
+            "Files: 100 MiB write then read (MiB/s); upload of a {}-file tree as tar (ms)",
+            sizes.tree_files
+        ),
+        &[
+            "",
+            "write MiB/s",
+            "read MiB/s",
+            "tree upload ms",
+            "vs docker cp",
+        ],
+        file_rows,
+    );
+    let mut names = vec!["rm", "-f"];
+    names.extend(docker_containers.iter().map(String::as_str));
+    docker(&names)?;
+
+    // 5. Density.
+    drop(on_docker);
+    let mut density_rows = Vec::new();
+    for density in sbx_density(&youki, sizes.densities).await? {
+        density_rows.push(vec![
+            "sbx / youki".into(),
+            density.count.to_string(),
+            format!("{:.2}", density.per_sandbox_meminfo),
+            format!("{:.2}", density.per_sandbox_cgroup),
+            format!("{:.1}", density.orchestrator_rss),
+            ms(density.create_p50),
+        ]);
+    }
+    let (held, meminfo, cgroups) = docker_density(&image, sizes.docker_density)?;
+    density_rows.push(vec![
+        "docker run -d … sleep infinity".into(),
+        held.to_string(),
+        format!("{meminfo:.2}"),
+        format!("{cgroups:.2}"),
+        "—".into(),
+        "—".into(),
+    ]);
+    report.table(
+        "Density: idle sandboxes held at once (MiB)",
+        &[
+            "",
+            "held",
+            "host memory / sandbox (used Δ)",
+            "cgroup usage / sandbox",
+            "orchestrator RSS",
+            "create p50 ms",
+        ],
+        density_rows,
+    );
+
+    let mut rendered = format!(
+        "Machine: {} cores, {:.0} GiB; kernel {}; {} mode; {}\n\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        host_total_memory()? as f64 / MIB / 1024.0,
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim(),
+        if sizes.cycles == QUICK.cycles {
+            "quick"
+        } else {
+            "full"
+        },
+        docker(&["version", "--format", "docker engine {{.Server.Version}}"])?,
+    );
+    rendered.push_str(&render(&report.sections));
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(out, &rendered)?;
+    println!("{rendered}");
+    eprintln!("written to {}", out.display());
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|arg| arg == "--quick");
+    let out = args
+        .iter()
+        .position(|arg| arg == "--out")
+        .and_then(|index| args.get(index + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("target"));
+            target.join("bench.md")
+        });
+    let sizes = if quick { QUICK } else { FULL };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(run(sizes, &out));
+    remove_leftover_bench_containers();
+    result
+}
