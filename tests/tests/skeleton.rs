@@ -359,6 +359,17 @@ async fn auth_and_error_bodies(engine: Engine) -> Result<()> {
         assert_eq!(error.error_code, ErrorCode::InvalidRequest, "{body}");
     }
 
+    // `curl -d '{}'` sends a form content type; the JSON is accepted anyway.
+    let response = client
+        .send(
+            http::Method::POST,
+            "/v1/sandboxes",
+            Some("application/x-www-form-urlencoded"),
+            bytes::Bytes::from_static(b"{}"),
+        )
+        .await?;
+    assert_eq!(response.status(), 201);
+
     let id = new_sandbox(&server).await?;
     let both = ExecRequest {
         shell: Some("true".into()),
@@ -366,8 +377,9 @@ async fn auth_and_error_bodies(engine: Engine) -> Result<()> {
     };
     let err = client.exec(&id, &both).await.expect_err("invalid");
     assert_eq!(api_code(&err), Some(ErrorCode::InvalidRequest));
-    assert!(
-        server.client().list_sandboxes().await?.len() == 1,
+    assert_eq!(
+        server.client().list_sandboxes().await?.len(),
+        2,
         "server still up"
     );
     Ok(())

@@ -16,7 +16,7 @@ use libcontainer::error::LibcontainerError;
 use libcontainer::syscall::syscall::SyscallType;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The libcontainer release this runtime embeds (see Cargo.toml).
 const LIBCONTAINER_VERSION: &str = "0.7";
@@ -99,6 +99,7 @@ fn create_and_start(
     bundle: &Path,
     log_path: &Path,
 ) -> Result<(), RuntimeError> {
+    let started = Instant::now();
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -121,12 +122,22 @@ fn create_and_start(
         .with_systemd(false)
         .build()
         .map_err(libcontainer_error(id))?;
+    let built = started.elapsed();
     let pid = container.pid().ok_or_else(|| RuntimeError::Spec {
         id: id.to_owned(),
         reason: "libcontainer created no init process".into(),
     })?;
     loopback::bring_up_in(pid.as_raw())?;
-    container.start().map_err(libcontainer_error(id))
+    let network = started.elapsed() - built;
+    container.start().map_err(libcontainer_error(id))?;
+    tracing::debug!(
+        %id,
+        build_us = built.as_micros() as u64,
+        loopback_us = network.as_micros() as u64,
+        start_us = (started.elapsed() - built - network).as_micros() as u64,
+        "container started"
+    );
+    Ok(())
 }
 
 #[async_trait]
@@ -178,9 +189,11 @@ impl Runtime for YoukiRuntime {
     }
 
     async fn remove(&self, id: &str, dir: &SandboxDir) -> Result<(), RuntimeError> {
+        let started = Instant::now();
         if let Some(pid) = self.init_pid(id) {
             self.stop_init(pid).await?;
         }
+        let stopped = started.elapsed();
         let root = self.container_root(id);
         if root.exists() {
             let owned_id = id.to_owned();
@@ -204,7 +217,16 @@ impl Runtime for YoukiRuntime {
                 })
                 .await??;
         }
-        overlay::unmount_rootfs(dir)
+        let deleted = started.elapsed() - stopped;
+        overlay::unmount_rootfs(dir)?;
+        tracing::debug!(
+            %id,
+            stop_us = stopped.as_micros() as u64,
+            delete_us = deleted.as_micros() as u64,
+            unmount_us = (started.elapsed() - stopped - deleted).as_micros() as u64,
+            "container removed"
+        );
+        Ok(())
     }
 
     async fn is_running(&self, id: &str) -> Result<bool, RuntimeError> {

@@ -30,7 +30,7 @@ use sbx_api::{CreateSandboxRequest, Sandbox, SandboxState};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -227,6 +227,7 @@ impl Manager {
                 pids: self.config.pids_limit,
             },
         };
+        let started = Instant::now();
         self.runtime
             .start(&spec)
             .await
@@ -234,6 +235,7 @@ impl Manager {
                 id: id.clone(),
                 source,
             })?;
+        let container_started = started.elapsed();
         let ready = watch
             .wait(self.config.ready_timeout)
             .await
@@ -242,6 +244,12 @@ impl Manager {
                 source,
             })?;
         if ready {
+            tracing::debug!(
+                %id,
+                container_us = container_started.as_micros() as u64,
+                agent_ready_us = (started.elapsed() - container_started).as_micros() as u64,
+                "sandbox started"
+            );
             Ok(())
         } else {
             Err(SandboxError::AgentUnavailable {
@@ -281,6 +289,7 @@ impl Manager {
     /// Removes the container, the sandbox directory and the record.
     async fn teardown(&self, id: &str) -> Result<(), SandboxError> {
         let dir = self.dir(id);
+        let started = Instant::now();
         self.runtime
             .remove(id, &dir)
             .await
@@ -298,6 +307,7 @@ impl Manager {
             _ => {}
         }
         self.store.remove(id)?;
+        tracing::debug!(%id, teardown_us = started.elapsed().as_micros() as u64, "sandbox torn down");
         Ok(())
     }
 
