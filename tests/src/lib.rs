@@ -49,6 +49,25 @@ pub fn agent_pid(engine: Engine, sandbox_id: &str) -> Option<u32> {
     })
 }
 
+/// A tar of a tree of `files` small text files under `tree/` (100
+/// directories), as a coding agent would upload a checkout.
+pub fn tree_tar(files: usize) -> Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for i in 0..files {
+        let content = format!("file {i}\n");
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(
+            &mut header,
+            format!("tree/d{}/f{i}.txt", i % 100),
+            content.as_bytes(),
+        )?;
+    }
+    Ok(builder.into_inner()?)
+}
+
 /// Polls `check` until it returns true or `limit` passes; for conditions
 /// the system reaches asynchronously (a killed process disappearing).
 pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool

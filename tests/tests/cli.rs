@@ -189,6 +189,31 @@ async fn cp_round_trips_a_100_mib_file_and_a_tree(engine: Engine) -> Result<()> 
         names.iter().any(|n| n == "copied/nested/b.txt"),
         "{names:?}"
     );
+
+    // A tar on stdin goes into the directory named on the sandbox side.
+    let mut upload = Command::new(sbx_bin())
+        .args(["cp", "-", &format!("{id}:/workspace/from-stdin")])
+        .env("SBX_URL", &server.url)
+        .env("SBX_TOKEN", &server.token)
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    upload
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(&tar.stdout)?;
+    ensure!(upload.wait()?.success(), "cp - failed");
+    let cat = sbx(
+        &server,
+        &[
+            "exec",
+            &id,
+            "--",
+            "cat",
+            "/workspace/from-stdin/copied/a.txt",
+        ],
+    )?;
+    assert_eq!(stdout(&cat), "a\n");
     Ok(())
 }
 

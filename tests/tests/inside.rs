@@ -10,7 +10,7 @@ use sbx_api::{
     CreateSandboxRequest, ErrorCode, ExecEvent, ExecRequest, FileType, LogsQuery, ProcessState,
     StartProcessRequest,
 };
-use sbx_tests::{agent_pid, eventually, peak_rss, Engine, Server};
+use sbx_tests::{agent_pid, eventually, peak_rss, tree_tar, Engine, Server};
 use std::io::Read;
 use std::time::Duration;
 
@@ -46,6 +46,18 @@ async fn run(sandbox: &SandboxClient<'_>, script: &str) -> Result<String> {
         bail!("{script:?} exited {}: {}", result.exit_code, result.stderr);
     }
     Ok(result.stdout)
+}
+
+/// Whether process `pid` in the sandbox is gone within a bounded wait
+/// (killing is asynchronous; the kernel needs a moment to tear it down).
+async fn process_disappears(sandbox: &SandboxClient<'_>, pid: i32) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        let probe = sandbox
+            .exec(&ExecRequest::shell(format!("kill -0 {pid}")))
+            .await;
+        matches!(probe, Ok(result) if result.exit_code != 0)
+    })
+    .await
 }
 
 fn random_bytes(len: usize) -> Result<Vec<u8>> {
@@ -127,14 +139,10 @@ async fn a_client_that_disconnects_kills_the_streamed_command(engine: Engine) ->
         "alive\n"
     );
     drop(events);
-    let killed = eventually(Duration::from_secs(10), || async {
-        let probe = sandbox
-            .exec(&ExecRequest::shell(format!("kill -0 {pid}")))
-            .await;
-        matches!(probe, Ok(result) if result.exit_code != 0)
-    })
-    .await;
-    assert!(killed, "the command outlived its client");
+    assert!(
+        process_disappears(&sandbox, pid).await,
+        "the command outlived its client"
+    );
     Ok(())
 }
 
@@ -304,14 +312,11 @@ async fn background_process_logs_stdin_signals_and_wait(engine: Engine) -> Resul
     sandbox.signal(parent.pid, "TERM").await?;
     let ended = sandbox.wait_process(parent.pid).await?;
     assert_eq!(ended.exit_code, Some(128 + 15));
-    let gone = eventually(Duration::from_secs(10), || async {
-        let probe = sandbox
-            .exec(&ExecRequest::shell(format!("kill -0 {grandchild}")))
-            .await;
-        matches!(probe, Ok(result) if result.exit_code != 0)
-    })
-    .await;
-    assert!(gone, "the grandchild got the signal too");
+    let grandchild: i32 = grandchild.parse()?;
+    assert!(
+        process_disappears(&sandbox, grandchild).await,
+        "the grandchild got the signal too"
+    );
 
     let err = sandbox.process(999_999).await.expect_err("unknown pid");
     assert_eq!(api_code(&err), Some(ErrorCode::NotFound));
@@ -453,23 +458,6 @@ async fn file_operations_and_their_errors(engine: Engine) -> Result<()> {
     let err = unknown.stat("/workspace").await.expect_err("no sandbox");
     assert_eq!(api_code(&err), Some(ErrorCode::NotFound));
     Ok(())
-}
-
-fn tree_tar(files: usize) -> Result<Vec<u8>> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for i in 0..files {
-        let content = format!("file {i}\n");
-        let mut header = tar::Header::new_gnu();
-        header.set_size(content.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        builder.append_data(
-            &mut header,
-            format!("tree/d{}/f{i}.txt", i % 100),
-            content.as_bytes(),
-        )?;
-    }
-    Ok(builder.into_inner()?)
 }
 
 async fn a_10000_file_tree_round_trips_through_archives(engine: Engine) -> Result<()> {
