@@ -432,6 +432,30 @@ fn docker_density(image: &str, count: usize) -> Result<(usize, f64, f64)> {
     ))
 }
 
+/// What one cgroup v1 migration costs on this kernel: moving a fresh
+/// process into a new cgroup, as libcontainer must do for every sandbox.
+/// The first migration after a quiet spell waits for an RCU grace period
+/// (the cgroup threadgroup rwsem switching to its slow mode), which sets a
+/// floor under every cold create that no runtime on cgroup v1 avoids.
+fn cgroup_migration_floor(samples: usize) -> Result<Vec<Duration>> {
+    let mut times = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let dir = PathBuf::from(format!("/sys/fs/cgroup/pids/sbx-bench-probe-{i}"));
+        std::fs::create_dir(&dir)?;
+        let mut child = Command::new("sleep").arg("30").spawn()?;
+        let started = Instant::now();
+        let moved = std::fs::write(dir.join("cgroup.procs"), child.id().to_string());
+        times.push(started.elapsed());
+        child.kill()?;
+        child.wait()?;
+        std::fs::remove_dir(&dir)?;
+        moved?;
+        // Quiet spell, as between two creates.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(times)
+}
+
 fn remove_leftover_bench_containers() {
     if let Ok(names) = docker(&["ps", "-aq", "--filter", "name=sbx-bench-"]) {
         for name in names.lines().filter(|line| !line.is_empty()) {
@@ -489,6 +513,13 @@ async fn run(sizes: Sizes, out: &Path) -> Result<()> {
         "Cold sandbox cycle: create, first exec `true`, delete (ms)",
         &["", "n", "p50", "p95", "p99", "vs docker (p50)"],
         rows,
+    );
+
+    let floor = cgroup_migration_floor(20)?;
+    report.table(
+        "Floor set by the kernel: one cgroup v1 migration of a new process (ms)",
+        &["", "n", "p50", "p95", "p99", "—"],
+        vec![latency_row("write pid to cgroup.procs", floor, None).0],
     );
 
     // 2. Exec round trip, and 3. throughput, on 8 sandboxes per runtime.
