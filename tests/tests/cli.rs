@@ -1,9 +1,10 @@
 //! End to end through the `sbx` binary itself: what a person types.
 
 use anyhow::{ensure, Result};
-use sbx_tests::{sbx_bin, Engine, Server};
+use sbx_tests::{eventually, sbx_bin, Engine, Server};
 use std::io::{Read, Write};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 fn sbx(server: &Server, args: &[&str]) -> Result<Output> {
     Ok(Command::new(sbx_bin())
@@ -95,6 +96,13 @@ async fn background_processes_from_the_cli(engine: Engine) -> Result<()> {
         .map(str::to_owned)
         .expect("ps lists the process");
     assert!(line.contains("running"), "{line}");
+
+    // The process prints on its own schedule; the kill must come after.
+    let printed = eventually(Duration::from_secs(10), || async {
+        sbx(&server, &["logs", &id, &pid]).is_ok_and(|logs| stdout(&logs) == "up\n")
+    })
+    .await;
+    assert!(printed, "logs show the output of the running process");
 
     let killed = sbx(&server, &["kill", "--signal", "KILL", &id, &pid])?;
     ensure!(killed.status.success(), "kill failed: {killed:?}");

@@ -200,7 +200,8 @@ impl Client {
         }
     }
 
-    async fn call<T: DeserializeOwned>(
+    /// A JSON call; `T = ()` for 204 answers.
+    pub(crate) async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -214,11 +215,7 @@ impl Client {
             None => (None, Bytes::new()),
         };
         let response = self.send(method, path, content_type, bytes).await?;
-        let (status, bytes) = read_success(response, &self.endpoint).await?;
-        if status == StatusCode::NO_CONTENT {
-            return Ok(serde_json::from_slice(b"null")?);
-        }
-        Ok(serde_json::from_slice(&bytes)?)
+        decode(response, &self.endpoint.to_string()).await
     }
 
     /// `POST /v1/sandboxes`
@@ -294,6 +291,18 @@ where
         let _ = connection.await;
     });
     Ok(sender)
+}
+
+/// Decodes a JSON answer; an empty body (204) decodes as `null`, i.e. `()`.
+async fn decode<T: DeserializeOwned>(
+    response: Response<Incoming>,
+    endpoint: &str,
+) -> Result<T, ClientError> {
+    let (status, bytes) = read_body(response, endpoint).await?;
+    if status == StatusCode::NO_CONTENT || bytes.is_empty() {
+        return Ok(serde_json::from_slice(b"null")?);
+    }
+    Ok(serde_json::from_slice(&bytes)?)
 }
 
 /// Reads the whole body; a non-2xx status becomes [`ClientError::Api`]

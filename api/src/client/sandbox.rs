@@ -6,14 +6,14 @@
 //! other.
 
 use super::stream::{ByteStream, EventStream};
-use super::{read_success, ClientError};
+use super::{decode, read_success, ClientError};
 use crate::{
     ArchiveSummary, ExecRequest, ExecResult, FileInfo, FileList, FileQuery, LogsQuery,
     MkdirRequest, MoveRequest, ProcessInfo, ProcessList, SignalRequest, StartProcessRequest,
     StdinQuery, NDJSON,
 };
 use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
+use http::{header, Method, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
@@ -82,17 +82,7 @@ impl SandboxClient<'_> {
         route: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T, ClientError> {
-        let (content_type, bytes) = match body {
-            Some(body) => (
-                Some("application/json"),
-                Bytes::from(serde_json::to_vec(body)?),
-            ),
-            None => (None, Bytes::new()),
-        };
-        let response = self
-            .request(method, route, content_type, None, Full::new(bytes))
-            .await?;
-        decode(response, &self.endpoint()).await
+        self.client.call(method, &self.url(route), body).await
     }
 
     /// Checks the status and hands the body over unread.
@@ -323,14 +313,3 @@ impl SandboxClient<'_> {
 }
 
 const NO_BODY: Option<&()> = None;
-
-async fn decode<T: DeserializeOwned>(
-    response: Response<Incoming>,
-    endpoint: &str,
-) -> Result<T, ClientError> {
-    let (status, bytes) = super::read_body(response, endpoint).await?;
-    if status == StatusCode::NO_CONTENT || bytes.is_empty() {
-        return Ok(serde_json::from_slice(b"null")?);
-    }
-    Ok(serde_json::from_slice(&bytes)?)
-}

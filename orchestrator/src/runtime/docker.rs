@@ -235,26 +235,14 @@ impl Runtime for DockerRuntime {
         self.ensure_image(&tag, &container.image_rootfs).await?;
         let name = container_name(&container.id);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = self
-            .docker
+        self.docker
             .create_container(Some(options), self.container_body(container, tag))
             .await
-            .map_err(docker_error(format!("cannot create container {name}")));
-        let started = match created {
-            Ok(_) => self
-                .docker
-                .start_container(&name, None)
-                .await
-                .map_err(docker_error(format!("cannot start container {name}"))),
-            Err(err) => Err(err),
-        };
-        if let Err(err) = started {
-            if let Err(cleanup) = self.remove(&container.id, &container.dir).await {
-                tracing::warn!(id = %container.id, error = %cleanup, "cleanup after a failed start failed");
-            }
-            return Err(err);
-        }
-        Ok(())
+            .map_err(docker_error(format!("cannot create container {name}")))?;
+        self.docker
+            .start_container(&name, None)
+            .await
+            .map_err(docker_error(format!("cannot start container {name}")))
     }
 
     async fn remove(&self, id: &str, _dir: &SandboxDir) -> Result<(), RuntimeError> {

@@ -114,7 +114,9 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     fn version(&self) -> String;
 
     /// Creates and starts the container. Returns once the agent process runs;
-    /// the caller waits for the agent's socket to know it is ready.
+    /// the caller waits for the agent's socket to know it is ready. On
+    /// failure the caller cleans up with [`Runtime::remove`], which copes
+    /// with whatever half of the sandbox exists.
     async fn start(&self, spec: &ContainerSpec) -> Result<(), RuntimeError>;
 
     /// Stops the container (the agent gets SIGTERM and a grace period, then

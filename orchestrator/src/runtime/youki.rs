@@ -155,7 +155,7 @@ impl Runtime for YoukiRuntime {
         let dir = container.dir.clone();
         let image_rootfs = container.image_rootfs.clone();
         let id = container.id.clone();
-        let prepared = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             overlay::mount_rootfs(&dir, &image_rootfs)?;
             let config = dir.path().join("config.json");
             oci.save(&config).map_err(|err| RuntimeError::Spec {
@@ -164,28 +164,14 @@ impl Runtime for YoukiRuntime {
             })
         })
         .await
-        .map_err(|_| RuntimeError::WorkerGone)?;
-
-        let started = match prepared {
-            Ok(()) => {
-                let id = container.id.clone();
-                let state_root = self.state_root.clone();
-                let bundle = container.dir.path().to_owned();
-                let log = container.dir.agent_log();
-                self.worker
-                    .run(move || create_and_start(&id, &state_root, &bundle, &log))
-                    .await
-                    .and_then(|result| result)
-            }
-            Err(err) => Err(err),
-        };
-        if let Err(err) = started {
-            if let Err(cleanup) = self.remove(&container.id, &container.dir).await {
-                tracing::warn!(id = %container.id, error = %cleanup, "cleanup after a failed start failed");
-            }
-            return Err(err);
-        }
-        Ok(())
+        .map_err(|_| RuntimeError::WorkerGone)??;
+        let id = container.id.clone();
+        let state_root = self.state_root.clone();
+        let bundle = container.dir.path().to_owned();
+        let log = container.dir.agent_log();
+        self.worker
+            .run(move || create_and_start(&id, &state_root, &bundle, &log))
+            .await?
     }
 
     async fn remove(&self, id: &str, dir: &SandboxDir) -> Result<(), RuntimeError> {
