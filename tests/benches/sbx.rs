@@ -88,24 +88,40 @@ fn ratio(theirs: Duration, ours: Duration) -> String {
     )
 }
 
+/// One table of the report.
+#[derive(Debug)]
+struct Section {
+    title: String,
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
 #[derive(Debug, Default)]
 struct Report {
-    sections: Vec<(String, Vec<String>, Vec<Vec<String>>)>,
+    sections: Vec<Section>,
 }
 
 impl Report {
     fn table(&mut self, title: &str, header: &[&str], rows: Vec<Vec<String>>) {
-        let header = header.iter().map(|h| (*h).to_owned()).collect();
-        let section = (title.to_owned(), header, rows);
+        let section = Section {
+            title: title.to_owned(),
+            header: header.iter().map(|h| (*h).to_owned()).collect(),
+            rows,
+        };
         // Progress on stderr; the whole report goes to stdout at the end.
         eprintln!("{}", render(std::slice::from_ref(&section)));
         self.sections.push(section);
     }
 }
 
-fn render(sections: &[(String, Vec<String>, Vec<Vec<String>>)]) -> String {
+fn render(sections: &[Section]) -> String {
     let mut out = String::new();
-    for (title, header, rows) in sections {
+    for Section {
+        title,
+        header,
+        rows,
+    } in sections
+    {
         let _ = writeln!(out, "### {title}\n");
         let _ = writeln!(out, "| {} |", header.join(" | "));
         let _ = writeln!(out, "|{}", "---|".repeat(header.len()));
