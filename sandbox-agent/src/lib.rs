@@ -70,6 +70,14 @@ pub struct Agent {
 
 /// Runs the agent until SIGTERM/SIGINT. Returns `Ok` after a clean shutdown.
 pub fn run(config: Config) -> Result<(), AgentError> {
+    // Code in the sandbox runs as root with our uid. Without CAP_SYS_PTRACE
+    // the kernel still lets it ptrace (and read the memory of) any dumpable
+    // process of the same uid, so the agent makes itself non-dumpable: PID 1
+    // cannot be attached to, nor its /proc files read. Commands it starts
+    // become dumpable again at exec, so debuggers work on them as usual.
+    if let Err(err) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(%err, "cannot make the agent non-dumpable");
+    }
     if std::process::id() != 1 {
         // Outside a sandbox (tests, debugging) orphans of our commands would
         // go to the host's init; as a subreaper they come to us, as in a
