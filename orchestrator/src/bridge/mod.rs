@@ -48,10 +48,10 @@ pub async fn forward(
         .body(body)
         .map_err(|err| SandboxError::InvalidRequest(format!("cannot forward request: {err}")))?;
     copy_headers(headers, request.headers_mut(), &FORWARDED_REQUEST_HEADERS);
-    let response = agent
-        .send_request(request)
-        .await
-        .map_err(|err| manager.agent_failure(id, err.to_string()))?;
+    let response = match agent.send_request(request).await {
+        Ok(response) => response,
+        Err(err) => return Err(manager.agent_failure(id, err.to_string()).await),
+    };
     let (parts, incoming) = response.into_parts();
     let mut forwarded = Response::new(Body::new(incoming));
     *forwarded.status_mut() = parts.status;

@@ -36,7 +36,7 @@ pub async fn get(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Sandbox>, ApiError> {
-    Ok(Json(state.manager.get(&id)?))
+    Ok(Json(state.manager.get(&id).await?))
 }
 
 pub async fn delete(

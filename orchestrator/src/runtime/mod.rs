@@ -19,6 +19,7 @@ pub mod youki;
 mod loopback;
 mod overlay;
 mod process;
+mod seccomp;
 mod spec;
 mod worker;
 

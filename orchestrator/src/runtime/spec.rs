@@ -3,9 +3,10 @@
 //! Starts from oci-spec's defaults (runc's: pid, net, ipc, uts, mount and
 //! cgroup namespaces, masked and read-only /proc paths, the usual /dev and
 //! /sys mounts) and narrows them: a small capability set, no new privileges,
-//! cgroup limits, and the two bind mounts that connect the agent to the host.
+//! a seccomp profile ([`super::seccomp`]), cgroup limits, and the two bind
+//! mounts that connect the agent to the host.
 
-use super::{overlay, ContainerSpec, RuntimeError};
+use super::{overlay, seccomp, ContainerSpec, RuntimeError};
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
     LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
@@ -135,6 +136,7 @@ pub(crate) fn build(spec: &ContainerSpec) -> Result<Spec, RuntimeError> {
         .readonly_paths(default_linux.readonly_paths().clone().unwrap_or_default())
         .cgroups_path(cgroup_path(&spec.id))
         .resources(resources)
+        .seccomp(seccomp::profile().map_err(invalid)?)
         .build()
         .map_err(invalid)?;
 
@@ -262,6 +264,17 @@ mod tests {
             linux.cgroups_path().as_deref(),
             Some(std::path::Path::new("/sbx/abc123"))
         );
+        let seccomp = linux.seccomp().as_ref().expect("a seccomp profile");
+        assert_eq!(
+            seccomp.default_action(),
+            oci_spec::runtime::LinuxSeccompAction::ScmpActAllow
+        );
+        assert!(seccomp
+            .syscalls()
+            .as_ref()
+            .expect("syscall rules")
+            .iter()
+            .any(|rule| rule.names().iter().any(|name| name == "keyctl")));
     }
 
     #[test]

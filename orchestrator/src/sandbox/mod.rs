@@ -143,8 +143,37 @@ impl Manager {
             .ok_or_else(|| SandboxError::NotFound(id.to_owned()))
     }
 
-    pub fn get(&self, id: &str) -> Result<Sandbox, SandboxError> {
-        Ok(self.record(id)?.sandbox)
+    /// One sandbox. A sandbox recorded as running whose container has died
+    /// is reported (and from now on recorded) as failed.
+    pub async fn get(&self, id: &str) -> Result<Sandbox, SandboxError> {
+        let mut sandbox = self.record(id)?.sandbox;
+        if sandbox.state == SandboxState::Running && self.mark_failed_if_dead(id).await? {
+            sandbox.state = SandboxState::Failed;
+        }
+        Ok(sandbox)
+    }
+
+    /// Checks with the runtime whether a running sandbox's container still
+    /// lives; if not, moves it to `failed`. True when it was found dead.
+    async fn mark_failed_if_dead(&self, id: &str) -> Result<bool, SandboxError> {
+        let alive = self
+            .runtime
+            .is_running(id)
+            .await
+            .map_err(|source| SandboxError::Runtime {
+                id: id.to_owned(),
+                source,
+            })?;
+        if alive {
+            return Ok(false);
+        }
+        if self
+            .store
+            .transition(id, &[SandboxState::Running], SandboxState::Failed)?
+        {
+            tracing::warn!(%id, "the sandbox's container died; marked failed");
+        }
+        Ok(true)
     }
 
     pub fn list(&self) -> Result<Vec<Sandbox>, SandboxError> {
@@ -324,10 +353,18 @@ impl Manager {
     }
 
     /// Explains why a call to a sandbox's agent failed: the sandbox may have
-    /// been deleted meanwhile (404), or its agent is really unreachable.
-    pub fn agent_failure(&self, id: &str, reason: String) -> SandboxError {
-        match self.record(id) {
-            Ok(_) => SandboxError::AgentUnavailable {
+    /// been deleted meanwhile (404), its container may have died (then it is
+    /// marked failed, 409), or its agent is really unreachable (503).
+    pub async fn agent_failure(&self, id: &str, reason: String) -> SandboxError {
+        if let Err(err) = self.record(id) {
+            return err;
+        }
+        match self.mark_failed_if_dead(id).await {
+            Ok(true) => SandboxError::WrongState {
+                id: id.to_owned(),
+                state: SandboxState::Failed.as_str(),
+            },
+            Ok(false) => SandboxError::AgentUnavailable {
                 id: id.to_owned(),
                 reason,
             },

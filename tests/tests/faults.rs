@@ -1,0 +1,153 @@
+//! End to end: what happens when parts die underneath a running system.
+
+use anyhow::{Context, Result};
+use sbx_api::{CreateSandboxRequest, ErrorCode, ExecRequest, SandboxState};
+use sbx_tests::{agent_pid, processes_in_cgroup, Engine, Server};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+async fn a_killed_agent_leaves_a_failed_sandbox_not_a_hung_one(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let client = server.client();
+    let id = client
+        .create_sandbox(&CreateSandboxRequest::default())
+        .await?
+        .id;
+    let agent = agent_pid(engine, &id).context("agent pid")?;
+    // SAFETY: kill(2) on the pid of the agent this test's sandbox runs.
+    assert_eq!(unsafe { libc::kill(agent as i32, libc::SIGKILL) }, 0);
+
+    let gone = sbx_tests::eventually(Duration::from_secs(10), || async {
+        matches!(client.get_sandbox(&id).await, Ok(s) if s.state == SandboxState::Failed)
+    })
+    .await;
+    assert!(gone, "the sandbox is reported failed");
+    let err = client
+        .exec(&id, &ExecRequest::argv(["true"]))
+        .await
+        .expect_err("no agent");
+    assert_eq!(
+        err.api_error().map(|body| body.error_code),
+        Some(ErrorCode::Conflict),
+        "{err}"
+    );
+    let listed = client.list_sandboxes().await?;
+    assert!(listed
+        .iter()
+        .any(|s| s.id == id && s.state == SandboxState::Failed));
+    client.delete_sandbox(&id).await?;
+    assert!(!server.data_dir().join("sandboxes").join(&id).exists());
+    Ok(())
+}
+
+/// Sandbox ids the runtime and the host hold for a data dir: directories,
+/// and containers (youki state dirs or labelled Docker containers).
+fn traces_on_the_host(engine: Engine, data_dir: &Path) -> Result<BTreeSet<String>> {
+    let mut ids: BTreeSet<String> = std::fs::read_dir(data_dir.join("sandboxes"))?
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    match engine {
+        Engine::Youki => {
+            if let Ok(entries) = std::fs::read_dir(data_dir.join("youki")) {
+                ids.extend(
+                    entries
+                        .flatten()
+                        .map(|entry| entry.file_name().to_string_lossy().into_owned()),
+                );
+            }
+        }
+        Engine::Docker => {
+            let instance = std::fs::read_to_string(data_dir.join("instance-id"))?;
+            let output = std::process::Command::new("docker")
+                .args([
+                    "ps",
+                    "-a",
+                    "--filter",
+                    &format!("label=sbx.instance={}", instance.trim()),
+                    "--format",
+                    "{{.Label \"sbx.id\"}}",
+                ])
+                .output()?;
+            ids.extend(
+                String::from_utf8_lossy(&output.stdout)
+                    .lines()
+                    .map(str::to_owned),
+            );
+        }
+    }
+    Ok(ids)
+}
+
+async fn a_server_killed_during_creates_recovers_cleanly(engine: Engine) -> Result<()> {
+    let mut first = Server::start(engine).await?;
+    let client = first.client();
+    let mut creates = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let client = client.clone();
+        creates.spawn(async move {
+            client
+                .create_sandbox(&CreateSandboxRequest::default())
+                .await
+        });
+    }
+    // Kill it once creation is under way, with some done and some not.
+    let sandboxes = first.data_dir().join("sandboxes");
+    let started = sbx_tests::eventually(Duration::from_secs(30), || async {
+        std::fs::read_dir(&sandboxes).map_or(0, |dir| dir.count()) >= 3
+    })
+    .await;
+    assert!(started);
+    let data_dir = first.take_data_dir().expect("the harness owns a temp dir");
+    first.kill();
+    let mut answered = 0;
+    while let Some(result) = creates.join_next().await {
+        if result?.is_ok() {
+            answered += 1;
+        }
+    }
+    assert!(answered < 20, "the kill came before all creates finished");
+
+    let second = Server::start_on(engine, data_dir.path()).await?;
+    let client = second.client();
+    let listed = client.list_sandboxes().await?;
+    for sandbox in &listed {
+        assert_eq!(sandbox.state, SandboxState::Running, "{sandbox:?}");
+        let echo = client
+            .exec(&sandbox.id, &ExecRequest::argv(["echo", "usable"]))
+            .await?;
+        assert_eq!(echo.stdout, "usable\n");
+    }
+    let known: BTreeSet<String> = listed.iter().map(|s| s.id.clone()).collect();
+    assert_eq!(
+        traces_on_the_host(engine, data_dir.path())?,
+        known,
+        "no orphan container or directory"
+    );
+    let mounts = std::fs::read_to_string("/proc/mounts")?;
+    let leftover_mounts = mounts
+        .lines()
+        .filter(|line| line.contains(&data_dir.path().display().to_string()))
+        .count();
+    assert_eq!(
+        leftover_mounts,
+        if engine == Engine::Youki {
+            known.len()
+        } else {
+            0
+        },
+        "one overlay per live youki sandbox, nothing else"
+    );
+    for id in &known {
+        let marker = engine.cgroup_marker(id).context("container")?;
+        client.delete_sandbox(id).await?;
+        assert!(processes_in_cgroup(&marker).is_empty());
+    }
+    Ok(())
+}
+
+sbx_tests::on_every_runtime!(
+    a_killed_agent_leaves_a_failed_sandbox_not_a_hung_one,
+    a_server_killed_during_creates_recovers_cleanly,
+);
