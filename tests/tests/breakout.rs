@@ -105,10 +105,10 @@ async fn sandboxes_cannot_reach_each_other_or_the_host(engine: Engine) -> Result
     // not its processes; only this sandbox's own agent socket is mounted.
     let search = exec(
         &me,
-        ExecRequest::shell(format!(
+        ExecRequest::shell(
             "grep -rs secret /workspace; find / -xdev -name 'secret-*' 2>/dev/null; \
-             ls /.sbx/run; ps -eo comm | grep -cx sandbox-agent"
-        )),
+             ls /.sbx/run; ps -eo comm | grep -cx sandbox-agent",
+        ),
     )
     .await?;
     assert_eq!(search.stdout, "agent.sock\n1\n", "{}", search.stderr);

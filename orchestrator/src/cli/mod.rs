@@ -121,6 +121,10 @@ enum Command {
         from: String,
         to: String,
     },
+    /// Internal: the single-threaded process that runs libcontainer for
+    /// `sbx serve` (see runtime::helper).
+    #[command(name = "__youki-helper", hide = true)]
+    YoukiHelper,
     /// Delete sandboxes
     Rm {
         #[command(flatten)]
@@ -229,6 +233,10 @@ pub fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    // The helper must stay single-threaded: no async runtime for it.
+    if matches!(cli.command, Command::YoukiHelper) {
+        return crate::runtime::helper::serve_requests();
+    }
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -388,6 +396,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             cp::copy(&conn.client()?, &from, &to).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::YoukiHelper => Ok(crate::runtime::helper::serve_requests()),
         Command::Rm { conn, ids } => {
             let client = conn.client()?;
             for id in ids {

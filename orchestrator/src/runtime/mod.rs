@@ -16,12 +16,12 @@
 pub mod docker;
 pub mod youki;
 
+pub mod helper;
 mod loopback;
 mod overlay;
 mod process;
 mod seccomp;
 mod spec;
-mod worker;
 
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -41,8 +41,8 @@ pub enum RuntimeError {
     },
     #[error("invalid container spec for sandbox {id}: {reason}")]
     Spec { id: String, reason: String },
-    #[error("the runtime worker thread has stopped")]
-    WorkerGone,
+    #[error("the runtime's helper process has stopped")]
+    HelperGone,
     #[error("{context}: {message}")]
     Engine { context: String, message: String },
 }

@@ -1,9 +1,9 @@
 //! Watching and killing a container's init process from the host.
 //!
-//! The init is our child only while this orchestrator instance lives (it is
-//! cloned with CLONE_PARENT); after a restart it belongs to the host's init.
-//! A pidfd works in both cases: it becomes readable when the process exits,
-//! child or not, so waiting needs neither polling nor sleeping.
+//! The init is never the server's child (it is the youki helper's, or after
+//! a restart the host init's), so `waitpid` cannot wait for it. A pidfd
+//! can: it becomes readable when the process exits, child or not, so
+//! waiting needs neither polling nor sleeping. Reaping is the parent's job.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -48,13 +48,6 @@ pub(crate) async fn wait_exit(pid: i32, timeout: Duration) -> io::Result<bool> {
         Ok(ready) => ready.map(|_| true),
         Err(_) => Ok(!is_alive(pid)),
     }
-}
-
-/// Reaps `pid` if it is our exited child; a no-op otherwise.
-pub(crate) fn reap(pid: i32) {
-    // SAFETY: waitpid on one pid with WNOHANG never blocks; ECHILD (not our
-    // child, e.g. after a restart) is expected and ignored.
-    unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
 }
 
 pub(crate) fn signal(pid: i32, signal: libc::c_int) {

@@ -2,12 +2,12 @@
 //!
 //! No daemon and no shim per container: `start` is an overlay mount, a
 //! `config.json`, and libcontainer's clone of the init (our agent), all in a
-//! few milliseconds. libcontainer calls go through [`Worker`] (see its docs
-//! for why). Container state lives in `<state-root>/<id>/` (libcontainer's
+//! few milliseconds. libcontainer calls run in the server's one helper
+//! process (see [`super::helper`] for why). Container state lives in `<state-root>/<id>/` (libcontainer's
 //! own `state.json`), so after an orchestrator restart `Container::load`
 //! finds every container again: they keep running while we are gone.
 
-use super::worker::Worker;
+use super::helper::{Helper, Request};
 use super::{loopback, overlay, process, spec, ContainerSpec, Runtime, RuntimeError, SandboxDir};
 use async_trait::async_trait;
 use libcontainer::container::builder::ContainerBuilder;
@@ -29,7 +29,7 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct YoukiRuntime {
     state_root: PathBuf,
-    worker: Worker,
+    helper: Helper,
 }
 
 impl YoukiRuntime {
@@ -42,7 +42,7 @@ impl YoukiRuntime {
         )))?;
         Ok(Self {
             state_root,
-            worker: Worker::spawn("sbx-libcontainer")?,
+            helper: Helper::spawn()?,
         })
     }
 
@@ -79,7 +79,6 @@ impl YoukiRuntime {
                     .map_err(wait_error)?;
             }
         }
-        process::reap(pid);
         Ok(())
     }
 }
@@ -91,9 +90,9 @@ fn libcontainer_error(id: &str) -> impl FnOnce(LibcontainerError) -> RuntimeErro
     }
 }
 
-/// Runs on the worker thread: clone the init, bring `lo` up in its network
+/// Runs in the helper: clone the init, bring `lo` up in its network
 /// namespace, then let it exec the agent.
-fn create_and_start(
+pub(crate) fn create_and_start(
     id: &str,
     state_root: &Path,
     bundle: &Path,
@@ -140,6 +139,21 @@ fn create_and_start(
     Ok(())
 }
 
+/// Runs in the helper: delete a stopped container (its cgroups and state).
+pub(crate) fn delete_container(id: &str, state_root: &Path) -> Result<(), RuntimeError> {
+    let root = state_root.join(id);
+    let mut container = Container::load(root.clone()).map_err(libcontainer_error(id))?;
+    container.delete(true).map_err(libcontainer_error(id))?;
+    // delete() leaves the state dir when it failed half-way.
+    match std::fs::remove_dir_all(&root) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError::Io {
+            context: format!("cannot remove {}", root.display()),
+            source: err,
+        }),
+        _ => Ok(()),
+    }
+}
+
 #[async_trait]
 impl Runtime for YoukiRuntime {
     fn name(&self) -> &'static str {
@@ -164,14 +178,18 @@ impl Runtime for YoukiRuntime {
             })
         })
         .await
-        .map_err(|_| RuntimeError::WorkerGone)??;
-        let id = container.id.clone();
-        let state_root = self.state_root.clone();
-        let bundle = container.dir.path().to_owned();
-        let log = container.dir.agent_log();
-        self.worker
-            .run(move || create_and_start(&id, &state_root, &bundle, &log))
-            .await?
+        .map_err(|err| RuntimeError::Engine {
+            context: format!("preparing the rootfs of sandbox {}", container.id),
+            message: err.to_string(),
+        })??;
+        self.helper
+            .call(&Request::Start {
+                id: container.id.clone(),
+                state_root: self.state_root.clone(),
+                bundle: container.dir.path().to_owned(),
+                log: container.dir.agent_log(),
+            })
+            .await
     }
 
     async fn remove(&self, id: &str, dir: &SandboxDir) -> Result<(), RuntimeError> {
@@ -182,26 +200,12 @@ impl Runtime for YoukiRuntime {
         let stopped = started.elapsed();
         let root = self.container_root(id);
         if root.exists() {
-            let owned_id = id.to_owned();
-            self.worker
-                .run(move || -> Result<(), RuntimeError> {
-                    let mut container =
-                        Container::load(root.clone()).map_err(libcontainer_error(&owned_id))?;
-                    container
-                        .delete(true)
-                        .map_err(libcontainer_error(&owned_id))?;
-                    // delete() leaves the state dir when it failed half-way.
-                    match std::fs::remove_dir_all(&root) {
-                        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-                            Err(RuntimeError::Io {
-                                context: format!("cannot remove {}", root.display()),
-                                source: err,
-                            })
-                        }
-                        _ => Ok(()),
-                    }
+            self.helper
+                .call(&Request::Delete {
+                    id: id.to_owned(),
+                    state_root: self.state_root.clone(),
                 })
-                .await??;
+                .await?;
         }
         let deleted = started.elapsed() - stopped;
         overlay::unmount_rootfs(dir)?;

@@ -1,0 +1,184 @@
+//! libcontainer runs in a helper process, never in the server.
+//!
+//! libcontainer clones the calling process to make each container's
+//! intermediate and init processes, and the clones run Rust code (they
+//! allocate, they log) before they exec. Cloned from the multi-threaded
+//! server, a clone inherits whatever locks other threads held at that
+//! instant (a malloc arena, the stderr lock) and can block on them forever;
+//! we saw exactly that under 20 concurrent creates. It also inherits the
+//! server's sockets until it execs. libcontainer further `chdir()`s and
+//! flips `PR_SET_DUMPABLE` on its caller.
+//!
+//! So the server starts one helper at start-up, `sbx __youki-helper`: a
+//! fresh, single-threaded process of the same binary, with nothing open but
+//! its pipes. It takes one JSON request per line on stdin (start or delete a
+//! container), runs it, and answers one line on stdout. Requests are
+//! serialised, which libcontainer needs anyway. Container inits become the
+//! helper's children; it reaps them after every request. If the server
+//! dies, the helper reads EOF and exits, and the containers run on.
+//!
+//! The protocol is private to one binary talking to itself, so its types
+//! live here rather than in `sbx-api`.
+
+use super::RuntimeError;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::Mutex;
+
+/// The hidden subcommand that runs [`serve_requests`].
+pub const HELPER_SUBCOMMAND: &str = "__youki-helper";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub(crate) enum Request {
+    /// Create the container from `bundle`, bring `lo` up, start it.
+    Start {
+        id: String,
+        state_root: PathBuf,
+        bundle: PathBuf,
+        log: PathBuf,
+    },
+    /// Delete the (stopped) container and its cgroups.
+    Delete { id: String, state_root: PathBuf },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Reply {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// The helper's main loop: one request per stdin line, one reply per line.
+pub fn serve_requests() -> std::process::ExitCode {
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout().lock();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let outcome = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Start {
+                id,
+                state_root,
+                bundle,
+                log,
+            }) => super::youki::create_and_start(&id, &state_root, &bundle, &log),
+            Ok(Request::Delete { id, state_root }) => {
+                super::youki::delete_container(&id, &state_root)
+            }
+            Err(err) => Err(RuntimeError::Engine {
+                context: "youki helper".into(),
+                message: format!("malformed request: {err}"),
+            }),
+        };
+        reap_exited_children();
+        let reply = Reply {
+            error: outcome.err().map(|err| err.to_string()),
+        };
+        let text = serde_json::to_string(&reply).expect("a reply always serializes");
+        if writeln!(stdout, "{text}")
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            break;
+        }
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+/// Container inits are our children (libcontainer clones them with
+/// CLONE_PARENT from an intermediate we own); reap the ones that exited.
+/// Nothing of libcontainer runs between requests, so this cannot steal an
+/// exit status libcontainer waits for.
+fn reap_exited_children() {
+    loop {
+        // SAFETY: waitpid with WNOHANG on any child never blocks.
+        let pid = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+        if pid <= 0 {
+            break;
+        }
+    }
+}
+
+/// The server's handle on its helper.
+#[derive(Debug)]
+pub(crate) struct Helper {
+    pipes: Mutex<(ChildStdin, BufReader<ChildStdout>)>,
+    _child: Child,
+}
+
+impl Helper {
+    pub(crate) fn spawn() -> Result<Self, RuntimeError> {
+        let exe =
+            std::env::current_exe().map_err(RuntimeError::io("cannot find the sbx executable"))?;
+        let mut child = Command::new(exe)
+            .arg(HELPER_SUBCOMMAND)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            // The helper logs to the server's stderr.
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(RuntimeError::io("cannot start the youki helper"))?;
+        let stdin = child.stdin.take().ok_or(RuntimeError::HelperGone)?;
+        let stdout = child.stdout.take().ok_or(RuntimeError::HelperGone)?;
+        Ok(Self {
+            pipes: Mutex::new((stdin, BufReader::new(stdout))),
+            _child: child,
+        })
+    }
+
+    /// Sends one request and waits for its reply.
+    pub(crate) async fn call(&self, request: &Request) -> Result<(), RuntimeError> {
+        let mut line = serde_json::to_string(request).map_err(|err| RuntimeError::Engine {
+            context: "youki helper".into(),
+            message: err.to_string(),
+        })?;
+        line.push('\n');
+        let mut pipes = self.pipes.lock().await;
+        let (stdin, stdout) = &mut *pipes;
+        stdin
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|_| RuntimeError::HelperGone)?;
+        let mut answer = String::new();
+        let read = stdout
+            .read_line(&mut answer)
+            .await
+            .map_err(|_| RuntimeError::HelperGone)?;
+        if read == 0 {
+            return Err(RuntimeError::HelperGone);
+        }
+        let reply: Reply = serde_json::from_str(&answer).map_err(|err| RuntimeError::Engine {
+            context: "youki helper".into(),
+            message: format!("malformed reply: {err}"),
+        })?;
+        match reply.error {
+            None => Ok(()),
+            Some(message) => Err(RuntimeError::Engine {
+                context: "youki".into(),
+                message,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_tagged_lines() {
+        let request = Request::Delete {
+            id: "abc".into(),
+            state_root: "/var/lib/sbx/youki".into(),
+        };
+        let line = serde_json::to_string(&request).expect("serializable");
+        assert_eq!(
+            line,
+            r#"{"op":"delete","id":"abc","state_root":"/var/lib/sbx/youki"}"#
+        );
+        assert!(!line.contains('\n'));
+    }
+}
