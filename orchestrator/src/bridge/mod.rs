@@ -13,7 +13,7 @@
 
 use crate::sandbox::{Manager, SandboxError};
 use axum::body::Body;
-use axum::http::{header, HeaderMap, Method, Request, Response};
+use axum::http::{header, HeaderMap, Method, Request, Response, StatusCode};
 
 /// Headers that describe the body or what the caller accepts; everything
 /// else (authorization above all) stays on this side of the bridge.
@@ -52,6 +52,11 @@ pub async fn forward(
         Ok(response) => response,
         Err(err) => return Err(manager.agent_failure(id, err.to_string()).await),
     };
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(err) = manager.not_serving(id) {
+            return Err(err);
+        }
+    }
     let (parts, incoming) = response.into_parts();
     let mut forwarded = Response::new(Body::new(incoming));
     *forwarded.status_mut() = parts.status;

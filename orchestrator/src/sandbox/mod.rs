@@ -352,11 +352,29 @@ impl Manager {
         Ok(Client::unix(self.dir(id).agent_socket()))
     }
 
+    /// Why a sandbox can no longer serve calls, if it cannot: deleted (404)
+    /// or in any state but running (409). An agent that answers "shutting
+    /// down" is one whose sandbox is being deleted; this turns that into the
+    /// client's error instead of the agent's.
+    pub fn not_serving(&self, id: &str) -> Option<SandboxError> {
+        match self.record(id) {
+            Err(err) => Some(err),
+            Ok(record) if record.sandbox.state != SandboxState::Running => {
+                Some(SandboxError::WrongState {
+                    id: id.to_owned(),
+                    state: record.sandbox.state.as_str(),
+                })
+            }
+            Ok(_) => None,
+        }
+    }
+
     /// Explains why a call to a sandbox's agent failed: the sandbox may have
-    /// been deleted meanwhile (404), its container may have died (then it is
-    /// marked failed, 409), or its agent is really unreachable (503).
+    /// been deleted or be being deleted meanwhile (404, 409), its container
+    /// may have died (then it is marked failed, 409), or its agent is really
+    /// unreachable (503).
     pub async fn agent_failure(&self, id: &str, reason: String) -> SandboxError {
-        if let Err(err) = self.record(id) {
+        if let Some(err) = self.not_serving(id) {
             return err;
         }
         match self.mark_failed_if_dead(id).await {
