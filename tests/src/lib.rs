@@ -283,6 +283,18 @@ impl Server {
         Client::new(&self.url, token.map(str::to_owned)).expect("the harness url is valid")
     }
 
+    /// Creates a sandbox with the defaults and returns its id.
+    pub async fn new_sandbox(&self) -> Result<String> {
+        let sandbox = self
+            .client()
+            .create_sandbox(&sbx_api::CreateSandboxRequest::default())
+            .await?;
+        if sandbox.state != sbx_api::SandboxState::Running {
+            bail!("a new sandbox is {:?}, not running", sandbox.state);
+        }
+        Ok(sandbox.id)
+    }
+
     /// SIGKILLs the server, leaving its sandboxes running (as a crash would).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

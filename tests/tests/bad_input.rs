@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::Method;
 use http_body_util::BodyExt;
 use sbx_api::client::Client;
-use sbx_api::{CreateSandboxRequest, ErrorBody, ErrorCode, ExecRequest};
+use sbx_api::{ErrorBody, ErrorCode, ExecRequest};
 use sbx_tests::{Engine, Server};
 
 /// Sends a raw request and returns the status and the error body.
@@ -27,10 +27,7 @@ async fn raw(
 async fn bad_requests_get_4xx_and_stable_codes(engine: Engine) -> Result<()> {
     let server = Server::start(engine).await?;
     let client = server.client();
-    let id = client
-        .create_sandbox(&CreateSandboxRequest::default())
-        .await?
-        .id;
+    let id = server.new_sandbox().await?;
     let exec_path = format!("/v1/sandboxes/{id}/exec");
     let huge = format!(r#"{{"shell":"true","stdin":"{}"}}"#, "x".repeat(65 << 20));
     let cases: Vec<(Method, String, Bytes, u16, ErrorCode)> = vec![
@@ -191,10 +188,7 @@ async fn bad_requests_get_4xx_and_stable_codes(engine: Engine) -> Result<()> {
 async fn requests_racing_a_delete_never_fail_with_5xx(engine: Engine) -> Result<()> {
     let server = Server::start(engine).await?;
     let client = server.client();
-    let id = client
-        .create_sandbox(&CreateSandboxRequest::default())
-        .await?
-        .id;
+    let id = server.new_sandbox().await?;
     let mut racers = tokio::task::JoinSet::new();
     for _ in 0..20 {
         let client = client.clone();

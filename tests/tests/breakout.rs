@@ -37,10 +37,7 @@ fn refused(what: &str, result: &ExecResult) -> Result<()> {
 async fn privileged_operations_are_refused(engine: Engine) -> Result<()> {
     let server = Server::start(engine).await?;
     let client = server.client();
-    let id = client
-        .create_sandbox(&CreateSandboxRequest::default())
-        .await?
-        .id;
+    let id = server.new_sandbox().await?;
     let sandbox = client.sandbox(&id);
 
     let mount = exec(&sandbox, ExecRequest::shell("mount -t tmpfs none /mnt")).await?;
@@ -85,14 +82,8 @@ async fn privileged_operations_are_refused(engine: Engine) -> Result<()> {
 async fn sandboxes_cannot_reach_each_other_or_the_host(engine: Engine) -> Result<()> {
     let server = Server::start(engine).await?;
     let client = server.client();
-    let mine = client
-        .create_sandbox(&CreateSandboxRequest::default())
-        .await?
-        .id;
-    let theirs = client
-        .create_sandbox(&CreateSandboxRequest::default())
-        .await?
-        .id;
+    let mine = server.new_sandbox().await?;
+    let theirs = server.new_sandbox().await?;
     let me = client.sandbox(&mine);
     let neighbour = client.sandbox(&theirs);
     neighbour
@@ -153,10 +144,7 @@ async fn resource_bombs_stay_inside(engine: Engine) -> Result<()> {
         })
         .await?
         .id;
-    let neighbour = client
-        .create_sandbox(&CreateSandboxRequest::default())
-        .await?
-        .id;
+    let neighbour = server.new_sandbox().await?;
     let sandbox = client.sandbox(&bomber);
 
     // A fork bomb runs into the pids limit; the timeout ends it. (It stays

@@ -10,10 +10,7 @@ use std::time::Duration;
 async fn a_killed_agent_leaves_a_failed_sandbox_not_a_hung_one(engine: Engine) -> Result<()> {
     let server = Server::start(engine).await?;
     let client = server.client();
-    let id = client
-        .create_sandbox(&CreateSandboxRequest::default())
-        .await?
-        .id;
+    let id = server.new_sandbox().await?;
     let agent = agent_pid(engine, &id).context("agent pid")?;
     // SAFETY: kill(2) on the pid of the agent this test's sandbox runs.
     assert_eq!(unsafe { libc::kill(agent as i32, libc::SIGKILL) }, 0);

@@ -7,22 +7,13 @@ use bytes::Bytes;
 use http_body_util::Full;
 use sbx_api::client::{ClientError, EventStream, SandboxClient};
 use sbx_api::{
-    CreateSandboxRequest, ErrorCode, ExecEvent, ExecRequest, FileType, LogsQuery, ProcessState,
-    StartProcessRequest,
+    ErrorCode, ExecEvent, ExecRequest, FileType, LogsQuery, ProcessState, StartProcessRequest,
 };
 use sbx_tests::{agent_pid, eventually, peak_rss, tree_tar, Engine, Server};
 use std::io::Read;
 use std::time::Duration;
 
 const MIB: u64 = 1024 * 1024;
-
-async fn new_sandbox(server: &Server) -> Result<String> {
-    Ok(server
-        .client()
-        .create_sandbox(&CreateSandboxRequest::default())
-        .await?
-        .id)
-}
 
 fn api_code(err: &ClientError) -> Option<ErrorCode> {
     err.api_error().map(|body| body.error_code)
@@ -71,7 +62,7 @@ async fn streamed_exec_delivers_events_in_order_while_the_command_runs(
 ) -> Result<()> {
     let server = Server::start(engine).await?;
     let client = server.client();
-    let id = new_sandbox(&server).await?;
+    let id = server.new_sandbox().await?;
     let sandbox = client.sandbox(&id);
     // The command prints, then waits for the test to let it go: output
     // that arrives while it waits can only have been streamed.
@@ -120,7 +111,7 @@ async fn streamed_exec_delivers_events_in_order_while_the_command_runs(
 async fn a_client_that_disconnects_kills_the_streamed_command(engine: Engine) -> Result<()> {
     let server = Server::start(engine).await?;
     let client = server.client();
-    let id = new_sandbox(&server).await?;
+    let id = server.new_sandbox().await?;
     let sandbox = client.sandbox(&id);
     let mut events = sandbox
         .exec_stream(&ExecRequest::shell("echo ready; exec sleep 300"))
@@ -149,7 +140,7 @@ async fn a_client_that_disconnects_kills_the_streamed_command(engine: Engine) ->
 async fn fifty_concurrent_execs_on_one_sandbox(engine: Engine) -> Result<()> {
     let server = Server::start(engine).await?;
     let client = server.client();
-    let id = new_sandbox(&server).await?;
+    let id = server.new_sandbox().await?;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..50 {
         let client = client.clone();
@@ -179,7 +170,7 @@ async fn a_gigabyte_of_output_keeps_agent_and_orchestrator_memory_bounded(
 ) -> Result<()> {
     let server = Server::start(engine).await?;
     let client = server.client();
-    let id = new_sandbox(&server).await?;
+    let id = server.new_sandbox().await?;
     let sandbox = client.sandbox(&id);
 
     let mut events = sandbox
@@ -222,7 +213,7 @@ async fn a_gigabyte_of_output_keeps_agent_and_orchestrator_memory_bounded(
 async fn background_process_logs_stdin_signals_and_wait(engine: Engine) -> Result<()> {
     let server = Server::start(engine).await?;
     let client = server.client();
-    let id = new_sandbox(&server).await?;
+    let id = server.new_sandbox().await?;
     let sandbox = client.sandbox(&id);
 
     // stdin reaches the process and its output can be followed.
@@ -331,7 +322,7 @@ async fn background_process_logs_stdin_signals_and_wait(engine: Engine) -> Resul
 async fn a_100_mib_file_round_trips_byte_identical(engine: Engine) -> Result<()> {
     let server = Server::start(engine).await?;
     let client = server.client();
-    let id = new_sandbox(&server).await?;
+    let id = server.new_sandbox().await?;
     let sandbox = client.sandbox(&id);
     let data = Bytes::from(random_bytes(100 * MIB as usize)?);
 
@@ -369,7 +360,7 @@ async fn a_100_mib_file_round_trips_byte_identical(engine: Engine) -> Result<()>
 async fn file_operations_and_their_errors(engine: Engine) -> Result<()> {
     let server = Server::start(engine).await?;
     let client = server.client();
-    let id = new_sandbox(&server).await?;
+    let id = server.new_sandbox().await?;
     let sandbox = client.sandbox(&id);
 
     let binary: &[u8] = b"a\0b\xff\n";
@@ -463,7 +454,7 @@ async fn file_operations_and_their_errors(engine: Engine) -> Result<()> {
 async fn a_10000_file_tree_round_trips_through_archives(engine: Engine) -> Result<()> {
     let server = Server::start(engine).await?;
     let client = server.client();
-    let id = new_sandbox(&server).await?;
+    let id = server.new_sandbox().await?;
     let sandbox = client.sandbox(&id);
 
     let summary = sandbox
@@ -542,7 +533,7 @@ fn hostile_tar() -> Result<Vec<u8>> {
 async fn hostile_archives_stay_inside_the_target_directory(engine: Engine) -> Result<()> {
     let server = Server::start(engine).await?;
     let client = server.client();
-    let id = new_sandbox(&server).await?;
+    let id = server.new_sandbox().await?;
     let sandbox = client.sandbox(&id);
     sandbox.mkdir("/workspace/target/inner").await?;
 
@@ -571,7 +562,7 @@ async fn hostile_archives_stay_inside_the_target_directory(engine: Engine) -> Re
 async fn exec_defaults_and_users(engine: Engine) -> Result<()> {
     let server = Server::start(engine).await?;
     let client = server.client();
-    let id = new_sandbox(&server).await?;
+    let id = server.new_sandbox().await?;
     let sandbox = client.sandbox(&id);
 
     let env = run(&sandbox, "echo $HOME; echo $LANG; echo $PATH; pwd").await?;

@@ -8,15 +8,6 @@ use sbx_tests::{processes_in_cgroup, Engine, Server};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-async fn new_sandbox(server: &Server) -> Result<String> {
-    let sandbox = server
-        .client()
-        .create_sandbox(&CreateSandboxRequest::default())
-        .await?;
-    assert_eq!(sandbox.state, SandboxState::Running);
-    Ok(sandbox.id)
-}
-
 fn api_code(err: &ClientError) -> Option<ErrorCode> {
     err.api_error().map(|body| body.error_code)
 }
@@ -24,7 +15,7 @@ fn api_code(err: &ClientError) -> Option<ErrorCode> {
 async fn echo_git_python_and_exit_codes(engine: Engine) -> Result<()> {
     let server = Server::start(engine).await?;
     let client = server.client();
-    let id = new_sandbox(&server).await?;
+    let id = server.new_sandbox().await?;
 
     let hi = client.exec(&id, &ExecRequest::argv(["echo", "hi"])).await?;
     assert_eq!(hi.stdout, "hi\n");
@@ -111,7 +102,7 @@ async fn create_answers_201_with_the_sandbox_and_applies_limits_and_env(
 
 async fn a_timeout_kills_the_command_quickly(engine: Engine) -> Result<()> {
     let server = Server::start(engine).await?;
-    let id = new_sandbox(&server).await?;
+    let id = server.new_sandbox().await?;
     let request = ExecRequest {
         timeout_ms: Some(500),
         ..ExecRequest::shell("sleep 10 & sleep 10")
@@ -135,8 +126,8 @@ async fn a_timeout_kills_the_command_quickly(engine: Engine) -> Result<()> {
 async fn files_persist_between_execs_and_sandboxes_are_isolated(engine: Engine) -> Result<()> {
     let server = Server::start(engine).await?;
     let client = server.client();
-    let first = new_sandbox(&server).await?;
-    let second = new_sandbox(&server).await?;
+    let first = server.new_sandbox().await?;
+    let second = server.new_sandbox().await?;
 
     let write = client
         .exec(&first, &ExecRequest::shell("echo secret > /workspace/note"))
@@ -198,7 +189,7 @@ async fn files_persist_between_execs_and_sandboxes_are_isolated(engine: Engine) 
 async fn delete_leaves_nothing_behind(engine: Engine) -> Result<()> {
     let server = Server::start(engine).await?;
     let client = server.client();
-    let id = new_sandbox(&server).await?;
+    let id = server.new_sandbox().await?;
     let dir = server.data_dir().join("sandboxes").join(&id);
     let marker = engine.cgroup_marker(&id).context("the container exists")?;
     client
@@ -246,7 +237,7 @@ async fn delete_leaves_nothing_behind(engine: Engine) -> Result<()> {
 
 async fn sandboxes_survive_a_server_restart(engine: Engine) -> Result<()> {
     let mut first = Server::start(engine).await?;
-    let id = new_sandbox(&first).await?;
+    let id = first.new_sandbox().await?;
     first
         .client()
         .exec(&id, &ExecRequest::shell("echo kept > /workspace/kept"))
@@ -275,7 +266,7 @@ async fn sandboxes_survive_a_server_restart(engine: Engine) -> Result<()> {
 
 async fn containers_the_store_does_not_know_are_removed_at_start(engine: Engine) -> Result<()> {
     let mut first = Server::start(engine).await?;
-    let id = new_sandbox(&first).await?;
+    let id = first.new_sandbox().await?;
     let marker = engine.cgroup_marker(&id).context("the container exists")?;
     let data_dir = first.take_data_dir().expect("the harness owns a temp dir");
     first.kill();
@@ -370,7 +361,7 @@ async fn auth_and_error_bodies(engine: Engine) -> Result<()> {
         .await?;
     assert_eq!(response.status(), 201);
 
-    let id = new_sandbox(&server).await?;
+    let id = server.new_sandbox().await?;
     let both = ExecRequest {
         shell: Some("true".into()),
         ..ExecRequest::argv(["true"])
