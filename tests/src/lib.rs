@@ -200,7 +200,7 @@ impl Server {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(data_dir.with_extension("log"))?;
+            .open(data_dir.join("serve.log"))?;
         let child = Command::new(sbx_bin())
             .arg("serve")
             .arg("--runtime")
@@ -272,7 +272,7 @@ impl Server {
 
     /// The server's own log, for assertion messages.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+        std::fs::read_to_string(self.data_dir.join("serve.log")).unwrap_or_default()
     }
 
     pub fn client(&self) -> Client {
@@ -337,5 +337,12 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.clean_up();
+        // The server's log (`serve.log` in the data dir) goes with the data
+        // dir, unless a failing test wants to be looked into.
+        if std::thread::panicking() {
+            if let Some(temp) = self._temp.take() {
+                eprintln!("kept for inspection: {}", temp.keep().display());
+            }
+        }
     }
 }
