@@ -5,7 +5,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{gone_within, read_pid, TestAgent};
+use common::{all_events, gone_within, next_event, read_pid, TestAgent};
 use http::Method;
 use http_body_util::BodyExt;
 use sbx_api::client::{ClientError, EventStream};
@@ -15,7 +15,7 @@ use sbx_api::{
 use std::time::Duration;
 
 /// Upper bound for any single wait in these tests.
-const LIMIT: Duration = Duration::from_secs(20);
+const LIMIT: Duration = common::EVENT_LIMIT;
 
 fn shell(script: impl Into<String>) -> StartProcessRequest {
     StartProcessRequest {
@@ -49,20 +49,6 @@ async fn logs(agent: &TestAgent, pid: i32, query: &LogsQuery) -> EventStream {
         .expect("logs open")
 }
 
-async fn next(events: &mut EventStream) -> Option<ExecEvent> {
-    tokio::time::timeout(LIMIT, events.next())
-        .await
-        .expect("event within the limit")
-        .expect("well-formed event")
-}
-
-async fn all(events: EventStream) -> Vec<ExecEvent> {
-    tokio::time::timeout(LIMIT, events.collect())
-        .await
-        .expect("logs end within the limit")
-        .expect("well-formed events")
-}
-
 fn stdout_of(events: &[ExecEvent]) -> String {
     events
         .iter()
@@ -94,7 +80,7 @@ fn api_error<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (u16, ErrorB
 /// Reads events until `wanted` (skipping others), within the limit.
 async fn expect_event(events: &mut EventStream, wanted: &ExecEvent) {
     loop {
-        match next(events).await {
+        match next_event(events).await {
             Some(event) if &event == wanted => return,
             Some(_) => {}
             None => panic!("stream ended before {wanted:?}"),
@@ -187,7 +173,7 @@ async fn followers_get_new_output_then_exit() {
     // Produced only now, after both followers are attached.
     std::fs::write(&go, b"").expect("create go file");
     for follower in [first, second] {
-        let rest = all(follower).await;
+        let rest = all_events(follower).await;
         assert_eq!(stdout_of(&rest), "after\n", "{rest:?}");
         assert_eq!(stderr_of(&rest), "late\n", "{rest:?}");
         assert!(
@@ -196,7 +182,7 @@ async fn followers_get_new_output_then_exit() {
         );
     }
     // Logs of an exited process end with its exit too, follow or not.
-    let replay = all(logs(&agent, process.pid, &LogsQuery::default()).await).await;
+    let replay = all_events(logs(&agent, process.pid, &LogsQuery::default()).await).await;
     assert_eq!(stdout_of(&replay), "before\nafter\n");
     assert!(matches!(
         replay.last(),
@@ -213,7 +199,7 @@ async fn logs_of_a_running_process_end_after_the_buffer() {
     read_ready(&ready);
     let mut events = logs(&agent, process.pid, &LogsQuery::default()).await;
     let mut seen = Vec::new();
-    while let Some(event) = next(&mut events).await {
+    while let Some(event) = next_event(&mut events).await {
         seen.push(event);
     }
     assert_eq!(
@@ -252,7 +238,7 @@ async fn tail_returns_only_the_last_bytes() {
         tail: Some(4),
         follow: false,
     };
-    let events = all(logs(&agent, process.pid, &query).await).await;
+    let events = all_events(logs(&agent, process.pid, &query).await).await;
     assert_eq!(stdout_of(&events), "6789");
     assert_eq!(stderr_of(&events), "cdef");
     assert!(matches!(
@@ -296,7 +282,7 @@ async fn stdin_reaches_the_process_and_closes() {
     .await;
     // Larger than a pipe buffer: it streams through while cat echoes it
     // (and the follower keeps reading, so it does not fall behind).
-    let reading = tokio::spawn(all(follower));
+    let reading = tokio::spawn(all_events(follower));
     let big = vec![b'x'; 1024 * 1024];
     sandbox
         .write_stdin(cat.pid, Bytes::from(big), true)
@@ -451,7 +437,7 @@ async fn processes_can_run_as_another_user() {
     };
     let process = start(&agent, &request).await;
     wait(&agent, process.pid).await;
-    let events = all(logs(&agent, process.pid, &LogsQuery::default()).await).await;
+    let events = all_events(logs(&agent, process.pid, &LogsQuery::default()).await).await;
     assert_eq!(stdout_of(&events), "1000\n");
 }
 

@@ -5,7 +5,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{gone_within, read_pid, TestAgent};
+use common::{all_events, gone_within, next_event, read_pid, TestAgent};
 use http::{header, Method, Request};
 use http_body_util::{BodyExt, Full};
 use sbx_api::client::{ClientError, EventStream};
@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 /// Upper bound for any single wait in these tests.
-const LIMIT: Duration = Duration::from_secs(20);
+const LIMIT: Duration = common::EVENT_LIMIT;
 
 async fn open(agent: &TestAgent, request: &ExecRequest) -> EventStream {
     agent
@@ -24,20 +24,6 @@ async fn open(agent: &TestAgent, request: &ExecRequest) -> EventStream {
         .exec_stream(request)
         .await
         .expect("stream opens")
-}
-
-async fn next(events: &mut EventStream) -> Option<ExecEvent> {
-    tokio::time::timeout(LIMIT, events.next())
-        .await
-        .expect("event within the limit")
-        .expect("well-formed event")
-}
-
-async fn all(events: EventStream) -> Vec<ExecEvent> {
-    tokio::time::timeout(LIMIT, events.collect())
-        .await
-        .expect("stream ends within the limit")
-        .expect("well-formed events")
 }
 
 /// Concatenated stdout and stderr of `events`.
@@ -56,11 +42,13 @@ fn output(events: &[ExecEvent]) -> (String, String) {
 #[tokio::test]
 async fn events_come_in_order_start_output_exit() {
     let agent = TestAgent::start();
-    let events = all(open(
-        &agent,
-        &ExecRequest::shell("echo out; echo err >&2; exit 3"),
+    let events = all_events(
+        open(
+            &agent,
+            &ExecRequest::shell("echo out; echo err >&2; exit 3"),
+        )
+        .await,
     )
-    .await)
     .await;
     let Some(ExecEvent::Start { pid }) = events.first() else {
         panic!("first event is not start: {events:?}");
@@ -93,7 +81,7 @@ async fn output_arrives_while_the_command_runs() {
     let opened = Instant::now();
     let mut events = open(&agent, &ExecRequest::shell("echo a; sleep 1; echo b")).await;
     let mut seen = Vec::new();
-    while let Some(event) = next(&mut events).await {
+    while let Some(event) = next_event(&mut events).await {
         seen.push((opened.elapsed(), event));
     }
     let at = |wanted: &ExecEvent| {
@@ -222,7 +210,7 @@ async fn dropping_the_stream_kills_a_silent_command() {
     let pidfile = agent.path("sleep.pid");
     let request = ExecRequest::shell(format!("sleep 30 & echo $! > {}; wait", pidfile.display()));
     let mut events = open(&agent, &request).await;
-    let Some(ExecEvent::Start { pid: leader }) = next(&mut events).await else {
+    let Some(ExecEvent::Start { pid: leader }) = next_event(&mut events).await else {
         panic!("no start event");
     };
     let sleeper = read_pid(&pidfile);
@@ -249,7 +237,7 @@ async fn timeout_applies_to_streams() {
         timeout_ms: Some(300),
         ..ExecRequest::shell("echo started; sleep 30")
     };
-    let events = all(open(&agent, &request).await).await;
+    let events = all_events(open(&agent, &request).await).await;
     assert_eq!(output(&events).0, "started\n");
     let Some(ExecEvent::Exit {
         exit_code,
@@ -268,7 +256,7 @@ async fn characters_split_across_reads_stay_whole() {
     let agent = TestAgent::start();
     // "€" is e2 82 ac, written in two parts a moment apart (two reads).
     let request = ExecRequest::shell(r"printf '\342\202'; sleep 0.2; printf '\254\n\377\n'");
-    let events = all(open(&agent, &request).await).await;
+    let events = all_events(open(&agent, &request).await).await;
     assert_eq!(output(&events).0, "€\n\u{fffd}\n", "{events:?}");
 }
 
@@ -277,7 +265,7 @@ async fn streams_are_not_capped() {
     let agent = TestAgent::start();
     let size = sbx_api::DEFAULT_OUTPUT_CAP + 1024 * 1024;
     let request = ExecRequest::shell(format!("head -c {size} /dev/zero | tr '\\0' a"));
-    let events = all(open(&agent, &request).await).await;
+    let events = all_events(open(&agent, &request).await).await;
     let (out, _) = output(&events);
     assert_eq!(out.len(), size);
     assert!(out.bytes().all(|b| b == b'a'));
@@ -290,7 +278,7 @@ async fn streams_are_not_capped() {
 #[tokio::test]
 async fn unrunnable_programs_stream_a_shell_style_failure() {
     let agent = TestAgent::start();
-    let events = all(open(&agent, &ExecRequest::argv(["sbx-no-such-program"])).await).await;
+    let events = all_events(open(&agent, &ExecRequest::argv(["sbx-no-such-program"])).await).await;
     assert!(
         !events.iter().any(|e| matches!(e, ExecEvent::Start { .. })),
         "{events:?}"

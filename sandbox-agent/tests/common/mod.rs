@@ -5,7 +5,8 @@
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use sbx_api::client::Client;
+use sbx_api::client::{Client, EventStream};
+use sbx_api::ExecEvent;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -125,4 +126,23 @@ pub fn gone_within(pid: i32, limit: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     true
+}
+
+/// Longest a test waits for one event or for a stream to end.
+pub const EVENT_LIMIT: Duration = Duration::from_secs(20);
+
+/// The next event of an NDJSON stream, within [`EVENT_LIMIT`].
+pub async fn next_event(events: &mut EventStream) -> Option<ExecEvent> {
+    tokio::time::timeout(EVENT_LIMIT, events.next())
+        .await
+        .expect("event within the limit")
+        .expect("well-formed event")
+}
+
+/// Every remaining event, the stream ending within [`EVENT_LIMIT`].
+pub async fn all_events(events: EventStream) -> Vec<ExecEvent> {
+    tokio::time::timeout(EVENT_LIMIT, events.collect())
+        .await
+        .expect("stream ends within the limit")
+        .expect("well-formed events")
 }
