@@ -12,6 +12,12 @@ export SBX_REPO_DIR
 # built here are where `sbx serve` looks for them without extra flags.
 export SBX_DATA_DIR="${SBX_DATA_DIR:-/var/lib/sbx}"
 export SBX_IMAGES_DIR="${SBX_IMAGES_DIR:-$SBX_DATA_DIR/images}"
+# sbx's own Docker Engine (scripts/docker-up starts it): configured for
+# sandboxes (user namespaces, disk quotas, no networks), apart from any
+# system engine. `sbx serve --runtime docker`, the tests and the benchmark
+# all reach it through DOCKER_HOST.
+export SBX_DOCKER_HOST="${SBX_DOCKER_HOST:-unix:///run/sbx/docker.sock}"
+export DOCKER_HOST="$SBX_DOCKER_HOST"
 # One target dir outside the checkout: survives `git clean`, and is shared by
 # every script (and every worktree) so nothing is compiled twice.
 : "${CARGO_TARGET_DIR:=/var/cache/sbx/target}"

@@ -24,14 +24,14 @@ pub use files::{
     parse_mode, validate_path, ArchiveSummary, FileInfo, FileList, FileQuery, FileType,
     MkdirRequest, MoveRequest, MAX_LIST_DEPTH,
 };
-pub use info::{RuntimeInfo, ServerInfo};
+pub use info::{IsolationInfo, RuntimeInfo, ServerInfo};
 pub use process::{
     LogsQuery, ProcessInfo, ProcessList, ProcessState, SignalRequest, StartProcessRequest,
     StdinQuery, PROCESS_LOG_CAP,
 };
 pub use sandbox::{
-    CreateSandboxRequest, Sandbox, SandboxList, SandboxState, DEFAULT_IMAGE, MAX_CPUS,
-    MAX_MEMORY_MB,
+    CreateSandboxRequest, Sandbox, SandboxList, SandboxState, DEFAULT_IMAGE, MAX_CPUS, MAX_DISK_MB,
+    MAX_MEMORY_MB, MIN_DISK_MB,
 };
 
 /// Path of the agent's Unix socket inside a sandbox.

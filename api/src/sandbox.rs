@@ -9,6 +9,10 @@ pub const DEFAULT_IMAGE: &str = "base";
 /// Upper bounds that catch unit mistakes (bytes sent as megabytes).
 pub const MAX_MEMORY_MB: u64 = 1024 * 1024;
 pub const MAX_CPUS: f64 = 1024.0;
+/// Disk bounds: below the minimum a package install cannot even start;
+/// above the maximum the number is a unit mistake.
+pub const MIN_DISK_MB: u64 = 64;
+pub const MAX_DISK_MB: u64 = 16 * 1024 * 1024;
 
 /// `POST /v1/sandboxes`. Every field is optional.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -20,6 +24,11 @@ pub struct CreateSandboxRequest {
     pub memory_mb: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<f64>,
+    /// Size limit of the sandbox's writable layer: what its commands can
+    /// write on top of the image. Writing past it fails inside with a
+    /// quota error. Needs a runtime that can enforce it (`GET /v1/info`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u64>,
     /// Environment every command in the sandbox starts with.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
@@ -52,6 +61,14 @@ impl CreateSandboxRequest {
         match self.cpus {
             Some(cpus) if !(cpus.is_finite() && cpus > 0.0 && cpus <= MAX_CPUS) => {
                 return Err(format!("cpus {cpus} is out of range (0..={MAX_CPUS})"))
+            }
+            _ => {}
+        }
+        match self.disk_mb {
+            Some(mb) if !(MIN_DISK_MB..=MAX_DISK_MB).contains(&mb) => {
+                return Err(format!(
+                    "disk_mb {mb} is out of range ({MIN_DISK_MB}..={MAX_DISK_MB})"
+                ))
             }
             _ => {}
         }
@@ -107,6 +124,10 @@ pub struct Sandbox {
     pub created_at: DateTime<Utc>,
     pub memory_mb: u64,
     pub cpus: f64,
+    /// The writable layer's size limit; absent when the runtime cannot
+    /// enforce one (see `GET /v1/info`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u64>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
@@ -134,6 +155,8 @@ mod tests {
             r#"{"memory_mb":0}"#,
             r#"{"cpus":0}"#,
             r#"{"cpus":-1.5}"#,
+            r#"{"disk_mb":1}"#,
+            r#"{"disk_mb":1000000000000}"#,
             r#"{"image":"../etc"}"#,
             r#"{"image":"a/b"}"#,
             r#"{"image":""}"#,

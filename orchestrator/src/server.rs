@@ -77,6 +77,8 @@ pub struct ServeConfig {
     pub images_dir: Option<PathBuf>,
     /// Defaults to `sandbox-agent` next to the running executable.
     pub agent_binary: Option<PathBuf>,
+    /// Largest request body read whole; larger ones get 413.
+    pub max_body_bytes: usize,
 }
 
 /// Where the agent binary is: the explicit path, or beside this executable.
@@ -100,15 +102,33 @@ fn resolve_agent_binary(explicit: Option<PathBuf>) -> Result<PathBuf, ServeError
         })
 }
 
-/// Creates the data dir (mode 0700: it holds the token and every sandbox's
-/// files) and returns its absolute path; libcontainer changes the process's
-/// cwd, so no relative path may survive start-up.
+/// Creates the data dir and returns its absolute path; libcontainer changes
+/// the process's cwd, so no relative path may survive start-up.
+///
+/// Mode 0711: nobody but root may list it, but a sandbox's remapped root
+/// (an unprivileged host uid) must be able to traverse it to reach its own
+/// root filesystem and socket directory while the runtime sets them up. The
+/// files with secrets in it are 0600 ([`private_file`]).
 fn prepare_data_dir(path: &Path) -> Result<PathBuf, ServeError> {
     std::fs::create_dir_all(path).map_err(io_error(format!("cannot create {}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711))
         .map_err(io_error(format!("cannot chmod {}", path.display())))?;
     path.canonicalize()
         .map_err(io_error(format!("cannot resolve {}", path.display())))
+}
+
+/// Creates `path` if needed and makes it readable by root only: the
+/// database holds every sandbox's environment. SQLite gives its `-wal` and
+/// `-shm` files the same mode.
+fn private_file(path: &Path) -> Result<(), ServeError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|_| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)))
+        .map_err(io_error(format!("cannot create {}", path.display())))
 }
 
 /// A random id naming this data dir, created once: it tells this
@@ -142,20 +162,22 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         token_path.display()
     )))?;
 
-    let store = Store::open(&data_dir.join("sbx.db"))?;
+    let db_path = data_dir.join("sbx.db");
+    private_file(&db_path)?;
+    let store = Store::open(&db_path)?;
+    let manager_config = ManagerConfig::new(&data_dir, images_dir.clone(), agent_binary.clone());
     let runtime: Arc<dyn Runtime> = match config.runtime.resolve() {
         RuntimeKind::Docker => {
             let instance = load_or_create_instance_id(&data_dir.join("instance-id"))
                 .map_err(io_error("cannot read or create the instance id"))?;
             Arc::new(DockerRuntime::connect(instance).await?)
         }
-        _ => Arc::new(YoukiRuntime::new(data_dir.join("youki"))?),
+        _ => Arc::new(YoukiRuntime::new(
+            data_dir.join("youki"),
+            &manager_config.sandboxes_dir,
+        )?),
     };
-    let manager = Manager::new(
-        store,
-        runtime,
-        ManagerConfig::new(&data_dir, images_dir.clone(), agent_binary.clone()),
-    )?;
+    let manager = Manager::new(store, runtime, manager_config)?;
     manager.recover().await?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -175,6 +197,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     let app = http::router(AppState {
         manager: Arc::new(manager),
         admin_token: admin_token.into(),
+        max_body_bytes: config.max_body_bytes,
     });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())

@@ -47,15 +47,35 @@ CREATE TABLE IF NOT EXISTS sandboxes (
 );
 ";
 
+/// Changes to [`SCHEMA`] since the first release, in order. SQLite's
+/// `user_version` counts how many a database has had, so an old data dir is
+/// brought up to date on open and a new one goes through the same steps.
+const MIGRATIONS: &[&str] = &[
+    // The writable layer's size limit; NULL: unlimited.
+    "ALTER TABLE sandboxes ADD COLUMN disk_mb INTEGER",
+];
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch(SCHEMA)?;
+    let applied: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    for (version, statement) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(statement)?;
+        tx.pragma_update(None, "user_version", version + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // NORMAL is durable across an orchestrator crash under WAL; only a
         // power loss can drop the last transactions.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        migrate(&mut conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -63,8 +83,8 @@ impl Store {
 
     #[cfg(test)]
     pub fn in_memory() -> Result<Self, StoreError> {
-        let conn = Connection::open_in_memory()?;
-        conn.execute_batch(SCHEMA)?;
+        let mut conn = Connection::open_in_memory()?;
+        migrate(&mut conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -81,8 +101,9 @@ impl Store {
     pub fn insert(&self, record: &SandboxRecord) -> Result<(), StoreError> {
         let sandbox = &record.sandbox;
         self.conn().execute(
-            "INSERT INTO sandboxes (id, state, image, created_at, memory_mb, cpus, labels, env)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO sandboxes
+                 (id, state, image, created_at, memory_mb, cpus, labels, env, disk_mb)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 sandbox.id,
                 sandbox.state.as_str(),
@@ -92,6 +113,7 @@ impl Store {
                 sandbox.cpus,
                 to_json(&sandbox.labels),
                 to_json(&record.env),
+                sandbox.disk_mb.map(|mb| mb as i64),
             ],
         )?;
         Ok(())
@@ -144,7 +166,7 @@ impl Store {
     pub fn get(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError> {
         let conn = self.conn();
         let mut statement = conn.prepare_cached(
-            "SELECT id, state, image, created_at, memory_mb, cpus, labels, env
+            "SELECT id, state, image, created_at, memory_mb, cpus, labels, env, disk_mb
              FROM sandboxes WHERE id = ?1",
         )?;
         statement
@@ -156,7 +178,7 @@ impl Store {
     pub fn list(&self) -> Result<Vec<SandboxRecord>, StoreError> {
         let conn = self.conn();
         let mut statement = conn.prepare_cached(
-            "SELECT id, state, image, created_at, memory_mb, cpus, labels, env
+            "SELECT id, state, image, created_at, memory_mb, cpus, labels, env, disk_mb
              FROM sandboxes ORDER BY created_at, id",
         )?;
         let rows = statement.query_map([], read_row)?;
@@ -175,6 +197,7 @@ fn read_row(row: &Row<'_>) -> rusqlite::Result<Result<SandboxRecord, StoreError>
     let labels: String = row.get(6)?;
     let env: String = row.get(7)?;
     let memory_mb: i64 = row.get(4)?;
+    let disk_mb: Option<i64> = row.get(8)?;
     let corrupt = |reason: String| StoreError::Corrupt {
         id: id.clone(),
         reason,
@@ -191,6 +214,9 @@ fn read_row(row: &Row<'_>) -> rusqlite::Result<Result<SandboxRecord, StoreError>
                 memory_mb: u64::try_from(memory_mb)
                     .map_err(|_| corrupt(format!("memory_mb {memory_mb}")))?,
                 cpus: row.get(5).map_err(StoreError::from)?,
+                disk_mb: disk_mb
+                    .map(|mb| u64::try_from(mb).map_err(|_| corrupt(format!("disk_mb {mb}"))))
+                    .transpose()?,
                 labels: serde_json::from_str(&labels)
                     .map_err(|err| corrupt(format!("labels: {err}")))?,
                 id: id.clone(),
@@ -214,6 +240,7 @@ mod tests {
                 created_at: Utc::now(),
                 memory_mb: 512,
                 cpus: 1.0,
+                disk_mb: Some(1024),
                 labels: BTreeMap::from([("team".into(), "infra".into())]),
             },
             env: BTreeMap::from([("SECRET".into(), "x".into())]),
@@ -238,6 +265,7 @@ mod tests {
         let loaded = store.get("aaaa").expect("get").expect("present");
         assert_eq!(loaded.env, first.env);
         assert_eq!(loaded.sandbox.labels, first.sandbox.labels);
+        assert_eq!(loaded.sandbox.disk_mb, Some(1024));
         assert_eq!(loaded.sandbox.state, SandboxState::Running);
         assert_eq!(
             loaded.sandbox.created_at.timestamp_micros(),
@@ -270,5 +298,24 @@ mod tests {
             .expect("insert");
         let reopened = Store::open(&path).expect("reopen");
         assert!(reopened.get("cccc").expect("get").is_some());
+    }
+
+    #[test]
+    fn migrates_a_database_from_before_the_migrations() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sbx.db");
+        let old = Connection::open(&path).expect("open");
+        old.execute_batch(SCHEMA).expect("first schema");
+        old.execute(
+            "INSERT INTO sandboxes VALUES ('dddd', 'running', 'base', ?1, 512, 1.0, '{}', '{}')",
+            params![Utc::now().to_rfc3339()],
+        )
+        .expect("old row");
+        drop(old);
+        let store = Store::open(&path).expect("migrates");
+        let loaded = store.get("dddd").expect("get").expect("present");
+        assert_eq!(loaded.sandbox.disk_mb, None);
+        drop(store);
+        Store::open(&path).expect("opening again applies nothing twice");
     }
 }

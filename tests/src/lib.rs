@@ -183,18 +183,46 @@ pub struct Server {
     pub token: String,
 }
 
+/// A new data dir for one test's server. It lives under
+/// `SBX_TEST_DATA_ROOT` when that is set (scripts/test points it into the
+/// storage pool, where disk limits are enforced), else in the system temp
+/// dir, where they are not.
+pub fn temp_data_dir() -> Result<tempfile::TempDir> {
+    let builder = {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("sbx-e2e-");
+        builder
+    };
+    Ok(match std::env::var_os("SBX_TEST_DATA_ROOT") {
+        Some(root) => {
+            std::fs::create_dir_all(&root)?;
+            builder.tempdir_in(root)?
+        }
+        None => builder.tempdir()?,
+    })
+}
+
 impl Server {
     /// Starts a server on a new temp data dir.
     pub async fn start(engine: Engine) -> Result<Self> {
-        let temp = tempfile::Builder::new().prefix("sbx-e2e-").tempdir()?;
-        let data_dir = temp.path().to_owned();
-        let mut server = Self::start_on(engine, &data_dir).await?;
+        Self::start_with(engine, &[]).await
+    }
+
+    /// Starts a server on a new temp data dir with extra `sbx serve` flags.
+    pub async fn start_with(engine: Engine, args: &[&str]) -> Result<Self> {
+        let temp = temp_data_dir()?;
+        let mut server = Self::start_on_with(engine, temp.path(), args).await?;
         server._temp = Some(temp);
         Ok(server)
     }
 
     /// Starts a server on an existing data dir (to test restarts).
     pub async fn start_on(engine: Engine, data_dir: &Path) -> Result<Self> {
+        Self::start_on_with(engine, data_dir, &[]).await
+    }
+
+    /// Starts a server on an existing data dir with extra `sbx serve` flags.
+    pub async fn start_on_with(engine: Engine, data_dir: &Path, args: &[&str]) -> Result<Self> {
         let port = free_loopback_port()?;
         let url = format!("http://127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new()
@@ -213,6 +241,7 @@ impl Server {
             .arg(required_env_path("SBX_TEST_IMAGES_DIR"))
             .arg("--agent-bin")
             .arg(required_env_path("SBX_AGENT_BIN"))
+            .args(args)
             .env("SBX_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -25,11 +25,13 @@ async fn raw(
 }
 
 async fn bad_requests_get_4xx_and_stable_codes(engine: Engine) -> Result<()> {
-    let server = Server::start(engine).await?;
+    // A small configured body limit, so that "over the limit" is cheap.
+    let server = Server::start_with(engine, &["--max-body", "1M"]).await?;
     let client = server.client();
     let id = server.new_sandbox().await?;
     let exec_path = format!("/v1/sandboxes/{id}/exec");
-    let huge = format!(r#"{{"shell":"true","stdin":"{}"}}"#, "x".repeat(65 << 20));
+    let huge = format!(r#"{{"shell":"true","stdin":"{}"}}"#, "x".repeat(2 << 20));
+    let huge_create = format!(r#"{{"labels":{{"big":"{}"}}}}"#, "x".repeat(2 << 20));
     let cases: Vec<(Method, String, Bytes, u16, ErrorCode)> = vec![
         // Malformed JSON and wrong types.
         (
@@ -96,11 +98,18 @@ async fn bad_requests_get_4xx_and_stable_codes(engine: Engine) -> Result<()> {
             400,
             ErrorCode::InvalidRequest,
         ),
-        // A body over the limit.
+        // Bodies over the configured limit.
         (
             Method::POST,
             exec_path.clone(),
             Bytes::from(huge),
+            413,
+            ErrorCode::PayloadTooLarge,
+        ),
+        (
+            Method::POST,
+            "/v1/sandboxes".into(),
+            Bytes::from(huge_create),
             413,
             ErrorCode::PayloadTooLarge,
         ),
@@ -182,6 +191,17 @@ async fn bad_requests_get_4xx_and_stable_codes(engine: Engine) -> Result<()> {
     assert_eq!(listed.len(), 1);
     let echo = client.exec(&id, &ExecRequest::argv(["echo", "ok"])).await?;
     assert_eq!(echo.stdout, "ok\n");
+    // Under the limit is fine: the limit is the configured one.
+    let under = client
+        .exec(
+            &id,
+            &ExecRequest {
+                stdin: Some("x".repeat(512 << 10)),
+                ..ExecRequest::shell("wc -c")
+            },
+        )
+        .await?;
+    assert_eq!(under.stdout.trim(), (512 << 10).to_string());
     Ok(())
 }
 

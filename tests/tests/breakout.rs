@@ -214,8 +214,171 @@ async fn resource_bombs_stay_inside(engine: Engine) -> Result<()> {
     Ok(())
 }
 
+/// Root inside is an unprivileged uid outside: the mapping is visible
+/// inside, the agent runs as that uid on the host, and a file root makes in
+/// a host-visible directory belongs to it.
+async fn root_inside_is_an_unprivileged_uid_outside(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let client = server.client();
+    let isolation = client.info().await?.runtime.isolation;
+    assert!(isolation.user_namespace, "{isolation:?}");
+    let host_root = isolation.host_root_uid.context("a remapped root uid")?;
+    assert!(host_root >= 65_536, "root maps to {host_root}");
+
+    let id = server.new_sandbox().await?;
+    let sandbox = client.sandbox(&id);
+    let inside = exec(
+        &sandbox,
+        ExecRequest::shell(
+            "id -u; cat /proc/self/uid_map /proc/self/gid_map; touch /.sbx/run/mine",
+        ),
+    )
+    .await?;
+    let lines: Vec<Vec<&str>> = inside
+        .stdout
+        .lines()
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    let mapping = vec!["0".to_owned(), host_root.to_string(), "65536".to_owned()];
+    assert_eq!(lines.len(), 3, "{}{}", inside.stdout, inside.stderr);
+    assert_eq!(lines[0], ["0"], "root inside");
+    for map in &lines[1..] {
+        assert_eq!(map, &mapping, "{}", inside.stdout);
+    }
+
+    let agent = sbx_tests::agent_pid(engine, &id).context("the agent's host pid")?;
+    let status = std::fs::read_to_string(format!("/proc/{agent}/status"))?;
+    let uids = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .context("Uid line")?;
+    for uid in uids.split_whitespace() {
+        assert_eq!(uid, host_root.to_string(), "the agent's host uids: {uids}");
+    }
+    let made = server.data_dir().join(format!("sandboxes/{id}/run/mine"));
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&made)?);
+    assert_eq!(owner, host_root, "{} is owned by {owner}", made.display());
+    Ok(())
+}
+
+/// A disk fill stops at the sandbox's `disk_mb` with a quota error inside;
+/// the neighbour keeps writing, and deleting frees the quota again.
+async fn a_disk_fill_stops_at_the_quota(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let client = server.client();
+    let isolation = client.info().await?.runtime.isolation;
+    assert!(isolation.disk_quota, "{isolation:?}");
+    let small = client
+        .create_sandbox(&CreateSandboxRequest {
+            disk_mb: Some(64),
+            ..CreateSandboxRequest::default()
+        })
+        .await?;
+    assert_eq!(small.disk_mb, Some(64));
+    let neighbour = client
+        .create_sandbox(&CreateSandboxRequest::default())
+        .await?;
+    assert_eq!(neighbour.disk_mb, isolation.default_disk_mb);
+    let sandbox = client.sandbox(&small.id);
+
+    let fill = exec(
+        &sandbox,
+        ExecRequest::shell("dd if=/dev/zero of=/workspace/fill bs=1M count=128 conv=fsync"),
+    )
+    .await?;
+    refused("writing 128 MiB into 64 MiB", &fill)?;
+    assert!(
+        fill.stderr.contains("Disk quota exceeded"),
+        "{}",
+        fill.stderr
+    );
+    let size: u64 = exec(&sandbox, ExecRequest::shell("stat -c %s /workspace/fill"))
+        .await?
+        .stdout
+        .trim()
+        .parse()?;
+    assert!(
+        (16 << 20..=64 << 20).contains(&size),
+        "wrote {size} bytes under a 64 MiB limit"
+    );
+
+    let elsewhere = client
+        .sandbox(&neighbour.id)
+        .exec(&ExecRequest::shell(
+            "dd if=/dev/zero of=/workspace/f bs=1M count=96 conv=fsync 2>&1 && echo wrote",
+        ))
+        .await?;
+    assert!(
+        elsewhere.stdout.ends_with("wrote\n"),
+        "{}",
+        elsewhere.stdout
+    );
+
+    // Freed space counts once the filesystem commits; `sync` makes it so.
+    let again = exec(
+        &sandbox,
+        ExecRequest::shell(
+            "rm /workspace/fill && sync && \
+             dd if=/dev/zero of=/workspace/again bs=1M count=16 conv=fsync 2>&1 && echo wrote",
+        ),
+    )
+    .await?;
+    assert!(again.stdout.ends_with("wrote\n"), "{}", again.stdout);
+    Ok(())
+}
+
 sbx_tests::on_every_runtime!(
     privileged_operations_are_refused,
     sandboxes_cannot_reach_each_other_or_the_host,
     resource_bombs_stay_inside,
+    root_inside_is_an_unprivileged_uid_outside,
+    a_disk_fill_stops_at_the_quota,
 );
+
+/// Where the data dir's filesystem cannot cap a layer (here: the system temp
+/// dir, not the btrfs pool), the server says so and refuses `disk_mb`
+/// rather than pretend. Youki only: Docker's limit depends on its engine,
+/// not on sbx's data dir.
+#[tokio::test]
+async fn youki_refuses_disk_mb_it_cannot_enforce() -> Result<()> {
+    let data_dir = tempfile::Builder::new().prefix("sbx-e2e-").tempdir()?;
+    let on_btrfs = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(data_dir.path())
+        .output()?
+        .stdout
+        .starts_with(b"btrfs");
+    if on_btrfs {
+        bail!("precondition: the system temp dir must not be on btrfs for this test");
+    }
+    let server = Server::start_on(Engine::Youki, data_dir.path()).await?;
+    let client = server.client();
+    let isolation = client.info().await?.runtime.isolation;
+    assert!(!isolation.disk_quota);
+    assert_eq!(isolation.default_disk_mb, None);
+    assert!(
+        isolation.notes.iter().any(|note| note.contains("btrfs")),
+        "{:?}",
+        isolation.notes
+    );
+    let refused = client
+        .create_sandbox(&CreateSandboxRequest {
+            disk_mb: Some(128),
+            ..CreateSandboxRequest::default()
+        })
+        .await;
+    match refused {
+        Err(sbx_api::client::ClientError::Api { status, body }) => {
+            assert_eq!(status, 400);
+            assert_eq!(body.error_code, sbx_api::ErrorCode::InvalidRequest);
+            assert!(body.message.contains("disk_mb"), "{}", body.message);
+        }
+        other => bail!("disk_mb was not refused: {other:?}"),
+    }
+    let unlimited = client
+        .create_sandbox(&CreateSandboxRequest::default())
+        .await?;
+    assert_eq!(unlimited.disk_mb, None);
+    drop(server);
+    Ok(())
+}

@@ -38,10 +38,13 @@ enum Command {
         #[arg(long, default_value = sbx_api::DEFAULT_IMAGE)]
         image: String,
         /// Memory limit: 512M, 2G, or a number of MiB
-        #[arg(long, value_parser = parse_memory_mb)]
+        #[arg(long, value_parser = parse_size_mb)]
         memory: Option<u64>,
         #[arg(long)]
         cpus: Option<f64>,
+        /// Size limit of the sandbox's writable layer: 512M, 20G, or MiB
+        #[arg(long, value_parser = parse_size_mb)]
+        disk: Option<u64>,
         /// KEY=VALUE, repeatable
         #[arg(long = "env", short = 'e', value_parser = parse_key_value)]
         env: Vec<(String, String)>,
@@ -149,6 +152,11 @@ struct ServeArgs {
     /// The statically linked sandbox-agent binary
     #[arg(long, env = "SBX_AGENT_BIN")]
     agent_bin: Option<PathBuf>,
+    /// Largest request body the server reads whole (JSON, and an exec with
+    /// its stdin): 64M, 1G, or MiB. File uploads stream and are capped by
+    /// the sandbox's disk limit instead.
+    #[arg(long, env = "SBX_MAX_BODY", default_value = "64M", value_parser = parse_size_mb)]
+    max_body: u64,
 }
 
 #[derive(Debug, Args)]
@@ -186,7 +194,7 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
 }
 
 /// `512M`, `512MiB`, `2G`, `2GiB` or a bare number of MiB.
-fn parse_memory_mb(text: &str) -> Result<u64, String> {
+fn parse_size_mb(text: &str) -> Result<u64, String> {
     let lower = text.trim().to_ascii_lowercase();
     let digits_end = lower
         .find(|c: char| !c.is_ascii_digit())
@@ -194,7 +202,7 @@ fn parse_memory_mb(text: &str) -> Result<u64, String> {
     let (number, unit) = lower.split_at(digits_end);
     let number: u64 = number
         .parse()
-        .map_err(|_| format!("{text:?} is not a memory size like 512M or 2G"))?;
+        .map_err(|_| format!("{text:?} is not a size like 512M or 2G"))?;
     let factor = match unit {
         "" | "m" | "mb" | "mi" | "mib" => 1,
         "g" | "gb" | "gi" | "gib" => 1024,
@@ -260,6 +268,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 data_dir: args.data_dir,
                 images_dir: args.images_dir,
                 agent_binary: args.agent_bin,
+                max_body_bytes: usize::try_from(args.max_body << 20).unwrap_or(usize::MAX),
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -269,6 +278,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             image,
             memory,
             cpus,
+            disk,
             env,
             labels,
         } => {
@@ -276,6 +286,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 image: Some(image),
                 memory_mb: memory,
                 cpus,
+                disk_mb: disk,
                 env: env.into_iter().collect(),
                 labels: labels.into_iter().collect(),
             };
@@ -453,12 +464,12 @@ mod tests {
 
     #[test]
     fn memory_sizes_parse_to_mib() {
-        assert_eq!(parse_memory_mb("512M"), Ok(512));
-        assert_eq!(parse_memory_mb("512"), Ok(512));
-        assert_eq!(parse_memory_mb("2G"), Ok(2048));
-        assert_eq!(parse_memory_mb("1GiB"), Ok(1024));
-        assert!(parse_memory_mb("12T").is_err());
-        assert!(parse_memory_mb("M").is_err());
+        assert_eq!(parse_size_mb("512M"), Ok(512));
+        assert_eq!(parse_size_mb("512"), Ok(512));
+        assert_eq!(parse_size_mb("2G"), Ok(2048));
+        assert_eq!(parse_size_mb("1GiB"), Ok(1024));
+        assert!(parse_size_mb("12T").is_err());
+        assert!(parse_size_mb("M").is_err());
     }
 
     #[test]

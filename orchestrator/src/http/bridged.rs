@@ -15,10 +15,6 @@ use axum::Router;
 use sbx_api::ExecRequest;
 use serde::Deserialize;
 
-/// Largest exec request: the JSON carries `stdin`, so allow more than the
-/// usual JSON limit. Files and archives stream and have no such limit.
-const EXEC_BODY_LIMIT: usize = 64 * 1024 * 1024;
-
 #[derive(Debug, Deserialize)]
 pub struct SandboxParams {
     id: String,
@@ -26,10 +22,7 @@ pub struct SandboxParams {
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route(
-            "/sandboxes/{id}/exec",
-            post(exec).layer(axum::extract::DefaultBodyLimit::max(EXEC_BODY_LIMIT)),
-        )
+        .route("/sandboxes/{id}/exec", post(exec))
         .route("/sandboxes/{id}/processes", get(forward).post(forward))
         .route("/sandboxes/{id}/processes/{pid}", get(forward))
         .route("/sandboxes/{id}/processes/{pid}/logs", get(forward))

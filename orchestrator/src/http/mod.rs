@@ -23,6 +23,10 @@ use std::sync::Arc;
 pub struct AppState {
     pub manager: Arc<Manager>,
     pub admin_token: Arc<str>,
+    /// Largest body an extractor reads whole (JSON, exec); larger is 413.
+    /// Streamed bodies (file uploads, archives) are not read whole and are
+    /// bounded by the sandbox's disk limit instead.
+    pub max_body_bytes: usize,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -34,6 +38,7 @@ pub fn router(state: AppState) -> Router {
             get(sandboxes::get).delete(sandboxes::delete),
         )
         .merge(bridged::routes())
+        .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

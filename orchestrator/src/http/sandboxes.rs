@@ -6,15 +6,30 @@ use super::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use sbx_api::{CreateSandboxRequest, RuntimeInfo, Sandbox, SandboxList, ServerInfo};
+use sbx_api::{CreateSandboxRequest, IsolationInfo, RuntimeInfo, Sandbox, SandboxList, ServerInfo};
 
 pub async fn info(State(state): State<AppState>) -> Json<ServerInfo> {
     let runtime = state.manager.runtime();
+    let isolation = runtime.isolation();
+    let notes = [
+        isolation.user_namespace_note.clone(),
+        isolation.disk_quota.clone().err(),
+    ];
     Json(ServerInfo {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         runtime: RuntimeInfo {
             name: runtime.name().to_owned(),
             version: runtime.version(),
+            isolation: IsolationInfo {
+                user_namespace: isolation.host_root_uid.is_some(),
+                host_root_uid: isolation.host_root_uid,
+                disk_quota: isolation.disk_quota.is_ok(),
+                default_disk_mb: isolation
+                    .disk_quota
+                    .is_ok()
+                    .then_some(state.manager.config().default_disk_mb),
+                notes: notes.into_iter().flatten().collect(),
+            },
         },
     })
 }

@@ -10,12 +10,19 @@
 //! agent binary and the socket directory are bind mounts, exactly as with
 //! youki, so everything above the [`Runtime`] trait is unchanged.
 //!
+//! Isolation is the engine's to give, so it is read from the engine, not
+//! assumed: user namespaces when dockerd runs with `--userns-remap` (then the
+//! socket directory is handed to the remapped root), and `disk_mb` when the
+//! storage driver is btrfs, whose `--storage-opt size=` caps a container's
+//! whole root filesystem (image included; sbx adds the image's size so that
+//! `disk_mb` means the same as with youki). `GET /v1/info` says which.
+//!
 //! Images: no registry is reachable, so an image's rootfs directory is
 //! imported (`docker import`) as `sbx/<name>:<build-hash>`, once; the tag
 //! names the image build, so a rebuilt image is imported again and a
 //! present one never is.
 
-use super::{spec, ContainerSpec, Runtime, RuntimeError, SandboxDir};
+use super::{spec, ContainerSpec, Isolation, Runtime, RuntimeError, SandboxDir};
 use async_trait::async_trait;
 use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
 use bollard::query_parameters::{
@@ -43,6 +50,7 @@ pub struct DockerRuntime {
     /// Identifies the orchestrator instance (its data dir) that owns a
     /// container.
     instance: String,
+    isolation: Isolation,
 }
 
 fn docker_error(context: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> RuntimeError {
@@ -117,19 +125,26 @@ impl DockerRuntime {
             .map_err(docker_error("the docker engine does not answer"))?
             .version
             .unwrap_or_default();
+        let info = docker
+            .info()
+            .await
+            .map_err(docker_error("the docker engine does not answer"))?;
+        let isolation = isolation_of(&info);
         Ok(Self {
             docker,
             imports: Mutex::new(()),
             version,
             instance,
+            isolation,
         })
     }
 
-    /// Imports the rootfs as `tag` unless the engine already has it.
-    async fn ensure_image(&self, tag: &str, rootfs: &Path) -> Result<(), RuntimeError> {
+    /// Imports the rootfs as `tag` unless the engine already has it, and
+    /// returns the image's size in bytes.
+    async fn ensure_image(&self, tag: &str, rootfs: &Path) -> Result<u64, RuntimeError> {
         let _import = self.imports.lock().await;
-        if self.docker.inspect_image(tag).await.is_ok() {
-            return Ok(());
+        if let Ok(image) = self.docker.inspect_image(tag).await {
+            return Ok(image.size.map_or(0, |size| size.max(0) as u64));
         }
         tracing::info!(%tag, rootfs = %rootfs.display(), "importing image into docker");
         let (repo, version) = tag.split_once(':').unwrap_or((tag, "latest"));
@@ -168,10 +183,20 @@ impl DockerRuntime {
                 message: format!("tar exited with {status}"),
             });
         }
-        Ok(())
+        let image = self
+            .docker
+            .inspect_image(tag)
+            .await
+            .map_err(docker_error(format!("cannot inspect {tag}")))?;
+        Ok(image.size.map_or(0, |size| size.max(0) as u64))
     }
 
-    fn container_body(&self, container: &ContainerSpec, image: String) -> ContainerCreateBody {
+    fn container_body(
+        &self,
+        container: &ContainerSpec,
+        image: String,
+        image_bytes: u64,
+    ) -> ContainerCreateBody {
         let limits = container.limits;
         let memory = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
         let open_files = i64::try_from(spec::open_files_limit()).unwrap_or(1024);
@@ -199,6 +224,9 @@ impl DockerRuntime {
                 hard: Some(open_files),
             }]),
             init: Some(false),
+            storage_opt: container.limits.disk_bytes.map(|bytes| {
+                HashMap::from([("size".to_owned(), (bytes + image_bytes).to_string())])
+            }),
             ..HostConfig::default()
         };
         ContainerCreateBody {
@@ -230,13 +258,25 @@ impl Runtime for DockerRuntime {
         self.version.clone()
     }
 
+    fn isolation(&self) -> Isolation {
+        self.isolation.clone()
+    }
+
     async fn start(&self, container: &ContainerSpec) -> Result<(), RuntimeError> {
         let tag = image_tag(&container.image_rootfs)?;
-        self.ensure_image(&tag, &container.image_rootfs).await?;
+        let image_bytes = self.ensure_image(&tag, &container.image_rootfs).await?;
+        if let Some(uid) = self.isolation.host_root_uid {
+            // The agent, root of the remapped range, makes its socket here.
+            let run_dir = container.dir.run_dir();
+            std::os::unix::fs::chown(&run_dir, Some(uid), Some(uid)).map_err(RuntimeError::io(
+                format!("cannot chown {}", run_dir.display()),
+            ))?;
+        }
         let name = container_name(&container.id);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let body = self.container_body(container, tag, image_bytes);
         self.docker
-            .create_container(Some(options), self.container_body(container, tag))
+            .create_container(Some(options), body)
             .await
             .map_err(docker_error(format!("cannot create container {name}")))?;
         self.docker
@@ -304,9 +344,70 @@ impl Runtime for DockerRuntime {
     }
 }
 
+/// What the engine enforces, from `docker info`.
+fn isolation_of(info: &bollard::models::SystemInfo) -> Isolation {
+    let userns = info
+        .security_options
+        .iter()
+        .flatten()
+        .any(|option| option.split(',').any(|part| part == "name=userns"));
+    // With --userns-remap the data root is `<root>/<uid>.<gid>`.
+    let host_root_uid = info
+        .docker_root_dir
+        .as_deref()
+        .and_then(|dir| Path::new(dir).file_name()?.to_str())
+        .and_then(|name| name.split_once('.')?.0.parse::<u32>().ok())
+        .filter(|_| userns);
+    let driver = info.driver.clone().unwrap_or_default();
+    Isolation {
+        host_root_uid,
+        user_namespace_note: host_root_uid.is_none().then(|| {
+            "the docker engine runs without --userns-remap: root in a sandbox is root on \
+             the host (scripts/docker-up starts an engine with it)"
+                .to_owned()
+        }),
+        disk_quota: if driver == "btrfs" {
+            Ok(())
+        } else {
+            Err(format!(
+                "the docker storage driver {driver:?} cannot cap a container's writable \
+                 layer; sbx uses btrfs (scripts/docker-up)"
+            ))
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_isolation_from_docker_info() {
+        let remapped = bollard::models::SystemInfo {
+            security_options: Some(vec![
+                "name=seccomp,profile=default".into(),
+                "name=userns".into(),
+            ]),
+            docker_root_dir: Some("/var/lib/sbx/docker/100000.100000".into()),
+            driver: Some("btrfs".into()),
+            ..Default::default()
+        };
+        let isolation = isolation_of(&remapped);
+        assert_eq!(isolation.host_root_uid, Some(100_000));
+        assert_eq!(isolation.user_namespace_note, None);
+        assert!(isolation.disk_quota.is_ok());
+
+        let plain = bollard::models::SystemInfo {
+            security_options: Some(vec!["name=seccomp,profile=default".into()]),
+            docker_root_dir: Some("/var/lib/docker".into()),
+            driver: Some("overlay2".into()),
+            ..Default::default()
+        };
+        let isolation = isolation_of(&plain);
+        assert_eq!(isolation.host_root_uid, None);
+        assert!(isolation.user_namespace_note.is_some());
+        assert!(isolation.disk_quota.is_err());
+    }
 
     #[test]
     fn image_tags_name_the_build() {

@@ -17,6 +17,8 @@ pub mod docker;
 pub mod youki;
 
 pub mod helper;
+mod idmap;
+mod layer;
 mod loopback;
 mod overlay;
 mod process;
@@ -73,6 +75,12 @@ impl SandboxDir {
         self.0.join("run")
     }
 
+    /// The writable layer (overlay upper and work dirs), the part of a
+    /// sandbox that `disk_mb` caps.
+    pub fn layer(&self) -> PathBuf {
+        self.0.join("layer")
+    }
+
     pub fn agent_socket(&self) -> PathBuf {
         self.run_dir().join("agent.sock")
     }
@@ -90,6 +98,20 @@ pub struct Limits {
     /// CPU quota in cores (1.5 = one and a half cores of time per period).
     pub cpus: f64,
     pub pids: u64,
+    /// Size limit of the writable layer; `None`: unlimited.
+    pub disk_bytes: Option<u64>,
+}
+
+/// What a runtime enforces on every sandbox it starts, for `GET /v1/info`
+/// and for refusing requests it could not honour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Isolation {
+    /// The host uid that root inside a sandbox is; `None`: not remapped.
+    pub host_root_uid: Option<u32>,
+    /// `Ok` when [`Limits::disk_bytes`] is enforced, else why not.
+    pub disk_quota: Result<(), String>,
+    /// Why the user namespace is missing, when it is.
+    pub user_namespace_note: Option<String>,
 }
 
 /// What a runtime needs to start one sandbox.
@@ -113,6 +135,9 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
 
     /// The engine's version, for `GET /v1/info`.
     fn version(&self) -> String;
+
+    /// What this runtime enforces; fixed for the life of the runtime.
+    fn isolation(&self) -> Isolation;
 
     /// Creates and starts the container. Returns once the agent process runs;
     /// the caller waits for the agent's socket to know it is ready. On

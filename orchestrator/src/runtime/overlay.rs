@@ -5,6 +5,10 @@
 //! a thousand sandboxes share one image's page cache. The mount lives in the
 //! host's mount namespace so it survives an orchestrator restart together
 //! with the container; delete unmounts it.
+//!
+//! The upper and work directories sit in the sandbox's layer
+//! ([`super::layer`]), which the youki runtime creates first: that is where
+//! the disk limit applies.
 
 use super::{RuntimeError, SandboxDir};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -15,18 +19,27 @@ pub(crate) fn rootfs(dir: &SandboxDir) -> PathBuf {
     dir.path().join("rootfs")
 }
 
-/// Creates the layer directories and mounts the overlay at `rootfs/`.
+/// Creates the upper and work directories in the (existing) layer and
+/// mounts the overlay at `rootfs/`.
 ///
 /// Mount points the container needs (`/.sbx/run`, `/.sbx/sandbox-agent`,
 /// `/workspace`) are created in the upper layer first, so the image needs
-/// no sbx-specific content and stays untouched.
-pub(crate) fn mount_rootfs(dir: &SandboxDir, image_rootfs: &Path) -> Result<(), RuntimeError> {
-    let upper = dir.path().join("upper");
-    let work = dir.path().join("work");
+/// no sbx-specific content and stays untouched. With a user namespace,
+/// `root_uid` is the host uid of the sandbox's root: it owns what sbx
+/// creates in the sandbox's root filesystem and the socket directory.
+pub(crate) fn mount_rootfs(
+    dir: &SandboxDir,
+    image_rootfs: &Path,
+    root_uid: Option<u32>,
+) -> Result<(), RuntimeError> {
+    let upper = dir.layer().join("upper");
+    let work = dir.layer().join("work");
     let target = rootfs(dir);
+    let sbx_dir = upper.join(".sbx");
+    let workspace = upper.join(sbx_api::WORKSPACE_DIR.trim_start_matches('/'));
     for path in [
-        upper.join(".sbx/run"),
-        upper.join(sbx_api::WORKSPACE_DIR.trim_start_matches('/')),
+        sbx_dir.join("run"),
+        workspace.clone(),
         work.clone(),
         target.clone(),
         dir.run_dir(),
@@ -36,11 +49,28 @@ pub(crate) fn mount_rootfs(dir: &SandboxDir, image_rootfs: &Path) -> Result<(), 
             path.display()
         )))?;
     }
-    let agent_mount_point = upper.join(sbx_api::AGENT_BINARY_PATH.trim_start_matches('/'));
+    let agent_mount_point = sbx_dir.join("sandbox-agent");
+    debug_assert_eq!(
+        agent_mount_point,
+        upper.join(sbx_api::AGENT_BINARY_PATH.trim_start_matches('/'))
+    );
     fs::write(&agent_mount_point, b"").map_err(RuntimeError::io(format!(
         "cannot create {}",
         agent_mount_point.display()
     )))?;
+    if let Some(uid) = root_uid {
+        for path in [
+            &upper,
+            &sbx_dir,
+            &sbx_dir.join("run"),
+            &workspace,
+            &agent_mount_point,
+            &dir.run_dir(),
+        ] {
+            std::os::unix::fs::chown(path, Some(uid), Some(uid))
+                .map_err(RuntimeError::io(format!("cannot chown {}", path.display())))?;
+        }
+    }
 
     // Pin the image build this sandbox starts from: a later rebuild repoints
     // the image's symlink, never this sandbox's lower layer.

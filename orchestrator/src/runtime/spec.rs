@@ -3,14 +3,16 @@
 //! Starts from oci-spec's defaults (runc's: pid, net, ipc, uts, mount and
 //! cgroup namespaces, masked and read-only /proc paths, the usual /dev and
 //! /sys mounts) and narrows them: a small capability set, no new privileges,
-//! a seccomp profile ([`super::seccomp`]), cgroup limits, and the two bind
-//! mounts that connect the agent to the host.
+//! a seccomp profile ([`super::seccomp`]), cgroup limits, a user namespace
+//! ([`super::idmap`]), and the two bind mounts that connect the agent to the
+//! host.
 
 use super::{overlay, seccomp, ContainerSpec, RuntimeError};
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
-    LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
-    ProcessBuilder, RootBuilder, Spec,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxIdMappingBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder,
+    RootBuilder, Spec,
 };
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -74,7 +76,15 @@ pub(crate) fn agent_env(spec: &ContainerSpec) -> Vec<String> {
         .collect()
 }
 
-pub(crate) fn build(spec: &ContainerSpec) -> Result<Spec, RuntimeError> {
+/// A user namespace mapping sandbox ids `0..size` to host ids
+/// `host_base..host_base + size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IdMap {
+    pub host_base: u32,
+    pub size: u32,
+}
+
+pub(crate) fn build(spec: &ContainerSpec, id_map: Option<IdMap>) -> Result<Spec, RuntimeError> {
     let invalid = |err: oci_spec::OciSpecError| RuntimeError::Spec {
         id: spec.id.clone(),
         reason: err.to_string(),
@@ -130,8 +140,27 @@ pub(crate) fn build(spec: &ContainerSpec) -> Result<Spec, RuntimeError> {
         .build()
         .map_err(invalid)?;
     let default_linux = oci_spec::runtime::Linux::default();
-    let linux = LinuxBuilder::default()
-        .namespaces(default_linux.namespaces().clone().unwrap_or_default())
+    let mut namespaces = default_linux.namespaces().clone().unwrap_or_default();
+    let mut linux = LinuxBuilder::default();
+    if let Some(map) = id_map {
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::User)
+                .build()
+                .map_err(invalid)?,
+        );
+        let mapping = LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(map.host_base)
+            .size(map.size)
+            .build()
+            .map_err(invalid)?;
+        linux = linux
+            .uid_mappings(vec![mapping])
+            .gid_mappings(vec![mapping]);
+    }
+    let linux = linux
+        .namespaces(namespaces)
         .masked_paths(default_linux.masked_paths().clone().unwrap_or_default())
         .readonly_paths(default_linux.readonly_paths().clone().unwrap_or_default())
         .cgroups_path(cgroup_path(&spec.id))
@@ -207,13 +236,14 @@ mod tests {
                 memory_bytes: 512 << 20,
                 cpus: 1.5,
                 pids: 1024,
+                disk_bytes: None,
             },
         }
     }
 
     #[test]
     fn narrows_privileges_and_sets_limits() {
-        let oci = build(&container_spec()).expect("valid spec");
+        let oci = build(&container_spec(), None).expect("valid spec");
         let process = oci.process().as_ref().expect("process");
         assert_eq!(process.no_new_privileges(), Some(true));
         assert_eq!(
@@ -278,6 +308,36 @@ mod tests {
     }
 
     #[test]
+    fn maps_root_to_the_host_range_in_a_user_namespace() {
+        let map = IdMap {
+            host_base: 1_000_000_000,
+            size: 65_536,
+        };
+        let oci = build(&container_spec(), Some(map)).expect("valid spec");
+        let linux = oci.linux().as_ref().expect("linux");
+        assert!(linux
+            .namespaces()
+            .as_ref()
+            .expect("namespaces")
+            .iter()
+            .any(|ns| ns.typ() == LinuxNamespaceType::User));
+        for mappings in [linux.uid_mappings(), linux.gid_mappings()] {
+            let mappings = mappings.as_ref().expect("mappings");
+            assert_eq!(mappings.len(), 1);
+            assert_eq!(mappings[0].container_id(), 0);
+            assert_eq!(mappings[0].host_id(), 1_000_000_000);
+            assert_eq!(mappings[0].size(), 65_536);
+        }
+        let unmapped = build(&container_spec(), None).expect("valid spec");
+        assert!(unmapped
+            .linux()
+            .as_ref()
+            .expect("linux")
+            .uid_mappings()
+            .is_none());
+    }
+
+    #[test]
     fn capability_names_are_the_kernel_names() {
         let names = capability_names();
         assert_eq!(names.len(), CAPABILITIES.len());
@@ -287,7 +347,7 @@ mod tests {
 
     #[test]
     fn mounts_the_agent_read_only_and_the_socket_dir() {
-        let oci = build(&container_spec()).expect("valid spec");
+        let oci = build(&container_spec(), None).expect("valid spec");
         let mounts = oci.mounts().as_ref().expect("mounts");
         let agent = mounts
             .iter()

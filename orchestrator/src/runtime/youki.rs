@@ -6,9 +6,18 @@
 //! process (see [`super::helper`] for why). Container state lives in `<state-root>/<id>/` (libcontainer's
 //! own `state.json`), so after an orchestrator restart `Container::load`
 //! finds every container again: they keep running while we are gone.
+//!
+//! Every sandbox gets a user namespace ([`super::idmap`]) and a writable
+//! layer of its own ([`super::layer`]), capped at `disk_mb` where the data
+//! dir's filesystem can do it.
 
 use super::helper::{Helper, Request};
-use super::{loopback, overlay, process, spec, ContainerSpec, Runtime, RuntimeError, SandboxDir};
+use super::layer::LayerStore;
+use super::spec::IdMap;
+use super::{
+    idmap, loopback, overlay, process, spec, ContainerSpec, Isolation, Runtime, RuntimeError,
+    SandboxDir,
+};
 use async_trait::async_trait;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
@@ -30,19 +39,33 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 pub struct YoukiRuntime {
     state_root: PathBuf,
     helper: Helper,
+    layers: LayerStore,
 }
+
+/// The user namespace of every youki sandbox.
+const ID_MAP: IdMap = IdMap {
+    host_base: idmap::HOST_BASE,
+    size: idmap::RANGE,
+};
 
 impl YoukiRuntime {
     /// `state_root` holds libcontainer's per-container state; it must be an
     /// absolute path because libcontainer changes the process's cwd.
-    pub fn new(state_root: PathBuf) -> Result<Self, RuntimeError> {
-        std::fs::create_dir_all(&state_root).map_err(RuntimeError::io(format!(
-            "cannot create {}",
-            state_root.display()
-        )))?;
+    /// `sandboxes_dir` is where the sandbox directories (and so their
+    /// writable layers) are: its filesystem decides whether disk limits hold.
+    pub fn new(state_root: PathBuf, sandboxes_dir: &Path) -> Result<Self, RuntimeError> {
+        for dir in [&state_root, sandboxes_dir] {
+            std::fs::create_dir_all(dir)
+                .map_err(RuntimeError::io(format!("cannot create {}", dir.display())))?;
+        }
+        let layers = LayerStore::probe(sandboxes_dir);
+        if let Err(reason) = layers.quota() {
+            tracing::warn!(%reason, "disk_mb cannot be enforced");
+        }
         Ok(Self {
             state_root,
             helper: Helper::spawn()?,
+            layers,
         })
     }
 
@@ -164,13 +187,25 @@ impl Runtime for YoukiRuntime {
         format!("libcontainer {LIBCONTAINER_VERSION}")
     }
 
+    fn isolation(&self) -> Isolation {
+        Isolation {
+            host_root_uid: Some(idmap::to_host(0)),
+            disk_quota: self.layers.quota(),
+            user_namespace_note: None,
+        }
+    }
+
     async fn start(&self, container: &ContainerSpec) -> Result<(), RuntimeError> {
-        let oci = spec::build(container)?;
+        let oci = spec::build(container, Some(ID_MAP))?;
         let dir = container.dir.clone();
         let image_rootfs = container.image_rootfs.clone();
         let id = container.id.clone();
+        let layers = self.layers.clone();
+        let disk_bytes = container.limits.disk_bytes;
         tokio::task::spawn_blocking(move || {
-            overlay::mount_rootfs(&dir, &image_rootfs)?;
+            let lower = idmap::shifted_image(&image_rootfs)?;
+            layers.create(&dir.layer(), disk_bytes)?;
+            overlay::mount_rootfs(&dir, &lower, Some(idmap::to_host(0)))?;
             let config = dir.path().join("config.json");
             oci.save(&config).map_err(|err| RuntimeError::Spec {
                 id,
@@ -209,6 +244,7 @@ impl Runtime for YoukiRuntime {
         }
         let deleted = started.elapsed() - stopped;
         overlay::unmount_rootfs(dir)?;
+        self.layers.destroy(&dir.layer())?;
         tracing::debug!(
             %id,
             stop_us = stopped.as_micros() as u64,

@@ -65,6 +65,9 @@ pub struct ManagerConfig {
     pub agent_binary: PathBuf,
     pub default_memory_mb: u64,
     pub default_cpus: f64,
+    /// Applied when the runtime can enforce disk limits and the request
+    /// names none.
+    pub default_disk_mb: u64,
     pub pids_limit: u64,
     /// How long a new sandbox's agent may take to open its socket.
     pub ready_timeout: Duration,
@@ -78,6 +81,7 @@ impl ManagerConfig {
             agent_binary,
             default_memory_mb: 512,
             default_cpus: 1.0,
+            default_disk_mb: 10 * 1024,
             pids_limit: 1024,
             ready_timeout: Duration::from_secs(10),
         }
@@ -124,6 +128,10 @@ impl Manager {
             runtime,
             config,
         })
+    }
+
+    pub fn config(&self) -> &ManagerConfig {
+        &self.config
     }
 
     pub fn runtime(&self) -> &dyn Runtime {
@@ -195,6 +203,15 @@ impl Manager {
         if !image_rootfs.is_dir() {
             return Err(SandboxError::ImageNotFound(image));
         }
+        let disk_mb = match (request.disk_mb, self.runtime.isolation().disk_quota) {
+            (requested, Ok(())) => Some(requested.unwrap_or(self.config.default_disk_mb)),
+            (None, Err(_)) => None,
+            (Some(_), Err(reason)) => {
+                return Err(SandboxError::InvalidRequest(format!(
+                    "disk_mb cannot be enforced by this server: {reason}"
+                )))
+            }
+        };
         let record = SandboxRecord {
             sandbox: Sandbox {
                 id: new_id(),
@@ -203,6 +220,7 @@ impl Manager {
                 created_at: Utc::now(),
                 memory_mb: request.memory_mb.unwrap_or(self.config.default_memory_mb),
                 cpus: request.cpus.unwrap_or(self.config.default_cpus),
+                disk_mb,
                 labels: request.labels,
             },
             env: request.env,
@@ -254,6 +272,7 @@ impl Manager {
                 memory_bytes: record.sandbox.memory_mb << 20,
                 cpus: record.sandbox.cpus,
                 pids: self.config.pids_limit,
+                disk_bytes: record.sandbox.disk_mb.map(|mb| mb << 20),
             },
         };
         let started = Instant::now();
