@@ -830,4 +830,151 @@ mod tests {
         assert!(!victim.join("pwned").exists());
         assert!(target.join("evil").symlink_metadata().is_ok());
     }
+
+    /// Property: whatever a tar holds (names with `..`, absolute names,
+    /// symlinks and hard links pointing out, entries through earlier
+    /// symlinks), extraction writes only beneath its target. Bounded to a
+    /// fixed number of cases so that it costs the same in every CI run.
+    mod confinement {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Name components an attacker would use, and plain ones.
+        fn component() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec!["..", ".", "", "a", "b", "evil", "out"])
+        }
+
+        fn entry_name() -> impl Strategy<Value = String> {
+            (any::<bool>(), prop::collection::vec(component(), 1..5)).prop_map(
+                |(absolute, parts)| {
+                    let joined = parts.join("/");
+                    if absolute {
+                        format!("/{joined}")
+                    } else {
+                        joined
+                    }
+                },
+            )
+        }
+
+        #[derive(Debug, Clone)]
+        enum Kind {
+            File,
+            Dir,
+            /// A symlink to the victim directory outside, or to a name.
+            SymlinkOut,
+            SymlinkTo(String),
+            HardlinkTo(String),
+            /// A hard link to the secret file outside, by absolute path.
+            HardlinkOut,
+        }
+
+        fn kind() -> impl Strategy<Value = Kind> {
+            prop_oneof![
+                Just(Kind::File),
+                Just(Kind::Dir),
+                Just(Kind::SymlinkOut),
+                entry_name().prop_map(Kind::SymlinkTo),
+                entry_name().prop_map(Kind::HardlinkTo),
+                Just(Kind::HardlinkOut),
+            ]
+        }
+
+        /// A raw header: the name bytes go in as they are, without the
+        /// checks tar::Builder's path setters would make.
+        fn header(name: &str, kind: &Kind, victim: &Path, secret: &Path) -> Header {
+            let mut header = Header::new_gnu();
+            let (entry_type, size) = match kind {
+                Kind::File => (EntryType::Regular, 5),
+                Kind::Dir => (EntryType::Directory, 0),
+                Kind::SymlinkOut | Kind::SymlinkTo(_) => (EntryType::Symlink, 0),
+                Kind::HardlinkTo(_) | Kind::HardlinkOut => (EntryType::Link, 0),
+            };
+            header.set_entry_type(entry_type);
+            header.set_size(size);
+            header.set_mode(0o755);
+            let link = match kind {
+                Kind::SymlinkOut => Some(victim.display().to_string()),
+                Kind::SymlinkTo(target) | Kind::HardlinkTo(target) => Some(target.clone()),
+                Kind::HardlinkOut => Some(secret.display().to_string()),
+                _ => None,
+            };
+            let gnu = header.as_gnu_mut().expect("gnu header");
+            let bytes = name.as_bytes();
+            gnu.name[..bytes.len().min(99)].copy_from_slice(&bytes[..bytes.len().min(99)]);
+            if let Some(link) = link {
+                let bytes = link.as_bytes();
+                gnu.linkname[..bytes.len().min(99)].copy_from_slice(&bytes[..bytes.len().min(99)]);
+            }
+            header.set_cksum();
+            header
+        }
+
+        fn listing(dir: &Path) -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            names
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 96,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            #[test]
+            fn extraction_never_writes_outside_its_target(
+                entries in prop::collection::vec((entry_name(), kind()), 1..8),
+                walk in any::<bool>(),
+            ) {
+                let outer = tempfile::tempdir().expect("tempdir");
+                let target = outer.path().join("target");
+                let victim = outer.path().join("victim");
+                std::fs::create_dir(&victim).expect("mkdir");
+                let secret = outer.path().join("secret");
+                std::fs::write(&secret, b"secret").expect("write");
+                let mut tar = tar::Builder::new(Vec::new());
+                for (name, kind) in &entries {
+                    let header = header(name, kind, &victim, &secret);
+                    let data: &[u8] = if matches!(kind, Kind::File) { b"pwned" } else { b"" };
+                    tar.append(&header, data).expect("append");
+                }
+                let bytes = tar.into_inner().expect("tar");
+                let failure = OnceLock::new();
+                let resolver = if walk { Resolver::Walk } else { Resolver::Auto };
+                // Refusing the archive is fine; escaping is not.
+                let _ = extract(&target, &bytes[..], &failure, resolver);
+                prop_assert_eq!(listing(outer.path()), vec!["secret", "target", "victim"]);
+                prop_assert!(listing(&victim).is_empty(), "wrote into the victim dir");
+                let secret_meta = std::fs::metadata(&secret).expect("secret");
+                prop_assert_eq!(secret_meta.nlink(), 1, "linked to a file outside");
+                prop_assert_eq!(std::fs::read(&secret).expect("read"), b"secret".to_vec());
+            }
+
+            #[test]
+            fn normalised_names_are_relative_and_free_of_dotdot(
+                raw in prop::collection::vec(component(), 0..8),
+                absolute in any::<bool>(),
+            ) {
+                let name = format!("{}{}", if absolute { "/" } else { "" }, raw.join("/"));
+                if let Some(rel) = normalize(name.as_bytes()) {
+                    prop_assert!(!rel.starts_with(b"/"));
+                    let clean = rel
+                        .split(|&b| b == b'/')
+                        .all(|part| !matches!(part, b".." | b"." | b""));
+                    prop_assert!(rel.is_empty() || clean, "{:?}", rel);
+                } else {
+                    prop_assert!(raw.contains(&".."));
+                }
+            }
+        }
+    }
 }
