@@ -7,6 +7,7 @@
 //! the machine that runs `sbx serve`.
 
 mod cp;
+mod policy;
 
 use crate::server::{self, RuntimeKind, ServeConfig, ServeError};
 use clap::{Args, Parser, Subcommand};
@@ -48,6 +49,10 @@ enum Command {
         /// KEY=VALUE, repeatable
         #[arg(long = "label", short = 'l', value_parser = parse_key_value)]
         labels: Vec<(String, String)>,
+        /// Print "ID TOKEN": the sandbox's own token (shown only this once)
+        /// after the id
+        #[arg(long)]
+        print_token: bool,
     },
     /// List sandboxes
     Ls {
@@ -125,6 +130,13 @@ enum Command {
     /// `sbx serve` (see runtime::helper).
     #[command(name = "__youki-helper", hide = true)]
     YoukiHelper,
+    /// Mint, list and revoke API tokens
+    Token {
+        #[command(subcommand)]
+        command: policy::TokenCommand,
+    },
+    /// Show the audit trail of API calls, oldest first
+    Audit(policy::AuditArgs),
     /// Delete sandboxes
     Rm {
         #[command(flatten)]
@@ -149,6 +161,9 @@ struct ServeArgs {
     /// The statically linked sandbox-agent binary
     #[arg(long, env = "SBX_AGENT_BIN")]
     agent_bin: Option<PathBuf>,
+    /// Also append every audit record to this file as a JSON line
+    #[arg(long, env = "SBX_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -260,6 +275,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 data_dir: args.data_dir,
                 images_dir: args.images_dir,
                 agent_binary: args.agent_bin,
+                audit_log: args.audit_log,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -271,6 +287,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             cpus,
             env,
             labels,
+            print_token,
         } => {
             let request = CreateSandboxRequest {
                 image: Some(image),
@@ -279,8 +296,12 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 env: env.into_iter().collect(),
                 labels: labels.into_iter().collect(),
             };
-            let sandbox = conn.client()?.create_sandbox(&request).await?;
-            println!("{}", sandbox.id);
+            let created = conn.client()?.create_sandbox_with_token(&request).await?;
+            if print_token {
+                println!("{} {}", created.sandbox.id, created.token);
+            } else {
+                println!("{}", created.sandbox.id);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Ls { conn } => {
@@ -394,6 +415,14 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Cp { conn, from, to } => {
             cp::copy(&conn.client()?, &from, &to).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { command } => {
+            policy::token(command).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(args) => {
+            policy::audit(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::YoukiHelper => Ok(crate::runtime::helper::serve_requests()),
