@@ -195,6 +195,26 @@ impl Server {
 
     /// Starts a server on an existing data dir (to test restarts).
     pub async fn start_on(engine: Engine, data_dir: &Path) -> Result<Self> {
+        Self::start_on_with_args(engine, data_dir, &[]).await
+    }
+
+    /// Starts a server on a new temp data dir with extra `sbx serve`
+    /// arguments.
+    pub async fn start_with_args(engine: Engine, args: &[&str]) -> Result<Self> {
+        let temp = tempfile::Builder::new().prefix("sbx-e2e-").tempdir()?;
+        let data_dir = temp.path().to_owned();
+        let mut server = Self::start_on_with_args(engine, &data_dir, args).await?;
+        server._temp = Some(temp);
+        Ok(server)
+    }
+
+    /// Starts a server on an existing data dir with extra `sbx serve`
+    /// arguments.
+    pub async fn start_on_with_args(
+        engine: Engine,
+        data_dir: &Path,
+        args: &[&str],
+    ) -> Result<Self> {
         let port = free_loopback_port()?;
         let url = format!("http://127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new()
@@ -213,6 +233,7 @@ impl Server {
             .arg(required_env_path("SBX_TEST_IMAGES_DIR"))
             .arg("--agent-bin")
             .arg(required_env_path("SBX_AGENT_BIN"))
+            .args(args)
             .env("SBX_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -301,6 +322,22 @@ impl Server {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stops the server as an operator would (SIGTERM) and waits for it to
+    /// exit, leaving its sandboxes running.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("the server is not running")?;
+        let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
+        // SAFETY: kill(2) on the pid of the child this harness spawned and
+        // has not reaped yet, so the pid cannot have been reused.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            bail!(
+                "cannot signal sbx serve: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(child.wait()?)
     }
 
     /// Keeps the data dir alive beyond this server, for a restart.
