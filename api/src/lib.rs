@@ -8,16 +8,21 @@
 //! which is why request and result types such as [`ExecRequest`] are shared by
 //! both hops.
 
+mod audit;
 mod error;
 mod exec;
 mod files;
 mod info;
 mod process;
 mod sandbox;
+mod token;
 
 #[cfg(feature = "client")]
 pub mod client;
 
+pub use audit::{
+    AuditList, AuditQuery, AuditRecord, ANONYMOUS, DEFAULT_AUDIT_LIMIT, MAX_AUDIT_LIMIT,
+};
 pub use error::{ErrorBody, ErrorCode};
 pub use exec::{ExecEvent, ExecRequest, ExecResult, DEFAULT_OUTPUT_CAP, MAX_TIMEOUT_MS, NDJSON};
 pub use files::{
@@ -32,6 +37,10 @@ pub use process::{
 pub use sandbox::{
     CreateSandboxRequest, Sandbox, SandboxList, SandboxState, DEFAULT_IMAGE, MAX_CPUS, MAX_DISK_MB,
     MAX_MEMORY_MB, MIN_DISK_MB,
+};
+pub use token::{
+    CreateTokenRequest, CreatedSandbox, CreatedToken, Scope, TokenInfo, TokenList,
+    MAX_TOKEN_NAME_LEN, MAX_TOKEN_TTL_S, TOKEN_PREFIX,
 };
 
 /// Path of the agent's Unix socket inside a sandbox.

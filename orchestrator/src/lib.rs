@@ -7,8 +7,12 @@
 //! - [`runtime`]: the container engine seam (youki embedded);
 //! - [`store`]: the SQLite store.
 //!
+//! Beside them, the policy: [`tokens`] (who is calling and what they may
+//! do) and [`audit`] (the record of every call).
+//!
 //! [`cli`] is the `sbx` binary's logic; `main.rs` only calls it.
 
+pub mod audit;
 pub mod bridge;
 pub mod cli;
 pub mod http;
@@ -16,3 +20,4 @@ pub mod runtime;
 pub mod sandbox;
 pub mod server;
 pub mod store;
+pub mod tokens;

@@ -4,12 +4,14 @@
 //! Stopping the server (SIGTERM, Ctrl-C) stops the API only: sandboxes keep
 //! running, and the next `sbx serve` on the same data dir adopts them.
 
+use crate::audit::{AuditError, AuditLog};
 use crate::http::{self, AppState};
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::youki::YoukiRuntime;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::sandbox::{Manager, ManagerConfig, SandboxError};
 use crate::store::{Store, StoreError};
+use crate::tokens::Tokens;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -32,6 +34,8 @@ pub enum ServeError {
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
 }
 
 fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
@@ -79,6 +83,8 @@ pub struct ServeConfig {
     pub agent_binary: Option<PathBuf>,
     /// Largest request body read whole; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Also append every audit record to this file, as a JSON line.
+    pub audit_log: Option<PathBuf>,
 }
 
 /// Where the agent binary is: the explicit path, or beside this executable.
@@ -164,8 +170,10 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
 
     let db_path = data_dir.join("sbx.db");
     private_file(&db_path)?;
-    let store = Store::open(&db_path)?;
+    let store = Arc::new(Store::open(&db_path)?);
     let manager_config = ManagerConfig::new(&data_dir, images_dir.clone(), agent_binary.clone());
+    let audit = AuditLog::start(Arc::clone(&store), config.audit_log.as_deref())?;
+    let tokens = Arc::new(Tokens::new(Arc::clone(&store), admin_token));
     let runtime: Arc<dyn Runtime> = match config.runtime.resolve() {
         RuntimeKind::Docker => {
             let instance = load_or_create_instance_id(&data_dir.join("instance-id"))
@@ -196,13 +204,17 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     );
     let app = http::router(AppState {
         manager: Arc::new(manager),
-        admin_token: admin_token.into(),
         max_body_bytes: config.max_body_bytes,
+        tokens,
+        audit: audit.clone(),
     });
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
-        .map_err(io_error("http server failed"))
+        .map_err(io_error("http server failed"));
+    // The records of the last calls may still be queued.
+    audit.flush().await;
+    served
 }
 
 async fn shutdown_signal() {

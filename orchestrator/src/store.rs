@@ -5,10 +5,16 @@
 //! crash mid-write must never leave a half-written record. Every call is a
 //! short statement on one connection behind a mutex: contention is a few
 //! microseconds, far below a sandbox's creation cost, so no pool is needed.
+//!
+//! Tables: `sandboxes`; `tokens`, which keeps only a SHA-256 hash of each
+//! secret and whose rows bound to a sandbox go with it (a foreign key with
+//! `ON DELETE CASCADE`, so no deletion path can forget them); and `audit`,
+//! append-only, written in batches by [`crate::audit`]'s writer thread.
 
-use chrono::{DateTime, Utc};
+use crate::audit::AuditEntry;
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use sbx_api::{Sandbox, SandboxState};
+use sbx_api::{AuditRecord, Sandbox, SandboxState, Scope, TokenInfo};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
@@ -19,6 +25,27 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("corrupt record for sandbox {id}: {reason}")]
     Corrupt { id: String, reason: String },
+    #[error("corrupt {table} record {id}: {reason}")]
+    CorruptRow {
+        table: &'static str,
+        id: String,
+        reason: String,
+    },
+}
+
+/// A token as stored: what the API lists, plus the hash of its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub info: TokenInfo,
+    pub secret_hash: [u8; 32],
+}
+
+/// Which audit records to read, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub sandbox: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub limit: u32,
 }
 
 /// A sandbox as stored: the public record plus what only the orchestrator
@@ -45,6 +72,31 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     labels      TEXT NOT NULL,
     env         TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tokens (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    secret_hash BLOB NOT NULL UNIQUE,
+    scopes      TEXT NOT NULL,
+    sandbox_id  TEXT REFERENCES sandboxes (id) ON DELETE CASCADE,
+    created_at  TEXT NOT NULL,
+    expires_at  TEXT,
+    created_by  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tokens_by_sandbox ON tokens (sandbox_id);
+CREATE TABLE IF NOT EXISTS audit (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    time        TEXT NOT NULL,
+    identity    TEXT NOT NULL,
+    token_id    TEXT,
+    method      TEXT NOT NULL,
+    route       TEXT NOT NULL,
+    sandbox_id  TEXT,
+    summary     TEXT,
+    status      INTEGER NOT NULL,
+    duration_us INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_by_time ON audit (time);
+CREATE INDEX IF NOT EXISTS audit_by_sandbox ON audit (sandbox_id, seq);
 ";
 
 /// Changes to [`SCHEMA`] since the first release, in order. SQLite's
@@ -67,6 +119,20 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Audit times are stored in one fixed RFC 3339 shape (UTC, microseconds,
+/// `Z`) so that text order is time order and `since` is a range scan.
+fn audit_time(time: &DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn scopes_to_text(scopes: &[Scope]) -> String {
+    scopes
+        .iter()
+        .map(|scope| scope.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let mut conn = Connection::open(path)?;
@@ -75,6 +141,8 @@ impl Store {
         // power loss can drop the last transactions.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Per connection, and off by default: the tokens' cascade needs it.
+        conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
@@ -84,6 +152,7 @@ impl Store {
     #[cfg(test)]
     pub fn in_memory() -> Result<Self, StoreError> {
         let mut conn = Connection::open_in_memory()?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
@@ -157,6 +226,7 @@ impl Store {
         Ok(allowed)
     }
 
+    /// Removes the sandbox, and with it (by cascade) its tokens.
     pub fn remove(&self, id: &str) -> Result<(), StoreError> {
         self.conn()
             .execute("DELETE FROM sandboxes WHERE id = ?1", params![id])?;
@@ -184,6 +254,216 @@ impl Store {
         let rows = statement.query_map([], read_row)?;
         rows.map(|row| row?).collect()
     }
+}
+
+impl Store {
+    /// Stores a token; false when it is bound to a sandbox that is not
+    /// stored (never was, or was deleted meanwhile).
+    pub fn insert_token(&self, token: &TokenRecord) -> Result<bool, StoreError> {
+        let info = &token.info;
+        let inserted = self.conn().execute(
+            "INSERT INTO tokens
+                 (id, name, secret_hash, scopes, sandbox_id, created_at, expires_at, created_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                info.id,
+                info.name,
+                &token.secret_hash[..],
+                scopes_to_text(&info.scopes),
+                info.sandbox,
+                info.created_at.to_rfc3339(),
+                info.expires_at.map(|time| time.to_rfc3339()),
+                info.created_by,
+            ],
+        );
+        match inserted {
+            Ok(_) => Ok(true),
+            Err(rusqlite::Error::SqliteFailure(failure, _))
+                if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    pub fn token_by_hash(&self, secret_hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE secret_hash = ?1"
+        ))?;
+        statement
+            .query_row(params![&secret_hash[..]], read_token)
+            .optional()?
+            .transpose()
+    }
+
+    pub fn get_token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let conn = self.conn();
+        let mut statement =
+            conn.prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"))?;
+        statement
+            .query_row(params![id], read_token)
+            .optional()?
+            .transpose()
+    }
+
+    pub fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at, id"
+        ))?;
+        let rows = statement.query_map([], read_token)?;
+        rows.map(|row| row?).collect()
+    }
+
+    /// Deletes a token; false when there was none with this id.
+    pub fn remove_token(&self, id: &str) -> Result<bool, StoreError> {
+        let removed = self
+            .conn()
+            .execute("DELETE FROM tokens WHERE id = ?1", params![id])?;
+        Ok(removed > 0)
+    }
+
+    /// Appends audit entries in one transaction (one WAL commit for the
+    /// batch); returns them as stored, with their sequence numbers.
+    pub fn insert_audit(&self, entries: &[AuditEntry]) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut conn = self.conn();
+        let transaction = conn.transaction()?;
+        let mut stored = Vec::with_capacity(entries.len());
+        {
+            let mut statement = transaction.prepare_cached(
+                "INSERT INTO audit
+                     (time, identity, token_id, method, route, sandbox_id, summary, status,
+                      duration_us)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for entry in entries {
+                // What is read back later has microseconds; so does this.
+                let time = entry.time.trunc_subsecs(6);
+                let duration_us = i64::try_from(entry.duration.as_micros()).unwrap_or(i64::MAX);
+                statement.execute(params![
+                    audit_time(&time),
+                    entry.identity,
+                    entry.token_id,
+                    entry.method,
+                    entry.route,
+                    entry.sandbox,
+                    entry.summary,
+                    entry.status,
+                    duration_us,
+                ])?;
+                stored.push(AuditRecord {
+                    seq: transaction.last_insert_rowid().unsigned_abs(),
+                    time,
+                    identity: entry.identity.clone(),
+                    token_id: entry.token_id.clone(),
+                    method: entry.method.clone(),
+                    route: entry.route.clone(),
+                    sandbox: entry.sandbox.clone(),
+                    summary: entry.summary.clone(),
+                    status: entry.status,
+                    duration_us: duration_us.unsigned_abs(),
+                });
+            }
+        }
+        transaction.commit()?;
+        Ok(stored)
+    }
+
+    /// Audit records matching `filter`, newest first.
+    pub fn query_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(
+            "SELECT seq, time, identity, token_id, method, route, sandbox_id, summary, status,
+                    duration_us
+             FROM audit
+             WHERE (?1 IS NULL OR sandbox_id = ?1) AND (?2 IS NULL OR time >= ?2)
+             ORDER BY seq DESC LIMIT ?3",
+        )?;
+        let rows = statement.query_map(
+            params![
+                filter.sandbox,
+                filter.since.as_ref().map(audit_time),
+                filter.limit
+            ],
+            read_audit,
+        )?;
+        rows.map(|row| row?).collect()
+    }
+}
+
+const TOKEN_COLUMNS: &str =
+    "id, name, secret_hash, scopes, sandbox_id, created_at, expires_at, created_by";
+
+fn read_token(row: &Row<'_>) -> rusqlite::Result<Result<TokenRecord, StoreError>> {
+    let id: String = row.get(0)?;
+    let hash: Vec<u8> = row.get(2)?;
+    let scopes: String = row.get(3)?;
+    let created_at: String = row.get(5)?;
+    let expires_at: Option<String> = row.get(6)?;
+    let corrupt = |reason: String| StoreError::CorruptRow {
+        table: "tokens",
+        id: id.clone(),
+        reason,
+    };
+    let time = |text: &str, field: &str| {
+        DateTime::parse_from_rfc3339(text)
+            .map(|time| time.with_timezone(&Utc))
+            .map_err(|err| corrupt(format!("{field}: {err}")))
+    };
+    let decoded = (|| {
+        Ok(TokenRecord {
+            secret_hash: hash
+                .as_slice()
+                .try_into()
+                .map_err(|_| corrupt(format!("secret_hash of {} bytes", hash.len())))?,
+            info: TokenInfo {
+                name: row.get(1).map_err(StoreError::from)?,
+                scopes: scopes
+                    .split_whitespace()
+                    .map(|scope| scope.parse().map_err(corrupt))
+                    .collect::<Result<_, _>>()?,
+                sandbox: row.get(4).map_err(StoreError::from)?,
+                created_at: time(&created_at, "created_at")?,
+                expires_at: expires_at
+                    .as_deref()
+                    .map(|text| time(text, "expires_at"))
+                    .transpose()?,
+                created_by: row.get(7).map_err(StoreError::from)?,
+                id: id.clone(),
+            },
+        })
+    })();
+    Ok(decoded)
+}
+
+fn read_audit(row: &Row<'_>) -> rusqlite::Result<Result<AuditRecord, StoreError>> {
+    let seq: i64 = row.get(0)?;
+    let time: String = row.get(1)?;
+    let time = match DateTime::parse_from_rfc3339(&time) {
+        Ok(time) => time.with_timezone(&Utc),
+        Err(err) => {
+            return Ok(Err(StoreError::CorruptRow {
+                table: "audit",
+                id: seq.to_string(),
+                reason: format!("time: {err}"),
+            }))
+        }
+    };
+    let duration_us: i64 = row.get(9)?;
+    Ok(Ok(AuditRecord {
+        seq: seq.unsigned_abs(),
+        time,
+        identity: row.get(2)?,
+        token_id: row.get(3)?,
+        method: row.get(4)?,
+        route: row.get(5)?,
+        sandbox: row.get(6)?,
+        summary: row.get(7)?,
+        status: row.get(8)?,
+        duration_us: duration_us.unsigned_abs(),
+    }))
 }
 
 fn to_json(map: &BTreeMap<String, String>) -> String {

@@ -332,6 +332,22 @@ impl Server {
         }
     }
 
+    /// Stops the server as an operator would (SIGTERM) and waits for it to
+    /// exit, leaving its sandboxes running.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("the server is not running")?;
+        let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
+        // SAFETY: kill(2) on the pid of the child this harness spawned and
+        // has not reaped yet, so the pid cannot have been reused.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            bail!(
+                "cannot signal sbx serve: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(child.wait()?)
+    }
+
     /// Keeps the data dir alive beyond this server, for a restart.
     pub fn take_data_dir(&mut self) -> Option<tempfile::TempDir> {
         self._temp.take()

@@ -6,6 +6,7 @@
 //! opens its own connection: on loopback and Unix sockets that costs tens of
 //! microseconds, and it keeps the client free of pool state.
 
+mod policy;
 mod sandbox;
 mod stream;
 
@@ -218,7 +219,8 @@ impl Client {
         decode(response, &self.endpoint.to_string()).await
     }
 
-    /// `POST /v1/sandboxes`
+    /// `POST /v1/sandboxes`; see [`Client::create_sandbox_with_token`] for
+    /// the sandbox's token.
     pub async fn create_sandbox(
         &self,
         request: &CreateSandboxRequest,

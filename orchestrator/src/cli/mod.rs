@@ -7,6 +7,7 @@
 //! the machine that runs `sbx serve`.
 
 mod cp;
+mod policy;
 
 use crate::server::{self, RuntimeKind, ServeConfig, ServeError};
 use clap::{Args, Parser, Subcommand};
@@ -51,6 +52,10 @@ enum Command {
         /// KEY=VALUE, repeatable
         #[arg(long = "label", short = 'l', value_parser = parse_key_value)]
         labels: Vec<(String, String)>,
+        /// Print "ID TOKEN": the sandbox's own token (shown only this once)
+        /// after the id
+        #[arg(long)]
+        print_token: bool,
     },
     /// List sandboxes
     Ls {
@@ -128,6 +133,13 @@ enum Command {
     /// `sbx serve` (see runtime::helper).
     #[command(name = "__youki-helper", hide = true)]
     YoukiHelper,
+    /// Mint, list and revoke API tokens
+    Token {
+        #[command(subcommand)]
+        command: policy::TokenCommand,
+    },
+    /// Show the audit trail of API calls, oldest first
+    Audit(policy::AuditArgs),
     /// Delete sandboxes
     Rm {
         #[command(flatten)]
@@ -157,6 +169,9 @@ struct ServeArgs {
     /// the sandbox's disk limit instead.
     #[arg(long, env = "SBX_MAX_BODY", default_value = "64M", value_parser = parse_size_mb)]
     max_body: u64,
+    /// Also append every audit record to this file as a JSON line
+    #[arg(long, env = "SBX_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -269,6 +284,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 images_dir: args.images_dir,
                 agent_binary: args.agent_bin,
                 max_body_bytes: usize::try_from(args.max_body << 20).unwrap_or(usize::MAX),
+                audit_log: args.audit_log,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -281,6 +297,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             disk,
             env,
             labels,
+            print_token,
         } => {
             let request = CreateSandboxRequest {
                 image: Some(image),
@@ -290,8 +307,12 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 env: env.into_iter().collect(),
                 labels: labels.into_iter().collect(),
             };
-            let sandbox = conn.client()?.create_sandbox(&request).await?;
-            println!("{}", sandbox.id);
+            let created = conn.client()?.create_sandbox_with_token(&request).await?;
+            if print_token {
+                println!("{} {}", created.sandbox.id, created.token);
+            } else {
+                println!("{}", created.sandbox.id);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Ls { conn } => {
@@ -405,6 +426,14 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Cp { conn, from, to } => {
             cp::copy(&conn.client()?, &from, &to).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { command } => {
+            policy::token(command).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(args) => {
+            policy::audit(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::YoukiHelper => Ok(crate::runtime::helper::serve_requests()),

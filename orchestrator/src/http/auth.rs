@@ -1,20 +1,31 @@
-//! Bearer-token authentication for every `/v1` route.
+//! Authentication and authorization of every `/v1` route.
 //!
-//! For now there is one token, the admin token in `<data-dir>/admin.token`,
-//! created on first start with mode 0600 so only root on the host can read
-//! it. Scoped, hashed tokens come with the policy work.
+//! [`authorize`] resolves the bearer token to a [`Principal`] (see
+//! [`crate::tokens`]), checks it against what the matched route requires,
+//! and hands the principal on: to the handler in the request's extensions
+//! (minting needs to know who mints), and to the audit layer in the
+//! response's extensions, refusals included.
+//!
+//! What each route requires is written down once, in [`requirement`], from
+//! the route's template: a route added without a line there falls to
+//! [`Requirement::EveryScope`], so only the admin can call it until someone
+//! decides otherwise.
 
 use super::error::ApiError;
 use super::AppState;
-use axum::extract::{Request, State};
+use crate::tokens::{Principal, TokenError};
+use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::http::header::AUTHORIZATION;
+use axum::http::Method;
 use axum::middleware::Next;
-use axum::response::Response;
-use sbx_api::ErrorCode;
+use axum::response::{IntoResponse, Response};
+use axum::RequestExt;
+use sbx_api::{ErrorCode, Scope};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Reads the admin token, creating it (32 random bytes, hex) if absent.
 pub fn load_or_create_admin_token(path: &Path) -> std::io::Result<String> {
@@ -39,41 +50,103 @@ pub fn load_or_create_admin_token(path: &Path) -> std::io::Result<String> {
     Ok(token)
 }
 
-/// Compares in time independent of where the first difference is, so the
-/// token cannot be guessed byte by byte from response times.
-fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
-    left.len() == right.len()
-        && left
-            .iter()
-            .zip(right)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+/// What a route asks of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requirement {
+    /// Any valid token.
+    Authenticated,
+    /// The scope, on the route's sandbox (`{id}`) or on none.
+    Scope { scope: Scope, on_sandbox: bool },
+    /// Every scope, unbound: the admin.
+    EveryScope,
 }
 
-pub async fn require_token(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let presented = request
+/// The policy table: what `method route` (a matched route template, as
+/// `MatchedPath` spells it) requires.
+pub fn requirement(method: &Method, route: &str) -> Requirement {
+    let scope = |scope, on_sandbox| Requirement::Scope { scope, on_sandbox };
+    match (route, method) {
+        ("/v1/info", _) => Requirement::Authenticated,
+        ("/v1/sandboxes", &Method::POST) => scope(Scope::SandboxesCreate, false),
+        ("/v1/sandboxes", &Method::GET) => scope(Scope::SandboxesRead, false),
+        ("/v1/sandboxes/{id}", &Method::GET) => scope(Scope::SandboxesRead, true),
+        ("/v1/sandboxes/{id}", &Method::DELETE) => scope(Scope::SandboxesDelete, true),
+        (route, _) if route.starts_with("/v1/sandboxes/{id}/") => scope(Scope::SandboxesExec, true),
+        ("/v1/tokens" | "/v1/tokens/{id}", _) => scope(Scope::TokensAdmin, false),
+        ("/v1/audit", &Method::GET) => scope(Scope::AuditRead, false),
+        _ => Requirement::EveryScope,
+    }
+}
+
+fn bearer(request: &Request) -> Option<&str> {
+    request
         .headers()
-        .get(AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()) => {
-            Ok(next.run(request).await)
+        .get(AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+fn check(
+    principal: &Principal,
+    requirement: Requirement,
+    sandbox: Option<&str>,
+) -> Result<(), TokenError> {
+    match requirement {
+        Requirement::Authenticated => Ok(()),
+        Requirement::Scope { scope, on_sandbox } => {
+            principal.check(scope, if on_sandbox { sandbox } else { None })
         }
-        Some(_) => Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "invalid bearer token",
-        )),
-        None => Err(ApiError::new(
+        Requirement::EveryScope => principal.check_all(),
+    }
+}
+
+pub async fn authorize(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(presented) = bearer(&request) else {
+        return ApiError::new(
             ErrorCode::Unauthorized,
             "missing bearer token in the authorization header",
-        )),
-    }
+        )
+        .into_response();
+    };
+    let principal = match state.tokens.authenticate(presented) {
+        Ok(principal) => Arc::new(principal),
+        Err(err) => return ApiError::from(err).into_response(),
+    };
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_default();
+    let sandbox = request
+        .extract_parts::<RawPathParams>()
+        .await
+        .ok()
+        .and_then(|params| {
+            params
+                .iter()
+                .find(|(name, _)| *name == "id")
+                .map(|(_, value)| value.to_owned())
+        });
+    let allowed = check(
+        &principal,
+        requirement(request.method(), &route),
+        sandbox.as_deref(),
+    );
+    let mut response = match allowed {
+        Ok(()) => {
+            request.extensions_mut().insert(Arc::clone(&principal));
+            next.run(request).await
+        }
+        Err(err) => ApiError::from(err).into_response(),
+    };
+    response.extensions_mut().insert(principal);
+    response
 }
 
 #[cfg(test)]
@@ -93,9 +166,89 @@ mod tests {
     }
 
     #[test]
-    fn comparison_needs_exact_match() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
+    fn every_route_has_its_requirement() {
+        let scope = |scope, on_sandbox| Requirement::Scope { scope, on_sandbox };
+        let cases = [
+            (Method::GET, "/v1/info", Requirement::Authenticated),
+            (
+                Method::POST,
+                "/v1/sandboxes",
+                scope(Scope::SandboxesCreate, false),
+            ),
+            (
+                Method::GET,
+                "/v1/sandboxes",
+                scope(Scope::SandboxesRead, false),
+            ),
+            (
+                Method::GET,
+                "/v1/sandboxes/{id}",
+                scope(Scope::SandboxesRead, true),
+            ),
+            (
+                Method::DELETE,
+                "/v1/sandboxes/{id}",
+                scope(Scope::SandboxesDelete, true),
+            ),
+            (
+                Method::POST,
+                "/v1/sandboxes/{id}/exec",
+                scope(Scope::SandboxesExec, true),
+            ),
+            (
+                Method::GET,
+                "/v1/sandboxes/{id}/files",
+                scope(Scope::SandboxesExec, true),
+            ),
+            (
+                Method::PUT,
+                "/v1/sandboxes/{id}/archive",
+                scope(Scope::SandboxesExec, true),
+            ),
+            (
+                Method::POST,
+                "/v1/sandboxes/{id}/processes/{pid}/signal",
+                scope(Scope::SandboxesExec, true),
+            ),
+            (Method::POST, "/v1/tokens", scope(Scope::TokensAdmin, false)),
+            (Method::GET, "/v1/tokens", scope(Scope::TokensAdmin, false)),
+            (
+                Method::DELETE,
+                "/v1/tokens/{id}",
+                scope(Scope::TokensAdmin, false),
+            ),
+            (Method::GET, "/v1/audit", scope(Scope::AuditRead, false)),
+            (Method::GET, "/v1/something-new", Requirement::EveryScope),
+            (Method::PATCH, "/v1/sandboxes", Requirement::EveryScope),
+        ];
+        for (method, route, expected) in cases {
+            assert_eq!(requirement(&method, route), expected, "{method} {route}");
+        }
+    }
+
+    #[test]
+    fn a_sandbox_bound_principal_passes_only_on_its_sandbox() {
+        let bound = Principal {
+            name: "sandbox:aaaa".into(),
+            token_id: Some("0123456789abcdef".into()),
+            scopes: [Scope::SandboxesRead, Scope::SandboxesExec].into(),
+            sandbox: Some("aaaa".into()),
+            expires_at: None,
+        };
+        let on = |method: Method, route: &str, sandbox: Option<&str>| {
+            check(&bound, requirement(&method, route), sandbox).is_ok()
+        };
+        assert!(on(Method::POST, "/v1/sandboxes/{id}/exec", Some("aaaa")));
+        assert!(on(Method::GET, "/v1/sandboxes/{id}", Some("aaaa")));
+        assert!(on(Method::GET, "/v1/info", None));
+        assert!(!on(Method::POST, "/v1/sandboxes/{id}/exec", Some("bbbb")));
+        assert!(!on(Method::DELETE, "/v1/sandboxes/{id}", Some("aaaa")));
+        assert!(!on(Method::GET, "/v1/sandboxes", None));
+        assert!(!on(Method::POST, "/v1/sandboxes", None));
+        assert!(!on(Method::GET, "/v1/tokens", None));
+        assert!(!on(Method::GET, "/v1/audit", None));
+        assert!(!on(Method::GET, "/v1/something-new", None));
+        let admin = Principal::admin();
+        assert!(check(&admin, requirement(&Method::GET, "/v1/something-new"), None).is_ok());
     }
 }

@@ -5,7 +5,9 @@
 //! naming what was involved. Layers below produce their own error enums;
 //! the `From` impls here decide, once, what each of them means to a client.
 
+use crate::audit::AuditError;
 use crate::sandbox::SandboxError;
+use crate::tokens::TokenError;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -54,6 +56,25 @@ impl From<SandboxError> for ApiError {
             }
         };
         Self::new(code, err.to_string())
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(err: TokenError) -> Self {
+        let code = match &err {
+            TokenError::Unauthorized(_) => ErrorCode::Unauthorized,
+            TokenError::Forbidden(_) => ErrorCode::Forbidden,
+            TokenError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            TokenError::NotFound(_) | TokenError::SandboxNotFound(_) => ErrorCode::NotFound,
+            TokenError::Store(_) => ErrorCode::Internal,
+        };
+        Self::new(code, err.to_string())
+    }
+}
+
+impl From<AuditError> for ApiError {
+    fn from(err: AuditError) -> Self {
+        Self::new(ErrorCode::Internal, err.to_string())
     }
 }
 
@@ -111,6 +132,34 @@ mod tests {
                 },
                 503,
                 ErrorCode::Unavailable,
+            ),
+        ];
+        for (err, status, code) in cases {
+            let api: ApiError = err.into();
+            assert_eq!(api.code, code);
+            assert_eq!(api.into_response().status().as_u16(), status);
+        }
+    }
+
+    #[test]
+    fn token_errors_map_to_stable_codes() {
+        let cases = [
+            (
+                TokenError::Unauthorized("x".into()),
+                401,
+                ErrorCode::Unauthorized,
+            ),
+            (TokenError::Forbidden("x".into()), 403, ErrorCode::Forbidden),
+            (
+                TokenError::InvalidRequest("x".into()),
+                400,
+                ErrorCode::InvalidRequest,
+            ),
+            (TokenError::NotFound("x".into()), 404, ErrorCode::NotFound),
+            (
+                TokenError::SandboxNotFound("x".into()),
+                404,
+                ErrorCode::NotFound,
             ),
         ];
         for (err, status, code) in cases {

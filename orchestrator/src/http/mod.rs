@@ -1,20 +1,28 @@
-//! The public HTTP API: routes, authentication and error mapping.
+//! The public HTTP API: routes, authentication, audit and error mapping.
 //!
 //! Handlers stay short: extract and validate, call the [`Manager`] or the
 //! [`bridge`](crate::bridge), map the result. Wire types come from `sbx-api`
 //! only, and errors become responses in [`error`] only.
+//!
+//! Every `/v1` call passes two layers, outermost first: [`audit::record`]
+//! (one audit entry per call, refusals and unknown routes included) and
+//! [`auth::authorize`] (token → principal → the route's requirement).
 
+mod audit;
 mod auth;
 mod bridged;
 mod error;
 mod extract;
 mod sandboxes;
+mod tokens;
 
 pub use auth::load_or_create_admin_token;
 pub use error::ApiError;
 
+use crate::audit::AuditLog;
 use crate::sandbox::Manager;
-use axum::routing::get;
+use crate::tokens::Tokens;
+use axum::routing::{delete, get};
 use axum::Router;
 use sbx_api::ErrorCode;
 use std::sync::Arc;
@@ -22,14 +30,28 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub manager: Arc<Manager>,
-    pub admin_token: Arc<str>,
     /// Largest body an extractor reads whole (JSON, exec); larger is 413.
     /// Streamed bodies (file uploads, archives) are not read whole and are
     /// bounded by the sandbox's disk limit instead.
     pub max_body_bytes: usize,
+    pub tokens: Arc<Tokens>,
+    pub audit: AuditLog,
+}
+
+async fn no_route() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this route",
+    )
 }
 
 pub fn router(state: AppState) -> Router {
+    // The /v1 router has its own fallbacks so that the audit layer, which
+    // wraps them too, records unknown routes and methods.
     let v1 = Router::new()
         .route("/info", get(sandboxes::info))
         .route("/sandboxes", get(sandboxes::list).post(sandboxes::create))
@@ -38,20 +60,24 @@ pub fn router(state: AppState) -> Router {
             get(sandboxes::get).delete(sandboxes::delete),
         )
         .merge(bridged::routes())
+        .route("/tokens", get(tokens::list).post(tokens::create))
+        .route("/tokens/{id}", delete(tokens::revoke))
+        .route("/audit", get(audit::list))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            auth::require_token,
+            auth::authorize,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
         ));
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .nest("/v1", v1)
-        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                ErrorCode::MethodNotAllowed,
-                "method not allowed on this route",
-            )
-        })
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }

@@ -1,12 +1,19 @@
 //! `/v1/sandboxes` handlers.
 
+use super::audit::{AuditNote, Summary};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath};
 use super::AppState;
+use crate::tokens::Principal;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
-use sbx_api::{CreateSandboxRequest, IsolationInfo, RuntimeInfo, Sandbox, SandboxList, ServerInfo};
+use axum::response::Response;
+use axum::{Extension, Json};
+use sbx_api::{
+    CreateSandboxRequest, CreatedSandbox, IsolationInfo, RuntimeInfo, Sandbox, SandboxList,
+    ServerInfo,
+};
+use std::sync::Arc;
 
 pub async fn info(State(state): State<AppState>) -> Json<ServerInfo> {
     let runtime = state.manager.runtime();
@@ -36,10 +43,35 @@ pub async fn info(State(state): State<AppState>) -> Json<ServerInfo> {
 
 pub async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Arc<Principal>>,
     ApiJson(request): ApiJson<CreateSandboxRequest>,
-) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
+) -> Response {
+    let note = AuditNote::new(request.summary());
+    match create_with_token(&state, &caller, request).await {
+        Ok(created) => note
+            .with_sandbox(&created.sandbox.id)
+            .attach((StatusCode::CREATED, Json(created))),
+        Err(err) => note.attach(err),
+    }
+}
+
+/// Creates the sandbox and mints its token. A sandbox whose token cannot
+/// be handed out is deleted again rather than left running unannounced.
+async fn create_with_token(
+    state: &AppState,
+    caller: &Principal,
+    request: CreateSandboxRequest,
+) -> Result<CreatedSandbox, ApiError> {
     let sandbox = state.manager.create(request).await?;
-    Ok((StatusCode::CREATED, Json(sandbox)))
+    match state.tokens.mint_for_sandbox(caller, &sandbox.id) {
+        Ok(token) => Ok(CreatedSandbox { sandbox, token }),
+        Err(err) => {
+            if let Err(cleanup) = state.manager.delete(&sandbox.id).await {
+                tracing::error!(id = %sandbox.id, error = %cleanup, "cannot delete a sandbox without a token");
+            }
+            Err(err.into())
+        }
+    }
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<SandboxList>, ApiError> {

@@ -90,7 +90,7 @@ impl ManagerConfig {
 
 #[derive(Debug)]
 pub struct Manager {
-    store: Store,
+    store: Arc<Store>,
     runtime: Arc<dyn Runtime>,
     config: ManagerConfig,
 }
@@ -115,7 +115,7 @@ fn agent_env(env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
 
 impl Manager {
     pub fn new(
-        store: Store,
+        store: Arc<Store>,
         runtime: Arc<dyn Runtime>,
         config: ManagerConfig,
     ) -> Result<Self, SandboxError> {
