@@ -6,7 +6,10 @@ use super::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use sbx_api::{CreateSandboxRequest, IsolationInfo, RuntimeInfo, Sandbox, SandboxList, ServerInfo};
+use sbx_api::{
+    CreateSandboxRequest, IsolationInfo, RuntimeInfo, Sandbox, SandboxList, ServerInfo,
+    UpdateSandboxRequest,
+};
 
 pub async fn info(State(state): State<AppState>) -> Json<ServerInfo> {
     let runtime = state.manager.runtime();
@@ -52,6 +55,15 @@ pub async fn get(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Sandbox>, ApiError> {
     Ok(Json(state.manager.get(&id).await?))
+}
+
+/// `PATCH`: today only `network`, applied live (see `Manager::update`).
+pub async fn update(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(request): ApiJson<UpdateSandboxRequest>,
+) -> Result<Json<Sandbox>, ApiError> {
+    Ok(Json(state.manager.update(&id, request).await?))
 }
 
 pub async fn delete(
