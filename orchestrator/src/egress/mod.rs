@@ -60,7 +60,7 @@ pub enum EgressError {
 pub struct Limits {
     /// From accepting a connection to having its whole request head.
     pub head_timeout: Duration,
-    /// To resolve the host and connect to it.
+    /// To resolve the host, and again to connect to it.
     pub connect_timeout: Duration,
     /// A relay with no byte moving either way for this long is closed.
     pub idle_timeout: Duration,
