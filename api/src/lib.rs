@@ -13,6 +13,7 @@ mod error;
 mod exec;
 mod files;
 mod info;
+mod network;
 mod process;
 mod sandbox;
 mod token;
@@ -30,6 +31,9 @@ pub use files::{
     MkdirRequest, MoveRequest, MAX_LIST_DEPTH,
 };
 pub use info::{IsolationInfo, RuntimeInfo, ServerInfo};
+pub use network::{
+    normalize_host, EgressRule, HostPattern, NetworkPolicy, UpdateSandboxRequest, MAX_EGRESS_RULES,
+};
 pub use process::{
     LogsQuery, ProcessInfo, ProcessList, ProcessState, SignalRequest, StartProcessRequest,
     StdinQuery, PROCESS_LOG_CAP,
@@ -45,6 +49,12 @@ pub use token::{
 
 /// Path of the agent's Unix socket inside a sandbox.
 pub const AGENT_SOCKET_PATH: &str = "/.sbx/run/agent.sock";
+/// Where the agent listens for the sandbox's proxy clients (the address in
+/// `HTTP_PROXY`); it relays each connection to [`EGRESS_SOCKET_PATH`].
+pub const EGRESS_PROXY_LISTEN: &str = "127.0.0.1:3128";
+/// The orchestrator's egress proxy socket for this sandbox, as seen inside
+/// it (the host side is in the sandbox's run directory).
+pub const EGRESS_SOCKET_PATH: &str = "/.sbx/run/egress.sock";
 /// Where the agent binary is bind-mounted inside a sandbox.
 pub const AGENT_BINARY_PATH: &str = "/.sbx/sandbox-agent";
 /// The default working directory of every command run in a sandbox.

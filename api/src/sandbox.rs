@@ -1,5 +1,6 @@
 //! Sandbox records and the create request.
 
+use crate::NetworkPolicy;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -34,6 +35,10 @@ pub struct CreateSandboxRequest {
     pub env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// What the sandbox may reach through the egress proxy. Absent: nothing
+    /// (its network namespace has only `lo`, and the proxy refuses all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkPolicy>,
 }
 
 impl CreateSandboxRequest {
@@ -76,6 +81,9 @@ impl CreateSandboxRequest {
             if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
                 return Err(format!("env var {key:?} is not a valid name=value pair"));
             }
+        }
+        if let Some(network) = &self.network {
+            network.validate()?;
         }
         Ok(())
     }
@@ -130,6 +138,9 @@ pub struct Sandbox {
     pub disk_mb: Option<u64>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The sandbox's network policy, in canonical form.
+    #[serde(default)]
+    pub network: NetworkPolicy,
 }
 
 /// `GET /v1/sandboxes`
@@ -160,12 +171,27 @@ mod tests {
             r#"{"image":"../etc"}"#,
             r#"{"image":"a/b"}"#,
             r#"{"image":""}"#,
+            r#"{"network":{"egress":["https://github.com"]}}"#,
+            r#"{"network":{"egress":["*"]}}"#,
         ] {
             let parsed: CreateSandboxRequest = serde_json::from_str(bad).expect("well-typed");
             assert!(parsed.validate().is_err(), "{bad} should be rejected");
         }
         let negative: Result<CreateSandboxRequest, _> = serde_json::from_str(r#"{"memory_mb":-5}"#);
         assert!(negative.is_err(), "negative memory is a type error");
+    }
+
+    #[test]
+    fn network_policy_is_optional_and_validated() {
+        let parsed: CreateSandboxRequest =
+            serde_json::from_str(r#"{"network":{"egress":["github.com:443","*.pypi.org"]}}"#)
+                .expect("well-typed");
+        assert!(parsed.validate().is_ok());
+        let old_record: Sandbox = serde_json::from_str(
+            r#"{"id":"a","state":"running","image":"base","created_at":"2024-01-01T00:00:00Z","memory_mb":512,"cpus":1.0}"#,
+        )
+        .expect("a record without network still decodes");
+        assert!(old_record.network.egress.is_empty());
     }
 
     #[test]

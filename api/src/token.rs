@@ -260,6 +260,7 @@ mod tests {
         let created = CreatedSandbox {
             sandbox: Sandbox {
                 disk_mb: None,
+                network: Default::default(),
                 id: "abc".into(),
                 state: crate::SandboxState::Running,
                 image: "base".into(),

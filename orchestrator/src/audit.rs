@@ -17,6 +17,7 @@
 //! Readers call [`AuditLog::flush`] first, so a query sees every call that
 //! was answered before it was made.
 
+use crate::egress::{EgressEvent, EgressObserver, TracingObserver};
 use crate::store::{AuditFilter, Store, StoreError};
 use chrono::{DateTime, Utc};
 use sbx_api::AuditRecord;
@@ -191,6 +192,40 @@ fn append_json_lines(file: &mut File, records: &[AuditRecord]) {
         tracing::error!(error = %err, "cannot append to the audit log file");
     }
 }
+
+/// The egress proxy's decisions join the same trail as API calls: one
+/// record per proxied request, the identity being the sandbox that asked
+/// (`sandbox:<id>`), the method `CONNECT` or the forwarded one, the route
+/// `egress`, the summary `host:port: reason`, the status 200 or 403.
+/// Denials are also logged, as before, so an operator tailing the log sees
+/// them without a query.
+#[derive(Debug, Clone)]
+pub struct EgressAudit {
+    pub log: AuditLog,
+}
+
+impl EgressObserver for EgressAudit {
+    fn observe(&self, event: EgressEvent) {
+        TracingObserver.observe(event.clone());
+        self.log.record(AuditEntry {
+            time: Utc::now(),
+            identity: format!("sandbox:{}", event.sandbox_id),
+            token_id: None,
+            method: event.method,
+            route: EGRESS_ROUTE.to_owned(),
+            summary: Some(summarize(&format!(
+                "{}:{}: {}",
+                event.host, event.port, event.reason
+            ))),
+            sandbox: Some(event.sandbox_id),
+            status: if event.allowed { 200 } else { 403 },
+            duration: Duration::ZERO,
+        });
+    }
+}
+
+/// The `route` of egress proxy records.
+pub const EGRESS_ROUTE: &str = "egress";
 
 #[cfg(test)]
 mod tests {

@@ -4,6 +4,8 @@
 //! - [`http`]: routes, authentication, the one error-to-status mapping;
 //! - [`sandbox`]: the manager, owner of every lifecycle transition;
 //! - [`bridge`]: forwards sandbox calls to the agent's Unix socket;
+//! - [`egress`]: the HTTP proxy that is a sandbox's only way out, per its
+//!   allowlist;
 //! - [`runtime`]: the container engine seam (youki embedded);
 //! - [`store`]: the SQLite store.
 //!
@@ -15,6 +17,7 @@
 pub mod audit;
 pub mod bridge;
 pub mod cli;
+pub mod egress;
 pub mod http;
 pub mod runtime;
 pub mod sandbox;

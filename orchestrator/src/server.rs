@@ -1,10 +1,12 @@
-//! `sbx serve`: assembles the store, the runtime, the manager and the HTTP
-//! API, adopts the sandboxes that survived the last run, and serves.
+//! `sbx serve`: assembles the store, the runtime, the egress proxy, the
+//! manager and the HTTP API, adopts the sandboxes that survived the last
+//! run, and serves.
 //!
 //! Stopping the server (SIGTERM, Ctrl-C) stops the API only: sandboxes keep
 //! running, and the next `sbx serve` on the same data dir adopts them.
 
-use crate::audit::{AuditError, AuditLog};
+use crate::audit::{AuditError, AuditLog, EgressAudit};
+use crate::egress::{EgressProxy, Resolver};
 use crate::http::{self, AppState};
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::youki::YoukiRuntime;
@@ -12,7 +14,7 @@ use crate::runtime::{Runtime, RuntimeError};
 use crate::sandbox::{Manager, ManagerConfig, SandboxError};
 use crate::store::{Store, StoreError};
 use crate::tokens::Tokens;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -85,6 +87,10 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Also append every audit record to this file, as a JSON line.
     pub audit_log: Option<PathBuf>,
+    /// TEST ONLY: names the egress proxy resolves to these addresses
+    /// without DNS and without refusing loopback (see
+    /// [`Resolver::with_overrides`]). Empty in production.
+    pub egress_resolve: Vec<(String, IpAddr)>,
 }
 
 /// Where the agent binary is: the explicit path, or beside this executable.
@@ -168,6 +174,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         token_path.display()
     )))?;
 
+    raise_open_files_limit();
     let db_path = data_dir.join("sbx.db");
     private_file(&db_path)?;
     let store = Arc::new(Store::open(&db_path)?);
@@ -185,7 +192,15 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
             &manager_config.sandboxes_dir,
         )?),
     };
-    let manager = Manager::new(store, runtime, manager_config)?;
+    let resolver = Resolver::with_overrides(config.egress_resolve);
+    if resolver.has_overrides() {
+        tracing::warn!("egress resolver overrides in effect (--egress-resolve): for tests only");
+    }
+    let egress = Arc::new(EgressProxy::new(
+        resolver,
+        Arc::new(EgressAudit { log: audit.clone() }),
+    ));
+    let manager = Manager::new(store, runtime, egress, manager_config)?;
     manager.recover().await?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -215,6 +230,22 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     // The records of the last calls may still be queued.
     audit.flush().await;
     served
+}
+
+/// Raises the soft open-files limit to the hard one: every sandbox holds
+/// an egress listener here, and a default soft limit of 1,024 would stop a
+/// server short of its 1,000 sandboxes.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(%err, soft, "cannot raise the open-files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(err) => tracing::warn!(%err, "cannot read the open-files limit"),
+    }
 }
 
 async fn shutdown_signal() {

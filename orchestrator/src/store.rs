@@ -14,7 +14,7 @@
 use crate::audit::AuditEntry;
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use sbx_api::{AuditRecord, Sandbox, SandboxState, Scope, TokenInfo};
+use sbx_api::{AuditRecord, NetworkPolicy, Sandbox, SandboxState, Scope, TokenInfo};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
@@ -105,7 +105,13 @@ CREATE INDEX IF NOT EXISTS audit_by_sandbox ON audit (sandbox_id, seq);
 const MIGRATIONS: &[&str] = &[
     // The writable layer's size limit; NULL: unlimited.
     "ALTER TABLE sandboxes ADD COLUMN disk_mb INTEGER",
+    // The network policy, JSON (`sbx_api::NetworkPolicy`); none: no egress.
+    r#"ALTER TABLE sandboxes ADD COLUMN network TEXT NOT NULL DEFAULT '{"egress":[]}'"#,
 ];
+
+/// Every column, in the order `read_row` reads them.
+const COLUMNS: &str =
+    "id, state, image, created_at, memory_mb, cpus, labels, env, disk_mb, network";
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     conn.execute_batch(SCHEMA)?;
@@ -170,9 +176,9 @@ impl Store {
     pub fn insert(&self, record: &SandboxRecord) -> Result<(), StoreError> {
         let sandbox = &record.sandbox;
         self.conn().execute(
-            "INSERT INTO sandboxes
-                 (id, state, image, created_at, memory_mb, cpus, labels, env, disk_mb)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            &format!(
+                "INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            ),
             params![
                 sandbox.id,
                 sandbox.state.as_str(),
@@ -183,9 +189,25 @@ impl Store {
                 to_json(&sandbox.labels),
                 to_json(&record.env),
                 sandbox.disk_mb.map(|mb| mb as i64),
+                network_json(&sandbox.network),
             ],
         )?;
         Ok(())
+    }
+
+    /// Replaces the network policy of a sandbox that is in state `when`;
+    /// returns false when there is no such sandbox in that state.
+    pub fn set_network(
+        &self,
+        id: &str,
+        when: SandboxState,
+        network: &NetworkPolicy,
+    ) -> Result<bool, StoreError> {
+        let changed = self.conn().execute(
+            "UPDATE sandboxes SET network = ?3 WHERE id = ?1 AND state = ?2",
+            params![id, when.as_str(), network_json(network)],
+        )?;
+        Ok(changed > 0)
     }
 
     /// Sets the state; returns false when the sandbox is not stored.
@@ -235,10 +257,8 @@ impl Store {
 
     pub fn get(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError> {
         let conn = self.conn();
-        let mut statement = conn.prepare_cached(
-            "SELECT id, state, image, created_at, memory_mb, cpus, labels, env, disk_mb
-             FROM sandboxes WHERE id = ?1",
-        )?;
+        let mut statement =
+            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"))?;
         statement
             .query_row(params![id], read_row)
             .optional()?
@@ -247,10 +267,9 @@ impl Store {
 
     pub fn list(&self) -> Result<Vec<SandboxRecord>, StoreError> {
         let conn = self.conn();
-        let mut statement = conn.prepare_cached(
-            "SELECT id, state, image, created_at, memory_mb, cpus, labels, env, disk_mb
-             FROM sandboxes ORDER BY created_at, id",
-        )?;
+        let mut statement = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM sandboxes ORDER BY created_at, id"
+        ))?;
         let rows = statement.query_map([], read_row)?;
         rows.map(|row| row?).collect()
     }
@@ -470,6 +489,10 @@ fn to_json(map: &BTreeMap<String, String>) -> String {
     serde_json::to_string(map).expect("a string map always serializes")
 }
 
+fn network_json(network: &NetworkPolicy) -> String {
+    serde_json::to_string(network).expect("a list of strings always serializes")
+}
+
 fn read_row(row: &Row<'_>) -> rusqlite::Result<Result<SandboxRecord, StoreError>> {
     let id: String = row.get(0)?;
     let state: String = row.get(1)?;
@@ -478,6 +501,7 @@ fn read_row(row: &Row<'_>) -> rusqlite::Result<Result<SandboxRecord, StoreError>
     let env: String = row.get(7)?;
     let memory_mb: i64 = row.get(4)?;
     let disk_mb: Option<i64> = row.get(8)?;
+    let network: String = row.get(9)?;
     let corrupt = |reason: String| StoreError::Corrupt {
         id: id.clone(),
         reason,
@@ -499,6 +523,8 @@ fn read_row(row: &Row<'_>) -> rusqlite::Result<Result<SandboxRecord, StoreError>
                     .transpose()?,
                 labels: serde_json::from_str(&labels)
                     .map_err(|err| corrupt(format!("labels: {err}")))?,
+                network: serde_json::from_str(&network)
+                    .map_err(|err| corrupt(format!("network: {err}")))?,
                 id: id.clone(),
             },
             env: serde_json::from_str(&env).map_err(|err| corrupt(format!("env: {err}")))?,
@@ -522,6 +548,9 @@ mod tests {
                 cpus: 1.0,
                 disk_mb: Some(1024),
                 labels: BTreeMap::from([("team".into(), "infra".into())]),
+                network: NetworkPolicy {
+                    egress: vec!["github.com:443".into(), "*.pypi.org".into()],
+                },
             },
             env: BTreeMap::from([("SECRET".into(), "x".into())]),
         }
@@ -546,6 +575,7 @@ mod tests {
         assert_eq!(loaded.env, first.env);
         assert_eq!(loaded.sandbox.labels, first.sandbox.labels);
         assert_eq!(loaded.sandbox.disk_mb, Some(1024));
+        assert_eq!(loaded.sandbox.network, first.sandbox.network);
         assert_eq!(loaded.sandbox.state, SandboxState::Running);
         assert_eq!(
             loaded.sandbox.created_at.timestamp_micros(),
@@ -566,6 +596,29 @@ mod tests {
         store.remove("aaaa").expect("remove");
         assert!(store.get("aaaa").expect("get").is_none());
         assert_eq!(store.list().expect("list").len(), 1);
+    }
+
+    #[test]
+    fn network_policy_changes_only_in_the_given_state() {
+        let store = Store::in_memory().expect("open");
+        store.insert(&record("aaaa")).expect("insert");
+        let open = NetworkPolicy {
+            egress: vec!["example.com".into()],
+        };
+        assert!(!store
+            .set_network("aaaa", SandboxState::Running, &open)
+            .expect("update"));
+        store
+            .set_state("aaaa", SandboxState::Running)
+            .expect("update");
+        assert!(store
+            .set_network("aaaa", SandboxState::Running, &open)
+            .expect("update"));
+        assert!(!store
+            .set_network("zzzz", SandboxState::Running, &open)
+            .expect("update"));
+        let loaded = store.get("aaaa").expect("get").expect("present");
+        assert_eq!(loaded.sandbox.network, open);
     }
 
     #[test]
@@ -595,6 +648,7 @@ mod tests {
         let store = Store::open(&path).expect("migrates");
         let loaded = store.get("dddd").expect("get").expect("present");
         assert_eq!(loaded.sandbox.disk_mb, None);
+        assert!(loaded.sandbox.network.egress.is_empty(), "no egress");
         drop(store);
         Store::open(&path).expect("opening again applies nothing twice");
     }

@@ -352,6 +352,7 @@ mod tests {
             .insert(&SandboxRecord {
                 sandbox: Sandbox {
                     disk_mb: None,
+                    network: Default::default(),
                     id: id.into(),
                     state: SandboxState::Running,
                     image: "base".into(),

@@ -4,8 +4,10 @@
 //! settings (`SBX_AGENT_*`, `RUST_LOG`) and whatever the runtime happened to
 //! pass, none of which the tenant should see or depend on. Instead every
 //! command gets, in increasing precedence: a small fixed default
-//! ([`DEFAULT_ENV`]), the sandbox's base environment (which the orchestrator
-//! hands the agent as `SBX_ENV_NAME=value` variables), what the request's
+//! ([`DEFAULT_ENV`]), the sandbox's base environment (the proxy variables
+//! that point at the egress relay, see [`crate::egress::proxy_env`], then
+//! what the orchestrator hands the agent as `SBX_ENV_NAME=value` variables,
+//! so a sandbox created with its own `HTTP_PROXY` keeps it), what the request's
 //! `user` implies (`HOME`, `USER`, `LOGNAME`: running as someone else must
 //! not leave root's home in place), and the request's own `env`.
 

@@ -86,6 +86,12 @@ pub enum AgentError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot listen on {addr} for the egress relay: {source}")]
+    EgressListen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot install the {signal} handler: {source}")]
     Signal {
         signal: &'static str,
@@ -138,6 +144,7 @@ impl AgentError {
             | AgentError::Pipe { .. }
             | AgentError::ExitLost { .. }
             | AgentError::Listen { .. }
+            | AgentError::EgressListen { .. }
             | AgentError::Signal { .. }
             | AgentError::Runtime(_)
             | AgentError::Serve(_) => ErrorCode::Internal,

@@ -19,10 +19,13 @@
 //! - [`files`], [`archive`]: file and tar routes, streamed; [`fs_safe`]
 //!   keeps archive extraction beneath its target directory;
 //! - [`server`]: routes, readiness by atomic socket rename, shutdown;
+//! - [`egress`]: the relay from `127.0.0.1:3128` in the sandbox to the
+//!   orchestrator's egress proxy;
 //! - [`env`]: the clean environment commands start with;
 //! - [`error`]: [`AgentError`] and its one mapping to HTTP.
 
 pub mod archive;
+pub mod egress;
 pub mod env;
 pub mod error;
 pub mod events;
@@ -56,8 +59,11 @@ pub struct Config {
     /// The default cwd of commands (`sbx_api::WORKSPACE_DIR` in a sandbox).
     pub workdir: PathBuf,
     /// The sandbox's base environment, from `SBX_ENV_*` variables (see
-    /// [`env::base_env_from_vars`]).
+    /// [`env::base_env_from_vars`]). The proxy variables that point at
+    /// the egress relay come first; these override them.
     pub base_env: BTreeMap<String, String>,
+    /// The egress relay (see [`egress`]).
+    pub egress: egress::RelayConfig,
 }
 
 /// Shared state of the running agent.
@@ -93,6 +99,14 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         .map_err(AgentError::Runtime)?;
     let result = runtime.block_on(async {
         let reaper = reaper::Reaper::start()?;
+        // Bound before the agent's socket appears, so a ready sandbox has
+        // its proxy address too; the environment names the bound address.
+        let relay = egress::Relay::bind(&config.egress).await?;
+        let mut config = config;
+        let mut base_env = egress::proxy_env(relay.local_addr()?);
+        base_env.append(&mut config.base_env);
+        config.base_env = base_env;
+        tokio::spawn(relay.run());
         server::serve(Arc::new(Agent {
             config,
             reaper,

@@ -1,9 +1,12 @@
-//! `sandbox-agent [--socket PATH] [--workdir DIR]`: parses arguments, sets
-//! up logging to stderr and hands over to the library.
+//! `sandbox-agent [--socket PATH] [--workdir DIR] [--egress-listen ADDR]
+//! [--egress-socket PATH]`: parses arguments, sets up logging to stderr and
+//! hands over to the library.
 
 use clap::Parser;
+use sandbox_agent::egress::RelayConfig;
 use sandbox_agent::{env::base_env_from_vars, Config};
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
@@ -18,6 +21,13 @@ struct Args {
     /// Default working directory of commands.
     #[arg(long, env = "SBX_AGENT_WORKDIR", default_value = sbx_api::WORKSPACE_DIR)]
     workdir: PathBuf,
+    /// Where the egress relay listens for the sandbox's HTTP(S) proxy
+    /// clients (port 0: any free port, for tests on a host).
+    #[arg(long, env = "SBX_AGENT_EGRESS_LISTEN", default_value = sbx_api::EGRESS_PROXY_LISTEN)]
+    egress_listen: SocketAddr,
+    /// The orchestrator's egress proxy socket the relay connects to.
+    #[arg(long, env = "SBX_AGENT_EGRESS_SOCKET", default_value = sbx_api::EGRESS_SOCKET_PATH)]
+    egress_socket: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -33,6 +43,10 @@ fn main() -> ExitCode {
         socket: args.socket,
         workdir: args.workdir,
         base_env: base_env_from_vars(std::env::vars_os()),
+        egress: RelayConfig {
+            listen: args.egress_listen,
+            socket: args.egress_socket,
+        },
     };
     match sandbox_agent::run(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -159,6 +159,55 @@ async fn environment_is_clean_base_then_request() {
     );
 }
 
+/// Commands find the egress relay through the proxy variables, which the
+/// sandbox's env and the request can override; the address they name is
+/// the relay, which hands each connection to the orchestrator's socket.
+#[tokio::test]
+async fn proxy_variables_name_the_relay_which_reaches_the_egress_socket() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let agent = TestAgent::start_with_env(&[("SBX_ENV_NO_PROXY", "internal.example")]);
+    let result = exec(&agent, ExecRequest::argv(["env"])).await;
+    let env = env_of(&result.stdout);
+    let proxy = env["HTTP_PROXY"];
+    for key in ["HTTPS_PROXY", "http_proxy", "https_proxy"] {
+        assert_eq!(env.get(key), Some(&proxy), "{key}");
+    }
+    assert_eq!(env.get("no_proxy"), Some(&"localhost,127.0.0.1"));
+    assert_eq!(
+        env.get("NO_PROXY"),
+        Some(&"internal.example"),
+        "the sandbox's env wins over the defaults"
+    );
+    let overridden = exec(
+        &agent,
+        with_env(ExecRequest::argv(["env"]), &[("https_proxy", "")]),
+    )
+    .await;
+    assert_eq!(env_of(&overridden.stdout).get("https_proxy"), Some(&""));
+
+    let addr = proxy
+        .strip_prefix("http://127.0.0.1:")
+        .expect("a loopback proxy url");
+    assert_ne!(addr, "0", "the bound port, not the asked-for one");
+    let egress = tokio::net::UnixListener::bind(agent.path("egress.sock")).expect("bind");
+    let mut client = tokio::net::TcpStream::connect(format!("127.0.0.1:{addr}"))
+        .await
+        .expect("the relay listens where the variables say");
+    client.write_all(b"ping").await.expect("write");
+    let (mut relayed, _) = tokio::time::timeout(Duration::from_secs(10), egress.accept())
+        .await
+        .expect("relayed in time")
+        .expect("accept");
+    let mut ping = [0u8; 4];
+    relayed.read_exact(&mut ping).await.expect("read");
+    assert_eq!(&ping, b"ping");
+    relayed.write_all(b"pong").await.expect("write back");
+    let mut pong = [0u8; 4];
+    client.read_exact(&mut pong).await.expect("read back");
+    assert_eq!(&pong, b"pong");
+}
+
 #[tokio::test]
 async fn cwd_is_honoured_and_defaults_to_workdir() {
     let agent = TestAgent::start();

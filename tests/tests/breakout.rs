@@ -93,7 +93,8 @@ async fn sandboxes_cannot_reach_each_other_or_the_host(engine: Engine) -> Result
         .await?;
 
     // Nothing of the neighbour is visible: not its files, not its socket,
-    // not its processes; only this sandbox's own agent socket is mounted.
+    // not its processes; only this sandbox's own agent socket and egress
+    // proxy socket are mounted.
     let search = exec(
         &me,
         ExecRequest::shell(
@@ -102,7 +103,11 @@ async fn sandboxes_cannot_reach_each_other_or_the_host(engine: Engine) -> Result
         ),
     )
     .await?;
-    assert_eq!(search.stdout, "agent.sock\n1\n", "{}", search.stderr);
+    assert_eq!(
+        search.stdout, "agent.sock\negress.sock\n1\n",
+        "{}",
+        search.stderr
+    );
     assert!(!search.stdout.contains(&theirs));
 
     // The host's data dir (token, database, every sandbox's files) does

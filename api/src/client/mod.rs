@@ -13,7 +13,7 @@ mod stream;
 pub use sandbox::SandboxClient;
 pub use stream::{ByteStream, EventStream};
 
-use crate::CreateSandboxRequest;
+use crate::{CreateSandboxRequest, NetworkPolicy, UpdateSandboxRequest};
 use crate::{ErrorBody, ExecRequest, ExecResult, Sandbox, SandboxList};
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -244,6 +244,25 @@ impl Client {
     pub async fn get_sandbox(&self, id: &str) -> Result<Sandbox, ClientError> {
         self.call(Method::GET, &format!("/v1/sandboxes/{id}"), NO_BODY)
             .await
+    }
+
+    /// `PATCH /v1/sandboxes/{id}`: changes what the request names.
+    pub async fn update_sandbox(
+        &self,
+        id: &str,
+        request: &UpdateSandboxRequest,
+    ) -> Result<Sandbox, ClientError> {
+        self.call(Method::PATCH, &format!("/v1/sandboxes/{id}"), Some(request))
+            .await
+    }
+
+    /// Replaces a sandbox's egress allowlist (live: new connections through
+    /// its proxy see it at once). An empty list denies everything.
+    pub async fn set_egress(&self, id: &str, egress: Vec<String>) -> Result<Sandbox, ClientError> {
+        let request = UpdateSandboxRequest {
+            network: Some(NetworkPolicy { egress }),
+        };
+        self.update_sandbox(id, &request).await
     }
 
     /// `DELETE /v1/sandboxes/{id}`

@@ -12,10 +12,12 @@ mod policy;
 use crate::server::{self, RuntimeKind, ServeConfig, ServeError};
 use clap::{Args, Parser, Subcommand};
 use sbx_api::client::{Client, ClientError};
-use sbx_api::{CreateSandboxRequest, ExecEvent, ExecRequest, LogsQuery, StartProcessRequest};
+use sbx_api::{
+    CreateSandboxRequest, ExecEvent, ExecRequest, LogsQuery, NetworkPolicy, StartProcessRequest,
+};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -56,6 +58,23 @@ enum Command {
         /// after the id
         #[arg(long)]
         print_token: bool,
+        /// Let the sandbox reach HOST through the egress proxy: `host`,
+        /// `*.domain` or either with `:port`; repeatable. Without any, the
+        /// sandbox has no network.
+        #[arg(long = "allow", value_name = "HOST")]
+        allow: Vec<String>,
+    },
+    /// Show a sandbox's egress allowlist, or replace it (live)
+    Egress {
+        #[command(flatten)]
+        conn: ConnArgs,
+        id: String,
+        /// The new allowlist, one entry per flag (replaces the old one)
+        #[arg(long = "allow", value_name = "HOST")]
+        allow: Vec<String>,
+        /// Empty the allowlist: every request is denied
+        #[arg(long, conflicts_with = "allow")]
+        deny_all: bool,
     },
     /// List sandboxes
     Ls {
@@ -172,6 +191,10 @@ struct ServeArgs {
     /// Also append every audit record to this file as a JSON line
     #[arg(long, env = "SBX_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
+    /// TEST ONLY: HOST=IP makes the egress proxy resolve HOST to IP without
+    /// DNS and without refusing loopback; repeatable
+    #[arg(long, value_name = "HOST=IP", value_parser = parse_resolve, hide = true)]
+    egress_resolve: Vec<(String, IpAddr)>,
 }
 
 #[derive(Debug, Args)]
@@ -206,6 +229,19 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
         Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
         _ => Err(format!("{text:?} is not KEY=VALUE")),
     }
+}
+
+/// `HOST=IP` for `--egress-resolve`; the host is normalised as the proxy
+/// normalises requested hosts.
+fn parse_resolve(text: &str) -> Result<(String, IpAddr), String> {
+    let (host, ip) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not HOST=IP"))?;
+    let host = sbx_api::normalize_host(host).map_err(|why| format!("{text:?}: {why}"))?;
+    let ip = ip
+        .parse()
+        .map_err(|_| format!("{text:?}: {ip:?} is not an ip address"))?;
+    Ok((host, ip))
 }
 
 /// `512M`, `512MiB`, `2G`, `2GiB` or a bare number of MiB.
@@ -285,6 +321,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 agent_binary: args.agent_bin,
                 max_body_bytes: usize::try_from(args.max_body << 20).unwrap_or(usize::MAX),
                 audit_log: args.audit_log,
+                egress_resolve: args.egress_resolve,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -298,6 +335,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             env,
             labels,
             print_token,
+            allow,
         } => {
             let request = CreateSandboxRequest {
                 image: Some(image),
@@ -306,12 +344,30 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 disk_mb: disk,
                 env: env.into_iter().collect(),
                 labels: labels.into_iter().collect(),
+                network: (!allow.is_empty()).then_some(NetworkPolicy { egress: allow }),
             };
             let created = conn.client()?.create_sandbox_with_token(&request).await?;
             if print_token {
                 println!("{} {}", created.sandbox.id, created.token);
             } else {
                 println!("{}", created.sandbox.id);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Egress {
+            conn,
+            id,
+            allow,
+            deny_all,
+        } => {
+            let client = conn.client()?;
+            let sandbox = if allow.is_empty() && !deny_all {
+                client.get_sandbox(&id).await?
+            } else {
+                client.set_egress(&id, allow).await?
+            };
+            for entry in sandbox.network.egress {
+                println!("{entry}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -499,6 +555,17 @@ mod tests {
         assert_eq!(parse_size_mb("1GiB"), Ok(1024));
         assert!(parse_size_mb("12T").is_err());
         assert!(parse_size_mb("M").is_err());
+    }
+
+    #[test]
+    fn resolve_overrides_are_host_equals_ip() {
+        assert_eq!(
+            parse_resolve("Allowed.Test.=127.0.0.1"),
+            Ok(("allowed.test".to_owned(), IpAddr::from([127, 0, 0, 1])))
+        );
+        assert!(parse_resolve("allowed.test").is_err());
+        assert!(parse_resolve("allowed.test=nope").is_err());
+        assert!(parse_resolve("a..b=127.0.0.1").is_err());
     }
 
     #[test]

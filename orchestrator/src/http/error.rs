@@ -6,6 +6,7 @@
 //! the `From` impls here decide, once, what each of them means to a client.
 
 use crate::audit::AuditError;
+use crate::egress::EgressError;
 use crate::sandbox::SandboxError;
 use crate::tokens::TokenError;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
@@ -51,9 +52,14 @@ impl From<SandboxError> for ApiError {
             SandboxError::NotFound(_) | SandboxError::ImageNotFound(_) => ErrorCode::NotFound,
             SandboxError::WrongState { .. } => ErrorCode::Conflict,
             SandboxError::AgentUnavailable { .. } => ErrorCode::Unavailable,
-            SandboxError::Runtime { .. } | SandboxError::Store(_) | SandboxError::Io { .. } => {
-                ErrorCode::Internal
-            }
+            SandboxError::Egress {
+                source: EgressError::InvalidPolicy(_),
+                ..
+            } => ErrorCode::InvalidRequest,
+            SandboxError::Runtime { .. }
+            | SandboxError::Store(_)
+            | SandboxError::Egress { .. }
+            | SandboxError::Io { .. } => ErrorCode::Internal,
         };
         Self::new(code, err.to_string())
     }
@@ -132,6 +138,25 @@ mod tests {
                 },
                 503,
                 ErrorCode::Unavailable,
+            ),
+            (
+                SandboxError::Egress {
+                    id: "abc".into(),
+                    source: EgressError::InvalidPolicy("bad entry".into()),
+                },
+                400,
+                ErrorCode::InvalidRequest,
+            ),
+            (
+                SandboxError::Egress {
+                    id: "abc".into(),
+                    source: EgressError::Listen {
+                        path: "/x/egress.sock".into(),
+                        source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+                    },
+                },
+                500,
+                ErrorCode::Internal,
             ),
         ];
         for (err, status, code) in cases {

@@ -57,7 +57,9 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes", get(sandboxes::list).post(sandboxes::create))
         .route(
             "/sandboxes/{id}",
-            get(sandboxes::get).delete(sandboxes::delete),
+            get(sandboxes::get)
+                .patch(sandboxes::update)
+                .delete(sandboxes::delete),
         )
         .merge(bridged::routes())
         .route("/tokens", get(tokens::list).post(tokens::create))

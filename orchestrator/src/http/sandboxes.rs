@@ -11,7 +11,7 @@ use axum::response::Response;
 use axum::{Extension, Json};
 use sbx_api::{
     CreateSandboxRequest, CreatedSandbox, IsolationInfo, RuntimeInfo, Sandbox, SandboxList,
-    ServerInfo,
+    ServerInfo, UpdateSandboxRequest,
 };
 use std::sync::Arc;
 
@@ -84,6 +84,15 @@ pub async fn get(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Sandbox>, ApiError> {
     Ok(Json(state.manager.get(&id).await?))
+}
+
+/// `PATCH`: today only `network`, applied live (see `Manager::update`).
+pub async fn update(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(request): ApiJson<UpdateSandboxRequest>,
+) -> Result<Json<Sandbox>, ApiError> {
+    Ok(Json(state.manager.update(&id, request).await?))
 }
 
 pub async fn delete(

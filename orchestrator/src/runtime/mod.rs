@@ -85,6 +85,12 @@ impl SandboxDir {
         self.run_dir().join("agent.sock")
     }
 
+    /// Where the orchestrator's egress proxy listens for this sandbox; the
+    /// agent reaches it as `sbx_api::EGRESS_SOCKET_PATH`.
+    pub fn egress_socket(&self) -> PathBuf {
+        self.run_dir().join("egress.sock")
+    }
+
     /// The agent's own stdout/stderr, kept for post-mortems.
     pub fn agent_log(&self) -> PathBuf {
         self.0.join("agent.log")

@@ -19,17 +19,26 @@
 //!
 //! Every transition is a compare-and-set in the store, so two racing calls
 //! (two deletes, an exec racing a delete) cannot both win.
+//!
+//! The manager also keeps the [`EgressProxy`] in step with the sandboxes: a
+//! sandbox is attached to it (its egress socket listening, its policy
+//! loaded) before its container starts and when an adopted sandbox is
+//! recovered, and detached at teardown. A policy change (`update`) is
+//! written to the store and then to the proxy under one lock, so two racing
+//! changes cannot leave the proxy enforcing a policy the store does not
+//! hold.
 
 mod ready;
 
+use crate::egress::{EgressError, EgressProxy};
 use crate::runtime::{ContainerSpec, Limits, Runtime, RuntimeError, SandboxDir};
 use crate::store::{SandboxRecord, Store, StoreError};
 use chrono::Utc;
 use sbx_api::client::Client;
-use sbx_api::{CreateSandboxRequest, Sandbox, SandboxState};
+use sbx_api::{CreateSandboxRequest, NetworkPolicy, Sandbox, SandboxState, UpdateSandboxRequest};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +57,8 @@ pub enum SandboxError {
     Runtime { id: String, source: RuntimeError },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("sandbox {id}: {source}")]
+    Egress { id: String, source: EgressError },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -92,7 +103,10 @@ impl ManagerConfig {
 pub struct Manager {
     store: Arc<Store>,
     runtime: Arc<dyn Runtime>,
+    egress: Arc<EgressProxy>,
     config: ManagerConfig,
+    /// Serialises policy changes (see the module docs).
+    policy_changes: Mutex<()>,
 }
 
 /// Sandbox ids are 16 lowercase hex digits; anything else cannot name a
@@ -117,6 +131,7 @@ impl Manager {
     pub fn new(
         store: Arc<Store>,
         runtime: Arc<dyn Runtime>,
+        egress: Arc<EgressProxy>,
         config: ManagerConfig,
     ) -> Result<Self, SandboxError> {
         std::fs::create_dir_all(&config.sandboxes_dir).map_err(|source| SandboxError::Io {
@@ -126,7 +141,9 @@ impl Manager {
         Ok(Self {
             store,
             runtime,
+            egress,
             config,
+            policy_changes: Mutex::new(()),
         })
     }
 
@@ -212,6 +229,10 @@ impl Manager {
                 )))
             }
         };
+        let network = match request.network {
+            Some(network) => network.normalized().map_err(SandboxError::InvalidRequest)?,
+            None => NetworkPolicy::default(),
+        };
         let record = SandboxRecord {
             sandbox: Sandbox {
                 id: new_id(),
@@ -222,6 +243,7 @@ impl Manager {
                 cpus: request.cpus.unwrap_or(self.config.default_cpus),
                 disk_mb,
                 labels: request.labels,
+                network,
             },
             env: request.env,
         };
@@ -260,6 +282,15 @@ impl Manager {
         let watch =
             ready::SocketWatch::new(&dir.agent_socket()).map_err(|source| SandboxError::Io {
                 context: format!("cannot watch {}", run_dir.display()),
+                source,
+            })?;
+        // Listening before the agent starts: its relay works from the
+        // first request.
+        let owner = self.runtime.isolation().host_root_uid;
+        self.egress
+            .attach(id, &dir.egress_socket(), &record.sandbox.network, owner)
+            .map_err(|source| SandboxError::Egress {
+                id: id.clone(),
                 source,
             })?;
         let spec = ContainerSpec {
@@ -334,10 +365,51 @@ impl Manager {
         Ok(())
     }
 
+    /// Replaces what `request` names of a running sandbox; today, its
+    /// network policy, which the egress proxy applies to the next
+    /// connection.
+    pub async fn update(
+        &self,
+        id: &str,
+        request: UpdateSandboxRequest,
+    ) -> Result<Sandbox, SandboxError> {
+        request.validate().map_err(SandboxError::InvalidRequest)?;
+        self.record(id)?;
+        if let Some(network) = request.network {
+            let network = network.normalized().map_err(SandboxError::InvalidRequest)?;
+            let _serialised = self
+                .policy_changes
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !self
+                .store
+                .set_network(id, SandboxState::Running, &network)?
+            {
+                return Err(self.not_serving(id).unwrap_or(SandboxError::WrongState {
+                    id: id.to_owned(),
+                    state: SandboxState::Running.as_str(),
+                }));
+            }
+            let attached =
+                self.egress
+                    .set_policy(id, &network)
+                    .map_err(|source| SandboxError::Egress {
+                        id: id.to_owned(),
+                        source,
+                    })?;
+            if !attached {
+                tracing::warn!(%id, "policy stored, but the sandbox has no egress listener");
+            }
+            tracing::info!(%id, egress = ?network.egress, "network policy changed");
+        }
+        self.get(id).await
+    }
+
     /// Removes the container, the sandbox directory and the record.
     async fn teardown(&self, id: &str) -> Result<(), SandboxError> {
         let dir = self.dir(id);
         let started = Instant::now();
+        self.egress.detach(id);
         self.runtime
             .remove(id, &dir)
             .await
@@ -430,6 +502,14 @@ impl Manager {
                         }
                     })?;
                     if alive && self.dir(&id).agent_socket().exists() {
+                        // A sandbox without its proxy still runs; its relay
+                        // answers 503 until it is deleted.
+                        let socket = self.dir(&id).egress_socket();
+                        let owner = self.runtime.isolation().host_root_uid;
+                        let network = &record.sandbox.network;
+                        if let Err(err) = self.egress.attach(&id, &socket, network, owner) {
+                            tracing::error!(%id, error = %err, "cannot restore the egress proxy");
+                        }
                         tracing::info!(%id, "adopted running sandbox");
                     } else {
                         tracing::warn!(%id, "sandbox died while the orchestrator was down");

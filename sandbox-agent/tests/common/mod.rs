@@ -33,6 +33,12 @@ impl TestAgent {
             .arg(&socket)
             .arg("--workdir")
             .arg(dir.path())
+            // Many agents share the host's loopback: each relay takes a free
+            // port, and its proxy socket lives in the agent's own dir.
+            .arg("--egress-listen")
+            .arg("127.0.0.1:0")
+            .arg("--egress-socket")
+            .arg(dir.path().join("egress.sock"))
             .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
