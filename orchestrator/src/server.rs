@@ -18,6 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -85,6 +86,8 @@ pub struct ServeConfig {
     pub agent_binary: Option<PathBuf>,
     /// Largest request body read whole; larger ones get 413.
     pub max_body_bytes: usize,
+    /// How often containers that no record owns are looked for.
+    pub orphan_sweep: Duration,
     /// Also append every audit record to this file, as a JSON line.
     pub audit_log: Option<PathBuf>,
     /// TEST ONLY: names the egress proxy resolves to these addresses
@@ -217,8 +220,10 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         runtime = manager.runtime().name(),
         "sbx serve ready"
     );
+    let manager = Arc::new(manager);
+    let sweeper = tokio::spawn(sweep_orphans(Arc::clone(&manager), config.orphan_sweep));
     let app = http::router(AppState {
-        manager: Arc::new(manager),
+        manager,
         max_body_bytes: config.max_body_bytes,
         tokens,
         audit: audit.clone(),
@@ -227,9 +232,24 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(io_error("http server failed"));
+    sweeper.abort();
     // The records of the last calls may still be queued.
     audit.flush().await;
     served
+}
+
+/// Every `period`, removes containers no record owns (see
+/// [`Manager::sweep_orphans`]). A failed sweep is logged and retried.
+async fn sweep_orphans(manager: Arc<Manager>, period: Duration) {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await; // the first tick is immediate; recovery just ran
+    loop {
+        ticks.tick().await;
+        if let Err(err) = manager.sweep_orphans().await {
+            tracing::warn!(error = %err, "orphan sweep failed");
+        }
+    }
 }
 
 /// Raises the soft open-files limit to the hard one: every sandbox holds

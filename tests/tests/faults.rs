@@ -148,3 +148,59 @@ sbx_tests::on_every_runtime!(
     a_killed_agent_leaves_a_failed_sandbox_not_a_hung_one,
     a_server_killed_during_creates_recovers_cleanly,
 );
+
+/// A labelled container that no record owns appears while the server runs
+/// (as when the engine finishes a create sent by a server that died): the
+/// periodic sweep removes it, and leaves the real sandbox alone. Docker
+/// only: it is the engine that can complete a create on its own; with youki
+/// the create runs inside the server and dies with it.
+#[tokio::test]
+async fn docker_orphans_appearing_while_serving_are_swept() -> Result<()> {
+    let server = Server::start_with(Engine::Docker, &["--orphan-sweep-secs", "1"]).await?;
+    let client = server.client();
+    let id = server.new_sandbox().await?;
+    let instance = std::fs::read_to_string(server.data_dir().join("instance-id"))?;
+    let image = docker(&[
+        "inspect",
+        "--format",
+        "{{.Config.Image}}",
+        &format!("sbx-{id}"),
+    ])?;
+    let orphan = format!("{:016x}", rand::random::<u64>());
+    docker(&[
+        "create",
+        "--network",
+        "none",
+        "--name",
+        &format!("sbx-{orphan}"),
+        "--label",
+        "sbx.managed=true",
+        "--label",
+        &format!("sbx.instance={}", instance.trim()),
+        "--label",
+        &format!("sbx.id={orphan}"),
+        &image,
+        "true",
+    ])?;
+    assert!(sbx_tests::docker_container_id(&orphan).is_some());
+    let swept = sbx_tests::eventually(Duration::from_secs(20), || async {
+        sbx_tests::docker_container_id(&orphan).is_none()
+    })
+    .await;
+    assert!(swept, "the orphan is still there; log: {}", server.log());
+    let alive = client
+        .exec(&id, &ExecRequest::argv(["echo", "alive"]))
+        .await?;
+    assert_eq!(alive.stdout, "alive\n");
+    Ok(())
+}
+
+fn docker(args: &[&str]) -> Result<String> {
+    let output = std::process::Command::new("docker").args(args).output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}

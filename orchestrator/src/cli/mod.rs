@@ -20,6 +20,7 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 const DEFAULT_DATA_DIR: &str = "/var/lib/sbx";
 
@@ -188,6 +189,10 @@ struct ServeArgs {
     /// the sandbox's disk limit instead.
     #[arg(long, env = "SBX_MAX_BODY", default_value = "64M", value_parser = parse_size_mb)]
     max_body: u64,
+    /// Seconds between sweeps for containers no sandbox record owns (an
+    /// engine can finish a create for a server that died meanwhile)
+    #[arg(long, default_value_t = 60)]
+    orphan_sweep_secs: u64,
     /// Also append every audit record to this file as a JSON line
     #[arg(long, env = "SBX_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
@@ -320,6 +325,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 images_dir: args.images_dir,
                 agent_binary: args.agent_bin,
                 max_body_bytes: usize::try_from(args.max_body << 20).unwrap_or(usize::MAX),
+                orphan_sweep: Duration::from_secs(args.orphan_sweep_secs.max(1)),
                 audit_log: args.audit_log,
                 egress_resolve: args.egress_resolve,
             })

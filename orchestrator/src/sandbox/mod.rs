@@ -522,6 +522,36 @@ impl Manager {
         // Containers and directories that no record owns: left by a crash
         // between creating them and recording the sandbox. They are ours
         // (labelled, or under our data dir), so they go.
+        let entries =
+            std::fs::read_dir(&self.config.sandboxes_dir).map_err(|source| SandboxError::Io {
+                context: format!("cannot list {}", self.config.sandboxes_dir.display()),
+                source,
+            })?;
+        let directories = entries
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect();
+        self.remove_orphans(directories).await?;
+        Ok(())
+    }
+}
+
+impl Manager {
+    /// Removes the containers that no record owns, while serving.
+    ///
+    /// A record exists before its container (create inserts first) and
+    /// outlives it (teardown removes the container first), so a container
+    /// without a record is never one of ours in flight. It is one that an
+    /// engine finished creating for a server that died meanwhile: Docker
+    /// can complete a `create` it had already received after the restarted
+    /// server's recovery ran. Only a sweep while serving catches those.
+    pub async fn sweep_orphans(&self) -> Result<(), SandboxError> {
+        self.remove_orphans(Vec::new()).await
+    }
+
+    /// Tears down every id among the runtime's containers and `extra` that
+    /// the store does not know.
+    async fn remove_orphans(&self, extra: Vec<String>) -> Result<(), SandboxError> {
         let mut orphans = self
             .runtime
             .list()
@@ -530,16 +560,7 @@ impl Manager {
                 id: "(all)".into(),
                 source,
             })?;
-        let entries =
-            std::fs::read_dir(&self.config.sandboxes_dir).map_err(|source| SandboxError::Io {
-                context: format!("cannot list {}", self.config.sandboxes_dir.display()),
-                source,
-            })?;
-        orphans.extend(
-            entries
-                .flatten()
-                .map(|entry| entry.file_name().to_string_lossy().into_owned()),
-        );
+        orphans.extend(extra);
         orphans.sort();
         orphans.dedup();
         for id in orphans {
