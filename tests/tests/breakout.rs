@@ -267,9 +267,12 @@ async fn root_inside_is_an_unprivileged_uid_outside(engine: Engine) -> Result<()
 }
 
 /// A disk fill stops at the sandbox's `disk_mb` with a quota error inside;
-/// the neighbour keeps writing, and deleting frees the quota again.
-async fn a_disk_fill_stops_at_the_quota(engine: Engine) -> Result<()> {
-    let server = Server::start(engine).await?;
+/// the neighbour keeps writing, and deleting frees the quota again. On
+/// youki, whose layers sit in the btrfs pool; sbx's Docker engine cannot
+/// enforce `disk_mb` and says so (the next test).
+#[tokio::test]
+async fn youki_stops_a_disk_fill_at_the_quota() -> Result<()> {
+    let server = Server::start(Engine::Youki).await?;
     let client = server.client();
     let isolation = client.info().await?.runtime.isolation;
     assert!(isolation.disk_quota, "{isolation:?}");
@@ -337,32 +340,18 @@ sbx_tests::on_every_runtime!(
     sandboxes_cannot_reach_each_other_or_the_host,
     resource_bombs_stay_inside,
     root_inside_is_an_unprivileged_uid_outside,
-    a_disk_fill_stops_at_the_quota,
 );
 
-/// Where the data dir's filesystem cannot cap a layer (here: the system temp
-/// dir, not the btrfs pool), the server says so and refuses `disk_mb`
-/// rather than pretend. Youki only: Docker's limit depends on its engine,
-/// not on sbx's data dir.
-#[tokio::test]
-async fn youki_refuses_disk_mb_it_cannot_enforce() -> Result<()> {
-    let data_dir = tempfile::Builder::new().prefix("sbx-e2e-").tempdir()?;
-    let on_btrfs = std::process::Command::new("stat")
-        .args(["-f", "-c", "%T"])
-        .arg(data_dir.path())
-        .output()?
-        .stdout
-        .starts_with(b"btrfs");
-    if on_btrfs {
-        bail!("precondition: the system temp dir must not be on btrfs for this test");
-    }
-    let server = Server::start_on(Engine::Youki, data_dir.path()).await?;
+/// `disk_mb` on a server that cannot enforce it: the info says so with a
+/// reason naming `hint`, a request for it is a 400, and a sandbox without
+/// it reports no limit rather than a pretend one.
+async fn assert_disk_mb_refused(server: &Server, hint: &str) -> Result<()> {
     let client = server.client();
     let isolation = client.info().await?.runtime.isolation;
-    assert!(!isolation.disk_quota);
+    assert!(!isolation.disk_quota, "{isolation:?}");
     assert_eq!(isolation.default_disk_mb, None);
     assert!(
-        isolation.notes.iter().any(|note| note.contains("btrfs")),
+        isolation.notes.iter().any(|note| note.contains(hint)),
         "{:?}",
         isolation.notes
     );
@@ -384,6 +373,35 @@ async fn youki_refuses_disk_mb_it_cannot_enforce() -> Result<()> {
         .create_sandbox(&CreateSandboxRequest::default())
         .await?;
     assert_eq!(unlimited.disk_mb, None);
+    Ok(())
+}
+
+/// sbx's Docker engine (overlay2, see scripts/docker-up) has no way to cap
+/// a writable layer on this kernel: it must say so, not pretend.
+#[tokio::test]
+async fn docker_refuses_disk_mb_it_cannot_enforce() -> Result<()> {
+    let server = Server::start(Engine::Docker).await?;
+    assert_disk_mb_refused(&server, "storage driver").await
+}
+
+/// Where the data dir's filesystem cannot cap a layer (here: the system temp
+/// dir, not the btrfs pool), the server says so and refuses `disk_mb`
+/// rather than pretend. Youki only: Docker's limit depends on its engine,
+/// not on sbx's data dir.
+#[tokio::test]
+async fn youki_refuses_disk_mb_it_cannot_enforce() -> Result<()> {
+    let data_dir = tempfile::Builder::new().prefix("sbx-e2e-").tempdir()?;
+    let on_btrfs = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(data_dir.path())
+        .output()?
+        .stdout
+        .starts_with(b"btrfs");
+    if on_btrfs {
+        bail!("precondition: the system temp dir must not be on btrfs for this test");
+    }
+    let server = Server::start_on(Engine::Youki, data_dir.path()).await?;
+    assert_disk_mb_refused(&server, "btrfs").await?;
     drop(server);
     Ok(())
 }

@@ -10,15 +10,15 @@
 //! never reaches its handler, so it is recorded without a summary.
 
 use super::error::ApiError;
-use super::extract::ApiQuery;
+use super::extract::{raw_id_param, ApiQuery};
 use super::AppState;
 use crate::audit::{summarize, AuditEntry};
 use crate::store::AuditFilter;
 use crate::tokens::Principal;
-use axum::extract::{MatchedPath, OriginalUri, RawPathParams, Request, State};
+use axum::extract::{MatchedPath, OriginalUri, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::{Json, RequestExt};
+use axum::Json;
 use chrono::Utc;
 use sbx_api::{
     AuditList, AuditQuery, CreateSandboxRequest, CreateTokenRequest, ExecRequest, MkdirRequest,
@@ -179,16 +179,7 @@ pub async fn record(State(state): State<AppState>, mut request: Request, next: N
         },
     };
     let sandbox = if route.starts_with("/v1/sandboxes/{id}") {
-        request
-            .extract_parts::<RawPathParams>()
-            .await
-            .ok()
-            .and_then(|params| {
-                params
-                    .iter()
-                    .find(|(name, _)| *name == "id")
-                    .map(|(_, value)| cut(value))
-            })
+        raw_id_param(&mut request).await.map(|id| cut(&id))
     } else {
         None
     };

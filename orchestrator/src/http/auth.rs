@@ -12,14 +12,14 @@
 //! decides otherwise.
 
 use super::error::ApiError;
+use super::extract::raw_id_param;
 use super::AppState;
 use crate::tokens::{Principal, TokenError};
-use axum::extract::{MatchedPath, RawPathParams, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::RequestExt;
 use sbx_api::{ErrorCode, Scope};
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -123,16 +123,7 @@ pub async fn authorize(
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_owned())
         .unwrap_or_default();
-    let sandbox = request
-        .extract_parts::<RawPathParams>()
-        .await
-        .ok()
-        .and_then(|params| {
-            params
-                .iter()
-                .find(|(name, _)| *name == "id")
-                .map(|(_, value)| value.to_owned())
-        });
+    let sandbox = raw_id_param(&mut request).await;
     let allowed = check(
         &principal,
         requirement(request.method(), &route),

@@ -4,6 +4,7 @@
 use super::error::ApiError;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::RequestExt;
 use serde::de::DeserializeOwned;
 
 /// A JSON body. Unlike `axum::Json` it does not insist on a
@@ -34,3 +35,15 @@ pub struct ApiPath<T>(pub T);
 #[derive(Debug, FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct ApiQuery<T>(pub T);
+
+/// The `{id}` parameter of the matched route, as sent, for the layers that
+/// run before a handler extracts its own (authorization, audit).
+pub async fn raw_id_param(request: &mut Request) -> Option<String> {
+    request
+        .extract_parts::<axum::extract::RawPathParams>()
+        .await
+        .ok()?
+        .iter()
+        .find(|(name, _)| *name == "id")
+        .map(|(_, value)| value.to_owned())
+}

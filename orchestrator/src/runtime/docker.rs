@@ -15,14 +15,17 @@
 //! socket directory is handed to the remapped root), and `disk_mb` when the
 //! storage driver is btrfs, whose `--storage-opt size=` caps a container's
 //! whole root filesystem (image included; sbx adds the image's size so that
-//! `disk_mb` means the same as with youki). `GET /v1/info` says which.
+//! `disk_mb` means the same as with youki). sbx's own engine runs overlay2,
+//! because the btrfs driver slows every create to seconds (scripts/docker-up
+//! has the figures), so there `disk_mb` is refused. `GET /v1/info` says
+//! which, and why.
 //!
 //! Images: no registry is reachable, so an image's rootfs directory is
 //! imported (`docker import`) as `sbx/<name>:<build-hash>`, once; the tag
 //! names the image build, so a rebuilt image is imported again and a
 //! present one never is.
 
-use super::{spec, ContainerSpec, Isolation, Runtime, RuntimeError, SandboxDir};
+use super::{resolve_image, spec, ContainerSpec, Isolation, Runtime, RuntimeError, SandboxDir};
 use async_trait::async_trait;
 use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
 use bollard::query_parameters::{
@@ -79,12 +82,7 @@ fn container_name(id: &str) -> String {
 /// (what `scripts/build-image` makes); other layouts are named after the
 /// directory as a whole.
 fn image_tag(image_rootfs: &Path) -> Result<String, RuntimeError> {
-    let resolved = image_rootfs
-        .canonicalize()
-        .map_err(RuntimeError::io(format!(
-            "cannot resolve image rootfs {}",
-            image_rootfs.display()
-        )))?;
+    let resolved = resolve_image(image_rootfs)?;
     let build = resolved
         .parent()
         .and_then(Path::file_name)
@@ -371,7 +369,8 @@ fn isolation_of(info: &bollard::models::SystemInfo) -> Isolation {
         } else {
             Err(format!(
                 "the docker storage driver {driver:?} cannot cap a container's writable \
-                 layer; sbx uses btrfs (scripts/docker-up)"
+                 layer on this kernel (no quota support); Docker's btrfs driver can, at \
+                 seconds per create (see scripts/docker-up)"
             ))
         },
     }

@@ -18,7 +18,7 @@
 //! cannot reach each other (separate mount, pid and network namespaces);
 //! disjoint ranges per sandbox would need idmapped mounts instead of a copy.
 
-use super::RuntimeError;
+use super::{resolve_image, RuntimeError};
 use nix::sys::stat::{mknod, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use std::collections::HashMap;
@@ -46,12 +46,7 @@ static SHIFTING: Mutex<()> = Mutex::new(());
 /// `<images>/.idmapped/<build>/rootfs`, where `<build>` names the resolved
 /// image build, so a rebuilt image gets its own copy.
 pub(crate) fn shifted_image(image_rootfs: &Path) -> Result<PathBuf, RuntimeError> {
-    let resolved = image_rootfs
-        .canonicalize()
-        .map_err(RuntimeError::io(format!(
-            "cannot resolve image rootfs {}",
-            image_rootfs.display()
-        )))?;
+    let resolved = resolve_image(image_rootfs)?;
     let build = resolved.parent().ok_or_else(|| RuntimeError::Engine {
         context: "shifting an image".into(),
         message: format!("{} has no parent directory", resolved.display()),

@@ -56,6 +56,18 @@ impl RuntimeError {
     }
 }
 
+/// The image build an image's rootfs path points at now. Pinning the
+/// resolved path means a later rebuild (which repoints the image's symlink)
+/// never changes a running sandbox's lower layer, and names the build.
+pub(crate) fn resolve_image(image_rootfs: &Path) -> Result<PathBuf, RuntimeError> {
+    image_rootfs
+        .canonicalize()
+        .map_err(RuntimeError::io(format!(
+            "cannot resolve image rootfs {}",
+            image_rootfs.display()
+        )))
+}
+
 /// The host-side directory of one sandbox, `<data-dir>/sandboxes/<id>/`.
 /// Owned by the manager; runtimes put their per-sandbox files in it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 //! ([`super::layer`]), which the youki runtime creates first: that is where
 //! the disk limit applies.
 
-use super::{RuntimeError, SandboxDir};
+use super::{resolve_image, RuntimeError, SandboxDir};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -74,12 +74,7 @@ pub(crate) fn mount_rootfs(
 
     // Pin the image build this sandbox starts from: a later rebuild repoints
     // the image's symlink, never this sandbox's lower layer.
-    let lower = image_rootfs
-        .canonicalize()
-        .map_err(RuntimeError::io(format!(
-            "cannot resolve image rootfs {}",
-            image_rootfs.display()
-        )))?;
+    let lower = resolve_image(image_rootfs)?;
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.display(),
