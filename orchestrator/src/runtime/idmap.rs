@@ -44,7 +44,8 @@ static SHIFTING: Mutex<()> = Mutex::new(());
 
 /// The shifted copy of `image_rootfs`, made now if it does not exist yet:
 /// `<images>/.idmapped/<build>/rootfs`, where `<build>` names the resolved
-/// image build, so a rebuilt image gets its own copy.
+/// image build, so a rebuilt image gets its own copy. The path returned is
+/// itself resolved: it pins the build.
 pub(crate) fn shifted_image(image_rootfs: &Path) -> Result<PathBuf, RuntimeError> {
     let resolved = resolve_image(image_rootfs)?;
     let build = resolved.parent().ok_or_else(|| RuntimeError::Engine {

@@ -10,7 +10,7 @@
 //! ([`super::layer`]), which the youki runtime creates first: that is where
 //! the disk limit applies.
 
-use super::{resolve_image, RuntimeError, SandboxDir};
+use super::{RuntimeError, SandboxDir};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -20,7 +20,9 @@ pub(crate) fn rootfs(dir: &SandboxDir) -> PathBuf {
 }
 
 /// Creates the upper and work directories in the (existing) layer and
-/// mounts the overlay at `rootfs/`.
+/// mounts the overlay of `lower` at `rootfs/`. `lower` is a resolved image
+/// build ([`super::resolve_image`]), so that a later rebuild, which
+/// repoints the image's symlink, never changes this sandbox's lower layer.
 ///
 /// Mount points the container needs (`/.sbx/run`, `/.sbx/sandbox-agent`,
 /// `/workspace`) are created in the upper layer first, so the image needs
@@ -29,7 +31,7 @@ pub(crate) fn rootfs(dir: &SandboxDir) -> PathBuf {
 /// creates in the sandbox's root filesystem and the socket directory.
 pub(crate) fn mount_rootfs(
     dir: &SandboxDir,
-    image_rootfs: &Path,
+    lower: &Path,
     root_uid: Option<u32>,
 ) -> Result<(), RuntimeError> {
     let upper = dir.layer().join("upper");
@@ -72,9 +74,6 @@ pub(crate) fn mount_rootfs(
         }
     }
 
-    // Pin the image build this sandbox starts from: a later rebuild repoints
-    // the image's symlink, never this sandbox's lower layer.
-    let lower = resolve_image(image_rootfs)?;
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.display(),
