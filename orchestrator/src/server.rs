@@ -10,7 +10,7 @@ use crate::egress::{EgressProxy, Resolver};
 use crate::http::{self, AppState};
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::youki::YoukiRuntime;
-use crate::runtime::{Runtime, RuntimeError};
+use crate::runtime::{Disks, Runtime, RuntimeError};
 use crate::sandbox::{Manager, ManagerConfig, SandboxError};
 use crate::store::{Store, StoreError};
 use crate::tokens::Tokens;
@@ -184,16 +184,19 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     let manager_config = ManagerConfig::new(&data_dir, images_dir.clone(), agent_binary.clone());
     let audit = AuditLog::start(Arc::clone(&store), config.audit_log.as_deref())?;
     let tokens = Arc::new(Tokens::new(Arc::clone(&store), admin_token));
+    // Templates sit next to the sandbox directories: a disk is a clone of
+    // one, and cloning works only within a filesystem.
+    let disks = Arc::new(Disks::probe(data_dir.join("disk-templates")));
+    if let Err(reason) = disks.usable() {
+        tracing::warn!(%reason, "disk_mb cannot be enforced");
+    }
     let runtime: Arc<dyn Runtime> = match config.runtime.resolve() {
         RuntimeKind::Docker => {
             let instance = load_or_create_instance_id(&data_dir.join("instance-id"))
                 .map_err(io_error("cannot read or create the instance id"))?;
-            Arc::new(DockerRuntime::connect(instance).await?)
+            Arc::new(DockerRuntime::connect(instance, disks).await?)
         }
-        _ => Arc::new(YoukiRuntime::new(
-            data_dir.join("youki"),
-            &manager_config.sandboxes_dir,
-        )?),
+        _ => Arc::new(YoukiRuntime::new(data_dir.join("youki"), disks)?),
     };
     let resolver = Resolver::with_overrides(config.egress_resolve);
     if resolver.has_overrides() {

@@ -171,6 +171,19 @@ macro_rules! on_every_runtime {
     };
 }
 
+/// The files that loop devices are attached to now (a deleted one still
+/// shows, with " (deleted)" after its name).
+pub fn loop_backing_files() -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir("/sys/block")? {
+        let entry = entry?;
+        if let Ok(file) = std::fs::read_to_string(entry.path().join("loop/backing_file")) {
+            files.push(PathBuf::from(file.trim_end_matches('\n')));
+        }
+    }
+    Ok(files)
+}
+
 /// A running `sbx serve`. Dropping it deletes the sandboxes it still holds
 /// (so a failed test leaks no container) and then kills the server.
 #[derive(Debug)]
@@ -223,6 +236,24 @@ impl Server {
 
     /// Starts a server on an existing data dir with extra `sbx serve` flags.
     pub async fn start_on_with(engine: Engine, data_dir: &Path, args: &[&str]) -> Result<Self> {
+        Self::launch(engine, data_dir, args, &[]).await
+    }
+
+    /// Starts a server on a new temp data dir with extra environment
+    /// variables (to take a tool away from it, say).
+    pub async fn start_with_env(engine: Engine, env: &[(&str, &Path)]) -> Result<Self> {
+        let temp = temp_data_dir()?;
+        let mut server = Self::launch(engine, temp.path(), &[], env).await?;
+        server._temp = Some(temp);
+        Ok(server)
+    }
+
+    async fn launch(
+        engine: Engine,
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Result<Self> {
         let port = free_loopback_port()?;
         let url = format!("http://127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new()
@@ -243,6 +274,7 @@ impl Server {
             .arg(required_env_path("SBX_AGENT_BIN"))
             .args(args)
             .env("SBX_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -266,13 +266,15 @@ async fn root_inside_is_an_unprivileged_uid_outside(engine: Engine) -> Result<()
     Ok(())
 }
 
-/// A disk fill stops at the sandbox's `disk_mb` with a quota error inside;
-/// the neighbour keeps writing, and deleting frees the quota again. On
-/// youki, whose layers sit in the btrfs pool; sbx's Docker engine cannot
-/// enforce `disk_mb` and says so (the next test).
-#[tokio::test]
-async fn youki_stops_a_disk_fill_at_the_quota() -> Result<()> {
-    let server = Server::start(Engine::Youki).await?;
+/// A disk fill stops at the sandbox's `disk_mb` with ENOSPC inside, and
+/// `df` inside shows the disk's size; the neighbour keeps writing, and
+/// deleting files frees the space again.
+async fn a_disk_fill_stops_at_disk_mb(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
+    assert_disk_fill_stops_at_disk_mb(&server).await
+}
+
+async fn assert_disk_fill_stops_at_disk_mb(server: &Server) -> Result<()> {
     let client = server.client();
     let isolation = client.info().await?.runtime.isolation;
     assert!(isolation.disk_quota, "{isolation:?}");
@@ -289,6 +291,18 @@ async fn youki_stops_a_disk_fill_at_the_quota() -> Result<()> {
     assert_eq!(neighbour.disk_mb, isolation.default_disk_mb);
     let sandbox = client.sandbox(&small.id);
 
+    let df = |path: &str| format!("df -k --output=size {path} | tail -n 1");
+    for path in ["/", "/workspace"] {
+        let size_kib: u64 = exec(&sandbox, ExecRequest::shell(df(path)))
+            .await?
+            .stdout
+            .trim()
+            .parse()?;
+        assert!(
+            (56 << 10..=64 << 10).contains(&size_kib),
+            "df {path} inside a 64 MiB sandbox: {size_kib} KiB"
+        );
+    }
     let fill = exec(
         &sandbox,
         ExecRequest::shell("dd if=/dev/zero of=/workspace/fill bs=1M count=128 conv=fsync"),
@@ -296,7 +310,7 @@ async fn youki_stops_a_disk_fill_at_the_quota() -> Result<()> {
     .await?;
     refused("writing 128 MiB into 64 MiB", &fill)?;
     assert!(
-        fill.stderr.contains("Disk quota exceeded"),
+        fill.stderr.contains("No space left on device"),
         "{}",
         fill.stderr
     );
@@ -322,16 +336,31 @@ async fn youki_stops_a_disk_fill_at_the_quota() -> Result<()> {
         elsewhere.stdout
     );
 
-    // Freed space counts once the filesystem commits; `sync` makes it so.
     let again = exec(
         &sandbox,
         ExecRequest::shell(
-            "rm /workspace/fill && sync && \
-             dd if=/dev/zero of=/workspace/again bs=1M count=16 conv=fsync 2>&1 && echo wrote",
+            "rm /workspace/fill && dd if=/dev/zero of=/workspace/again bs=1M count=16 \
+             conv=fsync 2>&1 && echo wrote",
         ),
     )
     .await?;
     assert!(again.stdout.ends_with("wrote\n"), "{}", again.stdout);
+    Ok(())
+}
+
+/// Off the btrfs pool (here: the system temp dir) disk templates cannot be
+/// cloned, so each disk is formatted: limits hold all the same.
+#[tokio::test]
+async fn youki_formats_disks_where_it_cannot_clone_them() -> Result<()> {
+    let data_dir = tempfile::Builder::new().prefix("sbx-e2e-").tempdir()?;
+    let server = Server::start_on(Engine::Youki, data_dir.path()).await?;
+    assert_disk_fill_stops_at_disk_mb(&server).await?;
+    assert!(
+        server.log().contains("formatting each disk"),
+        "precondition: the system temp dir must not clone files; log: {}",
+        server.log()
+    );
+    drop(server);
     Ok(())
 }
 
@@ -340,6 +369,7 @@ sbx_tests::on_every_runtime!(
     sandboxes_cannot_reach_each_other_or_the_host,
     resource_bombs_stay_inside,
     root_inside_is_an_unprivileged_uid_outside,
+    a_disk_fill_stops_at_disk_mb,
 );
 
 /// `disk_mb` on a server that cannot enforce it: the info says so with a
@@ -376,32 +406,12 @@ async fn assert_disk_mb_refused(server: &Server, hint: &str) -> Result<()> {
     Ok(())
 }
 
-/// sbx's Docker engine (overlay2, see scripts/docker-up) has no way to cap
-/// a writable layer on this kernel: it must say so, not pretend.
+/// Without `mkfs.ext4` (a PATH without it) there are no disks: the server
+/// says so and refuses `disk_mb` rather than pretend. Youki only: the
+/// Docker runtime needs `tar` from PATH to import images.
 #[tokio::test]
-async fn docker_refuses_disk_mb_it_cannot_enforce() -> Result<()> {
-    let server = Server::start(Engine::Docker).await?;
-    assert_disk_mb_refused(&server, "storage driver").await
-}
-
-/// Where the data dir's filesystem cannot cap a layer (here: the system temp
-/// dir, not the btrfs pool), the server says so and refuses `disk_mb`
-/// rather than pretend. Youki only: Docker's limit depends on its engine,
-/// not on sbx's data dir.
-#[tokio::test]
-async fn youki_refuses_disk_mb_it_cannot_enforce() -> Result<()> {
-    let data_dir = tempfile::Builder::new().prefix("sbx-e2e-").tempdir()?;
-    let on_btrfs = std::process::Command::new("stat")
-        .args(["-f", "-c", "%T"])
-        .arg(data_dir.path())
-        .output()?
-        .stdout
-        .starts_with(b"btrfs");
-    if on_btrfs {
-        bail!("precondition: the system temp dir must not be on btrfs for this test");
-    }
-    let server = Server::start_on(Engine::Youki, data_dir.path()).await?;
-    assert_disk_mb_refused(&server, "btrfs").await?;
-    drop(server);
-    Ok(())
+async fn disk_mb_is_refused_where_disks_cannot_be_made() -> Result<()> {
+    let empty = tempfile::tempdir()?;
+    let server = Server::start_with_env(Engine::Youki, &[("PATH", empty.path())]).await?;
+    assert_disk_mb_refused(&server, "mkfs.ext4").await
 }

@@ -12,20 +12,25 @@
 //!
 //! Isolation is the engine's to give, so it is read from the engine, not
 //! assumed: user namespaces when dockerd runs with `--userns-remap` (then the
-//! socket directory is handed to the remapped root), and `disk_mb` when the
-//! storage driver is btrfs, whose `--storage-opt size=` caps a container's
-//! whole root filesystem (image included; sbx adds the image's size so that
-//! `disk_mb` means the same as with youki). sbx's own engine runs overlay2,
-//! because the btrfs driver slows every create to seconds (scripts/docker-up
-//! has the figures), so there `disk_mb` is refused. `GET /v1/info` says
-//! which, and why.
+//! socket directory is handed to the remapped root). Disk limits are sbx's
+//! own: overlay2's `--storage-opt size=` needs XFS project quotas, which need
+//! kernel quota support that VM kernels often lack, so instead the sandbox's
+//! disk ([`super::disk`]) is mounted over the container's layer directory
+//! (the parent of its overlay upper and work dirs) between create and start.
+//! The container then writes into the disk exactly as a youki sandbox does;
+//! removing the container unmounts it (Docker unmounts whatever is mounted
+//! under a layer it deletes), and autoclear frees the loop device. That takes
+//! an engine on this host with the overlay2 driver; on any other, `disk_mb`
+//! is refused and `GET /v1/info` says why.
 //!
 //! Images: no registry is reachable, so an image's rootfs directory is
 //! imported (`docker import`) as `sbx/<name>:<build-hash>`, once; the tag
 //! names the image build, so a rebuilt image is imported again and a
 //! present one never is.
 
-use super::{resolve_image, spec, ContainerSpec, Isolation, Runtime, RuntimeError, SandboxDir};
+use super::{
+    resolve_image, spec, ContainerSpec, Disks, Isolation, Runtime, RuntimeError, SandboxDir,
+};
 use async_trait::async_trait;
 use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
 use bollard::query_parameters::{
@@ -35,7 +40,8 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tokio::sync::Mutex;
 
 const LABEL_ID: &str = "sbx.id";
@@ -54,6 +60,7 @@ pub struct DockerRuntime {
     /// container.
     instance: String,
     isolation: Isolation,
+    disks: Arc<Disks>,
 }
 
 fn docker_error(context: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> RuntimeError {
@@ -110,8 +117,9 @@ fn image_tag(image_rootfs: &Path) -> Result<String, RuntimeError> {
 impl DockerRuntime {
     /// Connects over `DOCKER_HOST` or `/var/run/docker.sock` and checks the
     /// engine answers. `instance` is stamped on every container it creates
-    /// and is the only set of containers it lists.
-    pub async fn connect(instance: String) -> Result<Self, RuntimeError> {
+    /// and is the only set of containers it lists. `disks` makes the
+    /// sandboxes' disks, where they work with this engine.
+    pub async fn connect(instance: String, disks: Arc<Disks>) -> Result<Self, RuntimeError> {
         let docker = Docker::connect_with_local_defaults()
             .map_err(docker_error("cannot connect to the docker engine"))?
             .negotiate_version()
@@ -127,22 +135,22 @@ impl DockerRuntime {
             .info()
             .await
             .map_err(docker_error("the docker engine does not answer"))?;
-        let isolation = isolation_of(&info);
+        let isolation = isolation_of(&info, disks.usable());
         Ok(Self {
             docker,
             imports: Mutex::new(()),
             version,
             instance,
             isolation,
+            disks,
         })
     }
 
-    /// Imports the rootfs as `tag` unless the engine already has it, and
-    /// returns the image's size in bytes.
-    async fn ensure_image(&self, tag: &str, rootfs: &Path) -> Result<u64, RuntimeError> {
+    /// Imports the rootfs as `tag` unless the engine already has it.
+    async fn ensure_image(&self, tag: &str, rootfs: &Path) -> Result<(), RuntimeError> {
         let _import = self.imports.lock().await;
-        if let Ok(image) = self.docker.inspect_image(tag).await {
-            return Ok(image.size.map_or(0, |size| size.max(0) as u64));
+        if self.docker.inspect_image(tag).await.is_ok() {
+            return Ok(());
         }
         tracing::info!(%tag, rootfs = %rootfs.display(), "importing image into docker");
         let (repo, version) = tag.split_once(':').unwrap_or((tag, "latest"));
@@ -181,20 +189,38 @@ impl DockerRuntime {
                 message: format!("tar exited with {status}"),
             });
         }
-        let image = self
-            .docker
-            .inspect_image(tag)
-            .await
-            .map_err(docker_error(format!("cannot inspect {tag}")))?;
-        Ok(image.size.map_or(0, |size| size.max(0) as u64))
+        Ok(())
     }
 
-    fn container_body(
-        &self,
-        container: &ContainerSpec,
-        image: String,
-        image_bytes: u64,
-    ) -> ContainerCreateBody {
+    /// The directory holding a created container's overlay upper and work
+    /// dirs: where its disk goes.
+    async fn layer_dir(&self, name: &str) -> Result<PathBuf, RuntimeError> {
+        let inspect = self
+            .docker
+            .inspect_container(name, None)
+            .await
+            .map_err(docker_error(format!("cannot inspect container {name}")))?;
+        let driver = inspect.graph_driver.unwrap_or_default();
+        let parent = |key: &str| {
+            driver
+                .data
+                .get(key)
+                .and_then(|dir| Path::new(dir).parent())
+                .map(Path::to_path_buf)
+        };
+        match (parent("UpperDir"), parent("WorkDir")) {
+            (Some(upper), Some(work)) if upper == work && driver.name == "overlay2" => Ok(upper),
+            _ => Err(RuntimeError::Engine {
+                context: format!("cannot give container {name} a disk"),
+                message: format!(
+                    "its storage ({:?}: {:?}) has no overlay2 layer directory",
+                    driver.name, driver.data
+                ),
+            }),
+        }
+    }
+
+    fn container_body(&self, container: &ContainerSpec, image: String) -> ContainerCreateBody {
         let limits = container.limits;
         let memory = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
         let open_files = i64::try_from(spec::open_files_limit()).unwrap_or(1024);
@@ -222,9 +248,6 @@ impl DockerRuntime {
                 hard: Some(open_files),
             }]),
             init: Some(false),
-            storage_opt: container.limits.disk_bytes.map(|bytes| {
-                HashMap::from([("size".to_owned(), (bytes + image_bytes).to_string())])
-            }),
             ..HostConfig::default()
         };
         ContainerCreateBody {
@@ -262,7 +285,7 @@ impl Runtime for DockerRuntime {
 
     async fn start(&self, container: &ContainerSpec) -> Result<(), RuntimeError> {
         let tag = image_tag(&container.image_rootfs)?;
-        let image_bytes = self.ensure_image(&tag, &container.image_rootfs).await?;
+        self.ensure_image(&tag, &container.image_rootfs).await?;
         if let Some(uid) = self.isolation.host_root_uid {
             // The agent, root of the remapped range, makes its socket here.
             let run_dir = container.dir.run_dir();
@@ -272,11 +295,22 @@ impl Runtime for DockerRuntime {
         }
         let name = container_name(&container.id);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let body = self.container_body(container, tag, image_bytes);
+        let body = self.container_body(container, tag);
         self.docker
             .create_container(Some(options), body)
             .await
             .map_err(docker_error(format!("cannot create container {name}")))?;
+        if let Some(bytes) = container.limits.disk_bytes {
+            let layer = self.layer_dir(&name).await?;
+            let disks = Arc::clone(&self.disks);
+            let image = container.dir.disk_image();
+            tokio::task::spawn_blocking(move || disks.mount_new(&image, bytes, &layer))
+                .await
+                .map_err(|err| RuntimeError::Engine {
+                    context: format!("giving container {name} a disk"),
+                    message: err.to_string(),
+                })??;
+        }
         self.docker
             .start_container(&name, None)
             .await
@@ -342,21 +376,34 @@ impl Runtime for DockerRuntime {
     }
 }
 
-/// What the engine enforces, from `docker info`.
-fn isolation_of(info: &bollard::models::SystemInfo) -> Isolation {
+/// What the engine enforces, from `docker info`; `disks` is whether sbx's
+/// disks work on this host.
+fn isolation_of(info: &bollard::models::SystemInfo, disks: Result<(), String>) -> Isolation {
     let userns = info
         .security_options
         .iter()
         .flatten()
         .any(|option| option.split(',').any(|part| part == "name=userns"));
     // With --userns-remap the data root is `<root>/<uid>.<gid>`.
-    let host_root_uid = info
-        .docker_root_dir
-        .as_deref()
-        .and_then(|dir| Path::new(dir).file_name()?.to_str())
+    let root_dir = info.docker_root_dir.as_deref().map(Path::new);
+    let host_root_uid = root_dir
+        .and_then(|dir| dir.file_name()?.to_str())
         .and_then(|name| name.split_once('.')?.0.parse::<u32>().ok())
         .filter(|_| userns);
     let driver = info.driver.clone().unwrap_or_default();
+    let disk_quota = if driver != "overlay2" {
+        Err(format!(
+            "sbx caps a Docker sandbox's disk by mounting it over the container's overlay2 \
+             layer; this engine's storage driver is {driver:?}"
+        ))
+    } else if !root_dir.is_some_and(Path::is_dir) {
+        Err(format!(
+            "the docker engine's data root {root_dir:?} is not on this host, so sbx cannot \
+             mount disks over its layers"
+        ))
+    } else {
+        disks
+    };
     Isolation {
         host_root_uid,
         user_namespace_note: host_root_uid.is_none().then(|| {
@@ -364,15 +411,7 @@ fn isolation_of(info: &bollard::models::SystemInfo) -> Isolation {
              the host (scripts/docker-up starts an engine with it)"
                 .to_owned()
         }),
-        disk_quota: if driver == "btrfs" {
-            Ok(())
-        } else {
-            Err(format!(
-                "the docker storage driver {driver:?} cannot cap a container's writable \
-                 layer on this kernel (no quota support); Docker's btrfs driver can, at \
-                 seconds per create (see scripts/docker-up)"
-            ))
-        },
+        disk_quota,
     }
 }
 
@@ -382,30 +421,48 @@ mod tests {
 
     #[test]
     fn reads_isolation_from_docker_info() {
+        let here = tempfile::tempdir().expect("tempdir");
+        let root = here.path().join("100000.100000");
+        std::fs::create_dir(&root).expect("mkdir");
         let remapped = bollard::models::SystemInfo {
             security_options: Some(vec![
                 "name=seccomp,profile=default".into(),
                 "name=userns".into(),
             ]),
-            docker_root_dir: Some("/var/lib/sbx/docker/100000.100000".into()),
-            driver: Some("btrfs".into()),
-            ..Default::default()
-        };
-        let isolation = isolation_of(&remapped);
-        assert_eq!(isolation.host_root_uid, Some(100_000));
-        assert_eq!(isolation.user_namespace_note, None);
-        assert!(isolation.disk_quota.is_ok());
-
-        let plain = bollard::models::SystemInfo {
-            security_options: Some(vec!["name=seccomp,profile=default".into()]),
-            docker_root_dir: Some("/var/lib/docker".into()),
+            docker_root_dir: Some(root.to_string_lossy().into_owned()),
             driver: Some("overlay2".into()),
             ..Default::default()
         };
-        let isolation = isolation_of(&plain);
+        let isolation = isolation_of(&remapped, Ok(()));
+        assert_eq!(isolation.host_root_uid, Some(100_000));
+        assert_eq!(isolation.user_namespace_note, None);
+        assert_eq!(isolation.disk_quota, Ok(()));
+        let no_loop = isolation_of(&remapped, Err("no loop devices".into()));
+        assert_eq!(no_loop.disk_quota, Err("no loop devices".into()));
+
+        let plain = bollard::models::SystemInfo {
+            security_options: Some(vec!["name=seccomp,profile=default".into()]),
+            docker_root_dir: Some("/var/lib/docker-on-another-host".into()),
+            driver: Some("overlay2".into()),
+            ..Default::default()
+        };
+        let isolation = isolation_of(&plain, Ok(()));
         assert_eq!(isolation.host_root_uid, None);
         assert!(isolation.user_namespace_note.is_some());
-        assert!(isolation.disk_quota.is_err());
+        assert!(isolation
+            .disk_quota
+            .expect_err("refused")
+            .contains("not on this host"));
+
+        let btrfs = bollard::models::SystemInfo {
+            driver: Some("btrfs".into()),
+            ..remapped
+        };
+        let isolation = isolation_of(&btrfs, Ok(()));
+        assert!(isolation
+            .disk_quota
+            .expect_err("refused")
+            .contains("\"btrfs\""));
     }
 
     #[test]

@@ -16,14 +16,16 @@
 pub mod docker;
 pub mod youki;
 
+mod disk;
 pub mod helper;
 mod idmap;
-mod layer;
 mod loopback;
 mod overlay;
 mod process;
 mod seccomp;
 mod spec;
+
+pub use disk::Disks;
 
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -88,9 +90,14 @@ impl SandboxDir {
     }
 
     /// The writable layer (overlay upper and work dirs), the part of a
-    /// sandbox that `disk_mb` caps.
+    /// sandbox that `disk_mb` caps: youki mounts the sandbox's disk here.
     pub fn layer(&self) -> PathBuf {
         self.0.join("layer")
+    }
+
+    /// The sandbox's disk image ([`Disks`]), on both runtimes.
+    pub fn disk_image(&self) -> PathBuf {
+        self.0.join("disk.img")
     }
 
     pub fn agent_socket(&self) -> PathBuf {

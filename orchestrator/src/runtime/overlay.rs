@@ -6,12 +6,12 @@
 //! host's mount namespace so it survives an orchestrator restart together
 //! with the container; delete unmounts it.
 //!
-//! The upper and work directories sit in the sandbox's layer
-//! ([`super::layer`]), which the youki runtime creates first: that is where
-//! the disk limit applies.
+//! The upper and work directories sit in the sandbox's layer directory,
+//! which the youki runtime creates first and, with `disk_mb`, mounts the
+//! sandbox's disk on ([`super::disk`]): that is where the limit applies.
 
 use super::{RuntimeError, SandboxDir};
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{mount, MsFlags};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -95,13 +95,5 @@ pub(crate) fn mount_rootfs(
 
 /// Unmounts `rootfs/` if it is mounted.
 pub(crate) fn unmount_rootfs(dir: &SandboxDir) -> Result<(), RuntimeError> {
-    let target = rootfs(dir);
-    match umount2(&target, MntFlags::MNT_DETACH) {
-        // EINVAL: not a mount point (never mounted, or already unmounted).
-        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
-        Err(errno) => Err(RuntimeError::Io {
-            context: format!("cannot unmount {}", target.display()),
-            source: errno.into(),
-        }),
-    }
+    super::disk::unmount(&rootfs(dir))
 }

@@ -8,15 +8,14 @@
 //! finds every container again: they keep running while we are gone.
 //!
 //! Every sandbox gets a user namespace ([`super::idmap`]) and a writable
-//! layer of its own ([`super::layer`]), capped at `disk_mb` where the data
-//! dir's filesystem can do it.
+//! layer of its own: with `disk_mb`, a disk of that size ([`super::disk`])
+//! mounted at `<sandbox dir>/layer`, under the overlay's upper and work dirs.
 
 use super::helper::{Helper, Request};
-use super::layer::LayerStore;
 use super::spec::IdMap;
 use super::{
-    idmap, loopback, overlay, process, spec, ContainerSpec, Isolation, Runtime, RuntimeError,
-    SandboxDir,
+    disk, idmap, loopback, overlay, process, spec, ContainerSpec, Disks, Isolation, Runtime,
+    RuntimeError, SandboxDir,
 };
 use async_trait::async_trait;
 use libcontainer::container::builder::ContainerBuilder;
@@ -25,6 +24,7 @@ use libcontainer::error::LibcontainerError;
 use libcontainer::syscall::syscall::SyscallType;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The libcontainer release this runtime embeds (see Cargo.toml).
@@ -39,7 +39,7 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 pub struct YoukiRuntime {
     state_root: PathBuf,
     helper: Helper,
-    layers: LayerStore,
+    disks: Arc<Disks>,
 }
 
 /// The user namespace of every youki sandbox.
@@ -51,21 +51,16 @@ const ID_MAP: IdMap = IdMap {
 impl YoukiRuntime {
     /// `state_root` holds libcontainer's per-container state; it must be an
     /// absolute path because libcontainer changes the process's cwd.
-    /// `sandboxes_dir` is where the sandbox directories (and so their
-    /// writable layers) are: its filesystem decides whether disk limits hold.
-    pub fn new(state_root: PathBuf, sandboxes_dir: &Path) -> Result<Self, RuntimeError> {
-        for dir in [&state_root, sandboxes_dir] {
-            std::fs::create_dir_all(dir)
-                .map_err(RuntimeError::io(format!("cannot create {}", dir.display())))?;
-        }
-        let layers = LayerStore::probe(sandboxes_dir);
-        if let Err(reason) = layers.quota() {
-            tracing::warn!(%reason, "disk_mb cannot be enforced");
-        }
+    /// `disks` makes the sandboxes' disks, where they work here.
+    pub fn new(state_root: PathBuf, disks: Arc<Disks>) -> Result<Self, RuntimeError> {
+        std::fs::create_dir_all(&state_root).map_err(RuntimeError::io(format!(
+            "cannot create {}",
+            state_root.display()
+        )))?;
         Ok(Self {
             state_root,
             helper: Helper::spawn()?,
-            layers,
+            disks,
         })
     }
 
@@ -190,7 +185,7 @@ impl Runtime for YoukiRuntime {
     fn isolation(&self) -> Isolation {
         Isolation {
             host_root_uid: Some(idmap::to_host(0)),
-            disk_quota: self.layers.quota(),
+            disk_quota: self.disks.usable(),
             user_namespace_note: None,
         }
     }
@@ -200,11 +195,18 @@ impl Runtime for YoukiRuntime {
         let dir = container.dir.clone();
         let image_rootfs = container.image_rootfs.clone();
         let id = container.id.clone();
-        let layers = self.layers.clone();
+        let disks = Arc::clone(&self.disks);
         let disk_bytes = container.limits.disk_bytes;
         tokio::task::spawn_blocking(move || {
             let lower = idmap::shifted_image(&image_rootfs)?;
-            layers.create(&dir.layer(), disk_bytes)?;
+            let layer = dir.layer();
+            std::fs::create_dir_all(&layer).map_err(RuntimeError::io(format!(
+                "cannot create {}",
+                layer.display()
+            )))?;
+            if let Some(bytes) = disk_bytes {
+                disks.mount_new(&dir.disk_image(), bytes, &layer)?;
+            }
             overlay::mount_rootfs(&dir, &lower, Some(idmap::to_host(0)))?;
             let config = dir.path().join("config.json");
             oci.save(&config).map_err(|err| RuntimeError::Spec {
@@ -244,7 +246,7 @@ impl Runtime for YoukiRuntime {
         }
         let deleted = started.elapsed() - stopped;
         overlay::unmount_rootfs(dir)?;
-        self.layers.destroy(&dir.layer())?;
+        disk::unmount(&dir.layer())?;
         tracing::debug!(
             %id,
             stop_us = stopped.as_micros() as u64,
