@@ -200,10 +200,23 @@ async fn delete_leaves_nothing_behind(engine: Engine) -> Result<()> {
         processes_in_cgroup(&marker).len() >= 2,
         "the agent and the background sleep run in the sandbox"
     );
+    let disk = dir.join("disk.img");
+    assert!(
+        sbx_tests::loop_backing_files()?.contains(&disk),
+        "the sandbox's disk is attached"
+    );
     if engine == Engine::Youki {
         // Docker keeps its overlays under its own layer ids.
-        let mounts = std::fs::read_to_string("/proc/mounts")?;
-        assert!(mounts.contains(&id), "the overlay is mounted");
+        let agent = sbx_tests::agent_pid(engine, &id).context("the agent runs")?;
+        let inside = std::fs::read_to_string(format!("/proc/{agent}/mounts"))?;
+        assert!(
+            inside
+                .lines()
+                .any(|line| line.starts_with("overlay / overlay")),
+            "the sandbox's root is its overlay: {inside}"
+        );
+        let host = std::fs::read_to_string("/proc/mounts")?;
+        assert!(!host.contains(&id), "the host's mount table has none of it");
     }
 
     client.delete_sandbox(&id).await?;
@@ -225,6 +238,14 @@ async fn delete_leaves_nothing_behind(engine: Engine) -> Result<()> {
     }
     let mounts = std::fs::read_to_string("/proc/mounts")?;
     assert!(!mounts.contains(&id), "no mount left");
+    // The disk goes with the last mount of it, which the kernel drops
+    // lazily.
+    let detached = sbx_tests::eventually(Duration::from_secs(10), || async {
+        sbx_tests::loop_backing_files()
+            .is_ok_and(|files| !files.iter().any(|file| file.starts_with(&dir)))
+    })
+    .await;
+    assert!(detached, "the sandbox's loop device is gone");
     let err = client.get_sandbox(&id).await.expect_err("deleted");
     assert_eq!(api_code(&err), Some(ErrorCode::NotFound));
     let err = client

@@ -41,6 +41,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 const MOUNT_OPTIONS: &str = "noinit_itable,discard";
 /// The size of the disk the start-up probe makes (and keeps as a template).
 const PROBE_BYTES: u64 = 64 << 20;
+/// How many templates (so distinct disk sizes) are kept formatted.
+const TEMPLATES_KEPT: usize = 8;
 /// What a mount point may hold to be carried over onto its disk (see
 /// [`Carried`]); anything bigger is not what a fresh layer holds.
 const CARRIED_MAX: u64 = 1 << 20;
@@ -126,54 +128,30 @@ impl Disks {
     }
 
     /// Makes `image` a new, empty disk of `bytes` and mounts it over
-    /// `mountpoint`. What the mount point holds (a small tree, as Docker
-    /// leaves in a layer directory) is carried over with its owners and
-    /// modes, and the disk's root takes the mount point's owner and mode, so
-    /// the mount changes nothing but where the bytes go and how many fit.
+    /// `mountpoint` ([`mount_image`]).
     pub(crate) fn mount_new(
         &self,
         image: &Path,
         bytes: u64,
         mountpoint: &Path,
     ) -> Result<(), RuntimeError> {
-        let carried = Carried::read(mountpoint)?;
         self.create_image(image, bytes)?;
-        let (device, path) = attach(image)?;
-        mount(
-            Some(&path),
-            mountpoint,
-            Some("ext4"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(MOUNT_OPTIONS),
-        )
-        .map_err(|errno| RuntimeError::Io {
-            context: format!(
-                "cannot mount {} ({}) at {}",
-                path.display(),
-                image.display(),
-                mountpoint.display()
-            ),
-            source: errno.into(),
-        })?;
-        // The mount holds the device now; closing ours lets autoclear
-        // detach it when the mount goes.
-        drop(device);
-        carried.write(mountpoint).inspect_err(|_| {
-            let _ = unmount(mountpoint);
-        })
+        mount_image(image, mountpoint)
     }
 
     /// A new disk image at `image`: a clone of the size's template, or
     /// formatted in place where cloning does not work.
-    fn create_image(&self, image: &Path, bytes: u64) -> Result<(), RuntimeError> {
+    pub(crate) fn create_image(&self, image: &Path, bytes: u64) -> Result<(), RuntimeError> {
         if self.clones.load(Ordering::Relaxed) {
             let template = self.template(bytes)?;
             match clone_file(&template, image) {
                 Ok(()) => return Ok(()),
-                Err(err) => {
+                Err(err) if cannot_clone_here(&err) => {
                     tracing::info!(%err, "cannot clone disk templates here; formatting each disk");
                     self.clones.store(false, Ordering::Relaxed);
                 }
+                // Say, the template was evicted meanwhile: format this one.
+                Err(err) => tracing::debug!(%err, "formatting a disk instead of cloning it"),
             }
         }
         format(image, bytes)
@@ -202,8 +180,67 @@ impl Disks {
             staging.display(),
             template.display()
         )))?;
+        self.evict_templates(&template);
         Ok(template)
     }
+
+    /// Keeps the [`TEMPLATES_KEPT`] newest templates: each distinct
+    /// `disk_mb` makes one, and clients choose `disk_mb`.
+    fn evict_templates(&self, keep: &Path) {
+        let Ok(listing) = fs::read_dir(&self.templates) else {
+            return;
+        };
+        let mut templates: Vec<(std::time::SystemTime, PathBuf)> = listing
+            .flatten()
+            .filter(|entry| entry.file_name().to_string_lossy().starts_with("ext4-"))
+            .filter_map(|entry| Some((entry.metadata().ok()?.modified().ok()?, entry.path())))
+            .filter(|(_, path)| path != keep)
+            .collect();
+        templates.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
+        for (_, old) in templates.iter().skip(TEMPLATES_KEPT - 1) {
+            let _ = fs::remove_file(old);
+        }
+    }
+}
+
+/// Whether a failed clone means the filesystem cannot clone at all.
+fn cannot_clone_here(err: &std::io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EOPNOTSUPP | libc::EXDEV | libc::EINVAL | libc::ENOTTY | libc::ENOSYS)
+    )
+}
+
+/// Mounts the disk `image` over `mountpoint`. What the mount point holds
+/// (a small tree, as Docker leaves in a layer directory) is carried over
+/// with its owners and modes, and the disk's root takes the mount point's
+/// owner and mode, so the mount changes nothing but where the bytes go and
+/// how many fit.
+pub(crate) fn mount_image(image: &Path, mountpoint: &Path) -> Result<(), RuntimeError> {
+    let carried = Carried::read(mountpoint)?;
+    let (device, path) = attach(image)?;
+    mount(
+        Some(&path),
+        mountpoint,
+        Some("ext4"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(MOUNT_OPTIONS),
+    )
+    .map_err(|errno| RuntimeError::Io {
+        context: format!(
+            "cannot mount {} ({}) at {}",
+            path.display(),
+            image.display(),
+            mountpoint.display()
+        ),
+        source: errno.into(),
+    })?;
+    // The mount holds the device now; closing ours lets autoclear detach
+    // it when the mount goes.
+    drop(device);
+    carried.write(mountpoint).inspect_err(|_| {
+        let _ = unmount(mountpoint);
+    })
 }
 
 /// Unmounts a disk (or whatever is mounted at `mountpoint`), lazily: the
@@ -252,23 +289,18 @@ fn format(path: &Path, bytes: u64) -> Result<(), RuntimeError> {
 }
 
 /// Makes `to` share `from`'s blocks (a reflink).
-fn clone_file(from: &Path, to: &Path) -> Result<(), RuntimeError> {
-    let source =
-        File::open(from).map_err(RuntimeError::io(format!("cannot open {}", from.display())))?;
+fn clone_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    let source = File::open(from)?;
     let target = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .open(to)
-        .map_err(RuntimeError::io(format!("cannot create {}", to.display())))?;
+        .open(to)?;
     // SAFETY: both are open file descriptors; FICLONE reads only the int.
     let cloned = unsafe { ficlone(target.as_raw_fd(), source.as_raw_fd() as _) };
     cloned.map(drop).map_err(|errno| {
         let _ = fs::remove_file(to);
-        RuntimeError::Io {
-            context: format!("cannot clone {} to {}", from.display(), to.display()),
-            source: errno.into(),
-        }
+        errno.into()
     })
 }
 
@@ -492,6 +524,29 @@ mod tests {
         assert!(layer.join("link").exists(), "the original is back");
         assert_eq!(loop_devices_backed_by(&image), Vec::<String>::new());
         unmount(&layer).expect("idempotent");
+    }
+
+    #[test]
+    fn only_the_newest_templates_are_kept() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let templates = tmp.path().join("templates");
+        let disks = Disks::probe(templates.clone());
+        let sizes: Vec<u64> = (1..=TEMPLATES_KEPT as u64 + 2)
+            .map(|mib| (64 + mib) << 20)
+            .collect();
+        for &bytes in &sizes {
+            disks.template(bytes).expect("template");
+        }
+        let kept: Vec<String> = fs::read_dir(&templates)
+            .expect("list")
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("ext4-"))
+            .collect();
+        assert_eq!(kept.len(), TEMPLATES_KEPT, "{kept:?}");
+        for bytes in &sizes[sizes.len() - TEMPLATES_KEPT..] {
+            assert!(kept.contains(&format!("ext4-{bytes}.img")), "{kept:?}");
+        }
     }
 
     fn loop_devices_backed_by(image: &Path) -> Vec<String> {

@@ -17,10 +17,23 @@
 //! helper's children; it reaps them after every request. If the server
 //! dies, the helper reads EOF and exits, and the containers run on.
 //!
+//! The helper also owns the sandboxes' mounts. It runs in a mount namespace
+//! of its own, private, and mounts a sandbox's disk and overlay there just
+//! before cloning the sandbox's init, whose new mount namespace copies
+//! them; then it unmounts them again. A sandbox's mounts so exist only in
+//! the sandbox, and go with it. Why: every new mount namespace copies the
+//! whole mount table of its creator, and libcontainer reads
+//! `/proc/self/mountinfo` several times per create (7.7 ms a read with a
+//! thousand mounts here). With every sandbox's mounts in the host's table,
+//! libcontainer's part of a create grew from 21–25 ms with no sandbox
+//! running to 71–86 ms with 500 (a whole create over HTTP: 43 ms to 96 ms
+//! p50); with the mounts kept inside, a create with 500 running takes
+//! 43 ms p50, as with none.
+//!
 //! The protocol is private to one binary talking to itself, so its types
 //! live here rather than in `sbx-api`.
 
-use super::RuntimeError;
+use super::{RuntimeError, SandboxDir};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -34,12 +47,17 @@ pub const HELPER_SUBCOMMAND: &str = "__youki-helper";
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub(crate) enum Request {
-    /// Create the container from `bundle`, bring `lo` up, start it.
+    /// Mount the sandbox's rootfs (its disk, if `disk`, then the overlay
+    /// of `lower`), create the container from `bundle` (the sandbox dir),
+    /// bring `lo` up, start it.
     Start {
         id: String,
         state_root: PathBuf,
         bundle: PathBuf,
         log: PathBuf,
+        lower: PathBuf,
+        disk: bool,
+        root_uid: Option<u32>,
     },
     /// Delete the (stopped) container and its cgroups.
     Delete { id: String, state_root: PathBuf },
@@ -53,6 +71,12 @@ struct Reply {
 
 /// The helper's main loop: one request per stdin line, one reply per line.
 pub fn serve_requests() -> std::process::ExitCode {
+    if let Err(err) = private_mount_namespace() {
+        // Without it, sandbox mounts would land in (and could propagate
+        // through) the host's namespace: refuse to run instead.
+        eprintln!("sbx youki helper: {err}");
+        return std::process::ExitCode::FAILURE;
+    }
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout().lock();
     for line in stdin.lock().lines() {
@@ -63,7 +87,16 @@ pub fn serve_requests() -> std::process::ExitCode {
                 state_root,
                 bundle,
                 log,
-            }) => super::youki::create_and_start(&id, &state_root, &bundle, &log),
+                lower,
+                disk,
+                root_uid,
+            }) => super::youki::mount_and_start(
+                &id,
+                &state_root,
+                &SandboxDir::new(bundle),
+                &log,
+                (&lower, disk, root_uid),
+            ),
             Ok(Request::Delete { id, state_root }) => {
                 super::youki::delete_container(&id, &state_root)
             }
@@ -85,6 +118,26 @@ pub fn serve_requests() -> std::process::ExitCode {
         }
     }
     std::process::ExitCode::SUCCESS
+}
+
+/// Moves this process into a new mount namespace in which nothing
+/// propagates to or from the host's.
+fn private_mount_namespace() -> Result<(), RuntimeError> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|errno| RuntimeError::Io {
+        context: "cannot make a mount namespace for the youki helper".into(),
+        source: errno.into(),
+    })?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|errno| RuntimeError::Io {
+        context: "cannot make the youki helper's mounts private".into(),
+        source: errno.into(),
+    })
 }
 
 /// Container inits are our children (libcontainer clones them with

@@ -2,9 +2,10 @@
 //! image (lower) and the sandbox's own writable layer (upper).
 //!
 //! An overlay makes creation O(1) in the image size: nothing is copied, and
-//! a thousand sandboxes share one image's page cache. The mount lives in the
-//! host's mount namespace so it survives an orchestrator restart together
-//! with the container; delete unmounts it.
+//! a thousand sandboxes share one image's page cache. The youki helper
+//! mounts it in its own mount namespace just before it starts the
+//! container, whose namespace keeps the only lasting copy; it survives an
+//! orchestrator restart with the container, and goes with it.
 //!
 //! The upper and work directories sit in the sandbox's layer directory,
 //! which the youki runtime creates first and, with `disk_mb`, mounts the

@@ -10,6 +10,8 @@
 //! Every sandbox gets a user namespace ([`super::idmap`]) and a writable
 //! layer of its own: with `disk_mb`, a disk of that size ([`super::disk`])
 //! mounted at `<sandbox dir>/layer`, under the overlay's upper and work dirs.
+//! Both mounts are made by the helper and exist only in the sandbox's mount
+//! namespace, never in the host's (see [`super::helper`] for why).
 
 use super::helper::{Helper, Request};
 use super::spec::IdMap;
@@ -108,9 +110,35 @@ fn libcontainer_error(id: &str) -> impl FnOnce(LibcontainerError) -> RuntimeErro
     }
 }
 
+/// Runs in the helper, in its own mount namespace (see [`super::helper`]):
+/// mount the sandbox's disk (with `disk`) and its overlay of `lower`, start
+/// the container, whose mount namespace takes copies of both, and unmount
+/// them from the helper's namespace again, whatever happened: from then on
+/// they live (and die) with the sandbox.
+pub(crate) fn mount_and_start(
+    id: &str,
+    state_root: &Path,
+    dir: &SandboxDir,
+    log_path: &Path,
+    (lower, disk, root_uid): (&Path, bool, Option<u32>),
+) -> Result<(), RuntimeError> {
+    let started = Instant::now();
+    let mounted = if disk {
+        disk::mount_image(&dir.disk_image(), &dir.layer())
+    } else {
+        Ok(())
+    }
+    .and_then(|()| overlay::mount_rootfs(dir, lower, root_uid));
+    let mounts = started.elapsed();
+    let outcome = mounted.and_then(|()| create_and_start(id, state_root, dir.path(), log_path));
+    let unmounted = overlay::unmount_rootfs(dir).and_then(|()| disk::unmount(&dir.layer()));
+    tracing::debug!(%id, mounts_us = mounts.as_micros() as u64, "rootfs mounted");
+    outcome.and(unmounted)
+}
+
 /// Runs in the helper: clone the init, bring `lo` up in its network
 /// namespace, then let it exec the agent.
-pub(crate) fn create_and_start(
+fn create_and_start(
     id: &str,
     state_root: &Path,
     bundle: &Path,
@@ -197,7 +225,7 @@ impl Runtime for YoukiRuntime {
         let id = container.id.clone();
         let disks = Arc::clone(&self.disks);
         let disk_bytes = container.limits.disk_bytes;
-        tokio::task::spawn_blocking(move || {
+        let lower = tokio::task::spawn_blocking(move || {
             let lower = idmap::shifted_image(&image_rootfs)?;
             let layer = dir.layer();
             std::fs::create_dir_all(&layer).map_err(RuntimeError::io(format!(
@@ -205,14 +233,14 @@ impl Runtime for YoukiRuntime {
                 layer.display()
             )))?;
             if let Some(bytes) = disk_bytes {
-                disks.mount_new(&dir.disk_image(), bytes, &layer)?;
+                disks.create_image(&dir.disk_image(), bytes)?;
             }
-            overlay::mount_rootfs(&dir, &lower, Some(idmap::to_host(0)))?;
             let config = dir.path().join("config.json");
             oci.save(&config).map_err(|err| RuntimeError::Spec {
                 id,
                 reason: format!("cannot write {}: {err}", config.display()),
-            })
+            })?;
+            Ok::<_, RuntimeError>(lower)
         })
         .await
         .map_err(|err| RuntimeError::Engine {
@@ -225,6 +253,9 @@ impl Runtime for YoukiRuntime {
                 state_root: self.state_root.clone(),
                 bundle: container.dir.path().to_owned(),
                 log: container.dir.agent_log(),
+                lower,
+                disk: disk_bytes.is_some(),
+                root_uid: Some(idmap::to_host(0)),
             })
             .await
     }
@@ -245,6 +276,9 @@ impl Runtime for YoukiRuntime {
                 .await?;
         }
         let deleted = started.elapsed() - stopped;
+        // The sandbox's mounts went with its mount namespace; these find
+        // nothing unless a start failed half-way or predates the helper
+        // owning them.
         overlay::unmount_rootfs(dir)?;
         disk::unmount(&dir.layer())?;
         tracing::debug!(
