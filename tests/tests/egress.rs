@@ -443,6 +443,68 @@ async fn policy_changes_apply_live(engine: Engine) -> Result<()> {
     Ok(())
 }
 
+/// Taking a host out of the allowlist also cuts a tunnel already open to
+/// it: the proxy closes it, and the agent's relay passes the close on to
+/// the client inside.
+async fn a_policy_change_cuts_open_tunnels(engine: Engine) -> Result<()> {
+    // An upstream that accepts one connection and holds it, silent.
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let (accepted, upstream_has_it) = tokio::sync::oneshot::channel();
+    let holder = tokio::spawn(async move {
+        let connection = listener.accept().await;
+        let _ = accepted.send(());
+        let _held = connection;
+        std::future::pending::<()>().await;
+    });
+    let server = start_server(engine).await?;
+    let client = server.client();
+    let id = create_with(
+        &server,
+        Some(NetworkPolicy {
+            egress: vec!["allowed.test".into()],
+        }),
+    )
+    .await?;
+    let script = format!(
+        r#"
+import socket
+s = socket.create_connection(("127.0.0.1", 3128))
+s.sendall(b"CONNECT allowed.test:{port} HTTP/1.1\r\n\r\n")
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(1024)
+print(head.split(b"\r\n")[0].decode(), flush=True)
+s.settimeout(60)
+try:
+    print("closed" if s.recv(1) == b"" else "data")
+except socket.timeout:
+    print("still open")
+"#
+    );
+    let tunnel = {
+        let client = client.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            client
+                .exec(&id, &ExecRequest::argv(["python3", "-c", &script]))
+                .await
+        })
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), upstream_has_it)
+        .await
+        .context("the tunnel reaches the upstream")??;
+    client.set_egress(&id, Vec::new()).await?;
+    let result = tunnel.await??;
+    holder.abort();
+    assert_eq!(
+        result.stdout, "HTTP/1.1 200 Connection established\nclosed\n",
+        "{}",
+        result.stderr
+    );
+    Ok(())
+}
+
 async fn policy_survives_a_server_restart(engine: Engine) -> Result<()> {
     let upstream = Upstream::start().await?;
     let mut first = start_server(engine).await?;
@@ -580,6 +642,7 @@ sbx_tests::on_every_runtime!(
     allowlist_decides_by_host_port_and_wildcard,
     without_a_policy_nothing_gets_out,
     policy_changes_apply_live,
+    a_policy_change_cuts_open_tunnels,
     policy_survives_a_server_restart,
     internal_addresses_are_refused_even_when_allowed,
     bad_policies_are_rejected,

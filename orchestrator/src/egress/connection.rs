@@ -4,7 +4,8 @@
 //! allowlist as it is now, report the decision, resolve (refusing internal
 //! addresses), connect (bounded in time), then either answer `200` to a
 //! `CONNECT` or send the rewritten head, and relay bytes both ways until
-//! one side closes or nothing moves for the idle timeout.
+//! one side closes, nothing moves for the idle timeout, or a policy change
+//! takes the target out of the allowlist.
 //!
 //! Refusals are plain-text HTTP answers with `Connection: close`, so that
 //! `curl`, `pip` or `git` show the reason to whoever reads their output.
@@ -12,7 +13,7 @@
 use super::observer::EgressEvent;
 use super::request::{self, ProxyRequest, RequestError, RequestKind};
 use super::resolve::ResolveError;
-use super::{SandboxEgress, Shared};
+use super::{Allowlist, SandboxEgress, Shared};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -22,6 +23,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Serves one client connection of `sandbox`. Errors end up as an answer
@@ -64,7 +66,8 @@ where
         reason,
     };
 
-    let allowlist = sandbox.allowlist();
+    let mut policy = sandbox.watch_allowlist();
+    let allowlist = Arc::clone(&policy.borrow_and_update());
     let rule = match allowlist.matching(&host, port) {
         Some(rule) => rule,
         None => {
@@ -147,12 +150,34 @@ where
         tracing::debug!(sandbox = %sandbox.id, %host, port, %err, "egress connection failed to start");
         return;
     }
-    match relay(&mut client, &mut upstream, limits.idle_timeout).await {
-        Ok((sent, received)) => {
-            tracing::debug!(sandbox = %sandbox.id, %host, port, sent, received, "egress connection closed");
+    tokio::select! {
+        relayed = relay(&mut client, &mut upstream, limits.idle_timeout) => match relayed {
+            Ok((sent, received)) => {
+                tracing::debug!(sandbox = %sandbox.id, %host, port, sent, received, "egress connection closed");
+            }
+            Err(err) => {
+                tracing::debug!(sandbox = %sandbox.id, %host, port, %err, "egress connection ended");
+            }
+        },
+        () = disallowed(&mut policy, &host, port) => {
+            shared.observer.observe(event(
+                false,
+                "no longer in the egress allowlist: connection closed".into(),
+            ));
         }
-        Err(err) => {
-            tracing::debug!(sandbox = %sandbox.id, %host, port, %err, "egress connection ended");
+    }
+}
+
+/// Resolves once the sandbox's allowlist stops allowing `host:port`.
+async fn disallowed(policy: &mut watch::Receiver<Arc<Allowlist>>, host: &str, port: u16) {
+    loop {
+        if policy.changed().await.is_err() {
+            // The sandbox's proxy state is gone, and its policy with it:
+            // nothing can change any more.
+            return std::future::pending().await;
+        }
+        if policy.borrow_and_update().matching(host, port).is_none() {
+            return;
         }
     }
 }
@@ -503,6 +528,56 @@ mod tests {
         );
         let answer = exchange(&sandbox, &shared, huge.as_bytes()).await;
         assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_policy_change_cuts_the_tunnels_it_no_longer_allows() {
+        // An origin that echoes for as long as the connection lasts.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let (mut from, mut to) = stream.split();
+            let _ = tokio::io::copy(&mut from, &mut to).await;
+        });
+        let (sandbox, shared, recorder) = setup(&["allowed.test", "other.test"], Limits::default());
+        let (mut client, server) = duplex(64 * 1024);
+        let request = format!("CONNECT allowed.test:{port} HTTP/1.1\r\n\r\n");
+        client.write_all(request.as_bytes()).await.expect("write");
+        let changing = async {
+            let established = b"HTTP/1.1 200 Connection established\r\n\r\n";
+            let mut answer = vec![0; established.len()];
+            client
+                .read_exact(&mut answer)
+                .await
+                .expect("the tunnel opens");
+            assert_eq!(&answer[..], established);
+            let only_allowed = NetworkPolicy {
+                egress: vec!["allowed.test".into()],
+            };
+            sandbox.set_allowlist(Allowlist::new(&only_allowed).expect("valid"));
+            client.write_all(b"ping").await.expect("write");
+            let mut echoed = [0; 4];
+            client.read_exact(&mut echoed).await.expect("still open");
+            assert_eq!(&echoed, b"ping", "a change that still allows it keeps it");
+            sandbox.set_allowlist(Allowlist::default());
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.expect("read");
+            rest
+        };
+        let ((), rest) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(serve(server, &sandbox, &shared), changing)
+        })
+        .await
+        .expect("taking the host out of the allowlist closes its tunnel");
+        assert!(rest.is_empty(), "{rest:?}");
+        let events = recorder.0.lock().expect("lock");
+        let last = events.last().expect("events");
+        assert!(!last.allowed);
+        assert_eq!(
+            last.reason,
+            "no longer in the egress allowlist: connection closed"
+        );
     }
 
     #[tokio::test]

@@ -12,11 +12,13 @@
 //! Each connection carries one HTTP proxy request: `CONNECT host:port`
 //! (HTTPS, or anything tunnelled) or an absolute-form `http://` request,
 //! forwarded with `Connection: close` (see [`request`]). The target is
-//! checked against the sandbox's [`Allowlist`] *as it is when the request
-//! arrives*, so a policy change ([`EgressProxy::set_policy`]) applies to
-//! the next connection; tunnels already open stay open until they close or
-//! idle out. Allowed names are resolved on the host and never to internal
-//! addresses ([`resolve`]). Every decision goes to an [`EgressObserver`].
+//! checked against the sandbox's [`Allowlist`] when the request arrives,
+//! and again whenever the policy changes ([`EgressProxy::set_policy`]):
+//! a connection the new policy no longer allows is closed at once, so
+//! taking a host out of the list cuts the tunnels to it too, and detaching
+//! a sandbox cuts them all. Allowed names are resolved on the host and never
+//! to internal addresses ([`resolve`]). Every decision, closings included,
+//! goes to an [`EgressObserver`].
 //!
 //! Cost: a listening socket and one parked accept task per sandbox, in the
 //! orchestrator's runtime; a connection costs a task and two 8 KiB relay
@@ -38,10 +40,10 @@ use sbx_api::{EgressRule, NetworkPolicy};
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::UnixListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::AbortHandle;
 
 #[derive(Debug, thiserror::Error)]
@@ -102,34 +104,25 @@ impl Allowlist {
 #[derive(Debug)]
 struct SandboxEgress {
     id: String,
-    /// Swapped whole by a policy change; each request reads it once.
-    allowlist: RwLock<Arc<Allowlist>>,
+    /// Replaced whole by a policy change; open connections watch it.
+    allowlist: watch::Sender<Arc<Allowlist>>,
 }
 
 impl SandboxEgress {
     fn new(id: String, allowlist: Allowlist) -> Self {
         Self {
             id,
-            allowlist: RwLock::new(Arc::new(allowlist)),
+            allowlist: watch::Sender::new(Arc::new(allowlist)),
         }
     }
 
-    fn allowlist(&self) -> Arc<Allowlist> {
-        // A writer only swaps an Arc, so a poisoned lock still holds a
-        // whole allowlist.
-        Arc::clone(
-            &self
-                .allowlist
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        )
+    /// The allowlist now, and a receiver that sees every later one.
+    fn watch_allowlist(&self) -> watch::Receiver<Arc<Allowlist>> {
+        self.allowlist.subscribe()
     }
 
     fn set_allowlist(&self, allowlist: Allowlist) {
-        *self
-            .allowlist
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(allowlist);
+        self.allowlist.send_replace(Arc::new(allowlist));
     }
 }
 
@@ -244,8 +237,9 @@ impl EgressProxy {
         Ok(())
     }
 
-    /// Replaces sandbox `id`'s policy; the next request sees it. Returns
-    /// false when the sandbox is not attached.
+    /// Replaces sandbox `id`'s policy: the next request sees it, and open
+    /// connections it no longer allows are closed. Returns false when the
+    /// sandbox is not attached.
     pub fn set_policy(&self, id: &str, policy: &NetworkPolicy) -> Result<bool, EgressError> {
         let allowlist = Allowlist::new(policy)?;
         let sandboxes = self.sandboxes();
@@ -256,11 +250,11 @@ impl EgressProxy {
         Ok(true)
     }
 
-    /// Stops accepting connections for `id`. Connections in flight end
-    /// with the sandbox (its relay closes them) or idle out.
+    /// Stops accepting connections for `id` and closes the open ones.
     pub fn detach(&self, id: &str) {
         if let Some(attached) = self.sandboxes().remove(id) {
             attached.accept.abort();
+            attached.sandbox.set_allowlist(Allowlist::default());
         }
     }
 
