@@ -3,7 +3,8 @@
 //! run, and serves.
 //!
 //! Stopping the server (SIGTERM, Ctrl-C) stops the API only: sandboxes keep
-//! running, and the next `sbx serve` on the same data dir adopts them.
+//! running, and the next `sbx serve` on the same data dir adopts them. The
+//! warm pool's unclaimed sandboxes are the exception: they are deleted.
 
 use crate::audit::{AuditError, AuditLog, EgressAudit};
 use crate::egress::{EgressProxy, Resolver};
@@ -88,6 +89,8 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// How often containers that no record owns are looked for.
     pub orphan_sweep: Duration,
+    /// Default sandboxes kept started ahead of demand (0: none).
+    pub warm_pool: usize,
     /// Also append every audit record to this file, as a JSON line.
     pub audit_log: Option<PathBuf>,
     /// TEST ONLY: names the egress proxy resolves to these addresses
@@ -181,7 +184,10 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     let db_path = data_dir.join("sbx.db");
     private_file(&db_path)?;
     let store = Arc::new(Store::open(&db_path)?);
-    let manager_config = ManagerConfig::new(&data_dir, images_dir.clone(), agent_binary.clone());
+    let manager_config = ManagerConfig {
+        warm_pool: config.warm_pool,
+        ..ManagerConfig::new(&data_dir, images_dir.clone(), agent_binary.clone())
+    };
     let audit = AuditLog::start(Arc::clone(&store), config.audit_log.as_deref())?;
     let tokens = Arc::new(Tokens::new(Arc::clone(&store), admin_token));
     // Templates sit next to the sandbox directories: a disk is a clone of
@@ -225,8 +231,9 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     );
     let manager = Arc::new(manager);
     let sweeper = tokio::spawn(sweep_orphans(Arc::clone(&manager), config.orphan_sweep));
+    let filler = tokio::spawn(Arc::clone(&manager).keep_pool_full());
     let app = http::router(AppState {
-        manager,
+        manager: Arc::clone(&manager),
         max_body_bytes: config.max_body_bytes,
         tokens,
         audit: audit.clone(),
@@ -236,6 +243,11 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         .await
         .map_err(io_error("http server failed"));
     sweeper.abort();
+    filler.abort();
+    // Pooled sandboxes are nobody's: they do not outlive the server.
+    if let Err(err) = manager.drain_pool().await {
+        tracing::error!(error = %err, "cannot delete the pooled sandboxes");
+    }
     // The records of the last calls may still be queued.
     audit.flush().await;
     served

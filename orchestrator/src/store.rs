@@ -54,6 +54,9 @@ pub struct AuditFilter {
 pub struct SandboxRecord {
     pub sandbox: Sandbox,
     pub env: BTreeMap<String, String>,
+    /// Started ahead of demand for the warm pool and not handed out yet:
+    /// known to the store (so never an orphan) but to no client.
+    pub pooled: bool,
 }
 
 #[derive(Debug)]
@@ -107,11 +110,13 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE sandboxes ADD COLUMN disk_mb INTEGER",
     // The network policy, JSON (`sbx_api::NetworkPolicy`); none: no egress.
     r#"ALTER TABLE sandboxes ADD COLUMN network TEXT NOT NULL DEFAULT '{"egress":[]}'"#,
+    // 1: a warm-pool sandbox no client has claimed yet.
+    "ALTER TABLE sandboxes ADD COLUMN pooled INTEGER NOT NULL DEFAULT 0",
 ];
 
 /// Every column, in the order `read_row` reads them.
 const COLUMNS: &str =
-    "id, state, image, created_at, memory_mb, cpus, labels, env, disk_mb, network";
+    "id, state, image, created_at, memory_mb, cpus, labels, env, disk_mb, network, pooled";
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     conn.execute_batch(SCHEMA)?;
@@ -177,7 +182,8 @@ impl Store {
         let sandbox = &record.sandbox;
         self.conn().execute(
             &format!(
-                "INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+                "INSERT INTO sandboxes ({COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
             ),
             params![
                 sandbox.id,
@@ -190,9 +196,34 @@ impl Store {
                 to_json(&record.env),
                 sandbox.disk_mb.map(|mb| mb as i64),
                 network_json(&sandbox.network),
+                record.pooled,
             ],
         )?;
         Ok(())
+    }
+
+    /// Hands a running pooled sandbox to a client: it takes the claim's
+    /// creation time, labels and network policy. False when `id` is not a
+    /// running pooled sandbox (any more).
+    pub fn claim_pooled(
+        &self,
+        id: &str,
+        created_at: DateTime<Utc>,
+        labels: &BTreeMap<String, String>,
+        network: &NetworkPolicy,
+    ) -> Result<bool, StoreError> {
+        let changed = self.conn().execute(
+            "UPDATE sandboxes SET pooled = 0, created_at = ?2, labels = ?3, network = ?4 \
+             WHERE id = ?1 AND pooled = 1 AND state = ?5",
+            params![
+                id,
+                created_at.to_rfc3339(),
+                to_json(labels),
+                network_json(network),
+                SandboxState::Running.as_str(),
+            ],
+        )?;
+        Ok(changed > 0)
     }
 
     /// Replaces the network policy of a sandbox that is in state `when`;
@@ -502,6 +533,7 @@ fn read_row(row: &Row<'_>) -> rusqlite::Result<Result<SandboxRecord, StoreError>
     let memory_mb: i64 = row.get(4)?;
     let disk_mb: Option<i64> = row.get(8)?;
     let network: String = row.get(9)?;
+    let pooled: bool = row.get(10)?;
     let corrupt = |reason: String| StoreError::Corrupt {
         id: id.clone(),
         reason,
@@ -528,6 +560,7 @@ fn read_row(row: &Row<'_>) -> rusqlite::Result<Result<SandboxRecord, StoreError>
                 id: id.clone(),
             },
             env: serde_json::from_str(&env).map_err(|err| corrupt(format!("env: {err}")))?,
+            pooled,
         })
     })();
     Ok(decoded)
@@ -553,6 +586,7 @@ mod tests {
                 },
             },
             env: BTreeMap::from([("SECRET".into(), "x".into())]),
+            pooled: false,
         }
     }
 
@@ -596,6 +630,51 @@ mod tests {
         store.remove("aaaa").expect("remove");
         assert!(store.get("aaaa").expect("get").is_none());
         assert_eq!(store.list().expect("list").len(), 1);
+    }
+
+    #[test]
+    fn a_pooled_sandbox_is_claimed_once_and_only_when_running() {
+        let store = Store::in_memory().expect("open");
+        let pooled = SandboxRecord {
+            pooled: true,
+            ..record("aaaa")
+        };
+        store.insert(&pooled).expect("insert");
+        assert!(store.get("aaaa").expect("get").expect("present").pooled);
+        let labels = BTreeMap::from([("owner".into(), "agent-7".into())]);
+        let network = NetworkPolicy {
+            egress: vec!["pypi.org".into()],
+        };
+        let now = Utc::now();
+        assert!(
+            !store
+                .claim_pooled("aaaa", now, &labels, &network)
+                .expect("claim"),
+            "still creating"
+        );
+        store
+            .set_state("aaaa", SandboxState::Running)
+            .expect("update");
+        assert!(store
+            .claim_pooled("aaaa", now, &labels, &network)
+            .expect("claim"));
+        assert!(
+            !store
+                .claim_pooled("aaaa", now, &labels, &network)
+                .expect("claim"),
+            "claimed once"
+        );
+        let claimed = store.get("aaaa").expect("get").expect("present");
+        assert!(!claimed.pooled);
+        assert_eq!(claimed.sandbox.labels, labels);
+        assert_eq!(claimed.sandbox.network, network);
+        assert_eq!(
+            claimed.sandbox.created_at.timestamp_micros(),
+            now.timestamp_micros()
+        );
+        assert!(!store
+            .claim_pooled("zzzz", now, &labels, &network)
+            .expect("claim"));
     }
 
     #[test]

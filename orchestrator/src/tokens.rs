@@ -362,6 +362,7 @@ mod tests {
                     labels: Default::default(),
                 },
                 env: Default::default(),
+                pooled: false,
             })
             .expect("insert sandbox");
     }

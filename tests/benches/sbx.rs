@@ -191,6 +191,40 @@ async fn cold_cycles(client: &Client, n: usize) -> Result<Vec<Duration>> {
     Ok(samples)
 }
 
+/// The cold cycle on a server with a warm pool of `pool`, each cycle
+/// started once the pool is full again (untimed): what a client sees when
+/// its creates come no faster than the pool refills. Returns the creates
+/// alone and the whole cycles.
+async fn warm_cycles(
+    server: &Server,
+    pool: usize,
+    n: usize,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let sandboxes = server.data_dir().join("sandboxes");
+    let pool_full = || async { std::fs::read_dir(&sandboxes).map_or(0, |dir| dir.count()) == pool };
+    let client = server.client();
+    let (mut creates, mut cycles) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        if !sbx_tests::eventually(Duration::from_secs(60), pool_full).await {
+            bail!("the warm pool did not refill within 60 s");
+        }
+        let started = Instant::now();
+        let sandbox = client
+            .create_sandbox(&CreateSandboxRequest::default())
+            .await?;
+        creates.push(started.elapsed());
+        let result = client
+            .exec(&sandbox.id, &ExecRequest::argv(["true"]))
+            .await?;
+        client.delete_sandbox(&sandbox.id).await?;
+        cycles.push(started.elapsed());
+        if result.exit_code != 0 {
+            bail!("true failed: {}", result.stderr);
+        }
+    }
+    Ok((creates, cycles))
+}
+
 fn docker_cold_cycles(image: &str, n: usize) -> Result<Vec<Duration>> {
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
@@ -517,6 +551,17 @@ async fn run(sizes: Sizes, out: &Path) -> Result<()> {
         let samples = cold_cycles(&server.client(), sizes.cycles).await?;
         rows.push(latency_row(name, samples, Some(docker_cycles)).0);
     }
+    let pooled = Server::start_with(Engine::Youki, &["--warm-pool", "2"]).await?;
+    let (warm_creates, warm_cycles) = warm_cycles(&pooled, 2, sizes.cycles).await?;
+    rows.push(
+        latency_row(
+            "sbx / youki, warm pool of 2",
+            warm_cycles,
+            Some(docker_cycles),
+        )
+        .0,
+    );
+    drop(pooled);
     rows.push(vec![
         "docker run -d + exec + rm -f".into(),
         sizes.cycles.to_string(),
@@ -529,6 +574,12 @@ async fn run(sizes: Sizes, out: &Path) -> Result<()> {
         "Cold sandbox cycle: create, first exec `true`, delete (ms)",
         &["", "n", "p50", "p95", "p99", "vs docker (p50)"],
         rows,
+    );
+
+    report.table(
+        "Create from a warm pool: the create call alone, pool full (ms)",
+        &["", "n", "p50", "p95", "p99", "—"],
+        vec![latency_row("sbx / youki, warm pool of 2", warm_creates, None).0],
     );
 
     let floor = cgroup_migration_floor(20)?;

@@ -171,17 +171,32 @@ macro_rules! on_every_runtime {
     };
 }
 
-/// The files that loop devices are attached to now (a deleted one still
-/// shows, with " (deleted)" after its name).
-pub fn loop_backing_files() -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
+/// The ids of `data_dir`'s sandboxes whose disk is attached to a loop
+/// device now.
+///
+/// The kernel names a loop device's file by path, as seen from the mount
+/// it was opened through: a youki disk is attached in the server's helper,
+/// in its own mount namespace, so once that namespace is gone (the server
+/// stopped) the path is relative to the pool's root (`/tests/<dir>/…`
+/// rather than `/var/lib/sbx/tests/<dir>/…`), and a deleted file has
+/// " (deleted)" appended. So the data dir is recognised by its own name,
+/// followed by `sandboxes/<id>/disk.img`.
+pub fn attached_disks(data_dir: &Path) -> Result<std::collections::BTreeSet<String>> {
+    let name = data_dir.file_name().context("a data dir has a name")?;
+    let mut ids = std::collections::BTreeSet::new();
     for entry in std::fs::read_dir("/sys/block")? {
-        let entry = entry?;
-        if let Ok(file) = std::fs::read_to_string(entry.path().join("loop/backing_file")) {
-            files.push(PathBuf::from(file.trim_end_matches('\n')));
+        let Ok(file) = std::fs::read_to_string(entry?.path().join("loop/backing_file")) else {
+            continue;
+        };
+        let file = file.trim_end_matches('\n').trim_end_matches(" (deleted)");
+        let parts: Vec<&std::ffi::OsStr> = Path::new(file).iter().collect();
+        for window in parts.windows(4) {
+            if window[0] == name && window[1] == "sandboxes" && window[3] == "disk.img" {
+                ids.insert(window[2].to_string_lossy().into_owned());
+            }
         }
     }
-    Ok(files)
+    Ok(ids)
 }
 
 /// A running `sbx serve`. Dropping it deletes the sandboxes it still holds
@@ -407,6 +422,27 @@ impl Server {
             });
         });
         let _ = cleaner.join();
+        self.terminate();
+    }
+
+    /// SIGTERM, so that the server deletes what only it knows of (its warm
+    /// pool), then SIGKILL if it has not exited within 30 s.
+    fn terminate(&mut self) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: kill(2) on our own unreaped child's pid.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                self.child = None;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         self.kill();
     }
 }

@@ -133,12 +133,11 @@ async fn a_server_killed_during_creates_recovers_cleanly(engine: Engine) -> Resu
     );
     // Docker's disks are mounted in the engine's data root, but every
     // disk's image lives in its sandbox's directory.
-    let disk_owners: BTreeSet<String> = sbx_tests::loop_backing_files()?
-        .iter()
-        .filter_map(|file| file.strip_prefix(data_dir.path().join("sandboxes")).ok())
-        .filter_map(|path| Some(path.iter().next()?.to_string_lossy().into_owned()))
-        .collect();
-    assert_eq!(disk_owners, known, "a loop device per live sandbox's disk");
+    assert_eq!(
+        sbx_tests::attached_disks(data_dir.path())?,
+        known,
+        "a loop device per live sandbox's disk"
+    );
     for id in &known {
         let marker = engine.cgroup_marker(id).context("container")?;
         client.delete_sandbox(id).await?;
@@ -146,8 +145,7 @@ async fn a_server_killed_during_creates_recovers_cleanly(engine: Engine) -> Resu
     }
     // Unmounting is lazy: a device goes once the kernel lets go of it.
     let disks_gone = sbx_tests::eventually(Duration::from_secs(10), || async {
-        sbx_tests::loop_backing_files()
-            .is_ok_and(|files| !files.iter().any(|file| file.starts_with(data_dir.path())))
+        sbx_tests::attached_disks(data_dir.path()).is_ok_and(|ids| ids.is_empty())
     })
     .await;
     assert!(disks_gone, "deleting frees every disk's loop device");

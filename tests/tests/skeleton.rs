@@ -200,11 +200,8 @@ async fn delete_leaves_nothing_behind(engine: Engine) -> Result<()> {
         processes_in_cgroup(&marker).len() >= 2,
         "the agent and the background sleep run in the sandbox"
     );
-    let disk = dir.join("disk.img");
-    assert!(
-        sbx_tests::loop_backing_files()?.contains(&disk),
-        "the sandbox's disk is attached"
-    );
+    let disks = || sbx_tests::attached_disks(server.data_dir());
+    assert!(disks()?.contains(&id), "the sandbox's disk is attached");
     if engine == Engine::Youki {
         // Docker keeps its overlays under its own layer ids.
         let agent = sbx_tests::agent_pid(engine, &id).context("the agent runs")?;
@@ -241,8 +238,7 @@ async fn delete_leaves_nothing_behind(engine: Engine) -> Result<()> {
     // The disk goes with the last mount of it, which the kernel drops
     // lazily.
     let detached = sbx_tests::eventually(Duration::from_secs(10), || async {
-        sbx_tests::loop_backing_files()
-            .is_ok_and(|files| !files.iter().any(|file| file.starts_with(&dir)))
+        disks().is_ok_and(|ids| !ids.contains(&id))
     })
     .await;
     assert!(detached, "the sandbox's loop device is gone");

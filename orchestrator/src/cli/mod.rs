@@ -193,6 +193,10 @@ struct ServeArgs {
     /// engine can finish a create for a server that died meanwhile)
     #[arg(long, default_value_t = 60)]
     orphan_sweep_secs: u64,
+    /// Sandboxes of the default shape to keep started ahead of demand: a
+    /// create that asks for nothing else gets one at once (0: no pool)
+    #[arg(long, env = "SBX_WARM_POOL", default_value_t = 0)]
+    warm_pool: usize,
     /// Also append every audit record to this file as a JSON line
     #[arg(long, env = "SBX_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
@@ -326,6 +330,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 agent_binary: args.agent_bin,
                 max_body_bytes: usize::try_from(args.max_body << 20).unwrap_or(usize::MAX),
                 orphan_sweep: Duration::from_secs(args.orphan_sweep_secs.max(1)),
+                warm_pool: args.warm_pool,
                 audit_log: args.audit_log,
                 egress_resolve: args.egress_resolve,
             })

@@ -27,7 +27,11 @@
 //! written to the store and then to the proxy under one lock, so two racing
 //! changes cannot leave the proxy enforcing a policy the store does not
 //! hold.
+//!
+//! With a warm pool ([`pool`]), default creates are answered with a
+//! sandbox started ahead of demand.
 
+mod pool;
 mod ready;
 
 use crate::egress::{EgressError, EgressProxy};
@@ -40,6 +44,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Pause before retrying a pooled sandbox that failed to start.
+const POOL_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -82,6 +89,8 @@ pub struct ManagerConfig {
     pub pids_limit: u64,
     /// How long a new sandbox's agent may take to open its socket.
     pub ready_timeout: Duration,
+    /// How many default sandboxes to keep started ahead of demand.
+    pub warm_pool: usize,
 }
 
 impl ManagerConfig {
@@ -95,6 +104,7 @@ impl ManagerConfig {
             default_disk_mb: 10 * 1024,
             pids_limit: 1024,
             ready_timeout: Duration::from_secs(10),
+            warm_pool: 0,
         }
     }
 }
@@ -107,6 +117,7 @@ pub struct Manager {
     config: ManagerConfig,
     /// Serialises policy changes (see the module docs).
     policy_changes: Mutex<()>,
+    pool: pool::WarmPool,
 }
 
 /// Sandbox ids are 16 lowercase hex digits; anything else cannot name a
@@ -142,6 +153,7 @@ impl Manager {
             store,
             runtime,
             egress,
+            pool: pool::WarmPool::new(config.warm_pool),
             config,
             policy_changes: Mutex::new(()),
         })
@@ -163,8 +175,10 @@ impl Manager {
         if !is_valid_id(id) {
             return Err(SandboxError::NotFound(id.to_owned()));
         }
+        // A pooled sandbox is nobody's yet: no client may see or touch it.
         self.store
             .get(id)?
+            .filter(|record| !record.pooled)
             .ok_or_else(|| SandboxError::NotFound(id.to_owned()))
     }
 
@@ -206,6 +220,7 @@ impl Manager {
             .store
             .list()?
             .into_iter()
+            .filter(|record| !record.pooled)
             .map(|record| record.sandbox)
             .collect())
     }
@@ -213,6 +228,19 @@ impl Manager {
     /// Creates a sandbox and returns it once its agent accepts connections.
     pub async fn create(&self, request: CreateSandboxRequest) -> Result<Sandbox, SandboxError> {
         request.validate().map_err(SandboxError::InvalidRequest)?;
+        let (record, image_rootfs) = self.new_record(request)?;
+        if let Some(sandbox) = self.claim_pooled(&record).await? {
+            return Ok(sandbox);
+        }
+        self.launch(record, image_rootfs).await
+    }
+
+    /// The record of a new sandbox as `request` asks for it, with the
+    /// server's defaults for what it leaves out, and its image's rootfs.
+    fn new_record(
+        &self,
+        request: CreateSandboxRequest,
+    ) -> Result<(SandboxRecord, PathBuf), SandboxError> {
         let image = request
             .image
             .unwrap_or_else(|| sbx_api::DEFAULT_IMAGE.to_owned());
@@ -246,7 +274,18 @@ impl Manager {
                 network,
             },
             env: request.env,
+            pooled: false,
         };
+        Ok((record, image_rootfs))
+    }
+
+    /// Records and starts the sandbox `record` describes; on failure
+    /// nothing of it is left.
+    async fn launch(
+        &self,
+        record: SandboxRecord,
+        image_rootfs: PathBuf,
+    ) -> Result<Sandbox, SandboxError> {
         self.store.insert(&record)?;
         let id = record.sandbox.id.clone();
         match self.start(&record, image_rootfs).await {
@@ -254,7 +293,7 @@ impl Manager {
                 self.store.set_state(&id, SandboxState::Running)?;
                 let mut sandbox = record.sandbox;
                 sandbox.state = SandboxState::Running;
-                tracing::info!(%id, image = %sandbox.image, "sandbox running");
+                tracing::info!(%id, image = %sandbox.image, pooled = record.pooled, "sandbox running");
                 Ok(sandbox)
             }
             Err(err) => {
@@ -265,6 +304,99 @@ impl Manager {
                 Err(err)
             }
         }
+    }
+
+    /// Hands out a ready pooled sandbox as `wanted`, when the pool has one
+    /// and `wanted` is of the pool's shape (see [`pool`]).
+    async fn claim_pooled(&self, wanted: &SandboxRecord) -> Result<Option<Sandbox>, SandboxError> {
+        if !self.pool.is_enabled() || !self.fits_pool(wanted)? {
+            return Ok(None);
+        }
+        while let Some(id) = self.pool.take() {
+            let alive = self.runtime.is_running(&id).await.unwrap_or(false);
+            let requested = &wanted.sandbox;
+            if !alive
+                || !self.store.claim_pooled(
+                    &id,
+                    requested.created_at,
+                    &requested.labels,
+                    &requested.network,
+                )?
+            {
+                tracing::warn!(%id, "a pooled sandbox died before its claim");
+                if let Err(err) = self.teardown(&id).await {
+                    tracing::error!(%id, error = %err, "cannot remove a dead pooled sandbox");
+                }
+                continue;
+            }
+            self.egress
+                .set_policy(&id, &requested.network)
+                .map_err(|source| SandboxError::Egress {
+                    id: id.clone(),
+                    source,
+                })?;
+            tracing::info!(%id, "pooled sandbox claimed");
+            return Ok(Some(Sandbox {
+                id,
+                state: SandboxState::Running,
+                ..requested.clone()
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Whether a sandbox like `wanted` can come from the pool: everything
+    /// but its labels and network policy must be what a default create
+    /// gets.
+    fn fits_pool(&self, wanted: &SandboxRecord) -> Result<bool, SandboxError> {
+        let (shape, _) = self.new_record(CreateSandboxRequest::default())?;
+        let env_matches = wanted.env == shape.env;
+        let (wanted, shape) = (&wanted.sandbox, &shape.sandbox);
+        Ok(env_matches
+            && wanted.image == shape.image
+            && wanted.memory_mb == shape.memory_mb
+            && wanted.cpus == shape.cpus
+            && wanted.disk_mb == shape.disk_mb)
+    }
+
+    /// Keeps the warm pool full for as long as the server runs: starts a
+    /// pooled sandbox whenever one is missing, and waits for claims in
+    /// between. A failed start is retried after a pause.
+    pub async fn keep_pool_full(self: Arc<Self>) {
+        if !self.pool.is_enabled() {
+            return;
+        }
+        loop {
+            while self.pool.wants_more() {
+                match self.launch_pooled().await {
+                    Ok(id) => self.pool.put(id),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot start a pooled sandbox");
+                        tokio::time::sleep(POOL_RETRY).await;
+                    }
+                }
+            }
+            self.pool.room_made().await;
+        }
+    }
+
+    async fn launch_pooled(&self) -> Result<String, SandboxError> {
+        let (mut record, image_rootfs) = self.new_record(CreateSandboxRequest::default())?;
+        record.pooled = true;
+        Ok(self.launch(record, image_rootfs).await?.id)
+    }
+
+    /// Deletes every pooled sandbox, ready or half-started: they hold
+    /// nothing of anyone's. For a graceful stop, once nothing refills the
+    /// pool any more.
+    pub async fn drain_pool(&self) -> Result<(), SandboxError> {
+        self.pool.drain();
+        for record in self.store.list()? {
+            if record.pooled {
+                self.teardown(&record.sandbox.id).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn start(
@@ -489,6 +621,11 @@ impl Manager {
     pub async fn recover(&self) -> Result<(), SandboxError> {
         for record in self.store.list()? {
             let id = record.sandbox.id;
+            if record.pooled {
+                // Cheaper to start afresh than to check: nobody holds it.
+                self.teardown(&id).await?;
+                continue;
+            }
             match record.sandbox.state {
                 SandboxState::Creating | SandboxState::Deleting => {
                     tracing::info!(%id, "finishing the teardown of an interrupted sandbox");
