@@ -172,21 +172,29 @@ fn docker_run_idle(image: &str, name: &str) -> Result<String> {
     ])
 }
 
+/// One create, exec `true`, delete; returns how long the create took and
+/// the whole cycle.
+async fn cycle(client: &Client) -> Result<(Duration, Duration)> {
+    let started = Instant::now();
+    let sandbox = client
+        .create_sandbox(&CreateSandboxRequest::default())
+        .await?;
+    let created = started.elapsed();
+    let result = client
+        .exec(&sandbox.id, &ExecRequest::argv(["true"]))
+        .await?;
+    client.delete_sandbox(&sandbox.id).await?;
+    let whole = started.elapsed();
+    if result.exit_code != 0 {
+        bail!("true failed: {}", result.stderr);
+    }
+    Ok((created, whole))
+}
+
 async fn cold_cycles(client: &Client, n: usize) -> Result<Vec<Duration>> {
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
-        let started = Instant::now();
-        let sandbox = client
-            .create_sandbox(&CreateSandboxRequest::default())
-            .await?;
-        let result = client
-            .exec(&sandbox.id, &ExecRequest::argv(["true"]))
-            .await?;
-        client.delete_sandbox(&sandbox.id).await?;
-        samples.push(started.elapsed());
-        if result.exit_code != 0 {
-            bail!("true failed: {}", result.stderr);
-        }
+        samples.push(cycle(client).await?.1);
     }
     Ok(samples)
 }
@@ -208,19 +216,9 @@ async fn warm_cycles(
         if !sbx_tests::eventually(Duration::from_secs(60), pool_full).await {
             bail!("the warm pool did not refill within 60 s");
         }
-        let started = Instant::now();
-        let sandbox = client
-            .create_sandbox(&CreateSandboxRequest::default())
-            .await?;
-        creates.push(started.elapsed());
-        let result = client
-            .exec(&sandbox.id, &ExecRequest::argv(["true"]))
-            .await?;
-        client.delete_sandbox(&sandbox.id).await?;
-        cycles.push(started.elapsed());
-        if result.exit_code != 0 {
-            bail!("true failed: {}", result.stderr);
-        }
+        let (created, whole) = cycle(&client).await?;
+        creates.push(created);
+        cycles.push(whole);
     }
     Ok((creates, cycles))
 }
