@@ -12,6 +12,7 @@ mod audit;
 mod error;
 mod exec;
 mod files;
+mod handoff;
 mod info;
 mod network;
 mod process;
@@ -30,13 +31,14 @@ pub use files::{
     parse_mode, validate_path, ArchiveSummary, FileInfo, FileList, FileQuery, FileType,
     MkdirRequest, MoveRequest, MAX_LIST_DEPTH,
 };
+pub use handoff::{Handoff, HANDOFF_MAX_FDS};
 pub use info::{IsolationInfo, RuntimeInfo, ServerInfo};
 pub use network::{
     normalize_host, EgressRule, HostPattern, NetworkPolicy, UpdateSandboxRequest, MAX_EGRESS_RULES,
 };
 pub use process::{
-    LogsQuery, ProcessInfo, ProcessList, ProcessState, SignalRequest, StartProcessRequest,
-    StdinQuery, PROCESS_LOG_CAP,
+    KillAllResult, LogsQuery, ProcessInfo, ProcessList, ProcessState, SignalRequest,
+    StartProcessRequest, StdinQuery, PROCESS_LOG_CAP,
 };
 pub use sandbox::{
     CreateSandboxRequest, Sandbox, SandboxList, SandboxState, DEFAULT_IMAGE, MAX_CPUS, MAX_DISK_MB,
@@ -47,8 +49,15 @@ pub use token::{
     MAX_TOKEN_NAME_LEN, MAX_TOKEN_TTL_S, TOKEN_PREFIX,
 };
 
-/// Path of the agent's Unix socket inside a sandbox.
-pub const AGENT_SOCKET_PATH: &str = "/.sbx/run/agent.sock";
+/// Where an agent run by hand (tests, debugging) listens by default. In a
+/// sandbox the agent never binds a socket itself: the orchestrator hands it
+/// a listener through [`HANDOFF_SOCKET_PATH`] (see [`Handoff`]).
+pub const AGENT_SOCKET_PATH: &str = "/.sbx/agent.sock";
+/// The sandbox's run directory: the orchestrator's sockets for it, bind
+/// mounted read-only, so code inside can use them but put nothing there.
+pub const RUN_DIR: &str = "/.sbx/run";
+/// Where a sandbox's agent picks up its listener at start (see [`Handoff`]).
+pub const HANDOFF_SOCKET_PATH: &str = "/.sbx/run/handoff.sock";
 /// Where the agent listens for the sandbox's proxy clients (the address in
 /// `HTTP_PROXY`); it relays each connection to [`EGRESS_SOCKET_PATH`].
 pub const EGRESS_PROXY_LISTEN: &str = "127.0.0.1:3128";

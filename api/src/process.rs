@@ -83,6 +83,14 @@ pub struct ProcessList {
     pub processes: Vec<ProcessInfo>,
 }
 
+/// `POST /processes/kill-all`: every process in the sandbox but its agent
+/// was killed and reaped; exec works again at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillAllResult {
+    /// How many processes were running when the call came.
+    pub killed: u32,
+}
+
 /// `POST /processes/{pid}/signal`: `{"signal":"TERM"}`. Names with or
 /// without the `SIG` prefix (`TERM`, `SIGKILL`, `INT`, `HUP`, `USR1`…) or a
 /// number. The signal goes to the whole process group.

@@ -86,6 +86,14 @@ pub enum AgentError {
         #[source]
         source: io::Error,
     },
+    #[error("{left} processes were still alive after kill-all")]
+    KillAll { left: usize },
+    #[error("cannot receive the listener through {}: {source}", path.display())]
+    Handoff {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot listen on {addr} for the egress relay: {source}")]
     EgressListen {
         addr: std::net::SocketAddr,
@@ -144,6 +152,8 @@ impl AgentError {
             | AgentError::Pipe { .. }
             | AgentError::ExitLost { .. }
             | AgentError::Listen { .. }
+            | AgentError::Handoff { .. }
+            | AgentError::KillAll { .. }
             | AgentError::EgressListen { .. }
             | AgentError::Signal { .. }
             | AgentError::Runtime(_)

@@ -2,7 +2,8 @@
 //!
 //! The orchestrator never enters a sandbox to run something; it asks this
 //! daemon, which already lives inside, over HTTP/1.1 on a Unix socket
-//! (`/.sbx/run/agent.sock`, bind-mounted to the host). So an exec costs one
+//! whose listening end the orchestrator binds on the host and hands over at
+//! start ([`handoff`]). So an exec costs one
 //! socket round trip and a fork, and the agent owns every process it starts:
 //! it can time them out, signal their whole process group and reap them.
 //!
@@ -16,9 +17,11 @@
 //! - [`events`]: NDJSON event streams and incremental UTF-8 decoding;
 //! - [`stream`]: the streamed `POST /exec`, killed when its client leaves;
 //! - [`processes`]: background processes, their logs, stdin and signals;
+//! - [`kill_all`]: ending every process but the agent (after a bomb);
 //! - [`files`], [`archive`]: file and tar routes, streamed; [`fs_safe`]
 //!   keeps archive extraction beneath its target directory;
-//! - [`server`]: routes, readiness by atomic socket rename, shutdown;
+//! - [`handoff`]: receiving the listener from the orchestrator;
+//! - [`server`]: routes, readiness, shutdown;
 //! - [`egress`]: the relay from `127.0.0.1:3128` in the sandbox to the
 //!   orchestrator's egress proxy;
 //! - [`env`]: the clean environment commands start with;
@@ -32,6 +35,8 @@ pub mod events;
 pub mod exec;
 pub mod files;
 pub mod fs_safe;
+pub mod handoff;
+pub mod kill_all;
 pub mod process;
 pub mod processes;
 pub mod reaper;
@@ -50,12 +55,25 @@ use std::time::Duration;
 /// sockets; two threads are plenty and keep idle memory per sandbox low
 /// (the default would be one per host core).
 const WORKER_THREADS: usize = 2;
+/// Threads for blocking file work. Bounded so the agent's threads always
+/// fit in the pids headroom the orchestrator leaves it beside the tenant
+/// cgroup (64, see the orchestrator's `runtime::tenant`).
+const MAX_BLOCKING_THREADS: usize = 16;
+
+/// Where the agent's listener comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// Bind a socket at this path (an agent run by hand, tests).
+    Path(PathBuf),
+    /// Receive it through the handoff socket at this path (in a sandbox:
+    /// `sbx_api::HANDOFF_SOCKET_PATH`).
+    Handoff(PathBuf),
+}
 
 /// What the agent needs to know, settled at start-up.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where to listen (`sbx_api::AGENT_SOCKET_PATH` in a sandbox).
-    pub socket: PathBuf,
+    pub listen: Listen,
     /// The default cwd of commands (`sbx_api::WORKSPACE_DIR` in a sandbox).
     pub workdir: PathBuf,
     /// The sandbox's base environment, from `SBX_ENV_*` variables (see
@@ -92,8 +110,17 @@ pub fn run(config: Config) -> Result<(), AgentError> {
             tracing::warn!(%err, "cannot become a child subreaper");
         }
     }
+    let listener = match &config.listen {
+        Listen::Path(path) => server::listen_ready(path)?,
+        Listen::Handoff(path) => {
+            let received = handoff::receive(path)?;
+            process::set_tenant_cgroups(received.tenant_cgroups);
+            received.listener
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKER_THREADS)
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)?;
@@ -107,12 +134,12 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         base_env.append(&mut config.base_env);
         config.base_env = base_env;
         tokio::spawn(relay.run());
-        server::serve(Arc::new(Agent {
+        let agent = Arc::new(Agent {
             config,
             reaper,
             processes: processes::Processes::default(),
-        }))
-        .await
+        });
+        server::serve(agent, listener).await
     });
     // Tasks still parked on pipes of killed processes must not delay exit.
     runtime.shutdown_timeout(Duration::from_millis(100));

@@ -1,10 +1,10 @@
-//! `sandbox-agent [--socket PATH] [--workdir DIR] [--egress-listen ADDR]
-//! [--egress-socket PATH]`: parses arguments, sets up logging to stderr and
+//! `sandbox-agent [--socket PATH | --handoff PATH] [--workdir DIR]
+//! [--egress-listen ADDR] [--egress-socket PATH]`: parses arguments, sets up logging to stderr and
 //! hands over to the library.
 
 use clap::Parser;
 use sandbox_agent::egress::RelayConfig;
-use sandbox_agent::{env::base_env_from_vars, Config};
+use sandbox_agent::{env::base_env_from_vars, Config, Listen};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +18,10 @@ struct Args {
     /// Unix socket to listen on; it appears only once the agent is ready.
     #[arg(long, env = "SBX_AGENT_SOCKET", default_value = sbx_api::AGENT_SOCKET_PATH)]
     socket: PathBuf,
+    /// Receive the listener through this socket instead of binding one (how
+    /// the orchestrator starts the agent in a sandbox).
+    #[arg(long, env = "SBX_AGENT_HANDOFF")]
+    handoff: Option<PathBuf>,
     /// Default working directory of commands.
     #[arg(long, env = "SBX_AGENT_WORKDIR", default_value = sbx_api::WORKSPACE_DIR)]
     workdir: PathBuf,
@@ -40,7 +44,10 @@ fn main() -> ExitCode {
         )
         .init();
     let config = Config {
-        socket: args.socket,
+        listen: match args.handoff {
+            Some(path) => Listen::Handoff(path),
+            None => Listen::Path(args.socket),
+        },
         workdir: args.workdir,
         base_env: base_env_from_vars(std::env::vars_os()),
         egress: RelayConfig {

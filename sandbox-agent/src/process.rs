@@ -11,6 +11,10 @@
 //! decide what to do with the chunks: collect them (`exec`), forward them as
 //! events, or keep a log.
 //!
+//! In a sandbox every command moves itself into the tenant cgroups between
+//! fork and exec (see `sbx_api::Handoff`), so a bomb fills them and not the
+//! agent's headroom.
+//!
 //! We use `std::process::Command` rather than `tokio::process`, because the
 //! latter reaps its own children and would fight the global reaper.
 
@@ -21,11 +25,13 @@ use bytes::{Bytes, BytesMut};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
@@ -41,6 +47,18 @@ pub const POST_EXIT_IDLE: Duration = Duration::from_millis(100);
 pub const POST_EXIT_LIMIT: Duration = Duration::from_secs(1);
 
 const READ_CHUNK: usize = 64 * 1024;
+
+/// The `cgroup.procs` files every command moves itself into (see
+/// `sbx_api::Handoff`): set once at start in a sandbox, never outside one.
+static TENANT_CGROUPS: OnceLock<Vec<File>> = OnceLock::new();
+
+/// Makes every command from now on start in `cgroups` (open `cgroup.procs`
+/// files). Only the first call counts.
+pub fn set_tenant_cgroups(cgroups: Vec<File>) {
+    if TENANT_CGROUPS.set(cgroups).is_err() {
+        tracing::warn!("tenant cgroups were already set");
+    }
+}
 
 /// What to run; built by the route from its request.
 #[derive(Debug, Clone)]
@@ -93,12 +111,25 @@ pub fn spawn(reaper: &Reaper, spec: &CommandSpec) -> Result<Spawned, AgentError>
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let identity = spec.identity.clone();
+    let tenant: Vec<RawFd> = TENANT_CGROUPS
+        .get()
+        .map(|files| files.iter().map(AsRawFd::as_raw_fd).collect())
+        .unwrap_or_default();
     // SAFETY: the hook runs in the forked child before exec, where only
-    // async-signal-safe calls are allowed; it calls setsid(2), which is one,
+    // async-signal-safe calls are allowed; it calls write(2) on descriptors
+    // that live as long as the agent and setsid(2), which are such calls,
     // then `Identity::apply_in_child` (raw set*id syscalls on data built
     // before the fork), and builds io::Errors from errnos without allocating.
     unsafe {
         command.pre_exec(move || {
+            // Into the tenant cgroups before anything else: from here on
+            // the command and all it forks count against the sandbox's
+            // limits, never the agent's headroom.
+            for &fd in &tenant {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             nix::unistd::setsid().map_err(io::Error::from)?;
             match &identity {
                 Some(identity) => identity.apply_in_child(),

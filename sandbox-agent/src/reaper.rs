@@ -157,6 +157,11 @@ impl Reaper {
         self.lock().children.len()
     }
 
+    /// The pids (= process groups) of the children still running.
+    pub fn running(&self) -> Vec<i32> {
+        self.lock().children.keys().copied().collect()
+    }
+
     /// Refuses further spawns and returns the pids (= process groups) of
     /// the children still running, for the shutdown sweep.
     pub fn close(&self) -> Vec<i32> {

@@ -1,21 +1,23 @@
 //! The HTTP side: routes, the JSON extractor, readiness and shutdown.
 //!
-//! Readiness is the socket's existence. The orchestrator watches the socket
-//! directory with inotify, so the final name must appear only when a
-//! `connect` will succeed: we bind and listen under a temporary name in the
-//! same directory and `rename` it into place, which is atomic.
+//! In a sandbox the listener comes from the orchestrator ([`crate::handoff`])
+//! and readiness is the orchestrator's first answered request. Run by hand,
+//! the agent binds its socket itself and readiness is the socket's
+//! existence: we bind and listen under a temporary name in the same
+//! directory and `rename` it into place, which is atomic, so the name
+//! appears only once a `connect` will succeed.
 //!
 //! Shutdown (SIGTERM, or SIGINT by hand): stop starting processes, SIGTERM
 //! every process group the agent started (execs, streams and background
 //! processes alike: all are the reaper's children) and, as PID 1, every
 //! process in the sandbox, give them up to [`STOP_GRACE`] to go, SIGKILL
 //! what is left, let in-flight replies go out for a moment, remove the
-//! socket, exit 0.
+//! socket (when the agent bound it), exit 0.
 
 use crate::error::AgentError;
 use crate::events::ndjson_response;
 use crate::process::signal_group;
-use crate::{exec, processes, stream, Agent};
+use crate::{exec, processes, stream, Agent, Listen};
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::header::ACCEPT;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -134,15 +136,27 @@ where
     }
 }
 
-/// Serves until SIGTERM/SIGINT, then shuts down as the module docs say.
-pub async fn serve(agent: Arc<Agent>) -> Result<(), AgentError> {
+/// Serves on `listener` until SIGTERM/SIGINT, then shuts down as the module
+/// docs say.
+pub async fn serve(
+    agent: Arc<Agent>,
+    listener: std::os::unix::net::UnixListener,
+) -> Result<(), AgentError> {
     // Handlers first: as PID 1 an unhandled SIGTERM is simply ignored, and
     // the orchestrator may send it as soon as the socket appears.
     let mut sigterm = install(SignalKind::terminate(), "SIGTERM")?;
     let mut sigint = install(SignalKind::interrupt(), "SIGINT")?;
-    let socket = agent.config.socket.clone();
-    let listener = listen_ready(&socket)?;
-    tracing::info!(socket = %socket.display(), pid = std::process::id(), "agent ready");
+    let socket = match &agent.config.listen {
+        Listen::Path(path) => Some(path.clone()),
+        Listen::Handoff(_) => None,
+    };
+    let listen_error = |source| AgentError::Listen {
+        path: socket.clone().unwrap_or_default(),
+        source,
+    };
+    listener.set_nonblocking(true).map_err(listen_error)?;
+    let listener = UnixListener::from_std(listener).map_err(listen_error)?;
+    tracing::info!(socket = ?socket, pid = std::process::id(), "agent ready");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, router(Arc::clone(&agent)))
@@ -153,7 +167,7 @@ pub async fn serve(agent: Arc<Agent>) -> Result<(), AgentError> {
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => {
-            remove_socket(&socket);
+            remove_socket(socket.as_deref());
             return result.map_err(AgentError::Serve);
         }
         _ = sigterm.recv() => tracing::info!("SIGTERM received, shutting down"),
@@ -168,7 +182,7 @@ pub async fn serve(agent: Arc<Agent>) -> Result<(), AgentError> {
     {
         tracing::warn!("connections still open at exit");
     }
-    remove_socket(&socket);
+    remove_socket(socket.as_deref());
     tracing::info!("agent stopped");
     Ok(())
 }
@@ -182,7 +196,7 @@ fn install(kind: SignalKind, name: &'static str) -> Result<SignalStream, AgentEr
 
 /// Binds under a temporary name and renames into place, so `path` appears
 /// only once connections are accepted.
-pub fn listen_ready(path: &Path) -> Result<UnixListener, AgentError> {
+pub fn listen_ready(path: &Path) -> Result<std::os::unix::net::UnixListener, AgentError> {
     let listen_error = |source| AgentError::Listen {
         path: path.to_owned(),
         source,
@@ -206,7 +220,7 @@ pub fn listen_ready(path: &Path) -> Result<UnixListener, AgentError> {
     // Left behind by an earlier agent with the same pid (always 1 in a
     // sandbox) that was killed before renaming.
     remove_if_present(&temporary).map_err(listen_error)?;
-    let listener = UnixListener::bind(&temporary).map_err(listen_error)?;
+    let listener = std::os::unix::net::UnixListener::bind(&temporary).map_err(listen_error)?;
     // rename(2) replaces a stale socket at `path` atomically.
     if let Err(err) = std::fs::rename(&temporary, path) {
         let _ = std::fs::remove_file(&temporary);
@@ -222,7 +236,8 @@ fn remove_if_present(path: &Path) -> io::Result<()> {
     }
 }
 
-fn remove_socket(path: &Path) {
+fn remove_socket(path: Option<&Path>) {
+    let Some(path) = path else { return };
     if let Err(err) = remove_if_present(path) {
         tracing::warn!(socket = %path.display(), %err, "cannot remove socket");
     }

@@ -8,9 +8,9 @@
 use super::stream::{ByteStream, EventStream};
 use super::{decode, read_success, ClientError};
 use crate::{
-    ArchiveSummary, ExecRequest, ExecResult, FileInfo, FileList, FileQuery, LogsQuery,
-    MkdirRequest, MoveRequest, ProcessInfo, ProcessList, SignalRequest, StartProcessRequest,
-    StdinQuery, NDJSON,
+    ArchiveSummary, ExecRequest, ExecResult, FileInfo, FileList, FileQuery, KillAllResult,
+    LogsQuery, MkdirRequest, MoveRequest, ProcessInfo, ProcessList, SignalRequest,
+    StartProcessRequest, StdinQuery, NDJSON,
 };
 use bytes::Bytes;
 use http::{header, Method, Request, Response};
@@ -191,6 +191,13 @@ impl SandboxClient<'_> {
             Some(&request),
         )
         .await
+    }
+
+    /// `POST processes/kill-all`: every process but the agent, killed and
+    /// reaped.
+    pub async fn kill_all(&self) -> Result<KillAllResult, ClientError> {
+        self.json(Method::POST, "/processes/kill-all", NO_BODY)
+            .await
     }
 
     /// `GET processes/{pid}/wait`: blocks until the process exits.

@@ -10,6 +10,7 @@
 //! | `POST /processes/{pid}/stdin?close=true` (raw body) | 204 |
 //! | `POST /processes/{pid}/signal` (SignalRequest) | 204 |
 //! | `GET /processes/{pid}/wait` | 200 ProcessInfo, once exited |
+//! | `POST /processes/kill-all` | 200 KillAllResult (see [`crate::kill_all`]) |
 //!
 //! Errors: unknown pid 404, stdin or signal of an exited process or a
 //! closed stdin 409, bad signal / query / body 400 — all as `ErrorBody`,
@@ -29,7 +30,8 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use sbx_api::{
-    LogsQuery, ProcessInfo, ProcessList, SignalRequest, StartProcessRequest, StdinQuery,
+    KillAllResult, LogsQuery, ProcessInfo, ProcessList, SignalRequest, StartProcessRequest,
+    StdinQuery,
 };
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -37,6 +39,7 @@ use std::sync::Arc;
 pub fn routes() -> Router<Arc<Agent>> {
     Router::new()
         .route("/processes", post(start).get(list))
+        .route("/processes/kill-all", post(kill_all))
         .route("/processes/{pid}", get(info))
         .route("/processes/{pid}/logs", get(logs))
         .route("/processes/{pid}/stdin", post(stdin))
@@ -53,6 +56,10 @@ async fn start(
         StatusCode::CREATED,
         Json(Processes::start(&agent, &request)?),
     ))
+}
+
+async fn kill_all(State(agent): State<Arc<Agent>>) -> Result<Json<KillAllResult>, AgentError> {
+    Ok(Json(crate::kill_all::kill_all(&agent).await?))
 }
 
 async fn list(State(agent): State<Arc<Agent>>) -> Json<ProcessList> {
