@@ -12,6 +12,7 @@
 //! append-only, written in batches by [`crate::audit`]'s writer thread.
 
 use crate::audit::AuditEntry;
+use crate::lifecycle::Transition;
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use sbx_api::{AuditRecord, NetworkPolicy, Sandbox, SandboxState, Scope, TokenInfo};
@@ -241,42 +242,23 @@ impl Store {
         Ok(changed > 0)
     }
 
-    /// Sets the state; returns false when the sandbox is not stored.
-    pub fn set_state(&self, id: &str, state: SandboxState) -> Result<bool, StoreError> {
+    /// Applies `transition` to sandbox `id` if the lifecycle table allows
+    /// it from the sandbox's current state: one conditional update, so of
+    /// two racing transitions only one wins. False when it was not allowed
+    /// (or the sandbox is not stored).
+    pub fn transition(&self, id: &str, transition: Transition) -> Result<bool, StoreError> {
+        let (from, to) = transition.rule();
+        let states: Vec<&str> = from.iter().map(|state| state.as_str()).collect();
         let changed = self.conn().execute(
-            "UPDATE sandboxes SET state = ?2 WHERE id = ?1",
-            params![id, state.as_str()],
+            "UPDATE sandboxes SET state = ?2 WHERE id = ?1 \
+             AND state IN (SELECT value FROM json_each(?3))",
+            params![
+                id,
+                to.as_str(),
+                serde_json::to_string(&states).expect("a list of strings always serializes")
+            ],
         )?;
         Ok(changed > 0)
-    }
-
-    /// Moves the sandbox to `to` only if it is in one of `from`: the
-    /// compare-and-set that serialises racing lifecycle calls.
-    pub fn transition(
-        &self,
-        id: &str,
-        from: &[SandboxState],
-        to: SandboxState,
-    ) -> Result<bool, StoreError> {
-        let conn = self.conn();
-        let current: Option<String> = conn
-            .query_row(
-                "SELECT state FROM sandboxes WHERE id = ?1",
-                params![id],
-                |row| row.get(0),
-            )
-            .optional()?;
-        let allowed = current
-            .as_deref()
-            .and_then(SandboxState::parse)
-            .is_some_and(|state| from.contains(&state));
-        if allowed {
-            conn.execute(
-                "UPDATE sandboxes SET state = ?2 WHERE id = ?1",
-                params![id, to.as_str()],
-            )?;
-        }
-        Ok(allowed)
     }
 
     /// Removes the sandbox, and with it (by cascade) its tokens.
@@ -598,12 +580,8 @@ mod tests {
         store.insert(&record("bbbb")).expect("insert");
         assert!(store.insert(&record("aaaa")).is_err(), "ids are unique");
 
-        assert!(store
-            .set_state("aaaa", SandboxState::Running)
-            .expect("update"));
-        assert!(!store
-            .set_state("zzzz", SandboxState::Running)
-            .expect("update"));
+        assert!(store.transition("aaaa", Transition::Ready).expect("update"));
+        assert!(!store.transition("zzzz", Transition::Ready).expect("update"));
         first.sandbox.state = SandboxState::Running;
         let loaded = store.get("aaaa").expect("get").expect("present");
         assert_eq!(loaded.env, first.env);
@@ -616,15 +594,31 @@ mod tests {
             first.sandbox.created_at.timestamp_micros()
         );
 
-        assert!(!store
-            .transition("aaaa", &[SandboxState::Creating], SandboxState::Deleting)
-            .expect("transition"));
+        assert!(
+            !store.transition("aaaa", Transition::Ready).expect("update"),
+            "already running"
+        );
         assert!(store
-            .transition("aaaa", &[SandboxState::Running], SandboxState::Deleting)
+            .transition("aaaa", Transition::Delete)
             .expect("transition"));
+        assert!(
+            !store
+                .transition("aaaa", Transition::Delete)
+                .expect("update"),
+            "a second delete loses"
+        );
         assert!(store
-            .set_state("aaaa", SandboxState::Running)
+            .transition("aaaa", Transition::TeardownFailed)
             .expect("update"));
+        assert_eq!(
+            store
+                .get("aaaa")
+                .expect("get")
+                .expect("present")
+                .sandbox
+                .state,
+            SandboxState::Failed
+        );
 
         assert_eq!(store.list().expect("list").len(), 2);
         store.remove("aaaa").expect("remove");
@@ -652,9 +646,7 @@ mod tests {
                 .expect("claim"),
             "still creating"
         );
-        store
-            .set_state("aaaa", SandboxState::Running)
-            .expect("update");
+        store.transition("aaaa", Transition::Ready).expect("update");
         assert!(store
             .claim_pooled("aaaa", now, &labels, &network)
             .expect("claim"));
@@ -687,9 +679,7 @@ mod tests {
         assert!(!store
             .set_network("aaaa", SandboxState::Running, &open)
             .expect("update"));
-        store
-            .set_state("aaaa", SandboxState::Running)
-            .expect("update");
+        store.transition("aaaa", Transition::Ready).expect("update");
         assert!(store
             .set_network("aaaa", SandboxState::Running, &open)
             .expect("update"));
