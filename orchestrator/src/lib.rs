@@ -3,6 +3,8 @@
 //! Layers, top to bottom (see `shared/DESIGN.md`):
 //! - [`http`]: routes, authentication, the one error-to-status mapping;
 //! - [`sandbox`]: the manager, owner of every lifecycle transition;
+//! - [`lifecycle`]: the table of those transitions, which the store
+//!   enforces;
 //! - [`bridge`]: forwards sandbox calls to the agent's Unix socket;
 //! - [`egress`]: the HTTP proxy that is a sandbox's only way out, per its
 //!   allowlist;
@@ -19,6 +21,7 @@ pub mod bridge;
 pub mod cli;
 pub mod egress;
 pub mod http;
+pub mod lifecycle;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;

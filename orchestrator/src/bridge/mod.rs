@@ -41,7 +41,7 @@ pub async fn forward(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response<Body>, SandboxError> {
-    let agent = manager.agent(id)?;
+    let agent = manager.agent(id).await?;
     let mut request = Request::builder()
         .method(method)
         .uri(agent_path)
@@ -53,7 +53,7 @@ pub async fn forward(
         Err(err) => return Err(manager.agent_failure(id, err.to_string()).await),
     };
     if response.status() == StatusCode::SERVICE_UNAVAILABLE {
-        if let Some(err) = manager.not_serving(id) {
+        if let Some(err) = manager.not_serving(id).await {
             return Err(err);
         }
     }

@@ -141,6 +141,13 @@ enum Command {
         id: String,
         pid: i32,
     },
+    /// Kill every process in a sandbox but its agent (after a fork or
+    /// memory bomb); prints how many were running
+    KillAll {
+        #[command(flatten)]
+        conn: ConnArgs,
+        id: String,
+    },
     /// Copy files between the host and a sandbox: `sbx cp ./src ID:/workspace/`,
     /// `sbx cp ID:/workspace/out ./out`; `-` is a tar on stdin or stdout
     Cp {
@@ -489,6 +496,11 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             pid,
         } => {
             conn.client()?.sandbox(&id).signal(pid, &signal).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::KillAll { conn, id } => {
+            let result = conn.client()?.sandbox(&id).kill_all().await?;
+            println!("{}", result.killed);
             Ok(ExitCode::SUCCESS)
         }
         Command::Cp { conn, from, to } => {

@@ -40,6 +40,7 @@ pub fn routes() -> Router<AppState> {
             "/sandboxes/{id}/processes",
             get(forward).post(forward_json::<StartProcessRequest>),
         )
+        .route("/sandboxes/{id}/processes/kill-all", post(forward))
         .route("/sandboxes/{id}/processes/{pid}", get(forward))
         .route("/sandboxes/{id}/processes/{pid}/logs", get(forward))
         .route("/sandboxes/{id}/processes/{pid}/stdin", post(forward))

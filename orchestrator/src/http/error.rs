@@ -51,7 +51,9 @@ impl From<SandboxError> for ApiError {
             SandboxError::InvalidRequest(_) => ErrorCode::InvalidRequest,
             SandboxError::NotFound(_) | SandboxError::ImageNotFound(_) => ErrorCode::NotFound,
             SandboxError::WrongState { .. } => ErrorCode::Conflict,
-            SandboxError::AgentUnavailable { .. } => ErrorCode::Unavailable,
+            SandboxError::AgentUnavailable { .. } | SandboxError::TimedOut { .. } => {
+                ErrorCode::Unavailable
+            }
             SandboxError::Egress {
                 source: EgressError::InvalidPolicy(_),
                 ..

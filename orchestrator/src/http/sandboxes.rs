@@ -75,7 +75,7 @@ async fn create_with_token(
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<SandboxList>, ApiError> {
-    let sandboxes = state.manager.list()?;
+    let sandboxes = state.manager.list().await?;
     Ok(Json(SandboxList { sandboxes }))
 }
 

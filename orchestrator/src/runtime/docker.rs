@@ -29,10 +29,11 @@
 //! present one never is.
 
 use super::{
-    resolve_image, spec, ContainerSpec, Disks, Isolation, Runtime, RuntimeError, SandboxDir,
+    resolve_image, spec, tenant, ContainerSpec, Disks, Isolation, Limits, Runtime, RuntimeError,
+    SandboxDir,
 };
 use async_trait::async_trait;
-use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
     RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
@@ -47,6 +48,8 @@ use tokio::sync::Mutex;
 const LABEL_ID: &str = "sbx.id";
 const LABEL_MANAGED: &str = "sbx.managed";
 const LABEL_INSTANCE: &str = "sbx.instance";
+/// Largest log Docker keeps of a sandbox's agent.
+const AGENT_LOG_MAX_SIZE: &str = "1m";
 /// Seconds the agent gets between SIGTERM and SIGKILL on delete.
 const STOP_GRACE_SECS: i32 = 2;
 
@@ -221,7 +224,7 @@ impl DockerRuntime {
     }
 
     fn container_body(&self, container: &ContainerSpec, image: String) -> ContainerCreateBody {
-        let limits = container.limits;
+        let limits = container.limits.container();
         let memory = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
         let open_files = i64::try_from(spec::open_files_limit()).unwrap_or(1024);
         let host_config = HostConfig {
@@ -231,7 +234,12 @@ impl DockerRuntime {
                     container.agent_binary.display(),
                     sbx_api::AGENT_BINARY_PATH
                 ),
-                format!("{}:/.sbx/run:rw", container.dir.run_dir().display()),
+                // Read-only: see `SandboxDir::run_dir`.
+                format!(
+                    "{}:{}:ro",
+                    container.dir.run_dir().display(),
+                    sbx_api::RUN_DIR
+                ),
             ]),
             network_mode: Some("none".into()),
             memory: Some(memory),
@@ -248,6 +256,14 @@ impl DockerRuntime {
                 hard: Some(open_files),
             }]),
             init: Some(false),
+            // The agent's own output: bounded, whatever happens inside.
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".into()),
+                config: Some(HashMap::from([
+                    ("max-size".to_owned(), AGENT_LOG_MAX_SIZE.to_owned()),
+                    ("max-file".to_owned(), "1".to_owned()),
+                ])),
+            }),
             ..HostConfig::default()
         };
         ContainerCreateBody {
@@ -286,13 +302,6 @@ impl Runtime for DockerRuntime {
     async fn start(&self, container: &ContainerSpec) -> Result<(), RuntimeError> {
         let tag = image_tag(&container.image_rootfs)?;
         self.ensure_image(&tag, &container.image_rootfs).await?;
-        if let Some(uid) = self.isolation.host_root_uid {
-            // The agent, root of the remapped range, makes its socket here.
-            let run_dir = container.dir.run_dir();
-            std::os::unix::fs::chown(&run_dir, Some(uid), Some(uid)).map_err(RuntimeError::io(
-                format!("cannot chown {}", run_dir.display()),
-            ))?;
-        }
         let name = container_name(&container.id);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         let body = self.container_body(container, tag);
@@ -315,6 +324,38 @@ impl Runtime for DockerRuntime {
             .start_container(&name, None)
             .await
             .map_err(docker_error(format!("cannot start container {name}")))
+    }
+
+    async fn tenant_cgroups(
+        &self,
+        id: &str,
+        limits: &Limits,
+    ) -> Result<Vec<std::fs::File>, RuntimeError> {
+        let name = container_name(id);
+        let pid = self
+            .docker
+            .inspect_container(&name, None)
+            .await
+            .map_err(docker_error(format!("cannot inspect container {name}")))?
+            .state
+            .and_then(|state| state.pid)
+            .and_then(|pid| u32::try_from(pid).ok())
+            .filter(|&pid| pid > 0)
+            .ok_or_else(|| RuntimeError::Engine {
+                context: format!("container {name}"),
+                message: "has no running init".into(),
+            })?;
+        let limits = *limits;
+        tokio::task::spawn_blocking(move || match tenant::container_cgroups_of(pid)? {
+            // runc removes child cgroups with the container's.
+            Some(containers) => tenant::make(&containers, &limits),
+            None => Ok(Vec::new()),
+        })
+        .await
+        .map_err(|err| RuntimeError::Engine {
+            context: format!("making the tenant cgroups of {name}"),
+            message: err.to_string(),
+        })?
     }
 
     async fn remove(&self, id: &str, _dir: &SandboxDir) -> Result<(), RuntimeError> {

@@ -17,6 +17,8 @@ pub mod docker;
 pub mod youki;
 
 mod disk;
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod helper;
 mod idmap;
 mod loopback;
@@ -24,6 +26,7 @@ mod overlay;
 mod process;
 mod seccomp;
 mod spec;
+mod tenant;
 
 pub use disk::Disks;
 
@@ -84,7 +87,9 @@ impl SandboxDir {
         &self.0
     }
 
-    /// Host side of `/.sbx/run`: the agent's socket appears here.
+    /// Host side of `/.sbx/run` (`sbx_api::RUN_DIR`): the orchestrator's
+    /// sockets for the sandbox, bind-mounted read-only, so the sandbox can
+    /// connect to them but neither replace them nor store anything here.
     pub fn run_dir(&self) -> PathBuf {
         self.0.join("run")
     }
@@ -100,8 +105,18 @@ impl SandboxDir {
         self.0.join("disk.img")
     }
 
+    /// The agent's listening socket. The orchestrator binds it here, in a
+    /// directory no sandbox sees, and hands the listener to the agent
+    /// (`sbx_api::Handoff`): connecting to this path reaches this sandbox's
+    /// agent and nothing else, whatever code inside the sandbox does.
     pub fn agent_socket(&self) -> PathBuf {
-        self.run_dir().join("agent.sock")
+        self.0.join("agent.sock")
+    }
+
+    /// Where the agent picks up its listener at start
+    /// (`sbx_api::HANDOFF_SOCKET_PATH` inside); gone once it has.
+    pub fn handoff_socket(&self) -> PathBuf {
+        self.run_dir().join("handoff.sock")
     }
 
     /// Where the orchestrator's egress proxy listens for this sandbox; the
@@ -116,7 +131,15 @@ impl SandboxDir {
     }
 }
 
-/// Resource limits applied through cgroups.
+/// Processes the agent may have on top of a sandbox's pids limit: its
+/// threads, and the fork of each command before it joins the tenant cgroup.
+pub const AGENT_PIDS_HEADROOM: u64 = 64;
+/// Memory the agent may use on top of a sandbox's memory limit.
+pub const AGENT_MEMORY_HEADROOM: u64 = 32 << 20;
+
+/// Resource limits applied through cgroups: a sandbox's commands get these
+/// in its tenant cgroup, the container as a whole a little more (see
+/// [`Limits::container`] and `tenant`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     pub memory_bytes: u64,
@@ -125,6 +148,17 @@ pub struct Limits {
     pub pids: u64,
     /// Size limit of the writable layer; `None`: unlimited.
     pub disk_bytes: Option<u64>,
+}
+
+impl Limits {
+    /// The container's limits: the sandbox's plus the agent's headroom.
+    pub fn container(&self) -> Limits {
+        Limits {
+            memory_bytes: self.memory_bytes.saturating_add(AGENT_MEMORY_HEADROOM),
+            pids: self.pids.saturating_add(AGENT_PIDS_HEADROOM),
+            ..*self
+        }
+    }
 }
 
 /// What a runtime enforces on every sandbox it starts, for `GET /v1/info`
@@ -169,6 +203,16 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// failure the caller cleans up with [`Runtime::remove`], which copes
     /// with whatever half of the sandbox exists.
     async fn start(&self, spec: &ContainerSpec) -> Result<(), RuntimeError>;
+
+    /// Makes the tenant cgroups of a started sandbox, under its container's
+    /// cgroups, with the sandbox's own `limits`, and opens them for the
+    /// agent (see `tenant`). Empty where the cgroup layout has no room for
+    /// them (cgroup v2); the sandbox then runs without the agent's headroom.
+    async fn tenant_cgroups(
+        &self,
+        id: &str,
+        limits: &Limits,
+    ) -> Result<Vec<std::fs::File>, RuntimeError>;
 
     /// Stops the container (the agent gets SIGTERM and a grace period, then
     /// everything is killed) and removes all it left on the host. Idempotent:

@@ -65,15 +65,20 @@ pub(crate) fn cgroup_path(id: &str) -> PathBuf {
     PathBuf::from(format!("/sbx/{id}"))
 }
 
-/// The agent's environment as `KEY=VALUE` lines.
+/// The agent's environment as `KEY=VALUE` lines: the sandbox's own, and
+/// where the agent receives its listener.
 pub(crate) fn agent_env(spec: &ContainerSpec) -> Vec<String> {
-    std::iter::once(SANDBOX_PATH.to_owned())
-        .chain(
-            spec.agent_env
-                .iter()
-                .map(|(key, value)| format!("{key}={value}")),
-        )
-        .collect()
+    [
+        SANDBOX_PATH.to_owned(),
+        format!("SBX_AGENT_HANDOFF={}", sbx_api::HANDOFF_SOCKET_PATH),
+    ]
+    .into_iter()
+    .chain(
+        spec.agent_env
+            .iter()
+            .map(|(key, value)| format!("{key}={value}")),
+    )
+    .collect()
 }
 
 /// A user namespace mapping sandbox ids `0..size` to host ids
@@ -113,7 +118,7 @@ pub(crate) fn build(spec: &ContainerSpec, id_map: Option<IdMap>) -> Result<Spec,
         .build()
         .map_err(invalid)?;
 
-    let limits = spec.limits;
+    let limits = spec.limits.container();
     let memory_bytes = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
     let resources = LinuxResourcesBuilder::default()
         .memory(
@@ -186,12 +191,14 @@ pub(crate) fn build(spec: &ContainerSpec, id_map: Option<IdMap>) -> Result<Spec,
     );
     mounts.push(
         MountBuilder::default()
-            .destination("/.sbx/run")
+            .destination(sbx_api::RUN_DIR)
             .typ("bind")
             .source(spec.dir.run_dir())
             .options(vec![
                 "bind".into(),
-                "rw".into(),
+                // The sandbox connects to the sockets here; it must not be
+                // able to replace them or store anything on the host.
+                "ro".into(),
                 "nosuid".into(),
                 "nodev".into(),
                 "noexec".into(),
@@ -272,11 +279,16 @@ mod tests {
 
         let linux = oci.linux().as_ref().expect("linux");
         let resources = linux.resources().as_ref().expect("resources");
+        // The container's limits carry the agent's headroom; the sandbox's
+        // own go to its tenant cgroup.
         assert_eq!(
             resources.memory().as_ref().expect("memory").limit(),
-            Some(512 << 20)
+            Some((512 << 20) + crate::runtime::AGENT_MEMORY_HEADROOM as i64)
         );
-        assert_eq!(resources.pids().as_ref().expect("pids").limit(), 1024);
+        assert_eq!(
+            resources.pids().as_ref().expect("pids").limit(),
+            1024 + crate::runtime::AGENT_PIDS_HEADROOM as i64
+        );
         assert_eq!(
             resources.cpu().as_ref().expect("cpu").quota(),
             Some(150_000)

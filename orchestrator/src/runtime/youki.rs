@@ -16,8 +16,8 @@
 use super::helper::{Helper, Request};
 use super::spec::IdMap;
 use super::{
-    disk, idmap, loopback, overlay, process, spec, ContainerSpec, Disks, Isolation, Runtime,
-    RuntimeError, SandboxDir,
+    disk, idmap, loopback, overlay, process, spec, tenant, ContainerSpec, Disks, Isolation, Limits,
+    Runtime, RuntimeError, SandboxDir,
 };
 use async_trait::async_trait;
 use libcontainer::container::builder::ContainerBuilder;
@@ -71,15 +71,21 @@ impl YoukiRuntime {
     }
 
     /// The init pid recorded by libcontainer, if the container exists.
-    fn init_pid(&self, id: &str) -> Option<i32> {
+    /// Reading the state is file I/O, so it runs off the async workers.
+    async fn init_pid(&self, id: &str) -> Option<i32> {
         let root = self.container_root(id);
-        if !root.exists() {
-            return None;
-        }
-        Container::load(root)
-            .ok()
-            .and_then(|container| container.pid())
-            .map(|pid| pid.as_raw())
+        tokio::task::spawn_blocking(move || {
+            if !root.exists() {
+                return None;
+            }
+            Container::load(root)
+                .ok()
+                .and_then(|container| container.pid())
+                .map(|pid| pid.as_raw())
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     async fn stop_init(&self, pid: i32) -> Result<(), RuntimeError> {
@@ -260,11 +266,31 @@ impl Runtime for YoukiRuntime {
             .await
     }
 
+    async fn tenant_cgroups(&self, id: &str, limits: &Limits) -> Result<Vec<File>, RuntimeError> {
+        let containers = tenant::youki_container_cgroups(id);
+        let limits = *limits;
+        tokio::task::spawn_blocking(move || {
+            if containers.iter().all(|path| path.is_dir()) {
+                tenant::make(&containers, &limits)
+            } else {
+                Ok(Vec::new())
+            }
+        })
+        .await
+        .map_err(|err| RuntimeError::Engine {
+            context: format!("making the tenant cgroups of sandbox {id}"),
+            message: err.to_string(),
+        })?
+    }
+
     async fn remove(&self, id: &str, dir: &SandboxDir) -> Result<(), RuntimeError> {
         let started = Instant::now();
-        if let Some(pid) = self.init_pid(id) {
+        if let Some(pid) = self.init_pid(id).await {
             self.stop_init(pid).await?;
         }
+        // Empty once the init is gone (its pid namespace went with it), and
+        // in the way of libcontainer's removal of the container's cgroups.
+        tenant::remove(&tenant::youki_container_cgroups(id))?;
         let stopped = started.elapsed();
         let root = self.container_root(id);
         if root.exists() {
@@ -292,7 +318,7 @@ impl Runtime for YoukiRuntime {
     }
 
     async fn is_running(&self, id: &str) -> Result<bool, RuntimeError> {
-        Ok(self.init_pid(id).is_some_and(process::is_alive))
+        Ok(self.init_pid(id).await.is_some_and(process::is_alive))
     }
 
     async fn list(&self) -> Result<Vec<String>, RuntimeError> {

@@ -1,24 +1,18 @@
 //! The sandbox manager: the lifecycle of every sandbox, and the only code
 //! that changes a sandbox's state.
 //!
-//! States and the transitions allowed between them:
-//!
-//! ```text
-//!   (create) ──► creating ──► running ──► deleting ──► (gone)
-//!                   │            │            │
-//!                   │            └──► failed ─┤ (delete)
-//!                   └──(start fails: cleaned up, gone)
-//! ```
+//! The states and the transitions between them are one table,
+//! [`crate::lifecycle`], which the store enforces; its diagram is there.
+//! What the states mean here:
 //!
 //! - `creating`: the record exists, the container is being started and the
-//!   agent awaited. Delete answers 409 until it settles.
+//!   agent handed its listener ([`handoff`]). Delete answers 409 until it
+//!   settles; a start that fails or times out is torn down.
 //! - `running`: the agent answered; exec and files are served.
-//! - `failed`: the agent or container died underneath us (found at
-//!   recovery). Only delete is allowed.
-//! - `deleting`: teardown in progress; a crash here is finished at recovery.
-//!
-//! Every transition is a compare-and-set in the store, so two racing calls
-//! (two deletes, an exec racing a delete) cannot both win.
+//! - `failed`: the agent or container died underneath us, or a teardown
+//!   could not finish. Only delete is allowed.
+//! - `deleting`: teardown in progress; a crash here is finished at
+//!   recovery, and a teardown that fails or times out ends in `failed`.
 //!
 //! The manager also keeps the [`EgressProxy`] in step with the sandboxes: a
 //! sandbox is attached to it (its egress socket listening, its policy
@@ -28,22 +22,33 @@
 //! changes cannot leave the proxy enforcing a policy the store does not
 //! hold.
 //!
+//! Create, delete and update run detached from their caller ([`detached`]):
+//! a client that leaves mid-call leaves a sandbox that is running or gone,
+//! never one stuck half-way. Timeouts bound the rest: a start that does not
+//! finish within `start_timeout` is torn down, a teardown that does not
+//! finish within `teardown_timeout` ends in `failed`.
+//!
 //! With a warm pool ([`pool`]), default creates are answered with a
 //! sandbox started ahead of demand.
 
+mod handoff;
+#[cfg(test)]
+mod manager_tests;
 mod pool;
-mod ready;
 
 use crate::egress::{EgressError, EgressProxy};
+use crate::lifecycle::Transition;
 use crate::runtime::{ContainerSpec, Limits, Runtime, RuntimeError, SandboxDir};
 use crate::store::{SandboxRecord, Store, StoreError};
 use chrono::Utc;
 use sbx_api::client::Client;
 use sbx_api::{CreateSandboxRequest, NetworkPolicy, Sandbox, SandboxState, UpdateSandboxRequest};
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Pause before retrying a pooled sandbox that failed to start.
 const POOL_RETRY: Duration = Duration::from_secs(1);
@@ -58,6 +63,12 @@ pub enum SandboxError {
     ImageNotFound(String),
     #[error("sandbox {id} is {state}")]
     WrongState { id: String, state: &'static str },
+    #[error("sandbox {id}: {what} did not finish within {limit:?}")]
+    TimedOut {
+        id: String,
+        what: &'static str,
+        limit: Duration,
+    },
     #[error("agent of sandbox {id} is unavailable: {reason}")]
     AgentUnavailable { id: String, reason: String },
     #[error("sandbox {id}: {source}")]
@@ -87,8 +98,15 @@ pub struct ManagerConfig {
     /// names none.
     pub default_disk_mb: u64,
     pub pids_limit: u64,
-    /// How long a new sandbox's agent may take to open its socket.
+    /// How long a new sandbox's agent may take to take its listener and
+    /// answer, once its container runs.
     pub ready_timeout: Duration,
+    /// How long a whole start may take (the engine included) before the
+    /// sandbox is torn down: no sandbox stays `creating`.
+    pub start_timeout: Duration,
+    /// How long a teardown may take before the sandbox is marked `failed`
+    /// (a later delete tries again): no sandbox stays `deleting`.
+    pub teardown_timeout: Duration,
     /// How many default sandboxes to keep started ahead of demand.
     pub warm_pool: usize,
 }
@@ -104,6 +122,8 @@ impl ManagerConfig {
             default_disk_mb: 10 * 1024,
             pids_limit: 1024,
             ready_timeout: Duration::from_secs(10),
+            start_timeout: Duration::from_secs(60),
+            teardown_timeout: Duration::from_secs(60),
             warm_pool: 0,
         }
     }
@@ -116,7 +136,7 @@ pub struct Manager {
     egress: Arc<EgressProxy>,
     config: ManagerConfig,
     /// Serialises policy changes (see the module docs).
-    policy_changes: Mutex<()>,
+    policy_changes: tokio::sync::Mutex<()>,
     pool: pool::WarmPool,
 }
 
@@ -155,7 +175,7 @@ impl Manager {
             egress,
             pool: pool::WarmPool::new(config.warm_pool),
             config,
-            policy_changes: Mutex::new(()),
+            policy_changes: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -171,21 +191,46 @@ impl Manager {
         SandboxDir::new(self.config.sandboxes_dir.join(id))
     }
 
-    fn record(&self, id: &str) -> Result<SandboxRecord, SandboxError> {
+    /// Runs `call` on the store off the async workers: SQLite calls block
+    /// (on the disk, and on the store's one connection).
+    async fn db<T, F>(&self, call: F) -> Result<T, SandboxError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || call(&store))
+            .await
+            .map_err(|err| SandboxError::Io {
+                context: "a store call panicked".into(),
+                source: std::io::Error::other(err.to_string()),
+            })?
+            .map_err(SandboxError::from)
+    }
+
+    async fn record(&self, id: &str) -> Result<SandboxRecord, SandboxError> {
         if !is_valid_id(id) {
             return Err(SandboxError::NotFound(id.to_owned()));
         }
+        let key = id.to_owned();
         // A pooled sandbox is nobody's yet: no client may see or touch it.
-        self.store
-            .get(id)?
+        self.db(move |store| store.get(&key))
+            .await?
             .filter(|record| !record.pooled)
             .ok_or_else(|| SandboxError::NotFound(id.to_owned()))
+    }
+
+    /// Applies `transition` to `id` if the lifecycle table allows it now.
+    async fn transition(&self, id: &str, transition: Transition) -> Result<bool, SandboxError> {
+        let key = id.to_owned();
+        self.db(move |store| store.transition(&key, transition))
+            .await
     }
 
     /// One sandbox. A sandbox recorded as running whose container has died
     /// is reported (and from now on recorded) as failed.
     pub async fn get(&self, id: &str) -> Result<Sandbox, SandboxError> {
-        let mut sandbox = self.record(id)?.sandbox;
+        let mut sandbox = self.record(id).await?.sandbox;
         if sandbox.state == SandboxState::Running && self.mark_failed_if_dead(id).await? {
             sandbox.state = SandboxState::Failed;
         }
@@ -206,19 +251,16 @@ impl Manager {
         if alive {
             return Ok(false);
         }
-        if self
-            .store
-            .transition(id, &[SandboxState::Running], SandboxState::Failed)?
-        {
+        if self.transition(id, Transition::Died).await? {
             tracing::warn!(%id, "the sandbox's container died; marked failed");
         }
         Ok(true)
     }
 
-    pub fn list(&self) -> Result<Vec<Sandbox>, SandboxError> {
+    pub async fn list(&self) -> Result<Vec<Sandbox>, SandboxError> {
         Ok(self
-            .store
-            .list()?
+            .db(|store| store.list())
+            .await?
             .into_iter()
             .filter(|record| !record.pooled)
             .map(|record| record.sandbox)
@@ -226,7 +268,16 @@ impl Manager {
     }
 
     /// Creates a sandbox and returns it once its agent accepts connections.
-    pub async fn create(&self, request: CreateSandboxRequest) -> Result<Sandbox, SandboxError> {
+    /// Runs to the end even if the caller stops waiting (see [`detached`]).
+    pub async fn create(
+        self: &Arc<Self>,
+        request: CreateSandboxRequest,
+    ) -> Result<Sandbox, SandboxError> {
+        let manager = Arc::clone(self);
+        detached(async move { manager.create_now(request).await }).await
+    }
+
+    async fn create_now(&self, request: CreateSandboxRequest) -> Result<Sandbox, SandboxError> {
         request.validate().map_err(SandboxError::InvalidRequest)?;
         let (record, image_rootfs) = self.new_record(request)?;
         if let Some(sandbox) = self.claim_pooled(&record).await? {
@@ -286,11 +337,25 @@ impl Manager {
         record: SandboxRecord,
         image_rootfs: PathBuf,
     ) -> Result<Sandbox, SandboxError> {
-        self.store.insert(&record)?;
+        let inserted = record.clone();
+        self.db(move |store| store.insert(&inserted)).await?;
         let id = record.sandbox.id.clone();
-        match self.start(&record, image_rootfs).await {
+        let limit = self.config.start_timeout;
+        let started = match tokio::time::timeout(limit, self.start(&record, image_rootfs)).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(SandboxError::TimedOut {
+                id: id.clone(),
+                what: "the start",
+                limit,
+            }),
+        };
+        match started {
             Ok(()) => {
-                self.store.set_state(&id, SandboxState::Running)?;
+                if !self.transition(&id, Transition::Ready).await? {
+                    // Deleted meanwhile (a pooled sandbox at shutdown).
+                    let reason = self.not_serving(&id).await;
+                    return Err(reason.unwrap_or(SandboxError::NotFound(id)));
+                }
                 let mut sandbox = record.sandbox;
                 sandbox.state = SandboxState::Running;
                 tracing::info!(%id, image = %sandbox.image, pooled = record.pooled, "sandbox running");
@@ -298,8 +363,10 @@ impl Manager {
             }
             Err(err) => {
                 tracing::warn!(%id, error = %err, "sandbox failed to start");
-                if let Err(cleanup) = self.teardown(&id).await {
+                if let Err(cleanup) = self.bounded_teardown(&id).await {
                     tracing::error!(%id, error = %cleanup, "cleanup of a failed sandbox failed");
+                    // Out of `creating`: a delete can finish the job.
+                    self.transition(&id, Transition::TeardownFailed).await?;
                 }
                 Err(err)
             }
@@ -315,14 +382,19 @@ impl Manager {
         while let Some(id) = self.pool.take() {
             let alive = self.runtime.is_running(&id).await.unwrap_or(false);
             let requested = &wanted.sandbox;
-            if !alive
-                || !self.store.claim_pooled(
-                    &id,
-                    requested.created_at,
-                    &requested.labels,
-                    &requested.network,
-                )?
-            {
+            let claimed = alive && {
+                let (key, requested) = (id.clone(), requested.clone());
+                self.db(move |store| {
+                    store.claim_pooled(
+                        &key,
+                        requested.created_at,
+                        &requested.labels,
+                        &requested.network,
+                    )
+                })
+                .await?
+            };
+            if !claimed {
                 tracing::warn!(%id, "a pooled sandbox died before its claim");
                 if let Err(err) = self.teardown(&id).await {
                     tracing::error!(%id, error = %err, "cannot remove a dead pooled sandbox");
@@ -391,7 +463,7 @@ impl Manager {
     /// pool any more.
     pub async fn drain_pool(&self) -> Result<(), SandboxError> {
         self.pool.drain();
-        for record in self.store.list()? {
+        for record in self.db(|store| store.list()).await? {
             if record.pooled {
                 self.teardown(&record.sandbox.id).await?;
             }
@@ -407,18 +479,19 @@ impl Manager {
         let id = &record.sandbox.id;
         let dir = self.dir(id);
         let run_dir = dir.run_dir();
-        std::fs::create_dir_all(&run_dir).map_err(|source| SandboxError::Io {
-            context: format!("cannot create {}", run_dir.display()),
-            source,
-        })?;
-        let watch =
-            ready::SocketWatch::new(&dir.agent_socket()).map_err(|source| SandboxError::Io {
-                context: format!("cannot watch {}", run_dir.display()),
-                source,
-            })?;
+        let io_error = |context: &str| {
+            let context = format!("{context} {}", run_dir.display());
+            move |source| SandboxError::Io { context, source }
+        };
+        std::fs::create_dir_all(&run_dir).map_err(io_error("cannot create"))?;
+        // Root's, and read-only to the sandbox (see `SandboxDir::run_dir`).
+        std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(io_error("cannot set the mode of"))?;
+        let owner = self.runtime.isolation().host_root_uid;
+        let agent = handoff::PendingAgent::bind(&dir, owner.unwrap_or(0))
+            .map_err(io_error("cannot bind the agent's sockets in"))?;
         // Listening before the agent starts: its relay works from the
         // first request.
-        let owner = self.runtime.isolation().host_root_uid;
         self.egress
             .attach(id, &dir.egress_socket(), &record.sandbox.network, owner)
             .map_err(|source| SandboxError::Egress {
@@ -446,14 +519,19 @@ impl Manager {
                 id: id.clone(),
                 source,
             })?;
-        let container_started = started.elapsed();
-        let ready = watch
-            .wait(self.config.ready_timeout)
+        let tenant = self
+            .runtime
+            .tenant_cgroups(id, &spec.limits)
             .await
-            .map_err(|source| SandboxError::Io {
-                context: format!("cannot watch {}", run_dir.display()),
+            .map_err(|source| SandboxError::Runtime {
+                id: id.clone(),
                 source,
             })?;
+        let container_started = started.elapsed();
+        let ready = agent
+            .hand_over(self.config.ready_timeout, &tenant)
+            .await
+            .map_err(io_error("cannot hand the agent its listener in"))?;
         if ready {
             tracing::debug!(
                 %id,
@@ -466,7 +544,7 @@ impl Manager {
             Err(SandboxError::AgentUnavailable {
                 id: id.clone(),
                 reason: format!(
-                    "no socket after {:?}; agent log: {}",
+                    "not ready after {:?}; agent log: {}",
                     self.config.ready_timeout,
                     log_tail(&dir.agent_log())
                 ),
@@ -475,22 +553,24 @@ impl Manager {
     }
 
     /// Deletes a sandbox: stops the container and removes every trace.
-    pub async fn delete(&self, id: &str) -> Result<(), SandboxError> {
-        let record = self.record(id)?;
-        let allowed = [SandboxState::Running, SandboxState::Failed];
-        if !self
-            .store
-            .transition(id, &allowed, SandboxState::Deleting)?
-        {
-            let state = self.record(id)?.sandbox.state;
+    /// Runs to the end even if the caller stops waiting (see [`detached`]).
+    pub async fn delete(self: &Arc<Self>, id: &str) -> Result<(), SandboxError> {
+        let (manager, id) = (Arc::clone(self), id.to_owned());
+        detached(async move { manager.delete_now(&id).await }).await
+    }
+
+    async fn delete_now(&self, id: &str) -> Result<(), SandboxError> {
+        let record = self.record(id).await?;
+        if !self.transition(id, Transition::Delete).await? {
+            let state = self.record(id).await?.sandbox.state;
             return Err(SandboxError::WrongState {
                 id: id.to_owned(),
                 state: state.as_str(),
             });
         }
         drop(record);
-        if let Err(err) = self.teardown(id).await {
-            self.store.set_state(id, SandboxState::Failed)?;
+        if let Err(err) = self.bounded_teardown(id).await {
+            self.transition(id, Transition::TeardownFailed).await?;
             return Err(err);
         }
         tracing::info!(%id, "sandbox deleted");
@@ -500,24 +580,33 @@ impl Manager {
     /// Replaces what `request` names of a running sandbox; today, its
     /// network policy, which the egress proxy applies to the next
     /// connection.
+    /// Runs to the end even if the caller stops waiting (see [`detached`]).
     pub async fn update(
+        self: &Arc<Self>,
+        id: &str,
+        request: UpdateSandboxRequest,
+    ) -> Result<Sandbox, SandboxError> {
+        let (manager, id) = (Arc::clone(self), id.to_owned());
+        detached(async move { manager.update_now(&id, request).await }).await
+    }
+
+    async fn update_now(
         &self,
         id: &str,
         request: UpdateSandboxRequest,
     ) -> Result<Sandbox, SandboxError> {
         request.validate().map_err(SandboxError::InvalidRequest)?;
-        self.record(id)?;
+        self.record(id).await?;
         if let Some(network) = request.network {
             let network = network.normalized().map_err(SandboxError::InvalidRequest)?;
-            let _serialised = self
-                .policy_changes
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let _serialised = self.policy_changes.lock().await;
+            let (key, stored) = (id.to_owned(), network.clone());
             if !self
-                .store
-                .set_network(id, SandboxState::Running, &network)?
+                .db(move |store| store.set_network(&key, SandboxState::Running, &stored))
+                .await?
             {
-                return Err(self.not_serving(id).unwrap_or(SandboxError::WrongState {
+                let reason = self.not_serving(id).await;
+                return Err(reason.unwrap_or(SandboxError::WrongState {
                     id: id.to_owned(),
                     state: SandboxState::Running.as_str(),
                 }));
@@ -537,6 +626,20 @@ impl Manager {
         self.get(id).await
     }
 
+    /// [`Manager::teardown`] within the configured time.
+    async fn bounded_teardown(&self, id: &str) -> Result<(), SandboxError> {
+        let limit = self.config.teardown_timeout;
+        tokio::time::timeout(limit, self.teardown(id))
+            .await
+            .unwrap_or_else(|_elapsed| {
+                Err(SandboxError::TimedOut {
+                    id: id.to_owned(),
+                    what: "the teardown",
+                    limit,
+                })
+            })
+    }
+
     /// Removes the container, the sandbox directory and the record.
     async fn teardown(&self, id: &str) -> Result<(), SandboxError> {
         let dir = self.dir(id);
@@ -549,23 +652,30 @@ impl Manager {
                 id: id.to_owned(),
                 source,
             })?;
-        match std::fs::remove_dir_all(dir.path()) {
-            Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
-                return Err(SandboxError::Io {
-                    context: format!("cannot remove {}", dir.path().display()),
-                    source,
-                })
-            }
-            _ => {}
-        }
-        self.store.remove(id)?;
+        // A tree the sandbox wrote (its layer, without a disk): removed off
+        // the async workers, and without following its symlinks (std's
+        // remove_dir_all never does).
+        let path = dir.path().to_owned();
+        let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&path) {
+            Err(source) if source.kind() != std::io::ErrorKind::NotFound => Err(SandboxError::Io {
+                context: format!("cannot remove {}", path.display()),
+                source,
+            }),
+            _ => Ok(()),
+        });
+        removed.await.map_err(|err| SandboxError::Io {
+            context: format!("removing {}", dir.path().display()),
+            source: std::io::Error::other(err.to_string()),
+        })??;
+        let key = id.to_owned();
+        self.db(move |store| store.remove(&key)).await?;
         tracing::debug!(%id, teardown_us = started.elapsed().as_micros() as u64, "sandbox torn down");
         Ok(())
     }
 
     /// A client of a running sandbox's agent.
-    pub fn agent(&self, id: &str) -> Result<Client, SandboxError> {
-        let record = self.record(id)?;
+    pub async fn agent(&self, id: &str) -> Result<Client, SandboxError> {
+        let record = self.record(id).await?;
         if record.sandbox.state != SandboxState::Running {
             return Err(SandboxError::WrongState {
                 id: id.to_owned(),
@@ -579,8 +689,8 @@ impl Manager {
     /// or in any state but running (409). An agent that answers "shutting
     /// down" is one whose sandbox is being deleted; this turns that into the
     /// client's error instead of the agent's.
-    pub fn not_serving(&self, id: &str) -> Option<SandboxError> {
-        match self.record(id) {
+    pub async fn not_serving(&self, id: &str) -> Option<SandboxError> {
+        match self.record(id).await {
             Err(err) => Some(err),
             Ok(record) if record.sandbox.state != SandboxState::Running => {
                 Some(SandboxError::WrongState {
@@ -597,7 +707,7 @@ impl Manager {
     /// may have died (then it is marked failed, 409), or its agent is really
     /// unreachable (503).
     pub async fn agent_failure(&self, id: &str, reason: String) -> SandboxError {
-        if let Some(err) = self.not_serving(id) {
+        if let Some(err) = self.not_serving(id).await {
             return err;
         }
         match self.mark_failed_if_dead(id).await {
@@ -619,7 +729,7 @@ impl Manager {
     /// that died are marked `failed`; ones caught mid-create or mid-delete
     /// are torn down; directories the store does not know are removed.
     pub async fn recover(&self) -> Result<(), SandboxError> {
-        for record in self.store.list()? {
+        for record in self.db(|store| store.list()).await? {
             let id = record.sandbox.id;
             if record.pooled {
                 // Cheaper to start afresh than to check: nobody holds it.
@@ -650,7 +760,7 @@ impl Manager {
                         tracing::info!(%id, "adopted running sandbox");
                     } else {
                         tracing::warn!(%id, "sandbox died while the orchestrator was down");
-                        self.store.set_state(&id, SandboxState::Failed)?;
+                        self.transition(&id, Transition::Died).await?;
                     }
                 }
                 SandboxState::Failed => {}
@@ -701,13 +811,32 @@ impl Manager {
         orphans.sort();
         orphans.dedup();
         for id in orphans {
-            if is_valid_id(&id) && self.store.get(&id)?.is_none() {
+            let key = id.clone();
+            if is_valid_id(&id) && self.db(move |store| store.get(&key)).await?.is_none() {
                 tracing::info!(%id, "removing an orphaned sandbox");
                 self.teardown(&id).await?;
             }
         }
         Ok(())
     }
+}
+
+/// Runs `work` in a task of its own and waits for it. The caller's future
+/// may be dropped at any `.await` (an HTTP client that hangs up drops its
+/// handler); the task is not, so a change of state always finishes, or
+/// undoes itself, as it would have with the caller there. Log lines keep
+/// the caller's span (its request id).
+async fn detached<T, F>(work: F) -> Result<T, SandboxError>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, SandboxError>> + Send + 'static,
+{
+    tokio::spawn(work.in_current_span())
+        .await
+        .map_err(|err| SandboxError::Io {
+            context: "a sandbox operation panicked".into(),
+            source: std::io::Error::other(err.to_string()),
+        })?
 }
 
 /// The last lines of the agent's log, for error messages.
