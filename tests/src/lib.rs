@@ -49,6 +49,26 @@ pub fn agent_pid(engine: Engine, sandbox_id: &str) -> Option<u32> {
     })
 }
 
+/// The host directory of a sandbox's tenant cgroup (where its commands
+/// run) in the v1 `controller` hierarchy, found through its agent.
+pub fn tenant_cgroup(engine: Engine, sandbox_id: &str, controller: &str) -> Option<PathBuf> {
+    let agent = agent_pid(engine, sandbox_id)?;
+    let groups = std::fs::read_to_string(format!("/proc/{agent}/cgroup")).ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        controllers
+            .split(',')
+            .any(|name| name == controller)
+            .then(|| {
+                PathBuf::from("/sys/fs/cgroup")
+                    .join(controller)
+                    .join(path.trim_start_matches('/'))
+                    .join("tenant")
+            })
+    })
+}
+
 /// A tar of a tree of `files` small text files under `tree/` (100
 /// directories), as a coding agent would upload a checkout.
 pub fn tree_tar(files: usize) -> Result<Vec<u8>> {

@@ -8,6 +8,8 @@ use anyhow::{bail, Context, Result};
 use sbx_api::client::SandboxClient;
 use sbx_api::{CreateSandboxRequest, ExecRequest, ExecResult};
 use sbx_tests::{processes_in_cgroup, Engine, Server};
+use std::path::Path;
+use std::time::Duration;
 
 /// Runs a Python snippet that makes one raw syscall and prints
 /// `<return value> <errno>`.
@@ -167,12 +169,16 @@ async fn resource_bombs_stay_inside(engine: Engine) -> Result<()> {
             .contains("Resource temporarily unavailable"),
         "the pids limit stopped it"
     );
+    // Commands run in the tenant cgroup, which has the sandbox's limit (the
+    // container's adds the agent's headroom).
     let pids_max = exec(
         &sandbox,
-        ExecRequest::shell("cat /sys/fs/cgroup/pids/pids.max"),
+        ExecRequest::shell(
+            "cat /sys/fs/cgroup/pids/tenant/pids.max; grep -c ':pids:.*/tenant$' /proc/self/cgroup",
+        ),
     )
     .await?;
-    assert_eq!(pids_max.stdout, "1024\n");
+    assert_eq!(pids_max.stdout, "1024\n1\n", "{}", pids_max.stderr);
 
     // A memory bomb is OOM-killed inside; the agent lives on.
     let memory_bomb = sandbox
@@ -219,6 +225,109 @@ async fn resource_bombs_stay_inside(engine: Engine) -> Result<()> {
     Ok(())
 }
 
+/// How many forks the tenant cgroup at `dir` has refused (`pids.events`).
+fn refused_forks(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join("pids.events"))
+        .ok()
+        .and_then(|events| {
+            events
+                .lines()
+                .find_map(|line| line.strip_prefix("max ")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// How many times the OOM killer struck in the memory cgroup at `dir`.
+fn oom_kills(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join("memory.oom_control"))
+        .ok()
+        .and_then(|control| {
+            control
+                .lines()
+                .find_map(|line| line.strip_prefix("oom_kill ")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A background fork bomb fills the sandbox's pids limit and a background
+/// memory bomb its memory, and neither takes the agent with it: while they
+/// rage the agent still answers and starts commands, kill-all ends them,
+/// and a command that forks works again at once. Every time.
+async fn bombs_leave_the_agent_in_control(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let client = server.client();
+    let id = client
+        .create_sandbox(&CreateSandboxRequest {
+            memory_mb: Some(256),
+            ..CreateSandboxRequest::default()
+        })
+        .await?
+        .id;
+    let sandbox = client.sandbox(&id);
+    let pids = sbx_tests::tenant_cgroup(engine, &id, "pids").context("tenant pids cgroup")?;
+    let memory = sbx_tests::tenant_cgroup(engine, &id, "memory").context("tenant memory cgroup")?;
+    for round in 0..3 {
+        let refused = refused_forks(&pids);
+        let bomb = exec(
+            &sandbox,
+            ExecRequest::shell("bomb() { bomb | bomb & }; bomb"),
+        )
+        .await?;
+        assert_eq!(bomb.exit_code, 0, "round {round}: {bomb:?}");
+        let full = sbx_tests::eventually(Duration::from_secs(30), || async {
+            refused_forks(&pids) > refused
+        })
+        .await;
+        assert!(full, "round {round}: the fork bomb never filled the tenant");
+        let alive = exec(&sandbox, ExecRequest::argv(["echo", "alive"])).await?;
+        assert_eq!(
+            alive.stdout, "alive\n",
+            "round {round}: exec while the bomb runs"
+        );
+
+        let killed = sandbox.kill_all().await?;
+        assert!(
+            killed.killed > 100,
+            "round {round}: killed {}",
+            killed.killed
+        );
+        let forks = exec(&sandbox, ExecRequest::shell("echo $(echo forked) | cat")).await?;
+        assert_eq!(forks.stdout, "forked\n", "round {round}: {forks:?}");
+
+        let kills = oom_kills(&memory);
+        let hog = "blocks = []\nwhile True: blocks.append(bytearray(16 << 20))";
+        let bomb = exec(
+            &sandbox,
+            ExecRequest::shell(&format!(
+                "for i in 1 2 3 4; do python3 -c '{hog}' >/dev/null 2>&1 & done"
+            )),
+        )
+        .await?;
+        assert_eq!(bomb.exit_code, 0, "round {round}: {bomb:?}");
+        let struck = sbx_tests::eventually(Duration::from_secs(30), || async {
+            oom_kills(&memory) > kills
+        })
+        .await;
+        assert!(struck, "round {round}: the memory bomb never hit the limit");
+        let alive = exec(&sandbox, ExecRequest::argv(["echo", "alive"])).await?;
+        assert_eq!(
+            alive.stdout, "alive\n",
+            "round {round}: exec beside the memory bomb"
+        );
+        sandbox.kill_all().await?;
+        let forks = exec(&sandbox, ExecRequest::shell("echo $(echo forked) | cat")).await?;
+        assert_eq!(forks.stdout, "forked\n", "round {round}: {forks:?}");
+        let again = sandbox.kill_all().await?;
+        assert_eq!(
+            again.killed, 0,
+            "round {round}: nothing but the agent was left"
+        );
+    }
+    client.delete_sandbox(&id).await?;
+    assert!(!pids.exists(), "{} outlived the sandbox", pids.display());
+    Ok(())
+}
+
 /// Root inside is an unprivileged uid outside: the mapping is visible
 /// inside, the agent runs as that uid on the host, and a file root makes in
 /// a host-visible directory belongs to it.
@@ -235,7 +344,7 @@ async fn root_inside_is_an_unprivileged_uid_outside(engine: Engine) -> Result<()
     let inside = exec(
         &sandbox,
         ExecRequest::shell(
-            "id -u; cat /proc/self/uid_map /proc/self/gid_map; touch /.sbx/run/mine",
+            "id -u; cat /proc/self/uid_map /proc/self/gid_map; touch /.sbx/run/mine; true",
         ),
     )
     .await?;
@@ -260,9 +369,14 @@ async fn root_inside_is_an_unprivileged_uid_outside(engine: Engine) -> Result<()
     for uid in uids.split_whitespace() {
         assert_eq!(uid, host_root.to_string(), "the agent's host uids: {uids}");
     }
+    // The run directory is the host's, read-only inside: nothing lands there.
+    assert!(
+        inside.stderr.contains("Read-only file system"),
+        "{}",
+        inside.stderr
+    );
     let made = server.data_dir().join(format!("sandboxes/{id}/run/mine"));
-    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&made)?);
-    assert_eq!(owner, host_root, "{} is owned by {owner}", made.display());
+    assert!(!made.exists(), "{} was made from inside", made.display());
     Ok(())
 }
 
@@ -364,10 +478,147 @@ async fn youki_formats_disks_where_it_cannot_clone_them() -> Result<()> {
     Ok(())
 }
 
+/// The run directory (`/.sbx/run`, the host's sockets for the sandbox)
+/// takes no writes: a sandbox with a 64 MiB disk cannot put 200 MiB on the
+/// host's pool through it, and `df` there is not the pool's.
+async fn the_run_dir_is_not_storage(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let client = server.client();
+    let request = CreateSandboxRequest {
+        disk_mb: Some(64),
+        ..CreateSandboxRequest::default()
+    };
+    let id = client.create_sandbox(&request).await?.id;
+    let sandbox = client.sandbox(&id);
+    let fill = exec(
+        &sandbox,
+        ExecRequest::shell(
+            "dd if=/dev/zero of=/.sbx/run/fill bs=1M count=200 2>&1; \
+             mkdir /.sbx/run/d 2>&1; ls -A /.sbx/run",
+        ),
+    )
+    .await?;
+    assert!(
+        fill.stdout.matches("Read-only file system").count() >= 2,
+        "{}{}",
+        fill.stdout,
+        fill.stderr
+    );
+    // Only the orchestrator's egress socket is left: the handoff is over.
+    assert_eq!(
+        fill.stdout.lines().last(),
+        Some("egress.sock"),
+        "{}",
+        fill.stdout
+    );
+    let run_dir = server.data_dir().join(format!("sandboxes/{id}/run"));
+    let mut names: Vec<String> = std::fs::read_dir(&run_dir)?
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["egress.sock"], "{}", run_dir.display());
+    Ok(())
+}
+
+/// What code inside could put where the orchestrator's sockets are, each
+/// as a shell snippet run as root inside: `{path}` is the socket it tries
+/// to replace. The targets outside are host paths, which the sandbox
+/// cannot reach, but a symlink's target is only text.
+fn socket_replacements(neighbour_socket: &Path) -> Vec<(&'static str, String)> {
+    let swap = |make: &str| format!("{make} && mv -fT /tmp/evil {{path}}");
+    vec![
+        (
+            "a symlink to the neighbour's agent socket",
+            swap(&format!("ln -sfn {} /tmp/evil", neighbour_socket.display())),
+        ),
+        (
+            "a symlink to the docker engine's socket",
+            swap("ln -sfn /run/sbx/docker.sock /tmp/evil"),
+        ),
+        (
+            "a symlink to a host file",
+            swap("ln -sfn /etc/shadow /tmp/evil"),
+        ),
+        ("a fifo", swap("rm -f /tmp/evil && mkfifo /tmp/evil")),
+        ("a regular file", swap("echo evil > /tmp/evil")),
+        ("an unlink", "rm -f {path}".to_owned()),
+        (
+            "a socket bound by another process",
+            "python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); \
+             s.bind(sys.argv[1]); s.listen()' {path}"
+                .to_owned(),
+        ),
+    ]
+}
+
+/// A sandbox that replaces the sockets in its run directory with anything
+/// at all steers nothing: each attempt fails inside, the sandbox's calls
+/// keep reaching its own agent, the neighbour is untouched, and every
+/// attempt is in the audit trail.
+async fn replaced_sockets_steer_nothing(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let client = server.client();
+    let a = server.new_sandbox().await?;
+    let b = server.new_sandbox().await?;
+    let (sandbox_a, sandbox_b) = (client.sandbox(&a), client.sandbox(&b));
+    exec(&sandbox_a, ExecRequest::shell("echo a > /workspace/who")).await?;
+    exec(&sandbox_b, ExecRequest::shell("echo b > /workspace/who")).await?;
+    let sandboxes = server.data_dir().join("sandboxes");
+    let neighbour = sandboxes.join(&b).join("agent.sock");
+    let mut attempts = 0;
+    for (what, snippet) in socket_replacements(&neighbour) {
+        for path in [sbx_api::EGRESS_SOCKET_PATH, "/.sbx/run/agent.sock"] {
+            let script = snippet.replace("{path}", path);
+            let attempt = exec(&sandbox_a, ExecRequest::shell(&script)).await?;
+            attempts += 1;
+            refused(&format!("{what} at {path}"), &attempt)?;
+            let who = exec(&sandbox_a, ExecRequest::shell("cat /workspace/who")).await?;
+            assert_eq!(
+                who.stdout, "a\n",
+                "after {what} at {path}, calls reach A's agent"
+            );
+        }
+    }
+    let who = exec(&sandbox_b, ExecRequest::shell("cat /workspace/who")).await?;
+    assert_eq!(who.stdout, "b\n", "the neighbour is untouched");
+    for id in [&a, &b] {
+        let egress = sandboxes.join(id).join("run/egress.sock");
+        let kind = std::fs::symlink_metadata(&egress)?.file_type();
+        assert!(
+            std::os::unix::fs::FileTypeExt::is_socket(&kind),
+            "{} is still the proxy's socket",
+            egress.display()
+        );
+    }
+    let records = client
+        .audit(&sbx_api::AuditQuery {
+            sandbox: Some(a.clone()),
+            limit: Some(sbx_api::MAX_AUDIT_LIMIT),
+            ..sbx_api::AuditQuery::default()
+        })
+        .await?;
+    let logged = records
+        .iter()
+        .filter(|record| {
+            record.route.ends_with("/exec")
+                && record
+                    .summary
+                    .as_deref()
+                    .is_some_and(|summary| summary.contains(".sbx/run/"))
+        })
+        .count();
+    assert_eq!(logged, attempts, "every attempt is in the audit trail");
+    Ok(())
+}
+
 sbx_tests::on_every_runtime!(
+    the_run_dir_is_not_storage,
+    replaced_sockets_steer_nothing,
     privileged_operations_are_refused,
     sandboxes_cannot_reach_each_other_or_the_host,
     resource_bombs_stay_inside,
+    bombs_leave_the_agent_in_control,
     root_inside_is_an_unprivileged_uid_outside,
     a_disk_fill_stops_at_disk_mb,
 );
