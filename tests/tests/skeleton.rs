@@ -85,13 +85,14 @@ async fn create_answers_201_with_the_sandbox_and_applies_limits_and_env(
         .exec(&id, &ExecRequest::shell("echo $GREETING"))
         .await?;
     assert_eq!(env.stdout, "hello\n");
-    // The limits as the sandbox itself sees them (cgroup v1 files).
+    // The limits as the sandbox itself sees them (cgroup v1 files): its
+    // commands run in the tenant cgroup, which has exactly these.
     let limits = client
         .exec(
             &id,
             &ExecRequest::shell(
-                "cat /sys/fs/cgroup/memory/memory.limit_in_bytes \
-                     /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/pids/pids.max",
+                "cat /sys/fs/cgroup/memory/tenant/memory.limit_in_bytes \
+                     /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/pids/tenant/pids.max",
             ),
         )
         .await?;

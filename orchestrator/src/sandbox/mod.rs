@@ -140,8 +140,10 @@ pub struct Manager {
     pool: pool::WarmPool,
 }
 
-/// Sandbox ids are 16 lowercase hex digits; anything else cannot name a
-/// sandbox, and rejecting it early keeps `/`, `..` and NUL out of paths.
+/// Whether `id` could name a sandbox: ASCII letters, digits and `-`, at
+/// most 64 bytes (new ids are 16 lowercase hex digits, see [`new_id`]).
+/// Anything else is refused before it reaches a path, which keeps `/`, `..`
+/// and NUL out of them.
 fn is_valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
