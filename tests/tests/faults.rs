@@ -157,6 +157,105 @@ sbx_tests::on_every_runtime!(
     a_server_killed_during_creates_recovers_cleanly,
 );
 
+/// The server's youki helpers: its children running `sbx __youki-helper`.
+fn youki_helpers(server_pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let parent = format!("PPid:\t{server_pid}\n");
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .is_ok_and(|status| status.contains(&parent))
+                && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                    cmdline
+                        .split(|&byte| byte == 0)
+                        .any(|arg| arg == b"__youki-helper")
+                })
+        })
+        .collect()
+}
+
+/// Whether `pid` is a live process, not a zombie.
+fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+    })
+}
+
+/// The youki helper (the process that runs libcontainer) is SIGKILLed under
+/// a running server: the next create works, on a new helper; the sandbox
+/// the dead helper started (its init now the host init's child) and the new
+/// one both serve exec; deleting both leaves nothing behind. Youki only:
+/// Docker has no helper.
+#[tokio::test]
+async fn youki_a_killed_helper_is_replaced() -> Result<()> {
+    let engine = Engine::Youki;
+    let server = Server::start(engine).await?;
+    let client = server.client();
+    let server_pid = server.pid().context("server pid")?;
+    let old = server.new_sandbox().await?;
+    let helpers = youki_helpers(server_pid);
+    let [dead] = helpers[..] else {
+        anyhow::bail!("one helper expected, found {helpers:?}");
+    };
+    // SAFETY: kill(2) on the helper of the server this test started.
+    assert_eq!(unsafe { libc::kill(dead as i32, libc::SIGKILL) }, 0);
+    let died = sbx_tests::eventually(Duration::from_secs(10), || async { !is_alive(dead) }).await;
+    assert!(died, "the helper dies of SIGKILL");
+
+    let new = server
+        .new_sandbox()
+        .await
+        .with_context(|| format!("a create after the helper died; log: {}", server.log()))?;
+    let helpers = youki_helpers(server_pid);
+    assert_eq!(helpers.len(), 1, "one helper again: {helpers:?}");
+    assert_ne!(helpers[0], dead, "a new helper");
+    assert!(
+        !Path::new(&format!("/proc/{dead}")).exists(),
+        "the dead helper was reaped"
+    );
+    for id in [&old, &new] {
+        let echo = client
+            .exec(id, &ExecRequest::argv(["echo", "alive"]))
+            .await
+            .with_context(|| format!("exec in {id}"))?;
+        assert_eq!(echo.stdout, "alive\n", "{id}");
+    }
+
+    for id in [&old, &new] {
+        let marker = engine.cgroup_marker(id).context("cgroup marker")?;
+        client
+            .delete_sandbox(id)
+            .await
+            .with_context(|| format!("delete {id}; log: {}", server.log()))?;
+        assert!(
+            processes_in_cgroup(&marker).is_empty(),
+            "{id} left processes"
+        );
+    }
+    assert_eq!(
+        traces_on_the_host(engine, server.data_dir())?,
+        BTreeSet::new(),
+        "no container or directory left"
+    );
+    let data_dir = server.data_dir().display().to_string();
+    let mounts = std::fs::read_to_string("/proc/mounts")?;
+    assert!(
+        !mounts.lines().any(|line| line.contains(&data_dir)),
+        "no mount left in the host's table"
+    );
+    let disks_gone = sbx_tests::eventually(Duration::from_secs(10), || async {
+        sbx_tests::attached_disks(server.data_dir()).is_ok_and(|ids| ids.is_empty())
+    })
+    .await;
+    assert!(disks_gone, "deleting frees every disk's loop device");
+    Ok(())
+}
+
 /// A labelled container that no record owns appears while the server runs
 /// (as when the engine finishes a create sent by a server that died): the
 /// periodic sweep removes it, and leaves the real sandbox alone. Docker
