@@ -242,14 +242,14 @@ fn run(request: Request) -> Result<(), RuntimeError> {
             lower,
             disk,
             root_uid,
-        } => super::youki::mount_and_start(
+        } => super::in_helper::mount_and_start(
             &id,
             &state_root,
             &SandboxDir::new(bundle),
             &log,
             (&lower, disk, root_uid),
         ),
-        Request::Delete { id, state_root } => super::youki::delete_container(&id, &state_root),
+        Request::Delete { id, state_root } => super::in_helper::delete_container(&id, &state_root),
     }
 }
 

@@ -21,6 +21,7 @@ mod disk;
 pub(crate) mod fake;
 pub mod helper;
 mod idmap;
+mod in_helper;
 mod loopback;
 mod overlay;
 mod process;
