@@ -1,73 +1,153 @@
 //! Recording every `/v1` call in the audit trail, and `GET /v1/audit`.
 //!
-//! [`record`] wraps every `/v1` route (and the `/v1` fallback): it notes
-//! the time, method, matched route and sandbox on the way in, and on the
-//! way out reads what the layers inside left in the response's extensions:
-//! the caller's [`Principal`] (put there by `auth`, refusals included; none
-//! means the call was not authenticated) and an [`AuditNote`] (put there
-//! by handlers that know how to summarise their request). Handlers only
-//! summarise what they parsed anyway, or small JSON bodies; a refused call
-//! never reaches its handler, so it is recorded without a summary.
+//! Every call that reaches a `/v1` route leaves exactly one record, calls
+//! whose client left included. An axum handler is dropped at its next
+//! `.await` when its client disconnects, and the middleware around it with
+//! it, so the record cannot be written "after the handler": it is a
+//! [`Call`], shared by the middleware, the layers and handlers inside it
+//! and any work they detach (see [`super::detached`]), and written either
+//! when the middleware sees the response ([`Call::finish`]) or, failing
+//! that, when the last holder lets go of it, with status 499
+//! ([`CLIENT_CLOSED_REQUEST`]). Whichever comes first writes it; the other
+//! finds nothing left to write.
+//!
+//! [`record`] wraps every `/v1` route (and the `/v1` fallback) and starts
+//! the record with the time, method, matched route, sandbox and request
+//! id. The layers inside fill in the rest as soon as they know it, so that
+//! a call dropped half-way is recorded with what was known: `auth` the
+//! caller's [`Principal`] (refusals included; none means the call was not
+//! authenticated), handlers a summary of their request and the sandbox a
+//! create made. Handlers only summarise what they parsed anyway, or small
+//! JSON bodies; a refused call never reaches its handler, so it is recorded
+//! without a summary.
 
 use super::error::ApiError;
 use super::extract::{raw_id_param, ApiQuery};
+use super::request_id::RequestId;
 use super::AppState;
-use crate::audit::{summarize, AuditEntry};
+use crate::audit::{summarize, AuditEntry, AuditLog};
 use crate::store::AuditFilter;
 use crate::tokens::Principal;
-use axum::extract::{MatchedPath, OriginalUri, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, OriginalUri, Request, State};
+use axum::http::request::Parts;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use chrono::Utc;
 use sbx_api::{
     AuditList, AuditQuery, CreateSandboxRequest, CreateTokenRequest, ExecRequest, MkdirRequest,
-    MoveRequest, SignalRequest, StartProcessRequest, ANONYMOUS,
+    MoveRequest, SignalRequest, StartProcessRequest, ANONYMOUS, CLIENT_CLOSED_REQUEST,
 };
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// Longest route or sandbox id recorded as sent (an unmatched path, a
 /// hostile id); longer ones are cut.
 const MAX_FIELD_BYTES: usize = 256;
 
-/// What a handler tells the audit trail about its request.
+/// The audit record of one call in the making; cheap to clone. It is
+/// written once: by [`Call::finish`], or else when the last clone is
+/// dropped, as a call whose client left.
 #[derive(Debug, Clone)]
-pub struct AuditNote {
-    summary: String,
-    /// The sandbox the call was about, when its route does not name it
-    /// (a create).
-    sandbox: Option<String>,
+pub struct Call(Arc<Pending>);
+
+#[derive(Debug)]
+struct Pending {
+    log: AuditLog,
+    started: Instant,
+    /// None once written.
+    entry: Mutex<Option<AuditEntry>>,
 }
 
-impl AuditNote {
-    pub fn new(summary: impl AsRef<str>) -> Self {
-        Self {
-            summary: summarize(summary.as_ref()),
-            sandbox: None,
+impl Call {
+    /// Starts the record of a call; `entry`'s status and duration are
+    /// filled in when it is written.
+    fn begin(log: AuditLog, entry: AuditEntry) -> Self {
+        Self(Arc::new(Pending {
+            log,
+            started: Instant::now(),
+            entry: Mutex::new(Some(entry)),
+        }))
+    }
+
+    fn entry(&self) -> MutexGuard<'_, Option<AuditEntry>> {
+        // Every update is a plain field assignment: a panic elsewhere while
+        // the lock was held cannot have left the entry half-changed.
+        self.0
+            .entry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn update(&self, change: impl FnOnce(&mut AuditEntry)) {
+        if let Some(entry) = self.entry().as_mut() {
+            change(entry);
         }
     }
 
-    pub fn with_sandbox(self, sandbox: &str) -> Self {
-        Self {
-            sandbox: Some(sandbox.to_owned()),
-            ..self
-        }
+    /// Who is calling (set by `auth` before it decides).
+    pub fn principal(&self, principal: &Principal) {
+        self.update(|entry| {
+            entry.identity = principal.name.clone();
+            entry.token_id = principal.token_id.clone();
+        });
     }
 
-    /// Attaches the note to whatever the handler answers, errors included.
-    pub fn attach(self, response: impl IntoResponse) -> Response {
-        let mut response = response.into_response();
-        response.extensions_mut().insert(self);
-        response
+    /// What the call asks for, without contents (see [`Summary`]).
+    pub fn summary(&self, summary: impl AsRef<str>) {
+        let summary = summarize(summary.as_ref());
+        self.update(|entry| entry.summary = Some(summary));
+    }
+
+    /// The sandbox the call is about, when its route does not name it (the
+    /// one a create made).
+    pub fn sandbox(&self, id: &str) {
+        let id = cut(id);
+        self.update(|entry| {
+            entry.sandbox.get_or_insert(id);
+        });
+    }
+
+    /// Writes the record with the status the call was answered with.
+    fn finish(&self, status: u16) {
+        self.0.write(status);
     }
 }
 
-/// Attaches `note`, if there is one, to `response`.
-pub fn noted(note: Option<AuditNote>, response: impl IntoResponse) -> Response {
-    match note {
-        Some(note) => note.attach(response),
-        None => response.into_response(),
+impl Pending {
+    fn write(&self, status: u16) {
+        let taken = self
+            .entry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(mut entry) = taken {
+            entry.status = status;
+            entry.duration = self.started.elapsed();
+            self.log.record(entry);
+        }
+    }
+}
+
+impl Drop for Pending {
+    /// The last holder is gone and no answer was recorded: the client left
+    /// before one was made (or the work was cancelled with it).
+    fn drop(&mut self) {
+        self.write(CLIENT_CLOSED_REQUEST);
+    }
+}
+
+/// Handlers take the call's record as an argument; only routes under
+/// [`record`] have one.
+impl<S: Send + Sync> FromRequestParts<S> for Call {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Call>()
+            .cloned()
+            .ok_or_else(|| ApiError::internal("a handler that audits runs outside the audit layer"))
     }
 }
 
@@ -164,9 +244,9 @@ fn cut(text: &str) -> String {
     format!("{}…", &text[..end])
 }
 
-/// The middleware: one audit entry per call.
+/// The middleware: starts the call's record, hands it to the layers and
+/// handler inside, and writes it when they answer.
 pub async fn record(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let started = Instant::now();
     let time = Utc::now();
     let method = request.method().to_string();
     // An unmatched path has no template; the path itself (as sent, before
@@ -183,20 +263,28 @@ pub async fn record(State(state): State<AppState>, mut request: Request, next: N
     } else {
         None
     };
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map(ToString::to_string);
+    let call = Call::begin(
+        state.audit.clone(),
+        AuditEntry {
+            time,
+            identity: ANONYMOUS.to_owned(),
+            token_id: None,
+            method,
+            route,
+            sandbox,
+            summary: None,
+            status: CLIENT_CLOSED_REQUEST,
+            duration: Duration::ZERO,
+            request_id,
+        },
+    );
+    request.extensions_mut().insert(call.clone());
     let response = next.run(request).await;
-    let principal = response.extensions().get::<Arc<Principal>>();
-    let note = response.extensions().get::<AuditNote>();
-    state.audit.record(AuditEntry {
-        time,
-        identity: principal.map_or_else(|| ANONYMOUS.to_owned(), |p| p.name.clone()),
-        token_id: principal.and_then(|p| p.token_id.clone()),
-        method,
-        route,
-        sandbox: sandbox.or_else(|| note.and_then(|note| note.sandbox.clone())),
-        summary: note.map(|note| note.summary.clone()),
-        status: response.status().as_u16(),
-        duration: started.elapsed(),
-    });
+    call.finish(response.status().as_u16());
     response
 }
 
@@ -267,5 +355,74 @@ mod tests {
         let cut = cut(&long);
         assert!(cut.len() <= MAX_FIELD_BYTES + '…'.len_utf8());
         assert!(cut.ends_with('…'));
+    }
+
+    fn log() -> AuditLog {
+        let store = Arc::new(crate::store::Store::in_memory().expect("store"));
+        AuditLog::start(store, None).expect("audit writer")
+    }
+
+    fn begin(log: &AuditLog) -> Call {
+        Call::begin(
+            log.clone(),
+            AuditEntry {
+                time: Utc::now(),
+                identity: ANONYMOUS.to_owned(),
+                token_id: None,
+                method: "POST".into(),
+                route: "/v1/sandboxes".into(),
+                sandbox: None,
+                summary: None,
+                status: 0,
+                duration: Duration::ZERO,
+                request_id: Some("0123456789abcdef".into()),
+            },
+        )
+    }
+
+    async fn all(log: &AuditLog) -> Vec<sbx_api::AuditRecord> {
+        let filter = AuditFilter {
+            limit: 100,
+            ..AuditFilter::default()
+        };
+        log.query(&filter).await.expect("query")
+    }
+
+    #[tokio::test]
+    async fn an_answered_call_is_recorded_once_with_its_status() {
+        let log = log();
+        let call = begin(&log);
+        call.principal(&Principal::admin());
+        call.summary("image base");
+        let kept = call.clone();
+        call.finish(201);
+        call.finish(500);
+        kept.sandbox("aaaa");
+        drop((call, kept));
+        let records = all(&log).await;
+        assert_eq!(records.len(), 1, "{records:?}");
+        let record = &records[0];
+        assert_eq!(record.status, 201);
+        assert_eq!(record.identity, "admin");
+        assert_eq!(record.summary.as_deref(), Some("image base"));
+        assert_eq!(record.sandbox, None, "nothing changes once written");
+        assert_eq!(record.request_id.as_deref(), Some("0123456789abcdef"));
+    }
+
+    #[tokio::test]
+    async fn a_call_nobody_answered_is_recorded_as_client_closed_when_let_go() {
+        let log = log();
+        let call = begin(&log);
+        call.summary("image base");
+        let detached = call.clone();
+        drop(call);
+        assert!(all(&log).await.is_empty(), "detached work still holds it");
+        detached.sandbox("aaaa");
+        drop(detached);
+        let records = all(&log).await;
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!(records[0].status, CLIENT_CLOSED_REQUEST);
+        assert_eq!(records[0].sandbox.as_deref(), Some("aaaa"));
+        assert_eq!(records[0].identity, ANONYMOUS);
     }
 }
