@@ -233,17 +233,14 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     let sweeper = tokio::spawn(sweep_orphans(Arc::clone(&manager), config.orphan_sweep));
     let filler = tokio::spawn(Arc::clone(&manager).keep_pool_full());
     let detached = tokio_util::task::TaskTracker::new();
-    let app = http::router(AppState {
+    let state = AppState {
         manager: Arc::clone(&manager),
         max_body_bytes: config.max_body_bytes,
         tokens,
         audit: audit.clone(),
         detached: detached.clone(),
-    });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(io_error("http server failed"));
+    };
+    http::serve(listener, state, shutdown_signal()).await;
     // Work whose client left still runs; its records come after it.
     detached.close();
     detached.wait().await;
@@ -255,7 +252,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     }
     // The records of the last calls may still be queued.
     audit.flush().await;
-    served
+    Ok(())
 }
 
 /// Every `period`, removes containers no record owns (see

@@ -1,25 +1,27 @@
 //! Recording every `/v1` call in the audit trail, and `GET /v1/audit`.
 //!
 //! Every call that reaches a `/v1` route leaves exactly one record, calls
-//! whose client left included. An axum handler is dropped at its next
-//! `.await` when its client disconnects, and the middleware around it with
-//! it, so the record cannot be written "after the handler": it is a
-//! [`Call`], shared by the middleware, the layers and handlers inside it
-//! and any work they detach (see [`super::detached`]), and written either
-//! when the middleware sees the response ([`Call::finish`]) or, failing
-//! that, when the last holder lets go of it, with status 499
-//! ([`CLIENT_CLOSED_REQUEST`]). Whichever comes first writes it; the other
-//! finds nothing left to write.
+//! whose client left included. hyper drops a call's future when its client
+//! disconnects, at the future's next `.await`, or before its first poll if
+//! the client hung up right after sending the request; so the record cannot
+//! be written "after the handler". It is a [`Call`], started the moment
+//! hyper hands the request over (see [`super::serve`]), shared by the
+//! layers and handlers inside and any work they detach (see
+//! [`super::detached`]), and written either when a response is made
+//! ([`Call::finish`]) or, failing that, when the last holder lets go of
+//! it, with status 499 ([`CLIENT_CLOSED_REQUEST`]). Whichever comes first
+//! writes it; the other finds nothing left to write.
 //!
-//! [`record`] wraps every `/v1` route (and the `/v1` fallback) and starts
-//! the record with the time, method, matched route, sandbox and request
-//! id. The layers inside fill in the rest as soon as they know it, so that
-//! a call dropped half-way is recorded with what was known: `auth` the
-//! caller's [`Principal`] (refusals included; none means the call was not
-//! authenticated), handlers a summary of their request and the sandbox a
-//! create made. Handlers only summarise what they parsed anyway, or small
-//! JSON bodies; a refused call never reaches its handler, so it is recorded
-//! without a summary.
+//! A record starts with the time, method, path, sandbox and request id;
+//! the layers inside fill in the rest as soon as they know it, so that a
+//! call dropped half-way is recorded with what was known: [`record`] the
+//! matched route template (a call dropped before routing keeps the path as
+//! sent, like an unknown route), `auth` the caller's [`Principal`]
+//! (refusals included; none means the call was not authenticated),
+//! handlers a summary of their request and the sandbox a create made.
+//! Handlers only summarise what they parsed anyway, or small JSON bodies; a
+//! refused call never reaches its handler, so it is recorded without a
+//! summary.
 
 use super::error::ApiError;
 use super::extract::{raw_id_param, ApiQuery};
@@ -30,6 +32,7 @@ use crate::store::AuditFilter;
 use crate::tokens::Principal;
 use axum::extract::{FromRequestParts, MatchedPath, OriginalUri, Request, State};
 use axum::http::request::Parts;
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::Json;
@@ -60,8 +63,6 @@ struct Pending {
 }
 
 impl Call {
-    /// Starts the record of a call; `entry`'s status and duration are
-    /// filled in when it is written.
     fn begin(log: AuditLog, entry: AuditEntry) -> Self {
         Self(Arc::new(Pending {
             log,
@@ -70,17 +71,33 @@ impl Call {
         }))
     }
 
-    fn entry(&self) -> MutexGuard<'_, Option<AuditEntry>> {
-        // Every update is a plain field assignment: a panic elsewhere while
-        // the lock was held cannot have left the entry half-changed.
-        self.0
-            .entry
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Starts the record of a call that has just arrived, before routing:
+    /// its route is the path as sent for now (see [`record`]).
+    pub fn arrive(log: AuditLog, method: &Method, path: &str, request_id: &RequestId) -> Self {
+        let sandbox = path
+            .strip_prefix("/v1/sandboxes/")
+            .and_then(|rest| rest.split('/').next())
+            .filter(|id| !id.is_empty())
+            .map(cut);
+        Self::begin(
+            log,
+            AuditEntry {
+                time: Utc::now(),
+                identity: ANONYMOUS.to_owned(),
+                token_id: None,
+                method: method.to_string(),
+                route: cut(path),
+                sandbox,
+                summary: None,
+                status: CLIENT_CLOSED_REQUEST,
+                duration: Duration::ZERO,
+                request_id: Some(request_id.to_string()),
+            },
+        )
     }
 
     fn update(&self, change: impl FnOnce(&mut AuditEntry)) {
-        if let Some(entry) = self.entry().as_mut() {
+        if let Some(entry) = self.0.entry().as_mut() {
             change(entry);
         }
     }
@@ -108,19 +125,31 @@ impl Call {
         });
     }
 
+    /// The route template the call matched, and the sandbox it names.
+    fn routed(&self, route: String, sandbox: Option<String>) {
+        self.update(|entry| {
+            entry.route = route;
+            entry.sandbox = sandbox;
+        });
+    }
+
     /// Writes the record with the status the call was answered with.
-    fn finish(&self, status: u16) {
+    pub fn finish(&self, status: u16) {
         self.0.write(status);
     }
 }
 
 impl Pending {
-    fn write(&self, status: u16) {
-        let taken = self
-            .entry
+    fn entry(&self) -> MutexGuard<'_, Option<AuditEntry>> {
+        // Every update is a plain field assignment: a panic elsewhere while
+        // the lock was held cannot have left the entry half-changed.
+        self.entry
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
+    }
+
+    fn write(&self, status: u16) {
+        let taken = self.entry().take();
         if let Some(mut entry) = taken {
             entry.status = status;
             entry.duration = self.started.elapsed();
@@ -244,45 +273,46 @@ fn cut(text: &str) -> String {
     format!("{}…", &text[..end])
 }
 
-/// The middleware: starts the call's record, hands it to the layers and
-/// handler inside, and writes it when they answer.
+/// Whether calls to `path` are audited: those under `/v1`.
+pub fn is_audited(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/")
+}
+
+/// The middleware of every `/v1` route: completes the call's record with
+/// the matched route and its sandbox (or starts one, if the router is
+/// served without [`super::serve`]), and writes it when the layers and
+/// handler inside answer.
 pub async fn record(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let time = Utc::now();
-    let method = request.method().to_string();
     // An unmatched path has no template; the path itself (as sent, before
     // nesting stripped `/v1`) says what was tried.
+    let path = match request.extensions().get::<OriginalUri>() {
+        Some(OriginalUri(uri)) => uri.path().to_owned(),
+        None => request.uri().path().to_owned(),
+    };
     let route = match request.extensions().get::<MatchedPath>() {
-        Some(path) => path.as_str().to_owned(),
-        None => match request.extensions().get::<OriginalUri>() {
-            Some(OriginalUri(uri)) => cut(uri.path()),
-            None => cut(request.uri().path()),
-        },
+        Some(matched) => matched.as_str().to_owned(),
+        None => cut(&path),
     };
     let sandbox = if route.starts_with("/v1/sandboxes/{id}") {
         raw_id_param(&mut request).await.map(|id| cut(&id))
     } else {
         None
     };
-    let request_id = request
-        .extensions()
-        .get::<RequestId>()
-        .map(ToString::to_string);
-    let call = Call::begin(
-        state.audit.clone(),
-        AuditEntry {
-            time,
-            identity: ANONYMOUS.to_owned(),
-            token_id: None,
-            method,
-            route,
-            sandbox,
-            summary: None,
-            status: CLIENT_CLOSED_REQUEST,
-            duration: Duration::ZERO,
-            request_id,
-        },
-    );
-    request.extensions_mut().insert(call.clone());
+    let call = match request.extensions().get::<Call>() {
+        Some(call) => call.clone(),
+        None => {
+            let id = request.extensions().get::<RequestId>().cloned();
+            let call = Call::arrive(
+                state.audit.clone(),
+                request.method(),
+                &path,
+                &id.unwrap_or_default(),
+            );
+            request.extensions_mut().insert(call.clone());
+            call
+        }
+    };
+    call.routed(route, sandbox);
     let response = next.run(request).await;
     call.finish(response.status().as_u16());
     response
@@ -424,5 +454,30 @@ mod tests {
         assert_eq!(records[0].status, CLIENT_CLOSED_REQUEST);
         assert_eq!(records[0].sandbox.as_deref(), Some("aaaa"));
         assert_eq!(records[0].identity, ANONYMOUS);
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_before_routing_keeps_its_path_and_sandbox() {
+        let log = log();
+        let id = RequestId::new();
+        let call = Call::arrive(log.clone(), &Method::DELETE, "/v1/sandboxes/aaaa", &id);
+        drop(call);
+        let records = all(&log).await;
+        assert_eq!(records.len(), 1, "{records:?}");
+        let record = &records[0];
+        assert_eq!(record.status, CLIENT_CLOSED_REQUEST);
+        assert_eq!(record.method, "DELETE");
+        assert_eq!(record.route, "/v1/sandboxes/aaaa");
+        assert_eq!(record.sandbox.as_deref(), Some("aaaa"));
+        assert_eq!(record.request_id.as_deref(), Some(id.as_str()));
+
+        let routed = Call::arrive(log.clone(), &Method::GET, "/v1/sandboxes/bbbb/files", &id);
+        routed.routed("/v1/sandboxes/{id}/files".into(), Some("bbbb".into()));
+        routed.finish(200);
+        let records = all(&log).await;
+        assert_eq!(records[0].route, "/v1/sandboxes/{id}/files");
+        assert_eq!(records[0].status, 200);
+        assert!(is_audited("/v1") && is_audited("/v1/info"));
+        assert!(!is_audited("/health") && !is_audited("/v10") && !is_audited("/"));
     }
 }

@@ -4,11 +4,13 @@
 //! [`bridge`](crate::bridge), map the result. Wire types come from `sbx-api`
 //! only, and errors become responses in [`error`] only.
 //!
-//! Every call, `/health` and unknown routes included, first gets a request
-//! id ([`request_id::assign`]): the `x-request-id` header of its response,
-//! the span of its log lines. Every `/v1` call then passes two more layers,
-//! outermost first: [`audit::record`] (exactly one audit entry per call,
-//! refusals, unknown routes and calls whose client left included) and
+//! [`serve`] gives every call a request id and starts the audit record of
+//! every `/v1` call the moment hyper hands it over, before the router runs
+//! (see there for why). Then every call, `/health` and unknown routes
+//! included, passes [`request_id::assign`] (the `x-request-id` header of
+//! its response, the span of its log lines), and every `/v1` call two more
+//! layers, outermost first: [`audit::record`] (exactly one audit entry per
+//! call, refusals, unknown routes and calls whose client left included) and
 //! [`auth::authorize`] (token → principal → the route's requirement).
 //! Handlers that change state run their work [`detached`](detached) from
 //! the client's connection.
@@ -21,10 +23,12 @@ mod error;
 mod extract;
 mod request_id;
 mod sandboxes;
+mod serve;
 mod tokens;
 
 pub use auth::load_or_create_admin_token;
 pub use error::ApiError;
+pub use serve::serve;
 
 use crate::audit::AuditLog;
 use crate::sandbox::Manager;

@@ -2,9 +2,11 @@
 //! (the `x-request-id` header, the `request_id` of an error body), what the
 //! audit trail holds and what the log says can be matched up.
 //!
-//! [`assign`] is the outermost layer of every route, `/health` and the
-//! fallbacks included. It never trusts an id the client sent: a client
-//! could otherwise make its calls look like someone else's in the log.
+//! The id is made when hyper hands the request over (see [`super::serve`])
+//! and [`assign`], the outermost layer of every route (`/health` and the
+//! fallbacks included), puts it to use. An id the client sent is never
+//! trusted: a client could otherwise make its calls look like someone
+//! else's in the log.
 //!
 //! The id reaches the code below it three ways: the request's extensions
 //! (for the audit layer), a tracing span (so every log line of the call
@@ -73,11 +75,18 @@ pub fn carry<F: Future>(future: F) -> impl Future<Output = F::Output> {
     id.scope(future.instrument(tracing::Span::current()))
 }
 
-/// The middleware: a fresh id for the call, in its extensions, span and
-/// task-local, and in the response's `x-request-id` header.
+/// The middleware: a fresh id for the call (the one [`super::serve`] gave
+/// it, if any), in its extensions, span and task-local, and in the
+/// response's `x-request-id` header.
 pub async fn assign(mut request: Request, next: Next) -> Response {
-    let id = RequestId::new();
-    request.extensions_mut().insert(id.clone());
+    let id = match request.extensions().get::<RequestId>() {
+        Some(id) => id.clone(),
+        None => {
+            let id = RequestId::new();
+            request.extensions_mut().insert(id.clone());
+            id
+        }
+    };
     // At error level so that the span, and with it the id, is on every line
     // the call logs whatever `SBX_LOG` lets through.
     let span = tracing::error_span!("request", request_id = %id);
