@@ -16,6 +16,10 @@ pub const MAX_AUDIT_LIMIT: u32 = 1000;
 /// The identity recorded for a call that presented no valid token.
 pub const ANONYMOUS: &str = "anonymous";
 
+/// The status recorded for a call whose client left before it was
+/// answered (nginx's "client closed request"); no client ever receives it.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
     /// Increases with every record; newer records have larger numbers.
@@ -37,11 +41,16 @@ pub struct AuditRecord {
     /// a new sandbox's image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
-    /// The HTTP status of the answer.
+    /// The HTTP status of the answer, or [`CLIENT_CLOSED_REQUEST`] when
+    /// the client left before it.
     pub status: u16,
     /// Time to the answer's status and headers; a streamed body (an exec
     /// stream, followed logs) may go on after it.
     pub duration_us: u64,
+    /// The call's `x-request-id`; absent on records of other gates (the
+    /// egress proxy) and on records written before request ids existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// Query of `GET /v1/audit`: the newest records first.

@@ -57,11 +57,21 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-/// `{"error_code": "not_found", "message": "sandbox abc not found"}`
+/// The response header that names each call of the public API: a fresh
+/// random id the server chooses (a client-sent one is ignored), which the
+/// server's log lines, the call's audit record and its error body repeat.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// `{"error_code": "not_found", "message": "sandbox abc not found",
+/// "request_id": "0123456789abcdef"}`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error_code: ErrorCode,
     pub message: String,
+    /// The call's [`REQUEST_ID_HEADER`], so that an error a user reports
+    /// leads to the server's log lines about it. Absent on the agent hop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl ErrorBody {
@@ -69,13 +79,22 @@ impl ErrorBody {
         Self {
             error_code,
             message: message.into(),
+            request_id: None,
         }
+    }
+
+    pub fn with_request_id(self, request_id: Option<String>) -> Self {
+        Self { request_id, ..self }
     }
 }
 
 impl fmt::Display for ErrorBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.error_code, self.message)
+        write!(f, "{}: {}", self.error_code, self.message)?;
+        match &self.request_id {
+            Some(id) => write!(f, " (request {id})"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -92,5 +111,14 @@ mod tests {
             r#"{"error_code":"not_found","message":"sandbox abc not found"}"#
         );
         assert_eq!(ErrorCode::PayloadTooLarge.to_string(), "payload_too_large");
+        let with_id = body.with_request_id(Some("0123456789abcdef".into()));
+        assert_eq!(
+            serde_json::to_string(&with_id).expect("serializable"),
+            r#"{"error_code":"not_found","message":"sandbox abc not found","request_id":"0123456789abcdef"}"#
+        );
+        assert_eq!(
+            with_id.to_string(),
+            "not_found: sandbox abc not found (request 0123456789abcdef)"
+        );
     }
 }

@@ -23,9 +23,10 @@ mod token;
 pub mod client;
 
 pub use audit::{
-    AuditList, AuditQuery, AuditRecord, ANONYMOUS, DEFAULT_AUDIT_LIMIT, MAX_AUDIT_LIMIT,
+    AuditList, AuditQuery, AuditRecord, ANONYMOUS, CLIENT_CLOSED_REQUEST, DEFAULT_AUDIT_LIMIT,
+    MAX_AUDIT_LIMIT,
 };
-pub use error::{ErrorBody, ErrorCode};
+pub use error::{ErrorBody, ErrorCode, REQUEST_ID_HEADER};
 pub use exec::{ExecEvent, ExecRequest, ExecResult, DEFAULT_OUTPUT_CAP, MAX_TIMEOUT_MS, NDJSON};
 pub use files::{
     parse_mode, validate_path, ArchiveSummary, FileInfo, FileList, FileQuery, FileType,

@@ -64,6 +64,8 @@ pub struct AuditEntry {
     pub summary: Option<String>,
     pub status: u16,
     pub duration: Duration,
+    /// The API call's `x-request-id`; none for other gates.
+    pub request_id: Option<String>,
 }
 
 /// Cuts `text` to [`MAX_SUMMARY_BYTES`] (marking the cut with `…`) and
@@ -220,6 +222,7 @@ impl EgressObserver for EgressAudit {
             sandbox: Some(event.sandbox_id),
             status: if event.allowed { 200 } else { 403 },
             duration: Duration::ZERO,
+            request_id: None,
         });
     }
 }
@@ -243,6 +246,7 @@ mod tests {
             summary: Some("echo hi".into()),
             status: 200,
             duration: Duration::from_micros(1234),
+            request_id: Some(format!("{:016x}", time.timestamp_micros())),
         }
     }
 
@@ -278,6 +282,11 @@ mod tests {
         assert_eq!(all[0].identity, "caller-9", "newest first");
         assert!(all.windows(2).all(|pair| pair[0].seq > pair[1].seq));
         assert_eq!(all[0].duration_us, 1234);
+        assert_eq!(
+            all[0].request_id,
+            Some(format!("{:016x}", all[0].time.timestamp_micros())),
+            "the request id round-trips"
+        );
         let ninth = start + chrono::Duration::seconds(9);
         assert_eq!(
             all[0].time,

@@ -232,16 +232,18 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     let manager = Arc::new(manager);
     let sweeper = tokio::spawn(sweep_orphans(Arc::clone(&manager), config.orphan_sweep));
     let filler = tokio::spawn(Arc::clone(&manager).keep_pool_full());
-    let app = http::router(AppState {
+    let detached = tokio_util::task::TaskTracker::new();
+    let state = AppState {
         manager: Arc::clone(&manager),
         max_body_bytes: config.max_body_bytes,
         tokens,
         audit: audit.clone(),
-    });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(io_error("http server failed"));
+        detached: detached.clone(),
+    };
+    http::serve(listener, state, shutdown_signal()).await;
+    // Work whose client left still runs; its records come after it.
+    detached.close();
+    detached.wait().await;
     sweeper.abort();
     filler.abort();
     // Pooled sandboxes are nobody's: they do not outlive the server.
@@ -250,7 +252,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     }
     // The records of the last calls may still be queued.
     audit.flush().await;
-    served
+    Ok(())
 }
 
 /// Every `period`, removes containers no record owns (see

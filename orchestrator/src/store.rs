@@ -113,6 +113,8 @@ const MIGRATIONS: &[&str] = &[
     r#"ALTER TABLE sandboxes ADD COLUMN network TEXT NOT NULL DEFAULT '{"egress":[]}'"#,
     // 1: a warm-pool sandbox no client has claimed yet.
     "ALTER TABLE sandboxes ADD COLUMN pooled INTEGER NOT NULL DEFAULT 0",
+    // The API call's `x-request-id`; NULL for other gates and older records.
+    "ALTER TABLE audit ADD COLUMN request_id TEXT",
 ];
 
 /// Every column, in the order `read_row` reads them.
@@ -367,8 +369,8 @@ impl Store {
             let mut statement = transaction.prepare_cached(
                 "INSERT INTO audit
                      (time, identity, token_id, method, route, sandbox_id, summary, status,
-                      duration_us)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                      duration_us, request_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             for entry in entries {
                 // What is read back later has microseconds; so does this.
@@ -384,6 +386,7 @@ impl Store {
                     entry.summary,
                     entry.status,
                     duration_us,
+                    entry.request_id,
                 ])?;
                 stored.push(AuditRecord {
                     seq: transaction.last_insert_rowid().unsigned_abs(),
@@ -396,6 +399,7 @@ impl Store {
                     summary: entry.summary.clone(),
                     status: entry.status,
                     duration_us: duration_us.unsigned_abs(),
+                    request_id: entry.request_id.clone(),
                 });
             }
         }
@@ -408,7 +412,7 @@ impl Store {
         let conn = self.conn();
         let mut statement = conn.prepare_cached(
             "SELECT seq, time, identity, token_id, method, route, sandbox_id, summary, status,
-                    duration_us
+                    duration_us, request_id
              FROM audit
              WHERE (?1 IS NULL OR sandbox_id = ?1) AND (?2 IS NULL OR time >= ?2)
              ORDER BY seq DESC LIMIT ?3",
@@ -495,6 +499,7 @@ fn read_audit(row: &Row<'_>) -> rusqlite::Result<Result<AuditRecord, StoreError>
         summary: row.get(7)?,
         status: row.get(8)?,
         duration_us: duration_us.unsigned_abs(),
+        request_id: row.get(10)?,
     }))
 }
 
@@ -713,11 +718,27 @@ mod tests {
             params![Utc::now().to_rfc3339()],
         )
         .expect("old row");
+        old.execute(
+            "INSERT INTO audit (time, identity, method, route, status, duration_us)
+             VALUES ('2026-01-01T00:00:00.000000Z', 'admin', 'GET', '/v1/info', 200, 5)",
+            [],
+        )
+        .expect("old audit row");
         drop(old);
         let store = Store::open(&path).expect("migrates");
         let loaded = store.get("dddd").expect("get").expect("present");
         assert_eq!(loaded.sandbox.disk_mb, None);
         assert!(loaded.sandbox.network.egress.is_empty(), "no egress");
+        let all = AuditFilter {
+            limit: 10,
+            ..AuditFilter::default()
+        };
+        let audit = store.query_audit(&all).expect("query");
+        assert_eq!(audit.len(), 1);
+        assert_eq!(
+            audit[0].request_id, None,
+            "older records have no request id"
+        );
         drop(store);
         Store::open(&path).expect("opening again applies nothing twice");
     }

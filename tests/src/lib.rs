@@ -8,6 +8,7 @@
 
 use anyhow::{bail, Context, Result};
 use sbx_api::client::Client;
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -214,6 +215,45 @@ pub fn attached_disks(data_dir: &Path) -> Result<std::collections::BTreeSet<Stri
             if window[0] == name && window[1] == "sandboxes" && window[3] == "disk.img" {
                 ids.insert(window[2].to_string_lossy().into_owned());
             }
+        }
+    }
+    Ok(ids)
+}
+
+/// Sandbox ids the runtime and the host hold for a data dir: directories,
+/// and containers (youki state dirs or labelled Docker containers).
+pub fn traces_on_the_host(engine: Engine, data_dir: &Path) -> Result<BTreeSet<String>> {
+    let mut ids: BTreeSet<String> = std::fs::read_dir(data_dir.join("sandboxes"))?
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    match engine {
+        Engine::Youki => {
+            if let Ok(entries) = std::fs::read_dir(data_dir.join("youki")) {
+                ids.extend(
+                    entries
+                        .flatten()
+                        .map(|entry| entry.file_name().to_string_lossy().into_owned()),
+                );
+            }
+        }
+        Engine::Docker => {
+            let instance = std::fs::read_to_string(data_dir.join("instance-id"))?;
+            let output = std::process::Command::new("docker")
+                .args([
+                    "ps",
+                    "-a",
+                    "--filter",
+                    &format!("label=sbx.instance={}", instance.trim()),
+                    "--format",
+                    "{{.Label \"sbx.id\"}}",
+                ])
+                .output()?;
+            ids.extend(
+                String::from_utf8_lossy(&output.stdout)
+                    .lines()
+                    .map(str::to_owned),
+            );
         }
     }
     Ok(ids)

@@ -9,7 +9,8 @@ use http::Method;
 use http_body_util::Full;
 use sbx_api::client::Client;
 use sbx_api::{
-    AuditQuery, AuditRecord, CreateSandboxRequest, CreateTokenRequest, ExecRequest, Scope,
+    AuditQuery, AuditRecord, CreateSandboxRequest, CreateTokenRequest, ErrorBody, ExecRequest,
+    Scope, REQUEST_ID_HEADER,
 };
 use sbx_tests::{sbx_bin, Engine, Server};
 use std::collections::BTreeMap;
@@ -339,8 +340,150 @@ async fn sbx_audit_prints_a_table(engine: Engine) -> Result<()> {
     Ok(())
 }
 
+/// The `x-request-id` of a response, checked for shape.
+fn request_id<B>(response: &http::Response<B>) -> Result<String> {
+    let id = response
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .with_context(|| format!("no {REQUEST_ID_HEADER} on a {}", response.status()))?
+        .to_str()?
+        .to_owned();
+    ensure!(
+        id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id:?}"
+    );
+    Ok(id)
+}
+
+/// Sends a call, returns its status, request id and body.
+async fn call(
+    client: &Client,
+    method: Method,
+    path: &str,
+    body: &'static str,
+) -> Result<(u16, String, Bytes)> {
+    let response = client
+        .send(method, path, Some("application/json"), Bytes::from(body))
+        .await?;
+    let status = response.status().as_u16();
+    let id = request_id(&response)?;
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await?
+        .to_bytes();
+    Ok((status, id, body))
+}
+
+async fn every_response_names_its_call_in_the_log_trail_and_error(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let admin = server.client();
+    let anonymous = server.client_with_token(None);
+    let id = server.new_sandbox().await?;
+
+    let (status, health, _) = call(&anonymous, Method::GET, "/health", "").await?;
+    assert_eq!(status, 200);
+    let missing_file = format!("/v1/sandboxes/{id}/files?path=/workspace/nothing-here");
+    let errors = [
+        (&anonymous, Method::GET, "/v1/sandboxes".to_owned(), "", 401),
+        (&admin, Method::GET, "/v1/no-such-route".to_owned(), "", 404),
+        (
+            &anonymous,
+            Method::GET,
+            "/no-such-route".to_owned(),
+            "",
+            404,
+        ),
+        (&admin, Method::PUT, "/v1/sandboxes".to_owned(), "", 405),
+        (&admin, Method::POST, "/v1/sandboxes".to_owned(), "{", 400),
+        (
+            &admin,
+            Method::GET,
+            "/v1/sandboxes/0000000000000000".to_owned(),
+            "",
+            404,
+        ),
+        // Answered by the sandbox's agent, passed on by the server.
+        (&admin, Method::GET, missing_file, "", 404),
+    ];
+    let mut ids = vec![health];
+    for (client, method, path, body, expected) in errors {
+        let (status, request_id, body) = call(client, method.clone(), &path, body).await?;
+        assert_eq!(status, expected, "{method} {path}");
+        let error: ErrorBody = serde_json::from_slice(&body)
+            .with_context(|| format!("{method} {path}: {}", String::from_utf8_lossy(&body)))?;
+        assert_eq!(
+            error.request_id.as_deref(),
+            Some(request_id.as_str()),
+            "{method} {path}"
+        );
+        ids.push(request_id);
+    }
+
+    // A client cannot choose its id.
+    let mut request = http::Request::get("/v1/info")
+        .header(REQUEST_ID_HEADER, "chosen-by-the-client")
+        .body(Full::new(Bytes::new()))?;
+    request
+        .headers_mut()
+        .append(REQUEST_ID_HEADER, "0123456789abcdef".parse()?);
+    let response = admin.send_request(request).await?;
+    assert_eq!(response.status(), 200);
+    let info = request_id(&response)?;
+    assert!(!["chosen-by-the-client", "0123456789abcdef"].contains(&info.as_str()));
+    ids.push(info.clone());
+
+    let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "a fresh id per call: {ids:?}");
+
+    // The trail repeats the id of each /v1 call.
+    let (status, exec_id, _) = call(
+        &admin,
+        Method::POST,
+        &format!("/v1/sandboxes/{id}/exec"),
+        r#"{"cmd":["true"]}"#,
+    )
+    .await?;
+    assert_eq!(status, 200);
+    let records = admin.audit(&query(None, Some(1000))).await?;
+    let by_id = |request_id: &str| {
+        records
+            .iter()
+            .filter(|r| r.request_id.as_deref() == Some(request_id))
+            .collect::<Vec<_>>()
+    };
+    let exec = by_id(&exec_id);
+    assert_eq!(exec.len(), 1, "{records:#?}");
+    assert_eq!(exec[0].route, "/v1/sandboxes/{id}/exec");
+    assert_eq!(exec[0].status, 200);
+    let unauthorized = by_id(&ids[1]);
+    assert_eq!(unauthorized.len(), 1, "{records:#?}");
+    assert_eq!(
+        (unauthorized[0].route.as_str(), unauthorized[0].status),
+        ("/v1/sandboxes", 401)
+    );
+    let info_record = by_id(&info);
+    assert_eq!(info_record.len(), 1);
+    assert_eq!(info_record[0].route, "/v1/info");
+    // Outside /v1 nothing is audited, but the id is still given.
+    assert!(by_id(&ids[0]).is_empty() && by_id(&ids[3]).is_empty());
+
+    // The log lines of a call carry its id, those of its detached work
+    // included.
+    let (status, create_id, _) = call(&admin, Method::POST, "/v1/sandboxes", "{}").await?;
+    assert_eq!(status, 201);
+    let logged = sbx_tests::eventually(std::time::Duration::from_secs(10), || async {
+        server
+            .log()
+            .lines()
+            .any(|line| line.contains(&create_id) && line.contains("sandbox running"))
+    })
+    .await;
+    assert!(logged, "no log line of {create_id}: {}", server.log());
+    Ok(())
+}
+
 sbx_tests::on_every_runtime!(
     every_call_is_recorded_with_who_what_and_outcome,
+    every_response_names_its_call_in_the_log_trail_and_error,
     audit_filters_by_sandbox_since_and_limit,
     the_trail_survives_restarts,
     sbx_audit_prints_a_table,

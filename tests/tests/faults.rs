@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use sbx_api::{CreateSandboxRequest, ErrorCode, ExecRequest, SandboxState};
-use sbx_tests::{agent_pid, processes_in_cgroup, Engine, Server};
+use sbx_tests::{agent_pid, processes_in_cgroup, traces_on_the_host, Engine, Server};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
@@ -36,45 +36,6 @@ async fn a_killed_agent_leaves_a_failed_sandbox_not_a_hung_one(engine: Engine) -
     client.delete_sandbox(&id).await?;
     assert!(!server.data_dir().join("sandboxes").join(&id).exists());
     Ok(())
-}
-
-/// Sandbox ids the runtime and the host hold for a data dir: directories,
-/// and containers (youki state dirs or labelled Docker containers).
-fn traces_on_the_host(engine: Engine, data_dir: &Path) -> Result<BTreeSet<String>> {
-    let mut ids: BTreeSet<String> = std::fs::read_dir(data_dir.join("sandboxes"))?
-        .flatten()
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .collect();
-    match engine {
-        Engine::Youki => {
-            if let Ok(entries) = std::fs::read_dir(data_dir.join("youki")) {
-                ids.extend(
-                    entries
-                        .flatten()
-                        .map(|entry| entry.file_name().to_string_lossy().into_owned()),
-                );
-            }
-        }
-        Engine::Docker => {
-            let instance = std::fs::read_to_string(data_dir.join("instance-id"))?;
-            let output = std::process::Command::new("docker")
-                .args([
-                    "ps",
-                    "-a",
-                    "--filter",
-                    &format!("label=sbx.instance={}", instance.trim()),
-                    "--format",
-                    "{{.Label \"sbx.id\"}}",
-                ])
-                .output()?;
-            ids.extend(
-                String::from_utf8_lossy(&output.stdout)
-                    .lines()
-                    .map(str::to_owned),
-            );
-        }
-    }
-    Ok(ids)
 }
 
 async fn a_server_killed_during_creates_recovers_cleanly(engine: Engine) -> Result<()> {

@@ -141,18 +141,19 @@ pub async fn audit(args: AuditArgs) -> Result<(), CliError> {
     };
     let records = args.conn.client()?.audit(&query).await?;
     println!(
-        "{:<24} {:<24} {:<6} {:<6} {:<42} {:<16} {:>8}  SUMMARY",
-        "TIME", "IDENTITY", "STATUS", "METHOD", "ROUTE", "SANDBOX", "MS"
+        "{:<24} {:<24} {:<6} {:<6} {:<42} {:<16} {:<16} {:>8}  SUMMARY",
+        "TIME", "IDENTITY", "STATUS", "METHOD", "ROUTE", "SANDBOX", "REQUEST", "MS"
     );
     for record in records.iter().rev() {
         println!(
-            "{:<24} {:<24} {:<6} {:<6} {:<42} {:<16} {:>8.3}  {}",
+            "{:<24} {:<24} {:<6} {:<6} {:<42} {:<16} {:<16} {:>8.3}  {}",
             time(&record.time),
             record.identity,
             record.status,
             record.method,
             record.route,
             record.sandbox.as_deref().unwrap_or("-"),
+            record.request_id.as_deref().unwrap_or("-"),
             record.duration_us as f64 / 1000.0,
             record.summary.as_deref().unwrap_or("")
         );

@@ -1,73 +1,182 @@
 //! Recording every `/v1` call in the audit trail, and `GET /v1/audit`.
 //!
-//! [`record`] wraps every `/v1` route (and the `/v1` fallback): it notes
-//! the time, method, matched route and sandbox on the way in, and on the
-//! way out reads what the layers inside left in the response's extensions:
-//! the caller's [`Principal`] (put there by `auth`, refusals included; none
-//! means the call was not authenticated) and an [`AuditNote`] (put there
-//! by handlers that know how to summarise their request). Handlers only
-//! summarise what they parsed anyway, or small JSON bodies; a refused call
-//! never reaches its handler, so it is recorded without a summary.
+//! Every call that reaches a `/v1` route leaves exactly one record, calls
+//! whose client left included. hyper drops a call's future when its client
+//! disconnects, at the future's next `.await`, or before its first poll if
+//! the client hung up right after sending the request; so the record cannot
+//! be written "after the handler". It is a [`Call`], started the moment
+//! hyper hands the request over (see [`super::serve`]), shared by the
+//! layers and handlers inside and any work they detach (see
+//! [`super::detached`]), and written either when a response is made
+//! ([`Call::finish`]) or, failing that, when the last holder lets go of
+//! it, with status 499 ([`CLIENT_CLOSED_REQUEST`]). Whichever comes first
+//! writes it; the other finds nothing left to write.
+//!
+//! A record starts with the time, method, path, sandbox and request id;
+//! the layers inside fill in the rest as soon as they know it, so that a
+//! call dropped half-way is recorded with what was known: [`record`] the
+//! matched route template (a call dropped before routing keeps the path as
+//! sent, like an unknown route), `auth` the caller's [`Principal`]
+//! (refusals included; none means the call was not authenticated),
+//! handlers a summary of their request and the sandbox a create made.
+//! Handlers only summarise what they parsed anyway, or small JSON bodies; a
+//! refused call never reaches its handler, so it is recorded without a
+//! summary.
 
 use super::error::ApiError;
 use super::extract::{raw_id_param, ApiQuery};
+use super::request_id::RequestId;
 use super::AppState;
-use crate::audit::{summarize, AuditEntry};
+use crate::audit::{summarize, AuditEntry, AuditLog};
 use crate::store::AuditFilter;
 use crate::tokens::Principal;
-use axum::extract::{MatchedPath, OriginalUri, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, OriginalUri, Request, State};
+use axum::http::request::Parts;
+use axum::http::Method;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use chrono::Utc;
 use sbx_api::{
     AuditList, AuditQuery, CreateSandboxRequest, CreateTokenRequest, ExecRequest, MkdirRequest,
-    MoveRequest, SignalRequest, StartProcessRequest, ANONYMOUS,
+    MoveRequest, SignalRequest, StartProcessRequest, ANONYMOUS, CLIENT_CLOSED_REQUEST,
 };
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// Longest route or sandbox id recorded as sent (an unmatched path, a
 /// hostile id); longer ones are cut.
 const MAX_FIELD_BYTES: usize = 256;
 
-/// What a handler tells the audit trail about its request.
+/// The audit record of one call in the making; cheap to clone. It is
+/// written once: by [`Call::finish`], or else when the last clone is
+/// dropped, as a call whose client left.
 #[derive(Debug, Clone)]
-pub struct AuditNote {
-    summary: String,
-    /// The sandbox the call was about, when its route does not name it
-    /// (a create).
-    sandbox: Option<String>,
+pub struct Call(Arc<Pending>);
+
+#[derive(Debug)]
+struct Pending {
+    log: AuditLog,
+    started: Instant,
+    /// None once written.
+    entry: Mutex<Option<AuditEntry>>,
 }
 
-impl AuditNote {
-    pub fn new(summary: impl AsRef<str>) -> Self {
-        Self {
-            summary: summarize(summary.as_ref()),
-            sandbox: None,
+impl Call {
+    fn begin(log: AuditLog, entry: AuditEntry) -> Self {
+        Self(Arc::new(Pending {
+            log,
+            started: Instant::now(),
+            entry: Mutex::new(Some(entry)),
+        }))
+    }
+
+    /// Starts the record of a call that has just arrived, before routing:
+    /// its route is the path as sent for now (see [`record`]).
+    pub fn arrive(log: AuditLog, method: &Method, path: &str, request_id: &RequestId) -> Self {
+        let sandbox = path
+            .strip_prefix("/v1/sandboxes/")
+            .and_then(|rest| rest.split('/').next())
+            .filter(|id| !id.is_empty())
+            .map(cut);
+        Self::begin(
+            log,
+            AuditEntry {
+                time: Utc::now(),
+                identity: ANONYMOUS.to_owned(),
+                token_id: None,
+                method: method.to_string(),
+                route: cut(path),
+                sandbox,
+                summary: None,
+                status: CLIENT_CLOSED_REQUEST,
+                duration: Duration::ZERO,
+                request_id: Some(request_id.to_string()),
+            },
+        )
+    }
+
+    fn update(&self, change: impl FnOnce(&mut AuditEntry)) {
+        if let Some(entry) = self.0.entry().as_mut() {
+            change(entry);
         }
     }
 
-    pub fn with_sandbox(self, sandbox: &str) -> Self {
-        Self {
-            sandbox: Some(sandbox.to_owned()),
-            ..self
-        }
+    /// Who is calling (set by `auth` before it decides).
+    pub fn principal(&self, principal: &Principal) {
+        self.update(|entry| {
+            entry.identity = principal.name.clone();
+            entry.token_id = principal.token_id.clone();
+        });
     }
 
-    /// Attaches the note to whatever the handler answers, errors included.
-    pub fn attach(self, response: impl IntoResponse) -> Response {
-        let mut response = response.into_response();
-        response.extensions_mut().insert(self);
-        response
+    /// What the call asks for, without contents (see [`Summary`]).
+    pub fn summary(&self, summary: impl AsRef<str>) {
+        let summary = summarize(summary.as_ref());
+        self.update(|entry| entry.summary = Some(summary));
+    }
+
+    /// The sandbox the call is about, when its route does not name it (the
+    /// one a create made).
+    pub fn sandbox(&self, id: &str) {
+        let id = cut(id);
+        self.update(|entry| {
+            entry.sandbox.get_or_insert(id);
+        });
+    }
+
+    /// The route template the call matched, and the sandbox it names.
+    fn routed(&self, route: String, sandbox: Option<String>) {
+        self.update(|entry| {
+            entry.route = route;
+            entry.sandbox = sandbox;
+        });
+    }
+
+    /// Writes the record with the status the call was answered with.
+    pub fn finish(&self, status: u16) {
+        self.0.write(status);
     }
 }
 
-/// Attaches `note`, if there is one, to `response`.
-pub fn noted(note: Option<AuditNote>, response: impl IntoResponse) -> Response {
-    match note {
-        Some(note) => note.attach(response),
-        None => response.into_response(),
+impl Pending {
+    fn entry(&self) -> MutexGuard<'_, Option<AuditEntry>> {
+        // Every update is a plain field assignment: a panic elsewhere while
+        // the lock was held cannot have left the entry half-changed.
+        self.entry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self, status: u16) {
+        let taken = self.entry().take();
+        if let Some(mut entry) = taken {
+            entry.status = status;
+            entry.duration = self.started.elapsed();
+            self.log.record(entry);
+        }
+    }
+}
+
+impl Drop for Pending {
+    /// The last holder is gone and no answer was recorded: the client left
+    /// before one was made (or the work was cancelled with it).
+    fn drop(&mut self) {
+        self.write(CLIENT_CLOSED_REQUEST);
+    }
+}
+
+/// Handlers take the call's record as an argument; only routes under
+/// [`record`] have one.
+impl<S: Send + Sync> FromRequestParts<S> for Call {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Call>()
+            .cloned()
+            .ok_or_else(|| ApiError::internal("a handler that audits runs outside the audit layer"))
     }
 }
 
@@ -164,39 +273,48 @@ fn cut(text: &str) -> String {
     format!("{}…", &text[..end])
 }
 
-/// The middleware: one audit entry per call.
+/// Whether calls to `path` are audited: those under `/v1`.
+pub fn is_audited(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/")
+}
+
+/// The middleware of every `/v1` route: completes the call's record with
+/// the matched route and its sandbox (or starts one, if the router is
+/// served without [`super::serve`]), and writes it when the layers and
+/// handler inside answer.
 pub async fn record(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let time = Utc::now();
-    let method = request.method().to_string();
     // An unmatched path has no template; the path itself (as sent, before
     // nesting stripped `/v1`) says what was tried.
+    let path = match request.extensions().get::<OriginalUri>() {
+        Some(OriginalUri(uri)) => uri.path().to_owned(),
+        None => request.uri().path().to_owned(),
+    };
     let route = match request.extensions().get::<MatchedPath>() {
-        Some(path) => path.as_str().to_owned(),
-        None => match request.extensions().get::<OriginalUri>() {
-            Some(OriginalUri(uri)) => cut(uri.path()),
-            None => cut(request.uri().path()),
-        },
+        Some(matched) => matched.as_str().to_owned(),
+        None => cut(&path),
     };
     let sandbox = if route.starts_with("/v1/sandboxes/{id}") {
         raw_id_param(&mut request).await.map(|id| cut(&id))
     } else {
         None
     };
+    let call = match request.extensions().get::<Call>() {
+        Some(call) => call.clone(),
+        None => {
+            let id = request.extensions().get::<RequestId>().cloned();
+            let call = Call::arrive(
+                state.audit.clone(),
+                request.method(),
+                &path,
+                &id.unwrap_or_default(),
+            );
+            request.extensions_mut().insert(call.clone());
+            call
+        }
+    };
+    call.routed(route, sandbox);
     let response = next.run(request).await;
-    let principal = response.extensions().get::<Arc<Principal>>();
-    let note = response.extensions().get::<AuditNote>();
-    state.audit.record(AuditEntry {
-        time,
-        identity: principal.map_or_else(|| ANONYMOUS.to_owned(), |p| p.name.clone()),
-        token_id: principal.and_then(|p| p.token_id.clone()),
-        method,
-        route,
-        sandbox: sandbox.or_else(|| note.and_then(|note| note.sandbox.clone())),
-        summary: note.map(|note| note.summary.clone()),
-        status: response.status().as_u16(),
-        duration: started.elapsed(),
-    });
+    call.finish(response.status().as_u16());
     response
 }
 
@@ -267,5 +385,99 @@ mod tests {
         let cut = cut(&long);
         assert!(cut.len() <= MAX_FIELD_BYTES + '…'.len_utf8());
         assert!(cut.ends_with('…'));
+    }
+
+    fn log() -> AuditLog {
+        let store = Arc::new(crate::store::Store::in_memory().expect("store"));
+        AuditLog::start(store, None).expect("audit writer")
+    }
+
+    fn begin(log: &AuditLog) -> Call {
+        Call::begin(
+            log.clone(),
+            AuditEntry {
+                time: Utc::now(),
+                identity: ANONYMOUS.to_owned(),
+                token_id: None,
+                method: "POST".into(),
+                route: "/v1/sandboxes".into(),
+                sandbox: None,
+                summary: None,
+                status: 0,
+                duration: Duration::ZERO,
+                request_id: Some("0123456789abcdef".into()),
+            },
+        )
+    }
+
+    async fn all(log: &AuditLog) -> Vec<sbx_api::AuditRecord> {
+        let filter = AuditFilter {
+            limit: 100,
+            ..AuditFilter::default()
+        };
+        log.query(&filter).await.expect("query")
+    }
+
+    #[tokio::test]
+    async fn an_answered_call_is_recorded_once_with_its_status() {
+        let log = log();
+        let call = begin(&log);
+        call.principal(&Principal::admin());
+        call.summary("image base");
+        let kept = call.clone();
+        call.finish(201);
+        call.finish(500);
+        kept.sandbox("aaaa");
+        drop((call, kept));
+        let records = all(&log).await;
+        assert_eq!(records.len(), 1, "{records:?}");
+        let record = &records[0];
+        assert_eq!(record.status, 201);
+        assert_eq!(record.identity, "admin");
+        assert_eq!(record.summary.as_deref(), Some("image base"));
+        assert_eq!(record.sandbox, None, "nothing changes once written");
+        assert_eq!(record.request_id.as_deref(), Some("0123456789abcdef"));
+    }
+
+    #[tokio::test]
+    async fn a_call_nobody_answered_is_recorded_as_client_closed_when_let_go() {
+        let log = log();
+        let call = begin(&log);
+        call.summary("image base");
+        let detached = call.clone();
+        drop(call);
+        assert!(all(&log).await.is_empty(), "detached work still holds it");
+        detached.sandbox("aaaa");
+        drop(detached);
+        let records = all(&log).await;
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!(records[0].status, CLIENT_CLOSED_REQUEST);
+        assert_eq!(records[0].sandbox.as_deref(), Some("aaaa"));
+        assert_eq!(records[0].identity, ANONYMOUS);
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_before_routing_keeps_its_path_and_sandbox() {
+        let log = log();
+        let id = RequestId::new();
+        let call = Call::arrive(log.clone(), &Method::DELETE, "/v1/sandboxes/aaaa", &id);
+        drop(call);
+        let records = all(&log).await;
+        assert_eq!(records.len(), 1, "{records:?}");
+        let record = &records[0];
+        assert_eq!(record.status, CLIENT_CLOSED_REQUEST);
+        assert_eq!(record.method, "DELETE");
+        assert_eq!(record.route, "/v1/sandboxes/aaaa");
+        assert_eq!(record.sandbox.as_deref(), Some("aaaa"));
+        assert_eq!(record.request_id.as_deref(), Some(id.as_str()));
+
+        let routed = Call::arrive(log.clone(), &Method::GET, "/v1/sandboxes/bbbb/files", &id);
+        routed.routed("/v1/sandboxes/{id}/files".into(), Some("bbbb".into()));
+        routed.finish(200);
+        let records = all(&log).await;
+        assert_eq!(records[0].route, "/v1/sandboxes/{id}/files");
+        assert_eq!(records[0].status, 200);
+        assert!(is_audited("/v1") && is_audited("/v1/info"));
+        assert!(!is_audited("/health") && !is_audited("/v10") && !is_audited("/"));
     }
 }

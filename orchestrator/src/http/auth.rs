@@ -2,15 +2,17 @@
 //!
 //! [`authorize`] resolves the bearer token to a [`Principal`] (see
 //! [`crate::tokens`]), checks it against what the matched route requires,
-//! and hands the principal on: to the handler in the request's extensions
-//! (minting needs to know who mints), and to the audit layer in the
-//! response's extensions, refusals included.
+//! and hands the principal on: to the call's audit record as soon as it is
+//! known, refusals included (the record may be written without a response,
+//! if the client leaves), and to the handler in the request's extensions
+//! (minting needs to know who mints).
 //!
 //! What each route requires is written down once, in [`requirement`], from
 //! the route's template: a route added without a line there falls to
 //! [`Requirement::EveryScope`], so only the admin can call it until someone
 //! decides otherwise.
 
+use super::audit::Call;
 use super::error::ApiError;
 use super::extract::raw_id_param;
 use super::AppState;
@@ -118,6 +120,9 @@ pub async fn authorize(
         Ok(principal) => Arc::new(principal),
         Err(err) => return ApiError::from(err).into_response(),
     };
+    if let Some(call) = request.extensions().get::<Call>() {
+        call.principal(&principal);
+    }
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -129,15 +134,13 @@ pub async fn authorize(
         requirement(request.method(), &route),
         sandbox.as_deref(),
     );
-    let mut response = match allowed {
+    match allowed {
         Ok(()) => {
-            request.extensions_mut().insert(Arc::clone(&principal));
+            request.extensions_mut().insert(principal);
             next.run(request).await
         }
         Err(err) => ApiError::from(err).into_response(),
-    };
-    response.extensions_mut().insert(principal);
-    response
+    }
 }
 
 #[cfg(test)]

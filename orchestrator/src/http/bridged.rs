@@ -3,28 +3,40 @@
 //! validated here first, so a bad request never reaches the sandbox.
 //!
 //! Each handler also leaves the audit trail a summary (see
-//! [`super::audit`]): the command of an exec or a new process, the path of
-//! a file call, the pid of a process call. Small JSON bodies (start a
-//! process, mkdir, move, signal) are read here to summarise them and then
-//! forwarded byte for byte; uploads keep streaming and are never read.
+//! [`super::audit`]), before it forwards anything, so that a call whose
+//! client leaves half-way is recorded with it: the command of an exec or a
+//! new process, the path of a file call, the pid of a process call. Small
+//! JSON bodies (start a process, mkdir, move, signal) are read here to
+//! summarise them and then forwarded byte for byte; uploads keep streaming
+//! and are never read.
+//!
+//! The agent's error bodies are the API's own ([`ErrorBody`]); the call's
+//! request id is added to them on the way out, as to every error body.
 
-use super::audit::{noted, AuditNote, Summary};
+use super::audit::{Call, Summary};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath};
+use super::request_id::RequestId;
 use super::AppState;
 use crate::bridge;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, Method};
+use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use sbx_api::{ExecRequest, MkdirRequest, MoveRequest, SignalRequest, StartProcessRequest};
+use sbx_api::{
+    ErrorBody, ExecRequest, MkdirRequest, MoveRequest, SignalRequest, StartProcessRequest,
+};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::HashMap;
+
+/// Largest agent error body given the request id; a larger one (which the
+/// agent never sends) is passed on as it is.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Deserialize)]
 pub struct SandboxParams {
@@ -68,12 +80,13 @@ pub fn routes() -> Router<AppState> {
 
 async fn exec(
     State(state): State<AppState>,
+    call: Call,
     ApiPath(SandboxParams { id, .. }): ApiPath<SandboxParams>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<ExecRequest>,
-) -> Response {
-    let note = AuditNote::new(request.summary());
-    note.attach(forward_exec(&state, &id, &headers, request).await)
+) -> Result<Response, ApiError> {
+    call.summary(request.summary());
+    forward_exec(&state, &id, &headers, request).await
 }
 
 async fn forward_exec(
@@ -101,29 +114,32 @@ async fn forward_exec(
         Body::from(body),
     )
     .await?;
-    Ok(response)
+    Ok(with_request_id(response).await)
 }
 
 /// What a forwarded call is about: the `path` of a file or archive call,
 /// or the pid of a process call.
-fn forwarded_note(parts: &Parts, pid: Option<&str>) -> Option<AuditNote> {
+fn forwarded_summary(parts: &Parts, pid: Option<&str>) -> Option<String> {
     if let Some(pid) = pid {
-        return Some(AuditNote::new(format!("pid {pid}")));
+        return Some(format!("pid {pid}"));
     }
     let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri).ok()?;
-    query.0.get("path").map(AuditNote::new)
+    query.0.get("path").cloned()
 }
 
 /// Forwards `/v1/sandboxes/{id}/REST?QUERY` to the agent's `/REST?QUERY`,
 /// streaming the body.
 async fn forward(
     State(state): State<AppState>,
+    call: Call,
     ApiPath(SandboxParams { id, pid }): ApiPath<SandboxParams>,
     request: Request,
-) -> Response {
+) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
-    let note = forwarded_note(&parts, pid.as_deref());
-    noted(note, forward_parts(&state, &id, parts, body).await)
+    if let Some(summary) = forwarded_summary(&parts, pid.as_deref()) {
+        call.summary(summary);
+    }
+    forward_parts(&state, &id, parts, body).await
 }
 
 /// Like [`forward`], for routes whose small JSON body says what the call
@@ -131,14 +147,12 @@ async fn forward(
 /// it parses (the agent judges it either way), and forwarded unchanged.
 async fn forward_json<T: DeserializeOwned + Summary>(
     State(state): State<AppState>,
+    call: Call,
     ApiPath(SandboxParams { id, pid }): ApiPath<SandboxParams>,
     parts: Parts,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return ApiError::from(rejection).into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let body = body?;
     let parsed = serde_json::from_slice::<T>(&body).ok();
     let summary: Vec<String> = [
         pid.map(|pid| format!("pid {pid}")),
@@ -147,11 +161,10 @@ async fn forward_json<T: DeserializeOwned + Summary>(
     .into_iter()
     .flatten()
     .collect();
-    let note = (!summary.is_empty()).then(|| AuditNote::new(summary.join(" ")));
-    noted(
-        note,
-        forward_parts(&state, &id, parts, Body::from(body)).await,
-    )
+    if !summary.is_empty() {
+        call.summary(summary.join(" "));
+    }
+    forward_parts(&state, &id, parts, Body::from(body)).await
 }
 
 async fn forward_parts(
@@ -180,5 +193,39 @@ async fn forward_parts(
         body,
     )
     .await?;
-    Ok(response)
+    Ok(with_request_id(response).await)
+}
+
+/// The agent's response, with the call's request id added to its error
+/// body if it has one.
+async fn with_request_id(response: Response) -> Response {
+    let status = response.status();
+    let small = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|length| length.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|length| length <= MAX_ERROR_BODY_BYTES);
+    let id = match RequestId::current() {
+        Some(id) if small && (status.is_client_error() || status.is_server_error()) => id,
+        _ => return response,
+    };
+    let (mut parts, body) = response.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_ERROR_BODY_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            return ApiError::internal(format!("cannot read an agent's error body: {err}"))
+                .into_response()
+        }
+    };
+    let Ok(body) = serde_json::from_slice::<ErrorBody>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    let json = serde_json::to_vec(&body.with_request_id(Some(id.to_string())))
+        .expect("an error body always serializes");
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(json))
 }

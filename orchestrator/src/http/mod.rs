@@ -4,20 +4,31 @@
 //! [`bridge`](crate::bridge), map the result. Wire types come from `sbx-api`
 //! only, and errors become responses in [`error`] only.
 //!
-//! Every `/v1` call passes two layers, outermost first: [`audit::record`]
-//! (one audit entry per call, refusals and unknown routes included) and
+//! [`serve`] gives every call a request id and starts the audit record of
+//! every `/v1` call the moment hyper hands it over, before the router runs
+//! (see there for why). Then every call, `/health` and unknown routes
+//! included, passes [`request_id::assign`] (the `x-request-id` header of
+//! its response, the span of its log lines), and every `/v1` call two more
+//! layers, outermost first: [`audit::record`] (exactly one audit entry per
+//! call, refusals, unknown routes and calls whose client left included) and
 //! [`auth::authorize`] (token → principal → the route's requirement).
+//! Handlers that change state run their work [`detached`](detached) from
+//! the client's connection.
 
 mod audit;
 mod auth;
 mod bridged;
+mod detached;
 mod error;
 mod extract;
+mod request_id;
 mod sandboxes;
+mod serve;
 mod tokens;
 
 pub use auth::load_or_create_admin_token;
 pub use error::ApiError;
+pub use serve::serve;
 
 use crate::audit::AuditLog;
 use crate::sandbox::Manager;
@@ -26,6 +37,7 @@ use axum::routing::{delete, get};
 use axum::Router;
 use sbx_api::ErrorCode;
 use std::sync::Arc;
+use tokio_util::task::TaskTracker;
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -36,6 +48,9 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub tokens: Arc<Tokens>,
     pub audit: AuditLog,
+    /// The work handlers detached from their clients (see [`detached`]);
+    /// the server waits for it before it stops.
+    pub detached: TaskTracker,
 }
 
 async fn no_route() -> ApiError {
@@ -81,5 +96,6 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", v1)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(request_id::assign))
         .with_state(state)
 }

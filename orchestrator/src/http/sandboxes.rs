@@ -1,13 +1,14 @@
-//! `/v1/sandboxes` handlers.
+//! `/v1/sandboxes` handlers. Create, update and delete run
+//! [`detached`]: they finish even if their client leaves.
 
-use super::audit::{AuditNote, Summary};
+use super::audit::{Call, Summary};
+use super::detached::detached;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath};
 use super::AppState;
 use crate::tokens::Principal;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::Response;
 use axum::{Extension, Json};
 use sbx_api::{
     CreateSandboxRequest, CreatedSandbox, IsolationInfo, RuntimeInfo, Sandbox, SandboxList,
@@ -44,15 +45,16 @@ pub async fn info(State(state): State<AppState>) -> Json<ServerInfo> {
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Arc<Principal>>,
+    call: Call,
     ApiJson(request): ApiJson<CreateSandboxRequest>,
-) -> Response {
-    let note = AuditNote::new(request.summary());
-    match create_with_token(&state, &caller, request).await {
-        Ok(created) => note
-            .with_sandbox(&created.sandbox.id)
-            .attach((StatusCode::CREATED, Json(created))),
-        Err(err) => note.attach(err),
-    }
+) -> Result<(StatusCode, Json<CreatedSandbox>), ApiError> {
+    call.summary(request.summary());
+    let task_state = state.clone();
+    let created = detached(&state, call, |call| async move {
+        create_with_token(&task_state, &caller, &call, request).await
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 /// Creates the sandbox and mints its token. A sandbox whose token cannot
@@ -60,9 +62,11 @@ pub async fn create(
 async fn create_with_token(
     state: &AppState,
     caller: &Principal,
+    call: &Call,
     request: CreateSandboxRequest,
 ) -> Result<CreatedSandbox, ApiError> {
     let sandbox = state.manager.create(request).await?;
+    call.sandbox(&sandbox.id);
     match state.tokens.mint_for_sandbox(caller, &sandbox.id) {
         Ok(token) => Ok(CreatedSandbox { sandbox, token }),
         Err(err) => {
@@ -89,16 +93,29 @@ pub async fn get(
 /// `PATCH`: today only `network`, applied live (see `Manager::update`).
 pub async fn update(
     State(state): State<AppState>,
+    call: Call,
     ApiPath(id): ApiPath<String>,
     ApiJson(request): ApiJson<UpdateSandboxRequest>,
 ) -> Result<Json<Sandbox>, ApiError> {
-    Ok(Json(state.manager.update(&id, request).await?))
+    let manager = Arc::clone(&state.manager);
+    let updated = detached(&state, call, |_| async move {
+        Ok(manager.update(&id, request).await?)
+    })
+    .await?;
+    Ok(Json(updated))
 }
 
 pub async fn delete(
     State(state): State<AppState>,
+    call: Call,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.manager.delete(&id).await?;
+    let manager = Arc::clone(&state.manager);
+    detached(
+        &state,
+        call,
+        |_| async move { Ok(manager.delete(&id).await?) },
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,30 +1,32 @@
 //! `/v1/tokens` handlers. Who may mint or revoke what is decided in
 //! [`crate::tokens`]; the route policy has already checked `tokens:admin`.
+//! Minting and revoking run [`detached`], like every change of state.
 
-use super::audit::{AuditNote, Summary};
+use super::audit::{Call, Summary};
+use super::detached::detached;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath};
 use super::AppState;
 use crate::tokens::Principal;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::Response;
 use axum::{Extension, Json};
-use sbx_api::{CreateTokenRequest, TokenList};
+use sbx_api::{CreateTokenRequest, CreatedToken, TokenList};
 use std::sync::Arc;
 
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Arc<Principal>>,
+    call: Call,
     ApiJson(request): ApiJson<CreateTokenRequest>,
-) -> Response {
-    let note = AuditNote::new(request.summary());
-    let created = state.tokens.mint(&caller, request);
-    note.attach(
-        created
-            .map(|token| (StatusCode::CREATED, Json(token)))
-            .map_err(ApiError::from),
-    )
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    call.summary(request.summary());
+    let tokens = Arc::clone(&state.tokens);
+    let created = detached(&state, call, |_| async move {
+        Ok(tokens.mint(&caller, request)?)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<TokenList>, ApiError> {
@@ -35,13 +37,16 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<TokenList>, ApiE
 pub async fn revoke(
     State(state): State<AppState>,
     Extension(caller): Extension<Arc<Principal>>,
+    call: Call,
     ApiPath(id): ApiPath<String>,
-) -> Response {
-    let note = AuditNote::new(format!("token {id}"));
-    let revoked = state.tokens.revoke(&caller, &id);
-    note.attach(
-        revoked
-            .map(|()| StatusCode::NO_CONTENT)
-            .map_err(ApiError::from),
+) -> Result<StatusCode, ApiError> {
+    call.summary(format!("token {id}"));
+    let tokens = Arc::clone(&state.tokens);
+    detached(
+        &state,
+        call,
+        |_| async move { Ok(tokens.revoke(&caller, &id)?) },
     )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
