@@ -18,8 +18,9 @@
 //! was answered before it was made.
 
 use crate::egress::{EgressEvent, EgressObserver, TracingObserver};
+pub use crate::store::AuditEntry;
 use crate::store::{AuditFilter, Store, StoreError};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use sbx_api::AuditRecord;
 use std::fs::File;
 use std::io::Write;
@@ -45,27 +46,6 @@ pub enum AuditError {
     Spawn(std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// One record to append; the store numbers it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditEntry {
-    /// When the call arrived.
-    pub time: DateTime<Utc>,
-    /// The caller's token name, or [`sbx_api::ANONYMOUS`].
-    pub identity: String,
-    pub token_id: Option<String>,
-    /// An HTTP method, or the verb of another gate (`CONNECT`).
-    pub method: String,
-    /// A route template (`/v1/sandboxes/{id}/exec`) or another gate's name.
-    pub route: String,
-    pub sandbox: Option<String>,
-    /// See [`summarize`].
-    pub summary: Option<String>,
-    pub status: u16,
-    pub duration: Duration,
-    /// The API call's `x-request-id`; none for other gates.
-    pub request_id: Option<String>,
 }
 
 /// Cuts `text` to [`MAX_SUMMARY_BYTES`] (marking the cut with `…`) and
@@ -235,7 +215,7 @@ mod tests {
     use super::*;
     use chrono::SubsecRound;
 
-    fn entry(identity: &str, sandbox: Option<&str>, time: DateTime<Utc>) -> AuditEntry {
+    fn entry(identity: &str, sandbox: Option<&str>, time: chrono::DateTime<Utc>) -> AuditEntry {
         AuditEntry {
             time,
             identity: identity.into(),

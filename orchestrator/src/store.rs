@@ -11,7 +11,6 @@
 //! `ON DELETE CASCADE`, so no deletion path can forget them); and `audit`,
 //! append-only, written in batches by [`crate::audit`]'s writer thread.
 
-use crate::audit::AuditEntry;
 use crate::lifecycle::Transition;
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -47,6 +46,28 @@ pub struct AuditFilter {
     pub sandbox: Option<String>,
     pub since: Option<DateTime<Utc>>,
     pub limit: u32,
+}
+
+/// One audit record to append; the store numbers it. Defined here, below
+/// [`crate::audit`], which writes and reads them through the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// When the call arrived.
+    pub time: DateTime<Utc>,
+    /// The caller's token name, or [`sbx_api::ANONYMOUS`].
+    pub identity: String,
+    pub token_id: Option<String>,
+    /// An HTTP method, or the verb of another gate (`CONNECT`).
+    pub method: String,
+    /// A route template (`/v1/sandboxes/{id}/exec`) or another gate's name.
+    pub route: String,
+    pub sandbox: Option<String>,
+    /// A short description of the request (`crate::audit::summarize`).
+    pub summary: Option<String>,
+    pub status: u16,
+    pub duration: std::time::Duration,
+    /// The API call's `x-request-id`; none for other gates.
+    pub request_id: Option<String>,
 }
 
 /// A sandbox as stored: the public record plus what only the orchestrator
