@@ -50,7 +50,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<CreatedSandbox>), ApiError> {
     call.summary(request.summary());
     let task_state = state.clone();
-    let created = detached(&state, call, |call| async move {
+    let created = detached(&state.detached, call, |call| async move {
         create_with_token(&task_state, &caller, &call, request).await
     })
     .await?;
@@ -98,7 +98,7 @@ pub async fn update(
     ApiJson(request): ApiJson<UpdateSandboxRequest>,
 ) -> Result<Json<Sandbox>, ApiError> {
     let manager = Arc::clone(&state.manager);
-    let updated = detached(&state, call, |_| async move {
+    let updated = detached(&state.detached, call, |_| async move {
         Ok(manager.update(&id, request).await?)
     })
     .await?;
@@ -111,11 +111,9 @@ pub async fn delete(
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let manager = Arc::clone(&state.manager);
-    detached(
-        &state,
-        call,
-        |_| async move { Ok(manager.delete(&id).await?) },
-    )
+    detached(&state.detached, call, |_| async move {
+        Ok(manager.delete(&id).await?)
+    })
     .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -22,7 +22,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     call.summary(request.summary());
     let tokens = Arc::clone(&state.tokens);
-    let created = detached(&state, call, |_| async move {
+    let created = detached(&state.detached, call, |_| async move {
         Ok(tokens.mint(&caller, request)?)
     })
     .await?;
@@ -42,11 +42,9 @@ pub async fn revoke(
 ) -> Result<StatusCode, ApiError> {
     call.summary(format!("token {id}"));
     let tokens = Arc::clone(&state.tokens);
-    detached(
-        &state,
-        call,
-        |_| async move { Ok(tokens.revoke(&caller, &id)?) },
-    )
+    detached(&state.detached, call, |_| async move {
+        Ok(tokens.revoke(&caller, &id)?)
+    })
     .await?;
     Ok(StatusCode::NO_CONTENT)
 }
