@@ -1,6 +1,6 @@
 //! The audit trail: who did what, to which sandbox, with what outcome.
 //!
-//! Every `/v1` call is recorded by the HTTP layer (`http::audit`); any
+//! Every `/v1` call is recorded by the HTTP layer (`http::audit_trail`); any
 //! other gate that decides on a sandbox's behalf (the egress proxy) calls
 //! [`AuditLog::record`] the same way. A record holds a short summary of the
 //! request, never its contents: no stdin, file bodies, env values or tokens.

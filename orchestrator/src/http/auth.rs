@@ -12,7 +12,7 @@
 //! [`Requirement::EveryScope`], so only the admin can call it until someone
 //! decides otherwise.
 
-use super::audit::Call;
+use super::audit_trail::Call;
 use super::error::ApiError;
 use super::extract::raw_id_param;
 use super::AppState;

@@ -13,7 +13,7 @@
 //! The agent's error bodies are the API's own ([`ErrorBody`]); the call's
 //! request id is added to them on the way out, as to every error body.
 
-use super::audit::{Call, Summary};
+use super::audit_trail::{Call, Summary};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath};
 use super::request_id::RequestId;

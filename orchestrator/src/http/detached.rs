@@ -19,7 +19,7 @@
 //! stopping server waits for them before it flushes the audit trail, or
 //! their records would be lost.
 
-use super::audit::Call;
+use super::audit_trail::Call;
 use super::error::ApiError;
 use super::request_id::carry;
 use std::future::Future;

@@ -9,13 +9,13 @@
 //! (see there for why). Then every call, `/health` and unknown routes
 //! included, passes [`request_id::assign`] (the `x-request-id` header of
 //! its response, the span of its log lines), and every `/v1` call two more
-//! layers, outermost first: [`audit::record`] (exactly one audit entry per
+//! layers, outermost first: [`audit_trail::record`] (exactly one audit entry per
 //! call, refusals, unknown routes and calls whose client left included) and
 //! [`auth::authorize`] (token → principal → the route's requirement).
 //! Handlers that change state run their work [`detached`](detached) from
 //! the client's connection.
 
-mod audit;
+mod audit_trail;
 mod auth;
 mod bridged;
 mod detached;
@@ -79,7 +79,7 @@ pub fn router(state: AppState) -> Router {
         .merge(bridged::routes())
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/{id}", delete(tokens::revoke))
-        .route("/audit", get(audit::list))
+        .route("/audit", get(audit_trail::list))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
@@ -89,7 +89,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            audit::record,
+            audit_trail::record,
         ));
     Router::new()
         .route("/health", get(|| async { "ok" }))

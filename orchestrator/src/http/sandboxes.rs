@@ -1,7 +1,7 @@
 //! `/v1/sandboxes` handlers. Create, update and delete run
 //! [`detached`]: they finish even if their client leaves.
 
-use super::audit::{Call, Summary};
+use super::audit_trail::{Call, Summary};
 use super::detached::detached;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath};

@@ -17,7 +17,7 @@
 //! if it completes, with the response's status (unless the audit layer
 //! inside has written it already).
 
-use super::audit::{self, Call};
+use super::audit_trail::{self, Call};
 use super::request_id::RequestId;
 use super::{router, AppState};
 use crate::audit::AuditLog;
@@ -113,7 +113,7 @@ impl hyper::service::Service<Request<Incoming>> for Arrivals {
         let mut request = request.map(Body::new);
         let id = RequestId::new();
         let path = request.uri().path();
-        let call = audit::is_audited(path)
+        let call = audit_trail::is_audited(path)
             .then(|| Call::arrive(self.audit.clone(), request.method(), path, &id));
         if let Some(call) = &call {
             request.extensions_mut().insert(call.clone());

@@ -2,7 +2,7 @@
 //! [`crate::tokens`]; the route policy has already checked `tokens:admin`.
 //! Minting and revoking run [`detached`], like every change of state.
 
-use super::audit::{Call, Summary};
+use super::audit_trail::{Call, Summary};
 use super::detached::detached;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath};
