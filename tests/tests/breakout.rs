@@ -296,7 +296,7 @@ async fn bombs_leave_the_agent_in_control(engine: Engine) -> Result<()> {
         let hog = "blocks = []\nwhile True: blocks.append(bytearray(16 << 20))";
         let bomb = exec(
             &sandbox,
-            ExecRequest::shell(&format!(
+            ExecRequest::shell(format!(
                 "for i in 1 2 3 4; do python3 -c '{hog}' >/dev/null 2>&1 & done"
             )),
         )
