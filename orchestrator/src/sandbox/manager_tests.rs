@@ -309,6 +309,10 @@ async fn the_warm_pool_hands_out_started_sandboxes_and_refills() {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
+    // Recorded as running before the filler hands it to the pool.
+    while f.manager.pool.ready_count() == 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     assert!(
         f.manager.list().await.expect("list").is_empty(),
         "pooled is hidden"
@@ -360,4 +364,55 @@ async fn the_warm_pool_hands_out_started_sandboxes_and_refills() {
     let mut expected = vec![pooled, fresh.id];
     expected.sort();
     assert_eq!(left, expected);
+}
+
+#[tokio::test]
+async fn only_a_clients_running_sandboxes_take_the_fast_path() {
+    let f = fixture_with(|config| config.warm_pool = 1);
+    let filler = tokio::spawn(Arc::clone(&f.manager).keep_pool_full());
+    while f.manager.pool.ready_count() == 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let pooled = f.store.list().expect("list")[0].sandbox.id.clone();
+    assert!(!f.manager.serving.contains(&pooled), "nobody's yet");
+    let claimed = f
+        .manager
+        .create(CreateSandboxRequest::default())
+        .await
+        .expect("claimed");
+    assert_eq!(claimed.id, pooled);
+    assert!(f.manager.serving.contains(&pooled));
+    filler.abort();
+    f.runtime.kill(&pooled);
+    assert_eq!(
+        f.manager.get(&pooled).await.expect("get").state,
+        SandboxState::Failed
+    );
+    assert!(
+        !f.manager.serving.contains(&pooled),
+        "a dead sandbox leaves the set"
+    );
+    assert!(matches!(
+        f.manager.agent(&pooled).await,
+        Err(SandboxError::WrongState {
+            state: "failed",
+            ..
+        })
+    ));
+    let fresh = f
+        .manager
+        .create(CreateSandboxRequest {
+            memory_mb: Some(128),
+            ..CreateSandboxRequest::default()
+        })
+        .await
+        .expect("fresh")
+        .id;
+    assert!(f.manager.serving.contains(&fresh));
+    f.manager.delete(&fresh).await.expect("deleted");
+    assert!(!f.manager.serving.contains(&fresh));
+    assert!(matches!(
+        f.manager.agent(&fresh).await,
+        Err(SandboxError::NotFound(_))
+    ));
 }

@@ -35,6 +35,7 @@ mod handoff;
 #[cfg(test)]
 mod manager_tests;
 mod pool;
+mod serving;
 
 use crate::egress::{EgressError, EgressProxy};
 use crate::lifecycle::Transition;
@@ -138,6 +139,7 @@ pub struct Manager {
     /// Serialises policy changes (see the module docs).
     policy_changes: tokio::sync::Mutex<()>,
     pool: pool::WarmPool,
+    serving: serving::Serving,
 }
 
 /// Whether `id` could name a sandbox: ASCII letters, digits and `-`, at
@@ -178,6 +180,7 @@ impl Manager {
             pool: pool::WarmPool::new(config.warm_pool),
             config,
             policy_changes: tokio::sync::Mutex::new(()),
+            serving: serving::Serving::default(),
         })
     }
 
@@ -224,6 +227,11 @@ impl Manager {
 
     /// Applies `transition` to `id` if the lifecycle table allows it now.
     async fn transition(&self, id: &str, transition: Transition) -> Result<bool, SandboxError> {
+        if transition.to() != SandboxState::Running {
+            // Before the store: from now on calls take the slow path and
+            // see the new state there.
+            self.serving.remove(id);
+        }
         let key = id.to_owned();
         self.db(move |store| store.transition(&key, transition))
             .await
@@ -358,6 +366,9 @@ impl Manager {
                     let reason = self.not_serving(&id).await;
                     return Err(reason.unwrap_or(SandboxError::NotFound(id)));
                 }
+                if !record.pooled {
+                    self.serving.insert(&id);
+                }
                 let mut sandbox = record.sandbox;
                 sandbox.state = SandboxState::Running;
                 tracing::info!(%id, image = %sandbox.image, pooled = record.pooled, "sandbox running");
@@ -409,6 +420,7 @@ impl Manager {
                     id: id.clone(),
                     source,
                 })?;
+            self.serving.insert(&id);
             tracing::info!(%id, "pooled sandbox claimed");
             return Ok(Some(Sandbox {
                 id,
@@ -670,6 +682,7 @@ impl Manager {
             source: std::io::Error::other(err.to_string()),
         })??;
         let key = id.to_owned();
+        self.serving.remove(id);
         self.db(move |store| store.remove(&key)).await?;
         tracing::debug!(%id, teardown_us = started.elapsed().as_micros() as u64, "sandbox torn down");
         Ok(())
@@ -677,6 +690,9 @@ impl Manager {
 
     /// A client of a running sandbox's agent.
     pub async fn agent(&self, id: &str) -> Result<Client, SandboxError> {
+        if self.serving.contains(id) {
+            return Ok(Client::unix(self.dir(id).agent_socket()));
+        }
         let record = self.record(id).await?;
         if record.sandbox.state != SandboxState::Running {
             return Err(SandboxError::WrongState {
@@ -759,6 +775,7 @@ impl Manager {
                         if let Err(err) = self.egress.attach(&id, &socket, network, owner) {
                             tracing::error!(%id, error = %err, "cannot restore the egress proxy");
                         }
+                        self.serving.insert(&id);
                         tracing::info!(%id, "adopted running sandbox");
                     } else {
                         tracing::warn!(%id, "sandbox died while the orchestrator was down");

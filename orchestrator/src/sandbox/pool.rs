@@ -79,6 +79,12 @@ impl WarmPool {
         self.wanted.notified().await;
     }
 
+    /// How many sandboxes are ready to be claimed.
+    #[cfg(test)]
+    pub(crate) fn ready_count(&self) -> usize {
+        self.ready().len()
+    }
+
     /// Forgets every ready sandbox, returning their ids.
     pub(crate) fn drain(&self) -> Vec<String> {
         self.ready().drain(..).collect()
