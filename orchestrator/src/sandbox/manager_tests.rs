@@ -62,19 +62,15 @@ impl Fixture {
             .count()
     }
 
-    /// Waits until no sandbox is `creating` or `deleting`.
-    async fn settled(&self) {
+    /// Waits (a bounded while) until the stored states are `expected`.
+    async fn states_become(&self, expected: &[SandboxState]) {
         for _ in 0..500 {
-            let states = self.states();
-            if !states
-                .iter()
-                .any(|state| matches!(state, SandboxState::Creating | SandboxState::Deleting))
-            {
+            if self.states() == expected {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        panic!("never settled: {:?}", self.states());
+        assert_eq!(self.states(), expected, "never reached");
     }
 }
 
@@ -133,12 +129,7 @@ async fn a_create_whose_caller_left_still_finishes() {
     .await;
     assert!(abandoned.is_err(), "the caller gave up mid-start");
     assert_eq!(f.states(), [SandboxState::Creating]);
-    f.settled().await;
-    assert_eq!(
-        f.states(),
-        [SandboxState::Running],
-        "finished, not stranded"
-    );
+    f.states_become(&[SandboxState::Running]).await;
 }
 
 #[tokio::test]
@@ -153,8 +144,7 @@ async fn a_delete_whose_caller_left_still_finishes() {
     let delete = f.manager.delete(&id);
     // Dropped at its first await: the work was already handed to a task.
     drop(tokio::time::timeout(Duration::from_micros(1), delete).await);
-    f.settled().await;
-    assert!(f.states().is_empty(), "{:?}", f.states());
+    f.states_become(&[]).await;
     assert_eq!(f.dirs(), 0);
 }
 

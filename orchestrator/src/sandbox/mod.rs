@@ -393,20 +393,18 @@ impl Manager {
             return Ok(None);
         }
         while let Some(id) = self.pool.take() {
-            let alive = self.runtime.is_running(&id).await.unwrap_or(false);
             let requested = &wanted.sandbox;
-            let claimed = alive && {
-                let (key, requested) = (id.clone(), requested.clone());
+            // Both at once: each is a hop off the async workers, and a
+            // claim costs these two hops. A dead one claimed is torn down
+            // below like an unclaimed one.
+            let (key, claim) = (id.clone(), requested.clone());
+            let (alive, claimed) = tokio::join!(
+                self.runtime.is_running(&id),
                 self.db(move |store| {
-                    store.claim_pooled(
-                        &key,
-                        requested.created_at,
-                        &requested.labels,
-                        &requested.network,
-                    )
+                    store.claim_pooled(&key, claim.created_at, &claim.labels, &claim.network)
                 })
-                .await?
-            };
+            );
+            let claimed = claimed? && alive.unwrap_or(false);
             if !claimed {
                 tracing::warn!(%id, "a pooled sandbox died before its claim");
                 if let Err(err) = self.teardown(&id).await {
