@@ -24,6 +24,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod runtime;
 pub mod sandbox;
+pub mod sandbox_socket;
 pub mod server;
 pub mod store;
 pub mod tokens;

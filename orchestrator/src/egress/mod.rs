@@ -38,7 +38,6 @@ pub use resolve::Resolver;
 
 use sbx_api::{EgressRule, NetworkPolicy};
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -206,18 +205,12 @@ impl EgressProxy {
             path: socket.to_owned(),
             source,
         };
-        match std::fs::remove_file(socket) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-                return Err(listen_error(err))
-            }
-            _ => {}
-        }
-        let listener = UnixListener::bind(socket).map_err(listen_error)?;
-        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        let listener = crate::sandbox_socket::bind(socket, owner)
+            .and_then(|listener| {
+                listener.set_nonblocking(true)?;
+                UnixListener::from_std(listener)
+            })
             .map_err(listen_error)?;
-        if owner.is_some() {
-            std::os::unix::fs::chown(socket, owner, owner).map_err(listen_error)?;
-        }
         let sandbox = Arc::new(SandboxEgress::new(id.to_owned(), allowlist));
         let accept = tokio::spawn(accept_loop(
             listener,
@@ -300,6 +293,7 @@ async fn accept_loop(listener: UnixListener, sandbox: Arc<SandboxEgress>, shared
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::UnixStream;
 

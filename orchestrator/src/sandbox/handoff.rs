@@ -24,13 +24,13 @@
 //! file still names the agent's listener, so adoption needs no handoff.
 
 use crate::runtime::SandboxDir;
+use crate::sandbox_socket;
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use sbx_api::client::Client;
 use sbx_api::Handoff;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,6 +40,7 @@ use tokio::net::UnixListener;
 #[derive(Debug)]
 pub(crate) struct PendingAgent {
     listener: StdUnixListener,
+    listener_path: PathBuf,
     handoff: UnixListener,
     handoff_path: PathBuf,
     /// The host uid the agent runs as: the only one that may take the
@@ -47,36 +48,20 @@ pub(crate) struct PendingAgent {
     agent_uid: u32,
 }
 
-/// Binds a socket at `path` that only `owner` (and root) may connect to.
-fn bind_private(path: &Path, owner: u32) -> io::Result<StdUnixListener> {
-    remove_stale(path)?;
-    let listener = StdUnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    if owner != nix::unistd::geteuid().as_raw() {
-        std::os::unix::fs::chown(path, Some(owner), Some(owner))?;
-    }
-    Ok(listener)
-}
-
-fn remove_stale(path: &Path) -> io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
-        _ => Ok(()),
-    }
-}
-
 impl PendingAgent {
     /// Binds the agent's listener and the handoff socket for `dir`, whose
     /// run directory must exist. `agent_uid` is the host uid of root inside
     /// the sandbox. Must run inside the tokio runtime.
     pub(crate) fn bind(dir: &SandboxDir, agent_uid: u32) -> io::Result<Self> {
-        // The orchestrator's own: only it connects to the agent.
-        let listener = bind_private(&dir.agent_socket(), nix::unistd::geteuid().as_raw())?;
+        // The orchestrator's own (root's): only it connects to the agent.
+        let listener_path = dir.agent_socket();
+        let listener = sandbox_socket::bind(&listener_path, None)?;
         let handoff_path = dir.handoff_socket();
-        let handoff = bind_private(&handoff_path, agent_uid)?;
+        let handoff = sandbox_socket::bind(&handoff_path, Some(agent_uid))?;
         handoff.set_nonblocking(true)?;
         Ok(Self {
             listener,
+            listener_path,
             handoff: UnixListener::from_std(handoff)?,
             handoff_path,
             agent_uid,
@@ -95,19 +80,14 @@ impl PendingAgent {
         let deadline = tokio::time::Instant::now() + timeout;
         let handed = tokio::time::timeout_at(deadline, self.send(tenant_cgroups)).await;
         // Whatever happened, nobody may take the handoff later.
-        let _ = remove_stale(&self.handoff_path);
+        let _ = sandbox_socket::remove(&self.handoff_path);
         match handed {
             Err(_elapsed) => return Ok(false),
             Ok(result) => result?,
         }
-        let agent = self.listener.local_addr()?;
-        let path = agent
-            .as_pathname()
-            .ok_or_else(|| io::Error::other("the agent socket has no path"))?
-            .to_owned();
         // Our copy of the listener goes: the agent's is the only one left.
         drop(self.listener);
-        match tokio::time::timeout_at(deadline, answers(&path)).await {
+        match tokio::time::timeout_at(deadline, answers(&self.listener_path)).await {
             Err(_elapsed) => Ok(false),
             Ok(result) => result.map(|()| true),
         }
