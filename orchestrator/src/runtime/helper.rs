@@ -60,9 +60,10 @@
 //! [`REPLY_TIMEOUT`]. Then it fails the request in flight with
 //! [`RuntimeError::HelperGone`], logs why, kills and reaps the helper, and
 //! starts a new one for the next request. A helper that dies while idle is
-//! noticed at once, since the driver waits on it between requests, and is
-//! replaced before the next request is written, so that request is not
-//! lost.
+//! noticed at once, since the driver waits on it between requests (and,
+//! as that wait hears of the exit only when the reactor next polls, asks
+//! the kernel once more before writing), and is replaced before the next
+//! request is written, so that request is not lost.
 //!
 //! The request in flight is lost, not retried: a start may have got
 //! half-way (a disk mounted, an init cloned), and running it again would
@@ -407,18 +408,18 @@ impl Driver {
             };
             let job = match event {
                 Event::HelperExited(reason) => {
-                    let pid = helper.take().and_then(|process| process.pid);
-                    tracing::error!(
-                        ?pid,
-                        %reason,
-                        "youki helper died while idle; a new one starts with the next request"
-                    );
-                    self.failures += 1;
+                    self.died_while_idle(&mut helper, &reason);
                     continue;
                 }
                 Event::Job(None) => break,
                 Event::Job(Some(job)) => job,
             };
+            // The wait above learns of an exit only once the reactor has
+            // seen the helper's pidfd turn readable, which can be after the
+            // job arrived: ask the kernel directly before writing.
+            if let Some(reason) = helper.as_mut().and_then(Process::exited) {
+                self.died_while_idle(&mut helper, &reason);
+            }
             if helper.is_none() {
                 match self.respawn().await {
                     Ok(process) => helper = Some(process),
@@ -467,6 +468,16 @@ impl Driver {
         }
     }
 
+    fn died_while_idle(&mut self, helper: &mut Option<Process>, reason: &str) {
+        let pid = helper.take().and_then(|process| process.pid);
+        tracing::error!(
+            ?pid,
+            %reason,
+            "youki helper died while idle; a new one starts with the next request"
+        );
+        self.failures += 1;
+    }
+
     /// Starts the next helper, after the backoff if the last ones broke in
     /// a row.
     async fn respawn(&mut self) -> Result<Process, RuntimeError> {
@@ -513,6 +524,15 @@ impl Process {
             stdin,
             replies: FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_REPLY_BYTES)),
         })
+    }
+
+    /// Why the helper has exited, if it has.
+    fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(None) => None,
+            Ok(Some(status)) => Some(exit_reason(Ok(status))),
+            Err(err) => Some(exit_reason(Err(err))),
+        }
     }
 
     /// Writes call `seq` and reads its reply. An error says why the helper
