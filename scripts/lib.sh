@@ -75,3 +75,24 @@ SBX_HOST_TRIPLE="$(rustc -vV 2>/dev/null | sed -n 's/^host: //p')"
 export SBX_HOST_TRIPLE="${SBX_HOST_TRIPLE:-x86_64-unknown-linux-gnu}"
 export SBX_BIN="$CARGO_TARGET_DIR/release/sbx"
 export SBX_AGENT_BIN="$CARGO_TARGET_DIR/$SBX_HOST_TRIPLE/release/sandbox-agent"
+
+# sbx_venv: prints the path of a venv holding tests/python/requirements.txt,
+# creating it on first use. It is keyed by the file's hash, so a changed pin
+# makes a new venv and an unchanged one costs a hash. Debian's python3 (not
+# whatever python is first on PATH), so a fresh machine gets the same one.
+sbx_venv() {
+  local requirements="$SBX_REPO_DIR/tests/python/requirements.txt"
+  local key venv
+  key="$(sha256sum "$requirements" | cut -c1-16)"
+  venv="/var/cache/sbx/venv-$key"
+  if [[ ! -x "$venv/bin/python" || ! -e "$venv/.complete" ]]; then
+    sbx_apt_install python3 python3-venv
+    sbx_log "creating the test venv: $venv"
+    rm -rf "$venv"
+    mkdir -p /var/cache/sbx
+    /usr/bin/python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install -q --no-input -r "$requirements" >&2
+    touch "$venv/.complete"
+  fi
+  printf '%s\n' "$venv"
+}

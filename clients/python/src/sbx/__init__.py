@@ -1,0 +1,1 @@
+"""The sbx Python SDK (being written)."""
