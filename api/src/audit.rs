@@ -20,7 +20,7 @@ pub const ANONYMOUS: &str = "anonymous";
 /// answered (nginx's "client closed request"); no client ever receives it.
 pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     /// Increases with every record; newer records have larger numbers.
     pub seq: u64,
@@ -54,7 +54,8 @@ pub struct AuditRecord {
 }
 
 /// Query of `GET /v1/audit`: the newest records first.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// Only records about this sandbox.
@@ -66,6 +67,7 @@ pub struct AuditQuery {
     /// At most this many records: 1 to [`MAX_AUDIT_LIMIT`], default
     /// [`DEFAULT_AUDIT_LIMIT`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -83,7 +85,7 @@ impl AuditQuery {
 }
 
 /// `GET /v1/audit`
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditList {
     pub records: Vec<AuditRecord>,
 }

@@ -5,7 +5,7 @@ use std::fmt;
 
 /// Stable, machine-readable error codes. Clients branch on these, never on
 /// the message, so a variant is never renamed once released.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The request is malformed or a value is out of range (400).
@@ -64,7 +64,7 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// `{"error_code": "not_found", "message": "sandbox abc not found",
 /// "request_id": "0123456789abcdef"}`
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error_code: ErrorCode,
     pub message: String,

@@ -13,7 +13,7 @@ pub const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
 pub const DEFAULT_OUTPUT_CAP: usize = 10 * 1024 * 1024;
 
 /// Either `cmd` (an argv, run directly) or `shell` (a string for the shell).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -28,6 +28,7 @@ pub struct ExecRequest {
     pub env: BTreeMap<String, String>,
     /// Kill the command's whole process group after this long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 86400000)]
     pub timeout_ms: Option<u64>,
     /// Written to the command's stdin, which is then closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -144,7 +145,7 @@ pub const NDJSON: &str = "application/x-ndjson";
 /// one `exit` last (logs that are not followed end without `exit` while the
 /// process runs). Output is decoded as UTF-8 with invalid sequences
 /// replaced; a character split across two reads is never broken.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ExecEvent {
     Start {
@@ -170,7 +171,7 @@ pub enum ExecEvent {
 }
 
 /// The outcome of a command run to completion.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecResult {
     /// The exit status; `128 + N` when killed by signal N, as shells report it.
     pub exit_code: i32,

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FileType {
     File,
@@ -15,7 +15,7 @@ pub enum FileType {
 }
 
 /// `GET /files/stat`, and each entry of `GET /files/list`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileInfo {
     /// Absolute path inside the sandbox.
     pub path: String,
@@ -34,13 +34,14 @@ pub struct FileInfo {
 }
 
 /// `GET /files/list`
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileList {
     pub entries: Vec<FileInfo>,
 }
 
 /// Query of every `/files` route: the absolute path inside the sandbox.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FileQuery {
     pub path: String,
@@ -59,7 +60,7 @@ pub struct FileQuery {
 pub const MAX_LIST_DEPTH: u32 = 64;
 
 /// `POST /files/mkdir`: like `mkdir -p`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MkdirRequest {
     pub path: String,
@@ -69,7 +70,7 @@ pub struct MkdirRequest {
 }
 
 /// `POST /files/move`
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MoveRequest {
     pub from: String,
@@ -77,7 +78,7 @@ pub struct MoveRequest {
 }
 
 /// `PUT /archive?path=DIR`: what the extraction wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ArchiveSummary {
     pub entries: u64,
     pub bytes: u64,

@@ -2,14 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServerInfo {
     /// The sbx version.
     pub version: String,
     pub runtime: RuntimeInfo,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RuntimeInfo {
     /// `youki` or `docker`.
     pub name: String,
@@ -20,7 +20,7 @@ pub struct RuntimeInfo {
 
 /// What the runtime enforces on every sandbox, so that a client can check
 /// before it trusts. A `false` comes with a reason in `notes`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IsolationInfo {
     /// Sandboxes run in a user namespace: their root is an unprivileged
     /// host uid.

@@ -38,12 +38,12 @@ pub use network::{
     normalize_host, EgressRule, HostPattern, NetworkPolicy, UpdateSandboxRequest, MAX_EGRESS_RULES,
 };
 pub use process::{
-    KillAllResult, LogsQuery, ProcessInfo, ProcessList, ProcessState, SignalRequest,
+    KillAllResult, LogsQuery, ProcessInfo, ProcessList, ProcessPath, ProcessState, SignalRequest,
     StartProcessRequest, StdinQuery, PROCESS_LOG_CAP,
 };
 pub use sandbox::{
-    CreateSandboxRequest, Sandbox, SandboxList, SandboxState, DEFAULT_IMAGE, MAX_CPUS, MAX_DISK_MB,
-    MAX_MEMORY_MB, MIN_DISK_MB,
+    CreateSandboxRequest, Sandbox, SandboxList, SandboxPath, SandboxState, DEFAULT_IMAGE, MAX_CPUS,
+    MAX_DISK_MB, MAX_MEMORY_MB, MIN_DISK_MB,
 };
 pub use token::{
     CreateTokenRequest, CreatedSandbox, CreatedToken, Scope, TokenInfo, TokenList,

@@ -44,7 +44,7 @@ const MAX_LABEL_LEN: usize = 63;
 /// In a create request it is optional (no network at all without it); in a
 /// [`crate::Sandbox`] it is always present, `egress` empty when the sandbox
 /// may reach nothing.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkPolicy {
     /// Hosts the sandbox may reach through the egress proxy (grammar in the
@@ -218,7 +218,7 @@ pub fn normalize_host(host: &str) -> Result<String, String> {
 
 /// `PATCH /v1/sandboxes/{id}`: the fields present are changed, the others
 /// kept. Only the network policy can change on a running sandbox.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSandboxRequest {
     /// Replaces the whole policy; takes effect for new connections at once.

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 pub const PROCESS_LOG_CAP: usize = 1024 * 1024;
 
 /// `POST /processes`: the same command fields as an exec, plus a name.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartProcessRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,7 +53,7 @@ impl StartProcessRequest {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProcessState {
     Running,
@@ -61,7 +61,7 @@ pub enum ProcessState {
 }
 
 /// One background process, as `GET /processes/{pid}` reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProcessInfo {
     pub pid: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,15 +77,26 @@ pub struct ProcessInfo {
     pub exited_at: Option<DateTime<Utc>>,
 }
 
+/// The path parameters of every `/v1/sandboxes/{id}/processes/{pid}…`
+/// route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ProcessPath {
+    /// The sandbox's id.
+    pub id: String,
+    /// The process's pid inside the sandbox, as its start returned it.
+    pub pid: i32,
+}
+
 /// `GET /processes`
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProcessList {
     pub processes: Vec<ProcessInfo>,
 }
 
 /// `POST /processes/kill-all`: every process in the sandbox but its agent
 /// was killed and reaped; exec works again at once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KillAllResult {
     /// How many processes were running when the call came.
     pub killed: u32,
@@ -94,14 +105,15 @@ pub struct KillAllResult {
 /// `POST /processes/{pid}/signal`: `{"signal":"TERM"}`. Names with or
 /// without the `SIG` prefix (`TERM`, `SIGKILL`, `INT`, `HUP`, `USR1`…) or a
 /// number. The signal goes to the whole process group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignalRequest {
     pub signal: String,
 }
 
 /// Query of `GET /processes/{pid}/logs`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogsQuery {
     /// Only the last this many bytes of each stream's buffer.
@@ -113,7 +125,8 @@ pub struct LogsQuery {
 }
 
 /// Query of `POST /processes/{pid}/stdin`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StdinQuery {
     /// Close the process's stdin after writing the body.

@@ -16,19 +16,26 @@ pub const MIN_DISK_MB: u64 = 64;
 pub const MAX_DISK_MB: u64 = 16 * 1024 * 1024;
 
 /// `POST /v1/sandboxes`. Every field is optional.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSandboxRequest {
+    /// The image's name; `base` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")]
     pub image: Option<String>,
+    /// Memory limit in MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 16, maximum = 1048576)]
     pub memory_mb: Option<u64>,
+    /// CPU limit, in cores; fractions allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0, maximum = 1024)]
     pub cpus: Option<f64>,
     /// Size limit of the sandbox's writable layer: what its commands can
     /// write on top of the image. Writing past it fails inside with a
     /// quota error. Needs a runtime that can enforce it (`GET /v1/info`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 64, maximum = 16777216)]
     pub disk_mb: Option<u64>,
     /// Environment every command in the sandbox starts with.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -91,7 +98,7 @@ impl CreateSandboxRequest {
 
 /// Where a sandbox is in its life. Transitions are owned by the
 /// orchestrator's sandbox manager, which documents them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxState {
     Creating,
@@ -124,7 +131,7 @@ impl SandboxState {
 
 /// A sandbox as the API reports it. The environment is deliberately absent:
 /// it may hold secrets, and listing sandboxes must not leak them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Sandbox {
     pub id: String,
     pub state: SandboxState,
@@ -143,8 +150,16 @@ pub struct Sandbox {
     pub network: NetworkPolicy,
 }
 
+/// The path parameter of every `/v1/sandboxes/{id}…` route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SandboxPath {
+    /// The sandbox's id.
+    pub id: String,
+}
+
 /// `GET /v1/sandboxes`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SandboxList {
     pub sandboxes: Vec<Sandbox>,
 }

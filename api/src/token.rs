@@ -21,7 +21,19 @@ pub const MAX_TOKEN_NAME_LEN: usize = 64;
 
 /// What a token may do. A token bound to a sandbox may do it only to that
 /// sandbox, and only the per-sandbox scopes make sense for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 pub enum Scope {
     /// `POST /v1/sandboxes`.
     #[serde(rename = "sandboxes:create")]
@@ -35,6 +47,11 @@ pub enum Scope {
     /// Everything inside a sandbox: exec, processes, files, archives.
     #[serde(rename = "sandboxes:exec")]
     SandboxesExec,
+    /// `PATCH /v1/sandboxes/{id}`: change what a sandbox may reach. Apart
+    /// from `sandboxes:exec` so that the code working in a sandbox (its own
+    /// token) cannot widen its own network.
+    #[serde(rename = "sandboxes:network")]
+    SandboxesNetwork,
     /// Mint, list and revoke tokens (never with scopes the caller lacks).
     #[serde(rename = "tokens:admin")]
     TokensAdmin,
@@ -44,11 +61,12 @@ pub enum Scope {
 }
 
 impl Scope {
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::SandboxesCreate,
         Scope::SandboxesRead,
         Scope::SandboxesDelete,
         Scope::SandboxesExec,
+        Scope::SandboxesNetwork,
         Scope::TokensAdmin,
         Scope::AuditRead,
     ];
@@ -59,6 +77,7 @@ impl Scope {
             Scope::SandboxesRead => "sandboxes:read",
             Scope::SandboxesDelete => "sandboxes:delete",
             Scope::SandboxesExec => "sandboxes:exec",
+            Scope::SandboxesNetwork => "sandboxes:network",
             Scope::TokensAdmin => "tokens:admin",
             Scope::AuditRead => "audit:read",
         }
@@ -69,7 +88,10 @@ impl Scope {
     pub fn is_per_sandbox(self) -> bool {
         matches!(
             self,
-            Scope::SandboxesRead | Scope::SandboxesDelete | Scope::SandboxesExec
+            Scope::SandboxesRead
+                | Scope::SandboxesDelete
+                | Scope::SandboxesExec
+                | Scope::SandboxesNetwork
         )
     }
 }
@@ -95,7 +117,7 @@ impl FromStr for Scope {
 }
 
 /// `POST /v1/tokens`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
     /// The identity the audit trail records for every call with the token.
@@ -150,7 +172,7 @@ impl CreateTokenRequest {
 }
 
 /// A token as `GET /v1/tokens` lists it: never its secret or hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenInfo {
     pub id: String,
     pub name: String,
@@ -166,7 +188,7 @@ pub struct TokenInfo {
 }
 
 /// `POST /v1/tokens` → 201: the token, and its secret, shown this once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreatedToken {
     #[serde(flatten)]
     pub token: TokenInfo,
@@ -174,7 +196,7 @@ pub struct CreatedToken {
 }
 
 /// `GET /v1/tokens`
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenList {
     pub tokens: Vec<TokenInfo>,
 }
@@ -182,7 +204,7 @@ pub struct TokenList {
 /// `POST /v1/sandboxes` → 201: the sandbox, and the secret of a token that
 /// can read it and work inside it (`sandboxes:read`, `sandboxes:exec`)
 /// and nothing else, shown this once. It is revoked with the sandbox.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreatedSandbox {
     #[serde(flatten)]
     pub sandbox: Sandbox,

@@ -318,7 +318,11 @@ pub async fn record(State(state): State<AppState>, mut request: Request, next: N
     response
 }
 
-/// `GET /v1/audit?sandbox=ID&since=RFC3339&limit=N`, newest first.
+/// Read the audit trail.
+///
+/// One record per `/v1` call, newest first.
+#[utoipa::path(get, path = "/audit", tag = "audit", operation_id = "list_audit_records",
+    params(AuditQuery), responses((status = 200, body = AuditList)))]
 pub async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<AuditQuery>,

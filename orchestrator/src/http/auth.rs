@@ -73,6 +73,7 @@ pub fn requirement(method: &Method, route: &str) -> Requirement {
         ("/v1/sandboxes", &Method::GET) => scope(Scope::SandboxesRead, false),
         ("/v1/sandboxes/{id}", &Method::GET) => scope(Scope::SandboxesRead, true),
         ("/v1/sandboxes/{id}", &Method::DELETE) => scope(Scope::SandboxesDelete, true),
+        ("/v1/sandboxes/{id}", &Method::PATCH) => scope(Scope::SandboxesNetwork, true),
         (route, _) if route.starts_with("/v1/sandboxes/{id}/") => scope(Scope::SandboxesExec, true),
         ("/v1/tokens" | "/v1/tokens/{id}", _) => scope(Scope::TokensAdmin, false),
         ("/v1/audit", &Method::GET) => scope(Scope::AuditRead, false),
@@ -185,6 +186,11 @@ mod tests {
                 scope(Scope::SandboxesDelete, true),
             ),
             (
+                Method::PATCH,
+                "/v1/sandboxes/{id}",
+                scope(Scope::SandboxesNetwork, true),
+            ),
+            (
                 Method::POST,
                 "/v1/sandboxes/{id}/exec",
                 scope(Scope::SandboxesExec, true),
@@ -237,6 +243,7 @@ mod tests {
         assert!(on(Method::GET, "/v1/info", None));
         assert!(!on(Method::POST, "/v1/sandboxes/{id}/exec", Some("bbbb")));
         assert!(!on(Method::DELETE, "/v1/sandboxes/{id}", Some("aaaa")));
+        assert!(!on(Method::PATCH, "/v1/sandboxes/{id}", Some("aaaa")));
         assert!(!on(Method::GET, "/v1/sandboxes", None));
         assert!(!on(Method::POST, "/v1/sandboxes", None));
         assert!(!on(Method::GET, "/v1/tokens", None));

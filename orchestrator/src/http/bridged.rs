@@ -20,73 +20,290 @@ use super::request_id::RequestId;
 use super::AppState;
 use crate::bridge;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Query, Request, State};
+use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
 use sbx_api::{
-    ErrorBody, ExecRequest, MkdirRequest, MoveRequest, SignalRequest, StartProcessRequest,
+    ArchiveSummary, ErrorBody, ExecEvent, ExecRequest, ExecResult, FileInfo, FileList, FileQuery,
+    KillAllResult, LogsQuery, MkdirRequest, MoveRequest, ProcessInfo, ProcessList, ProcessPath,
+    SandboxPath, SignalRequest, StartProcessRequest, StdinQuery,
 };
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use std::collections::HashMap;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Largest agent error body given the request id; a larger one (which the
 /// agent never sends) is passed on as it is.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
-#[derive(Debug, Deserialize)]
-pub struct SandboxParams {
-    id: String,
-    /// Set on the `/processes/{pid}…` routes.
-    pid: Option<String>,
+/// The routes, each with its OpenAPI description: registered through
+/// `utoipa_axum`, a route cannot be served without being in the spec.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(exec))
+        .routes(routes!(list_processes, start_process))
+        .routes(routes!(kill_all))
+        .routes(routes!(get_process))
+        .routes(routes!(process_logs))
+        .routes(routes!(write_stdin))
+        .routes(routes!(signal_process))
+        .routes(routes!(wait_process))
+        .routes(routes!(read_file, write_file, remove_file))
+        .routes(routes!(stat_file))
+        .routes(routes!(list_files))
+        .routes(routes!(make_dir))
+        .routes(routes!(move_file))
+        .routes(routes!(download_archive, upload_archive))
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/sandboxes/{id}/exec", post(exec))
-        .route(
-            "/sandboxes/{id}/processes",
-            get(forward).post(forward_json::<StartProcessRequest>),
-        )
-        .route("/sandboxes/{id}/processes/kill-all", post(forward))
-        .route("/sandboxes/{id}/processes/{pid}", get(forward))
-        .route("/sandboxes/{id}/processes/{pid}/logs", get(forward))
-        .route("/sandboxes/{id}/processes/{pid}/stdin", post(forward))
-        .route(
-            "/sandboxes/{id}/processes/{pid}/signal",
-            post(forward_json::<SignalRequest>),
-        )
-        .route("/sandboxes/{id}/processes/{pid}/wait", get(forward))
-        .route(
-            "/sandboxes/{id}/files",
-            get(forward).put(forward).delete(forward),
-        )
-        .route("/sandboxes/{id}/files/stat", get(forward))
-        .route("/sandboxes/{id}/files/list", get(forward))
-        .route(
-            "/sandboxes/{id}/files/mkdir",
-            post(forward_json::<MkdirRequest>),
-        )
-        .route(
-            "/sandboxes/{id}/files/move",
-            post(forward_json::<MoveRequest>),
-        )
-        .route("/sandboxes/{id}/archive", get(forward).put(forward))
-}
-
+/// Run a command to completion.
+///
+/// Answers with its result, or, with `Accept: application/x-ndjson` (or
+/// `"stream": true`), streams its events as they happen: one `start`,
+/// `stdout`/`stderr` chunks, one `exit` last.
+#[utoipa::path(post, path = "/sandboxes/{id}/exec", tag = "exec", operation_id = "exec",
+    params(SandboxPath), request_body = ExecRequest,
+    responses((status = 200, content(
+        (ExecResult = "application/json"),
+        (ExecEvent = "application/x-ndjson"),
+    ), description = "The result, or an NDJSON stream of events, one per line")))]
 async fn exec(
     State(state): State<AppState>,
     call: Call,
-    ApiPath(SandboxParams { id, .. }): ApiPath<SandboxParams>,
+    ApiPath(SandboxPath { id }): ApiPath<SandboxPath>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<ExecRequest>,
 ) -> Result<Response, ApiError> {
     call.summary(request.summary());
     forward_exec(&state, &id, &headers, request).await
+}
+
+/// Declares a handler that forwards its route to the sandbox's agent: `=>
+/// forward` as it is, `=> json T` reading the small JSON body `T` first
+/// to summarise it. The `#[utoipa::path]` above each is its contract.
+macro_rules! forwarded {
+    ($(#[$meta:meta])* $name:ident($path:ty) => forward) => {
+        $(#[$meta])*
+        async fn $name(
+            State(state): State<AppState>,
+            call: Call,
+            ApiPath(path): ApiPath<$path>,
+            request: Request,
+        ) -> Result<Response, ApiError> {
+            forward(&state, &call, path.into(), request).await
+        }
+    };
+    ($(#[$meta:meta])* $name:ident($path:ty) => json $body:ty) => {
+        $(#[$meta])*
+        async fn $name(
+            State(state): State<AppState>,
+            call: Call,
+            ApiPath(path): ApiPath<$path>,
+            request: Request,
+        ) -> Result<Response, ApiError> {
+            forward_json::<$body>(&state, &call, path.into(), request).await
+        }
+    };
+}
+
+forwarded! {
+    /// List background processes.
+    ///
+    /// The sandbox's background processes, running and exited.
+    #[utoipa::path(get, path = "/sandboxes/{id}/processes", tag = "processes",
+        operation_id = "list_processes", params(SandboxPath),
+        responses((status = 200, body = ProcessList)))]
+    list_processes(SandboxPath) => forward
+}
+
+forwarded! {
+    /// Start a background process.
+    ///
+    /// It outlives this call. Its output is kept (the last 1 MiB of each
+    /// stream) for `logs`.
+    #[utoipa::path(post, path = "/sandboxes/{id}/processes", tag = "processes",
+        operation_id = "start_process", params(SandboxPath), request_body = StartProcessRequest,
+        responses((status = 201, body = ProcessInfo)))]
+    start_process(SandboxPath) => json StartProcessRequest
+}
+
+forwarded! {
+    /// Kill every process in the sandbox.
+    ///
+    /// Every process but the sandbox's agent is killed and reaped; exec
+    /// works again at once.
+    #[utoipa::path(post, path = "/sandboxes/{id}/processes/kill-all", tag = "processes",
+        operation_id = "kill_all_processes", params(SandboxPath),
+        responses((status = 200, body = KillAllResult)))]
+    kill_all(SandboxPath) => forward
+}
+
+forwarded! {
+    /// Get a background process.
+    #[utoipa::path(get, path = "/sandboxes/{id}/processes/{pid}", tag = "processes",
+        operation_id = "get_process", params(ProcessPath),
+        responses((status = 200, body = ProcessInfo)))]
+    get_process(ProcessPath) => forward
+}
+
+forwarded! {
+    /// A process's output.
+    ///
+    /// An NDJSON stream of events: the output kept so far, then, with
+    /// `follow=true`, output as it happens and an `exit` last.
+    #[utoipa::path(get, path = "/sandboxes/{id}/processes/{pid}/logs", tag = "processes",
+        operation_id = "process_logs", params(ProcessPath, LogsQuery),
+        responses((status = 200, body = ExecEvent, content_type = "application/x-ndjson",
+            description = "NDJSON: one event per line")))]
+    process_logs(ProcessPath) => forward
+}
+
+forwarded! {
+    /// Write to a process's stdin.
+    ///
+    /// The raw body is written; `close=true` closes stdin afterwards.
+    #[utoipa::path(post, path = "/sandboxes/{id}/processes/{pid}/stdin", tag = "processes",
+        operation_id = "write_stdin", params(ProcessPath, StdinQuery),
+        request_body(content(("application/octet-stream"))),
+        responses((status = 204, description = "Written")))]
+    write_stdin(ProcessPath) => forward
+}
+
+forwarded! {
+    /// Signal a process.
+    ///
+    /// The signal goes to the process's whole process group.
+    #[utoipa::path(post, path = "/sandboxes/{id}/processes/{pid}/signal", tag = "processes",
+        operation_id = "signal_process", params(ProcessPath), request_body = SignalRequest,
+        responses((status = 204, description = "Sent")))]
+    signal_process(ProcessPath) => json SignalRequest
+}
+
+forwarded! {
+    /// Wait for a process to exit.
+    ///
+    /// Answers once the process has exited.
+    #[utoipa::path(get, path = "/sandboxes/{id}/processes/{pid}/wait", tag = "processes",
+        operation_id = "wait_process", params(ProcessPath),
+        responses((status = 200, body = ProcessInfo)))]
+    wait_process(ProcessPath) => forward
+}
+
+forwarded! {
+    /// Read a file.
+    ///
+    /// The file's contents, as raw bytes.
+    #[utoipa::path(get, path = "/sandboxes/{id}/files", tag = "files",
+        operation_id = "read_file", params(SandboxPath, FileQuery),
+        responses((status = 200, content(("application/octet-stream")),
+            description = "The file's bytes")))]
+    read_file(SandboxPath) => forward
+}
+
+forwarded! {
+    /// Write a file.
+    ///
+    /// The raw body becomes the file, atomically (readers see the old or
+    /// the new contents); missing parent directories are created.
+    #[utoipa::path(put, path = "/sandboxes/{id}/files", tag = "files",
+        operation_id = "write_file", params(SandboxPath, FileQuery),
+        request_body(content(("application/octet-stream"))),
+        responses((status = 200, body = FileInfo)))]
+    write_file(SandboxPath) => forward
+}
+
+forwarded! {
+    /// Remove a file or directory.
+    ///
+    /// A directory needs `recursive=true`. Symlinks are not followed.
+    #[utoipa::path(delete, path = "/sandboxes/{id}/files", tag = "files",
+        operation_id = "remove_file", params(SandboxPath, FileQuery),
+        responses((status = 204, description = "Removed")))]
+    remove_file(SandboxPath) => forward
+}
+
+forwarded! {
+    /// A path's metadata.
+    ///
+    /// A symlink is not followed.
+    #[utoipa::path(get, path = "/sandboxes/{id}/files/stat", tag = "files",
+        operation_id = "stat_file", params(SandboxPath, FileQuery),
+        responses((status = 200, body = FileInfo)))]
+    stat_file(SandboxPath) => forward
+}
+
+forwarded! {
+    /// List a directory.
+    ///
+    /// Its entries, `depth` levels down (default 1).
+    #[utoipa::path(get, path = "/sandboxes/{id}/files/list", tag = "files",
+        operation_id = "list_files", params(SandboxPath, FileQuery),
+        responses((status = 200, body = FileList)))]
+    list_files(SandboxPath) => forward
+}
+
+forwarded! {
+    /// Make a directory.
+    ///
+    /// Missing parents are made too, like `mkdir -p`.
+    #[utoipa::path(post, path = "/sandboxes/{id}/files/mkdir", tag = "files",
+        operation_id = "make_dir", params(SandboxPath), request_body = MkdirRequest,
+        responses((status = 200, body = FileInfo)))]
+    make_dir(SandboxPath) => json MkdirRequest
+}
+
+forwarded! {
+    /// Move or rename a path.
+    ///
+    /// Like `mv`.
+    #[utoipa::path(post, path = "/sandboxes/{id}/files/move", tag = "files",
+        operation_id = "move_file", params(SandboxPath), request_body = MoveRequest,
+        responses((status = 204, description = "Moved")))]
+    move_file(SandboxPath) => json MoveRequest
+}
+
+forwarded! {
+    /// Download a directory.
+    ///
+    /// The directory as a tar stream.
+    #[utoipa::path(get, path = "/sandboxes/{id}/archive", tag = "files",
+        operation_id = "download_archive", params(SandboxPath, FileQuery),
+        responses((status = 200, content(("application/x-tar")),
+            description = "A tar stream of the directory")))]
+    download_archive(SandboxPath) => forward
+}
+
+forwarded! {
+    /// Upload a directory.
+    ///
+    /// The tar stream in the body is extracted into the directory. Entries
+    /// that would land outside it (absolute paths, `..`, links) are
+    /// refused.
+    #[utoipa::path(put, path = "/sandboxes/{id}/archive", tag = "files",
+        operation_id = "upload_archive", params(SandboxPath, FileQuery),
+        request_body(content(("application/x-tar"))),
+        responses((status = 200, body = ArchiveSummary)))]
+    upload_archive(SandboxPath) => forward
+}
+
+/// Which sandbox (and process) a forwarded call is about.
+struct Target {
+    id: String,
+    pid: Option<i32>,
+}
+
+impl From<SandboxPath> for Target {
+    fn from(SandboxPath { id }: SandboxPath) -> Self {
+        Self { id, pid: None }
+    }
+}
+
+impl From<ProcessPath> for Target {
+    fn from(ProcessPath { id, pid }: ProcessPath) -> Self {
+        Self { id, pid: Some(pid) }
+    }
 }
 
 async fn forward_exec(
@@ -119,7 +336,7 @@ async fn forward_exec(
 
 /// What a forwarded call is about: the `path` of a file or archive call,
 /// or the pid of a process call.
-fn forwarded_summary(parts: &Parts, pid: Option<&str>) -> Option<String> {
+fn forwarded_summary(parts: &Parts, pid: Option<i32>) -> Option<String> {
     if let Some(pid) = pid {
         return Some(format!("pid {pid}"));
     }
@@ -130,32 +347,32 @@ fn forwarded_summary(parts: &Parts, pid: Option<&str>) -> Option<String> {
 /// Forwards `/v1/sandboxes/{id}/REST?QUERY` to the agent's `/REST?QUERY`,
 /// streaming the body.
 async fn forward(
-    State(state): State<AppState>,
-    call: Call,
-    ApiPath(SandboxParams { id, pid }): ApiPath<SandboxParams>,
+    state: &AppState,
+    call: &Call,
+    target: Target,
     request: Request,
 ) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
-    if let Some(summary) = forwarded_summary(&parts, pid.as_deref()) {
+    if let Some(summary) = forwarded_summary(&parts, target.pid) {
         call.summary(summary);
     }
-    forward_parts(&state, &id, parts, body).await
+    forward_parts(state, &target.id, parts, body).await
 }
 
 /// Like [`forward`], for routes whose small JSON body says what the call
 /// does: the body is read (within the default body limit), summarised if
 /// it parses (the agent judges it either way), and forwarded unchanged.
 async fn forward_json<T: DeserializeOwned + Summary>(
-    State(state): State<AppState>,
-    call: Call,
-    ApiPath(SandboxParams { id, pid }): ApiPath<SandboxParams>,
-    parts: Parts,
-    body: Result<Bytes, BytesRejection>,
+    state: &AppState,
+    call: &Call,
+    target: Target,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let body = body?;
+    let (parts, body) = request.into_parts();
+    let body = Bytes::from_request(Request::from_parts(parts.clone(), body), state).await?;
     let parsed = serde_json::from_slice::<T>(&body).ok();
     let summary: Vec<String> = [
-        pid.map(|pid| format!("pid {pid}")),
+        target.pid.map(|pid| format!("pid {pid}")),
         parsed.map(|request| request.summary()),
     ]
     .into_iter()
@@ -164,7 +381,7 @@ async fn forward_json<T: DeserializeOwned + Summary>(
     if !summary.is_empty() {
         call.summary(summary.join(" "));
     }
-    forward_parts(&state, &id, parts, Body::from(body)).await
+    forward_parts(state, &target.id, parts, Body::from(body)).await
 }
 
 async fn forward_parts(

@@ -21,6 +21,7 @@ mod bridged;
 mod detached;
 mod error;
 mod extract;
+mod openapi;
 mod request_id;
 mod sandboxes;
 mod serve;
@@ -33,11 +34,16 @@ pub use serve::serve;
 use crate::audit::AuditLog;
 use crate::sandbox::Manager;
 use crate::tokens::Tokens;
-use axum::routing::{delete, get};
+use axum::body::Bytes;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
 use axum::Router;
 use sbx_api::ErrorCode;
 use std::sync::Arc;
 use tokio_util::task::TaskTracker;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -64,22 +70,47 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// The `/v1` routes, each with its part of the OpenAPI spec.
+fn v1_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(sandboxes::info))
+        .routes(routes!(sandboxes::list, sandboxes::create))
+        .routes(routes!(
+            sandboxes::get,
+            sandboxes::update,
+            sandboxes::delete
+        ))
+        .merge(bridged::routes())
+        .routes(routes!(tokens::list, tokens::create))
+        .routes(routes!(tokens::revoke))
+        .routes(routes!(audit_trail::list))
+}
+
+/// The API's OpenAPI 3.1 spec (see [`openapi`]).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    openapi::complete(v1_routes().into_openapi())
+}
+
+/// The OpenAPI 3.1 spec.
+///
+/// This API's contract, as JSON; no token needed.
+#[utoipa::path(get, path = "/openapi.json", tag = "server", operation_id = "openapi",
+    security(()), responses((status = 200, description = "The spec",
+        content_type = "application/json")))]
+async fn serve_openapi(spec: Bytes) -> impl IntoResponse {
+    ([(CONTENT_TYPE, "application/json")], spec)
+}
+
 pub fn router(state: AppState) -> Router {
+    let (v1, v1_spec) = v1_routes().split_for_parts();
+    let spec = Bytes::from(
+        openapi::complete(v1_spec)
+            .to_pretty_json()
+            .expect("the spec serializes"),
+    );
     // The /v1 router has its own fallbacks so that the audit layer, which
     // wraps them too, records unknown routes and methods.
-    let v1 = Router::new()
-        .route("/info", get(sandboxes::info))
-        .route("/sandboxes", get(sandboxes::list).post(sandboxes::create))
-        .route(
-            "/sandboxes/{id}",
-            get(sandboxes::get)
-                .patch(sandboxes::update)
-                .delete(sandboxes::delete),
-        )
-        .merge(bridged::routes())
-        .route("/tokens", get(tokens::list).post(tokens::create))
-        .route("/tokens/{id}", delete(tokens::revoke))
-        .route("/audit", get(audit_trail::list))
+    let v1 = v1
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
@@ -93,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .route("/health", get(|| async { "ok" }))
+        .route("/openapi.json", get(move || serve_openapi(spec.clone())))
         .nest("/v1", v1)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)

@@ -12,10 +12,16 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use sbx_api::{
     CreateSandboxRequest, CreatedSandbox, IsolationInfo, RuntimeInfo, Sandbox, SandboxList,
-    ServerInfo, UpdateSandboxRequest,
+    SandboxPath, ServerInfo, UpdateSandboxRequest,
 };
 use std::sync::Arc;
 
+/// What is serving.
+///
+/// The sbx version, the container engine, and the isolation it enforces
+/// on every sandbox.
+#[utoipa::path(get, path = "/info", tag = "server", operation_id = "server_info",
+    responses((status = 200, body = ServerInfo)))]
 pub async fn info(State(state): State<AppState>) -> Json<ServerInfo> {
     let runtime = state.manager.runtime();
     let isolation = runtime.isolation();
@@ -42,6 +48,13 @@ pub async fn info(State(state): State<AppState>) -> Json<ServerInfo> {
     })
 }
 
+/// Create a sandbox.
+///
+/// Answers once the sandbox is started and its agent serves, with the
+/// sandbox and a token bound to it (shown once).
+#[utoipa::path(post, path = "/sandboxes", tag = "sandboxes", operation_id = "create_sandbox",
+    request_body = CreateSandboxRequest,
+    responses((status = 201, body = CreatedSandbox)))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Arc<Principal>>,
@@ -78,11 +91,19 @@ async fn create_with_token(
     }
 }
 
+/// List sandboxes.
+///
+/// Every sandbox the server knows.
+#[utoipa::path(get, path = "/sandboxes", tag = "sandboxes", operation_id = "list_sandboxes",
+    responses((status = 200, body = SandboxList)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<SandboxList>, ApiError> {
     let sandboxes = state.manager.list().await?;
     Ok(Json(SandboxList { sandboxes }))
 }
 
+/// Get a sandbox.
+#[utoipa::path(get, path = "/sandboxes/{id}", tag = "sandboxes", operation_id = "get_sandbox",
+    params(SandboxPath), responses((status = 200, body = Sandbox)))]
 pub async fn get(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -90,7 +111,13 @@ pub async fn get(
     Ok(Json(state.manager.get(&id).await?))
 }
 
-/// `PATCH`: today only `network`, applied live (see `Manager::update`).
+/// Change a sandbox.
+///
+/// Today its network policy: applied to new connections at once (see
+/// `Manager::update`).
+#[utoipa::path(patch, path = "/sandboxes/{id}", tag = "sandboxes", operation_id = "update_sandbox",
+    params(SandboxPath), request_body = UpdateSandboxRequest,
+    responses((status = 200, body = Sandbox)))]
 pub async fn update(
     State(state): State<AppState>,
     call: Call,
@@ -105,6 +132,11 @@ pub async fn update(
     Ok(Json(updated))
 }
 
+/// Delete a sandbox.
+///
+/// Its processes, its disk and its tokens go with it.
+#[utoipa::path(delete, path = "/sandboxes/{id}", tag = "sandboxes", operation_id = "delete_sandbox",
+    params(SandboxPath), responses((status = 204, description = "Deleted")))]
 pub async fn delete(
     State(state): State<AppState>,
     call: Call,

@@ -14,6 +14,12 @@ use axum::{Extension, Json};
 use sbx_api::{CreateTokenRequest, CreatedToken, TokenList};
 use std::sync::Arc;
 
+/// Mint a token.
+///
+/// A name, scopes (never beyond the caller's), an optional lifetime and
+/// sandbox. The secret is in this answer only.
+#[utoipa::path(post, path = "/tokens", tag = "tokens", operation_id = "create_token",
+    request_body = CreateTokenRequest, responses((status = 201, body = CreatedToken)))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Arc<Principal>>,
@@ -29,11 +35,22 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+/// List tokens.
+///
+/// Every token that is neither revoked nor expired, without secrets.
+#[utoipa::path(get, path = "/tokens", tag = "tokens", operation_id = "list_tokens",
+    responses((status = 200, body = TokenList)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<TokenList>, ApiError> {
     let tokens = state.tokens.list()?;
     Ok(Json(TokenList { tokens }))
 }
 
+/// Revoke a token.
+///
+/// Calls with it get 401 from then on.
+#[utoipa::path(delete, path = "/tokens/{id}", tag = "tokens", operation_id = "revoke_token",
+    params(("id" = String, Path, description = "The token's id (not its secret)")),
+    responses((status = 204, description = "Revoked")))]
 pub async fn revoke(
     State(state): State<AppState>,
     Extension(caller): Extension<Arc<Principal>>,

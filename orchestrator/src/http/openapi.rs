@@ -1,0 +1,229 @@
+//! The OpenAPI 3.1 contract: generated from the code, checked in as
+//! `api/openapi.json`, served at `GET /openapi.json`.
+//!
+//! Nothing in it is written twice:
+//! - the schemas are the wire types of `sbx-api`, which derive them
+//!   (`utoipa::ToSchema`), doc comments and serde attributes included;
+//! - the paths are the handlers' `#[utoipa::path]` attributes, registered
+//!   through `utoipa_axum`, so a route cannot be served without being in
+//!   the spec, nor documented without being served;
+//! - each operation's security requirement (the scopes it needs) is
+//!   written here from [`requirement`], the policy table that `authorize`
+//!   enforces, so the spec and the enforcement cannot disagree;
+//! - the error responses every operation may give are added here, by
+//!   kind of route, all as the one [`ErrorBody`] with its `error_code`
+//!   enum, rather than repeated in every attribute.
+//!
+//! A test (below) fails when the generated spec differs from the checked-in
+//! file; `EXPECTORATE=overwrite cargo test -p sbx-orchestrator openapi`
+//! rewrites it, and the diff is then reviewed like code.
+
+use super::auth::{requirement, Requirement};
+use axum::http::Method;
+use sbx_api::{ErrorBody, Scope};
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr};
+use utoipa::{OpenApi as _, PartialSchema, ToSchema};
+
+/// The name of the bearer-token security scheme.
+const BEARER: &str = "bearer";
+/// The name of the shared error response.
+const ERROR_RESPONSE: &str = "Error";
+
+/// The parts of the spec that are not generated from a route: its info,
+/// the token scheme, the tags, and the two routes outside `/v1`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "sbx",
+        description = "Sandboxes for coding agents: create one, run commands, move files, \
+            run background processes, govern its network, and audit every call.\n\n\
+            Every `/v1` route takes `Authorization: Bearer <token>`. What a token may do is \
+            its scopes; the scopes each operation needs are its security requirement. A \
+            token bound to a sandbox (the one `POST /v1/sandboxes` returns) works on that \
+            sandbox alone.\n\n\
+            Errors are one JSON body, `ErrorBody`, whose `error_code` clients branch on. \
+            Streams (`exec` with `Accept: application/x-ndjson`, process logs) are NDJSON: \
+            one `ExecEvent` per line.",
+    ),
+    paths(health, super::serve_openapi),
+    tags(
+        (name = "sandboxes", description = "Create, list, change and delete sandboxes"),
+        (name = "exec", description = "Run a command to completion"),
+        (name = "processes", description = "Background processes, their logs, stdin and signals"),
+        (name = "files", description = "Files, directories and tar archives inside a sandbox"),
+        (name = "tokens", description = "Scoped API tokens"),
+        (name = "audit", description = "The audit trail: one record per call"),
+        (name = "server", description = "The server itself"),
+    )
+)]
+struct Base;
+
+/// Liveness.
+///
+/// Answers `ok` as long as the server serves; no token needed.
+#[utoipa::path(get, path = "/health", tag = "server", operation_id = "health",
+    security(()), responses((status = 200, body = String, content_type = "text/plain")))]
+#[allow(dead_code)] // Documents the route; the router serves it with a closure.
+fn health() {}
+
+/// The complete spec, from the `/v1` routes' generated part.
+pub fn complete(v1: OpenApi) -> OpenApi {
+    let mut spec = Base::openapi().nest("/v1", v1);
+    let components = spec.components.get_or_insert_with(Default::default);
+    components.security_schemes.insert(
+        BEARER.into(),
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "An sbx token: the admin token (in the server's data dir), a minted \
+                     one, or a sandbox's own",
+                ))
+                .build(),
+        ),
+    );
+    components
+        .schemas
+        .insert(ErrorBody::name().into_owned(), ErrorBody::schema());
+    let mut error_schemas = Vec::new();
+    ErrorBody::schemas(&mut error_schemas);
+    components.schemas.extend(error_schemas);
+    components.responses.insert(
+        ERROR_RESPONSE.into(),
+        RefOr::T(
+            ResponseBuilder::new()
+                .description("An error: `error_code` says which, `message` says why")
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name(ErrorBody::name())))
+                        .build(),
+                )
+                .build(),
+        ),
+    );
+    for (path, item) in spec.paths.paths.iter_mut() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        let operations = [
+            (Method::GET, &mut item.get),
+            (Method::PUT, &mut item.put),
+            (Method::POST, &mut item.post),
+            (Method::DELETE, &mut item.delete),
+            (Method::PATCH, &mut item.patch),
+        ];
+        for (method, operation) in operations {
+            if let Some(operation) = operation {
+                secure(operation, requirement(&method, path));
+                add_errors(operation, path);
+            }
+        }
+    }
+    spec
+}
+
+/// Writes the route's requirement into its operation: the security
+/// requirement, and a sentence in its description.
+fn secure(operation: &mut Operation, requirement: Requirement) {
+    let (scopes, sentence): (Vec<Scope>, String) = match requirement {
+        Requirement::Authenticated => (Vec::new(), "Any valid token.".into()),
+        Requirement::Scope { scope, on_sandbox } => (
+            vec![scope],
+            if on_sandbox {
+                format!(
+                    "Needs the `{scope}` scope; a token bound to this sandbox with it works \
+                     too."
+                )
+            } else {
+                format!("Needs the `{scope}` scope, on a token bound to no sandbox.")
+            },
+        ),
+        Requirement::EveryScope => (Scope::ALL.to_vec(), "Needs every scope.".into()),
+    };
+    operation.security = Some(vec![SecurityRequirement::new(
+        BEARER,
+        scopes.into_iter().map(Scope::as_str),
+    )]);
+    let description = operation.description.get_or_insert_with(String::new);
+    if !description.is_empty() {
+        description.push_str("\n\n");
+    }
+    description.push_str(&sentence);
+}
+
+/// The errors a `/v1` route may answer with, by kind of route.
+fn add_errors(operation: &mut Operation, path: &str) {
+    // Every route: a malformed request, no or a bad token, a token that
+    // may not, a bug.
+    let mut statuses = vec![400, 401, 403, 500];
+    if path.starts_with("/v1/sandboxes") {
+        // A sandbox (or image, or path, or process) that does not exist,
+        // one in a state that does not allow the call, an agent or engine
+        // that cannot be reached.
+        statuses.extend([404, 409, 503]);
+    }
+    if path.starts_with("/v1/tokens/") {
+        statuses.push(404);
+    }
+    if operation.request_body.is_some() {
+        statuses.push(413);
+    }
+    for status in statuses {
+        operation
+            .responses
+            .responses
+            .entry(status.to_string())
+            .or_insert_with(|| RefOr::Ref(Ref::from_response_name(ERROR_RESPONSE)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checked_in_spec_is_the_generated_one() {
+        let spec = super::super::openapi();
+        let json = spec.to_pretty_json().expect("the spec serializes");
+        expectorate::assert_contents("../api/openapi.json", &format!("{json}\n"));
+    }
+
+    #[test]
+    fn every_v1_operation_carries_the_scopes_authorize_enforces() {
+        let spec = super::super::openapi();
+        let mut checked = 0;
+        for (path, item) in &spec.paths.paths {
+            let operations = [
+                (Method::GET, &item.get),
+                (Method::PUT, &item.put),
+                (Method::POST, &item.post),
+                (Method::DELETE, &item.delete),
+                (Method::PATCH, &item.patch),
+            ];
+            for (method, operation) in operations {
+                let Some(operation) = operation else { continue };
+                let security = serde_json::to_value(&operation.security).expect("serializes");
+                if !path.starts_with("/v1/") {
+                    assert_eq!(security, serde_json::json!([{}]), "{method} {path} is open");
+                    continue;
+                }
+                let expected = match requirement(&method, path) {
+                    Requirement::Authenticated => vec![],
+                    Requirement::Scope { scope, .. } => vec![scope.as_str()],
+                    Requirement::EveryScope => panic!("{method} {path} has no policy line"),
+                };
+                assert_eq!(
+                    security,
+                    serde_json::json!([{ BEARER: expected }]),
+                    "{method} {path}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 25, "only {checked} operations");
+    }
+}
