@@ -22,6 +22,7 @@ pub struct ExecRequest {
     pub shell: Option<String>,
     /// Working directory; `/workspace` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^/")]
     pub cwd: Option<String>,
     /// Added to (and overriding) the sandbox's environment.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -44,6 +44,8 @@ pub struct FileList {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FileQuery {
+    /// An absolute path inside the sandbox.
+    #[param(pattern = "^/")]
     pub path: String,
     /// `PUT /files`: permission bits of the new file, as octal (`0644`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,6 +55,7 @@ pub struct FileQuery {
     pub recursive: bool,
     /// `GET /files/list`: how many levels to descend (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 64)]
     pub depth: Option<u32>,
 }
 
@@ -63,6 +66,7 @@ pub const MAX_LIST_DEPTH: u32 = 64;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MkdirRequest {
+    #[schema(pattern = "^/")]
     pub path: String,
     /// Octal permission bits of created directories (default `0755`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,7 +77,9 @@ pub struct MkdirRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MoveRequest {
+    #[schema(pattern = "^/")]
     pub from: String,
+    #[schema(pattern = "^/")]
     pub to: String,
 }
 

@@ -9,6 +9,7 @@
 //! both hops.
 
 mod audit;
+mod body;
 mod error;
 mod exec;
 mod files;
@@ -26,6 +27,7 @@ pub use audit::{
     AuditList, AuditQuery, AuditRecord, ANONYMOUS, CLIENT_CLOSED_REQUEST, DEFAULT_AUDIT_LIMIT,
     MAX_AUDIT_LIMIT,
 };
+pub use body::from_json_object;
 pub use error::{ErrorBody, ErrorCode, REQUEST_ID_HEADER};
 pub use exec::{ExecEvent, ExecRequest, ExecResult, DEFAULT_OUTPUT_CAP, MAX_TIMEOUT_MS, NDJSON};
 pub use files::{

@@ -120,11 +120,15 @@ impl FromStr for Scope {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
-    /// The identity the audit trail records for every call with the token.
+    /// The identity the audit trail records for every call with the token
+    /// (`admin` and `anonymous` are reserved).
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
+    #[schema(min_items = 1)]
     pub scopes: Vec<Scope>,
     /// Lifetime in seconds; no expiry when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 31536000)]
     pub ttl_s: Option<u64>,
     /// Bind the token to this sandbox: it then works on it alone, and is
     /// revoked when the sandbox is deleted.

@@ -3,8 +3,9 @@
 //! client generated from the spec would send what the server refuses.
 
 use sbx_api::{
-    AuditQuery, CreateSandboxRequest, ExecRequest, MAX_AUDIT_LIMIT, MAX_CPUS, MAX_DISK_MB,
-    MAX_MEMORY_MB, MAX_TIMEOUT_MS, MIN_DISK_MB,
+    AuditQuery, CreateSandboxRequest, CreateTokenRequest, ExecRequest, FileQuery, MAX_AUDIT_LIMIT,
+    MAX_CPUS, MAX_DISK_MB, MAX_LIST_DEPTH, MAX_MEMORY_MB, MAX_TIMEOUT_MS, MAX_TOKEN_NAME_LEN,
+    MAX_TOKEN_TTL_S, MIN_DISK_MB,
 };
 use serde_json::Value;
 use utoipa::{IntoParams, PartialSchema};
@@ -45,13 +46,31 @@ fn exec_timeout_bounds_are_the_validated_ones() {
 }
 
 #[test]
-fn audit_limit_bounds_are_the_validated_ones() {
-    let params = AuditQuery::into_params(|| None);
-    let limit = params
+fn token_bounds_are_the_validated_ones() {
+    let schema = serde_json::to_value(CreateTokenRequest::schema()).expect("serializes");
+    let ttl = property(&schema, "ttl_s");
+    assert_eq!(ttl["minimum"], 1);
+    assert_eq!(ttl["maximum"], MAX_TOKEN_TTL_S);
+    let pattern = format!("^[A-Za-z0-9._-]{{1,{MAX_TOKEN_NAME_LEN}}}$");
+    assert_eq!(property(&schema, "name")["pattern"], pattern.as_str());
+}
+
+/// The schema of query parameter `name` of `P`.
+fn param<P: IntoParams>(name: &str) -> Value {
+    let params = P::into_params(|| None);
+    let param = params
         .iter()
-        .find(|param| param.name == "limit")
-        .expect("a limit parameter");
-    let schema = serde_json::to_value(&limit.schema).expect("serializes");
-    assert_eq!(schema["minimum"], 1);
-    assert_eq!(schema["maximum"], MAX_AUDIT_LIMIT);
+        .find(|param| param.name == name)
+        .unwrap_or_else(|| panic!("no parameter {name}"));
+    serde_json::to_value(&param.schema).expect("serializes")
+}
+
+#[test]
+fn query_bounds_are_the_validated_ones() {
+    let limit = param::<AuditQuery>("limit");
+    assert_eq!(limit["minimum"], 1);
+    assert_eq!(limit["maximum"], MAX_AUDIT_LIMIT);
+    let depth = param::<FileQuery>("depth");
+    assert_eq!(depth["minimum"], 1);
+    assert_eq!(depth["maximum"], MAX_LIST_DEPTH);
 }

@@ -42,6 +42,7 @@ pub mod processes;
 pub mod reaper;
 pub mod server;
 pub mod stream;
+pub mod unread_body;
 pub mod user;
 
 pub use error::AgentError;

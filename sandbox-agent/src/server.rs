@@ -58,6 +58,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(crate::unread_body::layer))
         .with_state(agent)
 }
 
@@ -130,9 +131,9 @@ where
                     ))
                 }
             })?;
-        serde_json::from_slice(&bytes)
+        sbx_api::from_json_object(&bytes)
             .map(JsonBody)
-            .map_err(|err| AgentError::InvalidRequest(format!("invalid json body: {err}")))
+            .map_err(AgentError::InvalidRequest)
     }
 }
 

@@ -1133,3 +1133,40 @@ async fn malformed_archives_are_bad_requests() {
         ErrorCode::Conflict,
     );
 }
+
+/// An answer made before the body was read (the target is a directory, the
+/// process is unknown) reaches the client, instead of the connection
+/// closing under a client still writing the body (which the orchestrator
+/// turned into a 503 "agent unavailable"). Found by schemathesis.
+#[tokio::test]
+async fn early_answers_to_uploads_reach_the_client() {
+    let agent = TestAgent::start();
+    let client = agent.client();
+    let api = client.agent();
+    std::fs::create_dir(agent.path("dir")).expect("mkdir");
+    let body = || full(vec![b'x'; 512 * 1024]);
+    for _ in 0..10 {
+        assert_error(
+            api.write_file(&text(&agent.path("dir")), None, body())
+                .await,
+            409,
+            ErrorCode::Conflict,
+        );
+        assert_error(
+            api.upload_archive("relative/dir", body()).await,
+            400,
+            ErrorCode::InvalidRequest,
+        );
+        assert_error(
+            api.write_stdin(999_999, Bytes::from(vec![b'x'; 512 * 1024]), false)
+                .await,
+            404,
+            ErrorCode::NotFound,
+        );
+    }
+    let listed = api
+        .list(&text(agent.dir.path()), None)
+        .await
+        .expect("the agent serves on");
+    assert!(!listed.is_empty());
+}

@@ -148,6 +148,9 @@ enum Command {
         conn: ConnArgs,
         id: String,
     },
+    /// Print the API's OpenAPI 3.1 spec (what `GET /openapi.json` serves),
+    /// for client generators; needs no server
+    Openapi,
     /// Copy files between the host and a sandbox: `sbx cp ./src ID:/workspace/`,
     /// `sbx cp ID:/workspace/out ./out`; `-` is a tar on stdin or stdout
     Cp {
@@ -501,6 +504,11 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::KillAll { conn, id } => {
             let result = conn.client()?.sandbox(&id).kill_all().await?;
             println!("{}", result.killed);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Openapi => {
+            let spec = crate::http::openapi().to_pretty_json();
+            println!("{}", spec.expect("the spec serializes"));
             Ok(ExitCode::SUCCESS)
         }
         Command::Cp { conn, from, to } => {

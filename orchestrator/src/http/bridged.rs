@@ -390,12 +390,14 @@ async fn forward_parts(
     parts: Parts,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // Routes are nested under /v1, so the path here starts at /sandboxes.
-    let prefix = format!("/sandboxes/{id}");
+    // Routes are nested under /v1, so the path here is /sandboxes/ID/REST,
+    // with ID as sent: percent-encoded, unlike the decoded `id`, so it is
+    // skipped as a segment rather than matched.
     let rest = parts
         .uri
         .path()
-        .strip_prefix(&prefix)
+        .strip_prefix("/sandboxes/")
+        .and_then(|tail| tail.find('/').map(|slash| &tail[slash..]))
         .ok_or_else(|| ApiError::invalid("unexpected route"))?;
     let agent_path = match parts.uri.query() {
         Some(query) => format!("{rest}?{query}"),

@@ -22,9 +22,9 @@ where
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(request, state).await?;
-        serde_json::from_slice(&bytes)
+        sbx_api::from_json_object(&bytes)
             .map(ApiJson)
-            .map_err(|err| ApiError::invalid(format!("invalid json body: {err}")))
+            .map_err(ApiError::invalid)
     }
 }
 

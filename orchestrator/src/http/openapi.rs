@@ -166,7 +166,8 @@ fn add_errors(operation: &mut Operation, path: &str) {
         // that cannot be reached.
         statuses.extend([404, 409, 503]);
     }
-    if path.starts_with("/v1/tokens/") {
+    if path.starts_with("/v1/tokens") {
+        // A token, or the sandbox a new token is to be bound to.
         statuses.push(404);
     }
     if operation.request_body.is_some() {
