@@ -646,13 +646,18 @@ fn header_for(meta: &std::fs::Metadata) -> Header {
     header
 }
 
-/// Pre-order walk, children sorted by name, nothing followed.
+/// Pre-order walk, children sorted by name, nothing followed, within the
+/// filesystem of `root`: a directory another filesystem is mounted on is
+/// archived empty, as `tar --one-file-system` does. So `/` gives the
+/// sandbox's own files, not `/proc`, `/sys` or `/dev`, whose kernel files
+/// cannot all be read (a read error there aborted the whole download).
 fn append_tree<W: Write>(
     builder: &mut tar::Builder<W>,
     root: &Path,
     name: &Path,
 ) -> io::Result<()> {
     let mut pending = vec![(root.to_path_buf(), name.to_path_buf())];
+    let mut root_device = None;
     while let Some((path, name)) = pending.pop() {
         let is_root = pending.is_empty() && path == root;
         let meta = match std::fs::symlink_metadata(&path) {
@@ -662,9 +667,13 @@ fn append_tree<W: Write>(
             Err(err) => return Err(err),
         };
         let file_type = meta.file_type();
+        let root_device = *root_device.get_or_insert(meta.dev());
         if file_type.is_dir() {
             let mut header = header_for(&meta);
             builder.append_data(&mut header, &name, io::empty())?;
+            if meta.dev() != root_device {
+                continue;
+            }
             let mut children = Vec::new();
             for child in std::fs::read_dir(&path)? {
                 children.push(child?.file_name());

@@ -494,6 +494,43 @@ async fn a_10000_file_tree_round_trips_through_archives(engine: Engine) -> Resul
     Ok(())
 }
 
+/// `/` downloads whole: the sandbox's own files, with the kernel's
+/// filesystems mounted on `/proc`, `/sys` and `/dev` archived as empty
+/// directories (a read error in `/proc` used to cut the stream mid-way).
+async fn the_root_downloads_within_its_own_filesystem(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let client = server.client();
+    let id = server.new_sandbox().await?;
+    let sandbox = client.sandbox(&id);
+    run(&sandbox, "echo marker > /workspace/marker.txt").await?;
+
+    let downloaded = sandbox.download_archive("/").await?.bytes().await?;
+    let mut names = Vec::new();
+    for entry in tar::Archive::new(downloaded.as_ref()).entries()? {
+        let name = entry?.path()?.to_string_lossy().into_owned();
+        names.push(name.trim_start_matches("./").to_owned());
+    }
+    for present in ["etc/passwd", "usr/bin/git", "workspace/marker.txt", "proc"] {
+        assert!(
+            names
+                .iter()
+                .any(|name| name.trim_end_matches('/') == present),
+            "{present} missing from {} entries",
+            names.len()
+        );
+    }
+    let inside_proc: Vec<&String> = names
+        .iter()
+        .filter(|name| name.starts_with("proc/") && name.len() > "proc/".len())
+        .collect();
+    assert!(
+        inside_proc.is_empty(),
+        "{:?}",
+        &inside_proc[..inside_proc.len().min(5)]
+    );
+    Ok(())
+}
+
 /// A file entry with a raw name: the tar crate refuses to build `..` or
 /// absolute names itself, which is exactly what an attacker would send.
 fn raw_file(builder: &mut tar::Builder<Vec<u8>>, name: &str) -> Result<()> {
@@ -607,5 +644,6 @@ sbx_tests::on_every_runtime!(
     file_operations_and_their_errors,
     a_10000_file_tree_round_trips_through_archives,
     hostile_archives_stay_inside_the_target_directory,
+    the_root_downloads_within_its_own_filesystem,
     exec_defaults_and_users,
 );
