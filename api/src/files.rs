@@ -40,12 +40,11 @@ pub struct FileList {
 }
 
 /// Query of every `/files` route: the absolute path inside the sandbox.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
+/// Each route reads only some of the fields; the OpenAPI spec lists, per
+/// route, the ones it reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileQuery {
-    /// An absolute path inside the sandbox.
-    #[param(pattern = "^/")]
     pub path: String,
     /// `PUT /files`: permission bits of the new file, as octal (`0644`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,7 +54,6 @@ pub struct FileQuery {
     pub recursive: bool,
     /// `GET /files/list`: how many levels to descend (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(minimum = 1, maximum = 64)]
     pub depth: Option<u32>,
 }
 
@@ -70,6 +68,7 @@ pub struct MkdirRequest {
     pub path: String,
     /// Octal permission bits of created directories (default `0755`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^(0o)?0*[0-7]{1,4}$")]
     pub mode: Option<String>,
 }
 
@@ -107,9 +106,12 @@ pub fn validate_path(path: &str) -> Result<(), String> {
 
 /// Parses an octal mode such as `644`, `0644` or `0o644`.
 pub fn parse_mode(text: &str) -> Result<u32, String> {
-    let digits = text.trim_start_matches("0o");
-    u32::from_str_radix(digits, 8)
-        .ok()
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    // from_str_radix alone would also take a sign ("+644").
+    let octal = !digits.is_empty() && digits.bytes().all(|b| (b'0'..=b'7').contains(&b));
+    octal
+        .then(|| u32::from_str_radix(digits, 8).ok())
+        .flatten()
         .filter(|mode| *mode <= 0o7777)
         .ok_or_else(|| format!("mode {text:?} is not an octal mode like 0644"))
 }
@@ -126,6 +128,10 @@ mod tests {
         assert!(parse_mode("999").is_err());
         assert!(parse_mode("17777").is_err());
         assert!(parse_mode("rw").is_err());
+        assert!(parse_mode("+644").is_err());
+        assert!(parse_mode("").is_err());
+        assert!(parse_mode("0o").is_err());
+        assert_eq!(parse_mode("0000644"), Ok(0o644));
     }
 
     #[test]

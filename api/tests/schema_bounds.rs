@@ -3,9 +3,8 @@
 //! client generated from the spec would send what the server refuses.
 
 use sbx_api::{
-    AuditQuery, CreateSandboxRequest, CreateTokenRequest, ExecRequest, FileQuery, MAX_AUDIT_LIMIT,
-    MAX_CPUS, MAX_DISK_MB, MAX_LIST_DEPTH, MAX_MEMORY_MB, MAX_TIMEOUT_MS, MAX_TOKEN_NAME_LEN,
-    MAX_TOKEN_TTL_S, MIN_DISK_MB,
+    AuditQuery, CreateSandboxRequest, CreateTokenRequest, ExecRequest, MAX_AUDIT_LIMIT, MAX_CPUS,
+    MAX_DISK_MB, MAX_MEMORY_MB, MAX_TIMEOUT_MS, MAX_TOKEN_NAME_LEN, MAX_TOKEN_TTL_S, MIN_DISK_MB,
 };
 use serde_json::Value;
 use utoipa::{IntoParams, PartialSchema};
@@ -70,7 +69,4 @@ fn query_bounds_are_the_validated_ones() {
     let limit = param::<AuditQuery>("limit");
     assert_eq!(limit["minimum"], 1);
     assert_eq!(limit["maximum"], MAX_AUDIT_LIMIT);
-    let depth = param::<FileQuery>("depth");
-    assert_eq!(depth["minimum"], 1);
-    assert_eq!(depth["maximum"], MAX_LIST_DEPTH);
 }

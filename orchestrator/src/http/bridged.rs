@@ -25,7 +25,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use sbx_api::{
-    ArchiveSummary, ErrorBody, ExecEvent, ExecRequest, ExecResult, FileInfo, FileList, FileQuery,
+    ArchiveSummary, ErrorBody, ExecEvent, ExecRequest, ExecResult, FileInfo, FileList,
     KillAllResult, LogsQuery, MkdirRequest, MoveRequest, ProcessInfo, ProcessList, ProcessPath,
     SandboxPath, SignalRequest, StartProcessRequest, StdinQuery,
 };
@@ -196,7 +196,7 @@ forwarded! {
     ///
     /// The file's contents, as raw bytes.
     #[utoipa::path(get, path = "/sandboxes/{id}/files", tag = "files",
-        operation_id = "read_file", params(SandboxPath, FileQuery),
+        operation_id = "read_file", params(SandboxPath, ("path" = String, Query, pattern = "^/", description = "An absolute path inside the sandbox")),
         responses((status = 200, content(("application/octet-stream")),
             description = "The file's bytes")))]
     read_file(SandboxPath) => forward
@@ -208,7 +208,7 @@ forwarded! {
     /// The raw body becomes the file, atomically (readers see the old or
     /// the new contents); missing parent directories are created.
     #[utoipa::path(put, path = "/sandboxes/{id}/files", tag = "files",
-        operation_id = "write_file", params(SandboxPath, FileQuery),
+        operation_id = "write_file", params(SandboxPath, ("path" = String, Query, pattern = "^/", description = "An absolute path inside the sandbox"), ("mode" = Option<String>, Query, pattern = "^(0o)?0*[0-7]{1,4}$", description = "Octal permission bits of the new file (default 0644)")),
         request_body(content(("application/octet-stream"))),
         responses((status = 200, body = FileInfo)))]
     write_file(SandboxPath) => forward
@@ -219,7 +219,7 @@ forwarded! {
     ///
     /// A directory needs `recursive=true`. Symlinks are not followed.
     #[utoipa::path(delete, path = "/sandboxes/{id}/files", tag = "files",
-        operation_id = "remove_file", params(SandboxPath, FileQuery),
+        operation_id = "remove_file", params(SandboxPath, ("path" = String, Query, pattern = "^/", description = "An absolute path inside the sandbox"), ("recursive" = Option<bool>, Query, description = "Required to remove a directory")),
         responses((status = 204, description = "Removed")))]
     remove_file(SandboxPath) => forward
 }
@@ -229,7 +229,7 @@ forwarded! {
     ///
     /// A symlink is not followed.
     #[utoipa::path(get, path = "/sandboxes/{id}/files/stat", tag = "files",
-        operation_id = "stat_file", params(SandboxPath, FileQuery),
+        operation_id = "stat_file", params(SandboxPath, ("path" = String, Query, pattern = "^/", description = "An absolute path inside the sandbox")),
         responses((status = 200, body = FileInfo)))]
     stat_file(SandboxPath) => forward
 }
@@ -239,7 +239,7 @@ forwarded! {
     ///
     /// Its entries, `depth` levels down (default 1).
     #[utoipa::path(get, path = "/sandboxes/{id}/files/list", tag = "files",
-        operation_id = "list_files", params(SandboxPath, FileQuery),
+        operation_id = "list_files", params(SandboxPath, ("path" = String, Query, pattern = "^/", description = "An absolute path inside the sandbox"), ("depth" = Option<u32>, Query, minimum = 1, maximum = 64, description = "How many levels to descend (default 1)")),
         responses((status = 200, body = FileList)))]
     list_files(SandboxPath) => forward
 }
@@ -269,7 +269,7 @@ forwarded! {
     ///
     /// The directory as a tar stream.
     #[utoipa::path(get, path = "/sandboxes/{id}/archive", tag = "files",
-        operation_id = "download_archive", params(SandboxPath, FileQuery),
+        operation_id = "download_archive", params(SandboxPath, ("path" = String, Query, pattern = "^/", description = "An absolute path inside the sandbox")),
         responses((status = 200, content(("application/x-tar")),
             description = "A tar stream of the directory")))]
     download_archive(SandboxPath) => forward
@@ -282,7 +282,7 @@ forwarded! {
     /// that would land outside it (absolute paths, `..`, links) are
     /// refused.
     #[utoipa::path(put, path = "/sandboxes/{id}/archive", tag = "files",
-        operation_id = "upload_archive", params(SandboxPath, FileQuery),
+        operation_id = "upload_archive", params(SandboxPath, ("path" = String, Query, pattern = "^/", description = "An absolute path inside the sandbox")),
         request_body(content(("application/x-tar"))),
         responses((status = 200, body = ArchiveSummary)))]
     upload_archive(SandboxPath) => forward

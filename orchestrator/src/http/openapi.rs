@@ -193,6 +193,20 @@ mod tests {
         expectorate::assert_contents("../api/openapi.json", &format!("{json}\n"));
     }
 
+    /// Bounds written as literals in the routes' attributes are the ones
+    /// the agent enforces.
+    #[test]
+    fn literal_bounds_are_the_enforced_ones() {
+        let spec = serde_json::to_value(super::super::openapi()).expect("serializes");
+        let params = &spec["paths"]["/v1/sandboxes/{id}/files/list"]["get"]["parameters"];
+        let depth = params
+            .as_array()
+            .and_then(|params| params.iter().find(|param| param["name"] == "depth"))
+            .expect("list_files has depth");
+        assert_eq!(depth["schema"]["maximum"], sbx_api::MAX_LIST_DEPTH);
+        assert_eq!(depth["schema"]["minimum"], 1);
+    }
+
     #[test]
     fn every_v1_operation_carries_the_scopes_authorize_enforces() {
         let spec = super::super::openapi();
