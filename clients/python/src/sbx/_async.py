@@ -554,6 +554,8 @@ class _AsyncStream:
             with _core.transport_errors():
                 async for chunk in self._response.aiter_bytes():
                     yield chunk
+                    if self._closed:
+                        return
         finally:
             await self.aclose()
 

@@ -571,7 +571,10 @@ class _Stream:
             self._response = self._client._open(self._request)
         try:
             with _core.transport_errors():
-                yield from self._response.iter_bytes()
+                for chunk in self._response.iter_bytes():
+                    yield chunk
+                    if self._closed:
+                        return
         finally:
             self.close()
 

@@ -133,8 +133,10 @@ class _Fields:
         return float(self._get(key, (int, float), False))
 
     def flag(self, key: str, default: Optional[bool] = None) -> bool:
-        value = self._get(key, bool, default is not None)
-        return default if value is None else value  # type: ignore[no-any-return]
+        value: Optional[bool] = self._get(key, bool, default is not None)
+        if value is None:
+            return bool(default)
+        return value
 
     def moment(self, key: str) -> datetime:
         return parse_time(self.text(key))
@@ -527,4 +529,4 @@ def decode_list(data: Any, key: str, decode: Callable[[Any], T]) -> List[T]:
 
 
 def kill_count(data: Any) -> int:
-    return _Fields(data, "kill-all result").int("killed")
+    return _Fields(data, "kill-all result").integer("killed")
