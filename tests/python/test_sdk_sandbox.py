@@ -209,8 +209,3 @@ def test_every_error_code_has_its_class():
     assert proxied.request_id == "abc"
     assert "bad gateway" in proxied.message
 
-
-def test_unknown_route_is_not_found_with_request_id(client):
-    with pytest.raises(sbx.NotFound) as caught:
-        client._run(sbx._core.Call(sbx._core.Request("GET", "/v1/nope"), lambda body: body))
-    assert caught.value.request_id
