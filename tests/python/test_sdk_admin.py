@@ -6,7 +6,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Iterator
 
 import pytest
-
 import sbx
 
 
@@ -65,7 +64,9 @@ def test_tokens_create_list_use_and_revoke(server, client):
 
 def test_a_token_bound_to_a_sandbox(server, client):
     with sbx.Sandbox.create(client=client) as sb:
-        bound = client.tokens.create("sdk-bound", ["sandboxes:exec", "sandboxes:read"], sandbox=sb.id)
+        bound = client.tokens.create(
+            "sdk-bound", ["sandboxes:exec", "sandboxes:read"], sandbox=sb.id
+        )
         assert bound.token.sandbox == sb.id
         assert bound.token.expires_at is None
         with sbx.Sandbox.connect(sb.id, url=server.url, token=bound.secret) as via:

@@ -10,7 +10,6 @@ from typing import AsyncIterator, List
 
 import anyio
 import pytest
-
 import sbx
 
 pytestmark = pytest.mark.anyio

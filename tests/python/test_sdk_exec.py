@@ -6,7 +6,6 @@ import time
 from typing import Callable, Iterator, List
 
 import pytest
-
 import sbx
 
 
@@ -96,9 +95,7 @@ def test_exec_stream_yields_events_as_they_happen(sandbox):
     seen_stdout: List[str] = []
     seen_stderr: List[str] = []
     script = (
-        "echo ready; "
-        "while [ ! -e /tmp/go ]; do sleep 0.01; done; "
-        "echo after >&2; echo done; exit 5"
+        "echo ready; while [ ! -e /tmp/go ]; do sleep 0.01; done; echo after >&2; echo done; exit 5"
     )
     events: List[sbx.ExecEvent] = []
     with sandbox.exec_stream(

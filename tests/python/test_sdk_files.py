@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 import sbx
 
 
@@ -165,7 +164,7 @@ def test_download_refuses_a_link_pointing_out(sandbox, tmp_path):
 # Each tar is built inside the sandbox by its python3, as code in a
 # hostile sandbox would, then fetched as bytes and handed to the SDK's
 # extractor (the one download_dir uses).
-HOSTILE_TARS = r'''
+HOSTILE_TARS = r"""
 import io, tarfile
 
 def add(tar, name, kind=tarfile.REGTYPE, data=b"pwned", link=""):
@@ -197,7 +196,7 @@ for name, members in cases.items():
     with tarfile.open(f"/workspace/tars/{name}.tar", "w", format=tarfile.GNU_FORMAT) as tar:
         for member in members:
             add(tar, *member)
-'''
+"""
 
 HOSTILE = [
     "dotdot",

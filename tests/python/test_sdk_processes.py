@@ -8,7 +8,6 @@ import time
 from typing import Callable, Iterator, List
 
 import pytest
-
 import sbx
 
 
@@ -69,7 +68,9 @@ def test_logs_follow_until_exit(sandbox):
     assert result.stderr == "warn1\nwarn2\nwarn3\n"
     assert "".join(out) == result.stdout
     # Kept output, cut to the last bytes of each stream with tail.
-    tail = [e for e in sandbox.processes.logs(started.pid, tail=6) if isinstance(e, sbx.StdoutEvent)]
+    tail = [
+        e for e in sandbox.processes.logs(started.pid, tail=6) if isinstance(e, sbx.StdoutEvent)
+    ]
     assert "".join(e.data for e in tail) == "line3\n"
     assert sandbox.processes.get(started.pid).exit_code == 4
 
@@ -77,9 +78,7 @@ def test_logs_follow_until_exit(sandbox):
 def test_logs_without_follow_of_a_running_process_end_without_exit(sandbox):
     proc = sandbox.processes.start("echo first; exec sleep 300")
     wait_until(
-        lambda: any(
-            isinstance(e, sbx.StdoutEvent) for e in sandbox.processes.logs(proc.pid)
-        )
+        lambda: any(isinstance(e, sbx.StdoutEvent) for e in sandbox.processes.logs(proc.pid))
     )
     events = list(sandbox.processes.logs(proc.pid))
     assert not any(isinstance(e, sbx.ExitEvent) for e in events)

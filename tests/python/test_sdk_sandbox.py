@@ -8,7 +8,6 @@ import time
 from typing import Callable, Iterator
 
 import pytest
-
 import sbx
 from sbx.errors import error_for, error_from_response
 
@@ -208,4 +207,3 @@ def test_every_error_code_has_its_class():
     assert proxied.status == 502
     assert proxied.request_id == "abc"
     assert "bad gateway" in proxied.message
-

@@ -275,7 +275,10 @@ class AsyncSandbox:
                     await http.close()
                 raise
             return cls(
-                created.info.id, http, token=created.token, owns_client=owned,
+                created.info.id,
+                http,
+                token=created.token,
+                owns_client=owned,
                 delete_on_exit=True,
             )
 
@@ -363,12 +366,18 @@ class AsyncSandbox:
     ) -> ExecResult:
         """See :meth:`sbx.Sandbox.exec`."""
         fields: dict[str, Any] = dict(
-            cwd=cwd, env=env, timeout=timeout, stdin=stdin, user=user,
+            cwd=cwd,
+            env=env,
+            timeout=timeout,
+            stdin=stdin,
+            user=user,
             request_timeout=request_timeout,
         )
         if on_stdout is not None or on_stderr is not None:
-            stream = self.exec_stream(cmd, on_stdout=on_stdout, on_stderr=on_stderr, **fields)
-            return await stream.wait()
+            async with self.exec_stream(
+                cmd, on_stdout=on_stdout, on_stderr=on_stderr, **fields
+            ) as stream:
+                return await stream.wait()
         return await self.client._run(_core.exec_buffered(self.id, cmd, **fields))
 
     def exec_stream(
@@ -386,13 +395,23 @@ class AsyncSandbox:
     ) -> AsyncEventStream:
         """See :meth:`sbx.Sandbox.exec_stream`: ``async for event in sb.exec_stream(…)``."""
         request = _core.exec_request(
-            self.id, cmd, cwd=cwd, env=env, timeout=timeout, stdin=stdin, user=user,
-            stream=True, request_timeout=request_timeout,
+            self.id,
+            cmd,
+            cwd=cwd,
+            env=env,
+            timeout=timeout,
+            stdin=stdin,
+            user=user,
+            stream=True,
+            request_timeout=request_timeout,
         )
         return AsyncEventStream(self.client, request, on_stdout, on_stderr)
 
     async def upload_dir(
-        self, local: Union[str, os.PathLike[str]], remote: str, *,
+        self,
+        local: Union[str, os.PathLike[str]],
+        remote: str,
+        *,
         request_timeout: TimeoutArg = DEFAULT,
     ) -> ArchiveSummary:
         """See :meth:`sbx.Sandbox.upload_dir`."""
@@ -404,7 +423,10 @@ class AsyncSandbox:
             )
 
     async def download_dir(
-        self, remote: str, local: Union[str, os.PathLike[str]], *,
+        self,
+        remote: str,
+        local: Union[str, os.PathLike[str]],
+        *,
         request_timeout: TimeoutArg = DEFAULT,
     ) -> None:
         """See :meth:`sbx.Sandbox.download_dir`."""
@@ -414,9 +436,7 @@ class AsyncSandbox:
                 async for chunk in body:
                     await anyio.to_thread.run_sync(tar.write, chunk)
             tar.seek(0)
-            await anyio.to_thread.run_sync(
-                lambda: extract_tar(tar, local, strip_top=True)
-            )
+            await anyio.to_thread.run_sync(lambda: extract_tar(tar, local, strip_top=True))
 
 
 class AsyncProcesses:
@@ -495,7 +515,11 @@ class AsyncFiles:
         return b"".join(parts)
 
     async def read_text(
-        self, path: str, *, encoding: str = "utf-8", errors: str = "strict",
+        self,
+        path: str,
+        *,
+        encoding: str = "utf-8",
+        errors: str = "strict",
         request_timeout: TimeoutArg = DEFAULT,
     ) -> str:
         return (await self.read(path, request_timeout=request_timeout)).decode(encoding, errors)
@@ -505,7 +529,11 @@ class AsyncFiles:
         return AsyncByteStream(self._sandbox.client, request)
 
     async def write(
-        self, path: str, data: AsyncFileContent, *, mode: Optional[int] = None,
+        self,
+        path: str,
+        data: AsyncFileContent,
+        *,
+        mode: Optional[int] = None,
         request_timeout: TimeoutArg = DEFAULT,
     ) -> FileInfo:
         content: Any = data.encode() if isinstance(data, str) else data

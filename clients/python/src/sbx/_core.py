@@ -375,9 +375,7 @@ def exec_request(
 
 
 def exec_buffered(sandbox_id: str, cmd: Command, **fields: Any) -> Call[ExecResult]:
-    return Call(
-        exec_request(sandbox_id, cmd, stream=False, **fields), _json(ExecResult.from_json)
-    )
+    return Call(exec_request(sandbox_id, cmd, stream=False, **fields), _json(ExecResult.from_json))
 
 
 # processes

@@ -11,7 +11,19 @@ import builtins
 import os
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import IO, Any, Iterable, Iterator, List, Mapping, Optional, Sequence, Type, TypeVar, Union
+from typing import (
+    IO,
+    Any,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Type,
+    TypeVar,
+    Union,
+)
 
 import httpx
 
@@ -359,12 +371,18 @@ class Sandbox:
         (the result then still has all of it).
         """
         fields: dict[str, Any] = dict(
-            cwd=cwd, env=env, timeout=timeout, stdin=stdin, user=user,
+            cwd=cwd,
+            env=env,
+            timeout=timeout,
+            stdin=stdin,
+            user=user,
             request_timeout=request_timeout,
         )
         if on_stdout is not None or on_stderr is not None:
-            stream = self.exec_stream(cmd, on_stdout=on_stdout, on_stderr=on_stderr, **fields)
-            return stream.wait()
+            with self.exec_stream(
+                cmd, on_stdout=on_stdout, on_stderr=on_stderr, **fields
+            ) as stream:
+                return stream.wait()
         return self.client._run(_core.exec_buffered(self.id, cmd, **fields))
 
     def exec_stream(
@@ -388,15 +406,25 @@ class Sandbox:
         :meth:`exec` for the arguments.
         """
         request = _core.exec_request(
-            self.id, cmd, cwd=cwd, env=env, timeout=timeout, stdin=stdin, user=user,
-            stream=True, request_timeout=request_timeout,
+            self.id,
+            cmd,
+            cwd=cwd,
+            env=env,
+            timeout=timeout,
+            stdin=stdin,
+            user=user,
+            stream=True,
+            request_timeout=request_timeout,
         )
         return EventStream(self.client, request, on_stdout, on_stderr)
 
     # archives
 
     def upload_dir(
-        self, local: Union[str, os.PathLike[str]], remote: str, *,
+        self,
+        local: Union[str, os.PathLike[str]],
+        remote: str,
+        *,
         request_timeout: TimeoutArg = DEFAULT,
     ) -> ArchiveSummary:
         """Copies the tree under the local directory into ``remote`` (created if missing)."""
@@ -406,7 +434,10 @@ class Sandbox:
             return self.client._run(_core.upload_archive(self.id, remote, tar, request_timeout))
 
     def download_dir(
-        self, remote: str, local: Union[str, os.PathLike[str]], *,
+        self,
+        remote: str,
+        local: Union[str, os.PathLike[str]],
+        *,
         request_timeout: TimeoutArg = DEFAULT,
     ) -> None:
         """Copies the tree under ``remote`` into the local directory (created if missing).
@@ -416,7 +447,9 @@ class Sandbox:
         before anything is written.
         """
         with spool() as tar:
-            with ByteStream(self.client, _core.download_archive(self.id, remote, request_timeout)) as body:
+            with ByteStream(
+                self.client, _core.download_archive(self.id, remote, request_timeout)
+            ) as body:
                 for chunk in body:
                     tar.write(chunk)
             tar.seek(0)
@@ -505,7 +538,11 @@ class Files:
             return b"".join(chunks)
 
     def read_text(
-        self, path: str, *, encoding: str = "utf-8", errors: str = "strict",
+        self,
+        path: str,
+        *,
+        encoding: str = "utf-8",
+        errors: str = "strict",
         request_timeout: TimeoutArg = DEFAULT,
     ) -> str:
         return self.read(path, request_timeout=request_timeout).decode(encoding, errors)
@@ -516,7 +553,11 @@ class Files:
         return ByteStream(self._sandbox.client, request)
 
     def write(
-        self, path: str, data: FileContent, *, mode: Optional[int] = None,
+        self,
+        path: str,
+        data: FileContent,
+        *,
+        mode: Optional[int] = None,
         request_timeout: TimeoutArg = DEFAULT,
     ) -> FileInfo:
         """Writes a file atomically (parents created): bytes, str (UTF-8), a
@@ -525,9 +566,7 @@ class Files:
         content: Any = data.encode() if isinstance(data, str) else data
         if isinstance(content, (bytearray, memoryview)):
             content = bytes(content)
-        return self._run(
-            _core.write_file(self._sandbox.id, path, content, mode, request_timeout)
-        )
+        return self._run(_core.write_file(self._sandbox.id, path, content, mode, request_timeout))
 
     def list(self, path: str, *, depth: Optional[int] = None) -> builtins.list[FileInfo]:
         """The entries under a directory, ``depth`` levels down (default 1)."""

@@ -129,9 +129,7 @@ def _check_symlink(member: tarfile.TarInfo, parts: Tuple[str, ...]) -> None:
         raise _refuse(member, f"symlink to {target!r} points outside the destination")
 
 
-def _plan(
-    archive: tarfile.TarFile, strip_top: bool
-) -> List[_Entry]:
+def _plan(archive: tarfile.TarFile, strip_top: bool) -> List[_Entry]:
     """Pass 1: every check that needs only the archive."""
     entries: List[_Entry] = []
     seen: Dict[Tuple[str, ...], tarfile.TarInfo] = {}
