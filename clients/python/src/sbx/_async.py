@@ -365,20 +365,22 @@ class AsyncSandbox:
         request_timeout: TimeoutArg = DEFAULT,
     ) -> ExecResult:
         """See :meth:`sbx.Sandbox.exec`."""
-        fields: dict[str, Any] = dict(
+        streaming = on_stdout is not None or on_stderr is not None
+        request = _core.exec_request(
+            self.id,
+            cmd,
             cwd=cwd,
             env=env,
             timeout=timeout,
             stdin=stdin,
             user=user,
+            stream=streaming,
             request_timeout=request_timeout,
         )
-        if on_stdout is not None or on_stderr is not None:
-            async with self.exec_stream(
-                cmd, on_stdout=on_stdout, on_stderr=on_stderr, **fields
-            ) as stream:
+        if streaming:
+            async with AsyncEventStream(self.client, request, on_stdout, on_stderr) as stream:
                 return await stream.wait()
-        return await self.client._run(_core.exec_buffered(self.id, cmd, **fields))
+        return await self.client._run(_core.exec_buffered(request))
 
     def exec_stream(
         self,

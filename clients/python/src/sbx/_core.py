@@ -374,8 +374,9 @@ def exec_request(
     )
 
 
-def exec_buffered(sandbox_id: str, cmd: Command, **fields: Any) -> Call[ExecResult]:
-    return Call(exec_request(sandbox_id, cmd, stream=False, **fields), _json(ExecResult.from_json))
+def exec_buffered(request: Request) -> Call[ExecResult]:
+    """The call of a non-streamed :func:`exec_request`."""
+    return Call(request, _json(ExecResult.from_json))
 
 
 # processes

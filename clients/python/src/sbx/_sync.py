@@ -370,20 +370,22 @@ class Sandbox:
         ``on_stdout``/``on_stderr`` the output streams to them as it comes
         (the result then still has all of it).
         """
-        fields: dict[str, Any] = dict(
+        streaming = on_stdout is not None or on_stderr is not None
+        request = _core.exec_request(
+            self.id,
+            cmd,
             cwd=cwd,
             env=env,
             timeout=timeout,
             stdin=stdin,
             user=user,
+            stream=streaming,
             request_timeout=request_timeout,
         )
-        if on_stdout is not None or on_stderr is not None:
-            with self.exec_stream(
-                cmd, on_stdout=on_stdout, on_stderr=on_stderr, **fields
-            ) as stream:
+        if streaming:
+            with EventStream(self.client, request, on_stdout, on_stderr) as stream:
                 return stream.wait()
-        return self.client._run(_core.exec_buffered(self.id, cmd, **fields))
+        return self.client._run(_core.exec_buffered(request))
 
     def exec_stream(
         self,
