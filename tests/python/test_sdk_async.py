@@ -106,8 +106,9 @@ async def test_exec_and_streams(server):
 
 
 async def test_timeouts(server):
-    async with async_client(server, timeout=0.5) as impatient:
-        async with sbx.AsyncSandbox.create(client=impatient) as sb:
+    async with async_client(server) as client, sbx.AsyncSandbox.create(client=client) as owner:
+        async with async_client(server, timeout=0.5) as impatient:
+            sb = await sbx.AsyncSandbox.connect(owner.id, client=impatient)
             with pytest.raises(sbx.RequestTimeout):
                 await sb.exec("sleep 20")
             timed = await sb.exec("sleep 20", timeout=1)

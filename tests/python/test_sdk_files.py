@@ -97,6 +97,11 @@ def test_file_errors_have_their_classes(sandbox):
         sandbox.files.move("/workspace/missing", "/workspace/elsewhere")
     with pytest.raises(sbx.InvalidRequest):
         sandbox.files.read("relative/path")
+    # The run directory is a read-only mount: EROFS is the sandbox's own
+    # permissions refusing, not the token's.
+    with pytest.raises(sbx.PermissionDenied) as denied:
+        sandbox.files.write("/.sbx/run/planted", b"x")
+    assert denied.value.status == 403 and denied.value.error_code == "permission_denied"
     sandbox.files.mkdir("/workspace/dir")
     with pytest.raises(sbx.Conflict):
         sandbox.files.write("/workspace/dir", b"not over a directory")
