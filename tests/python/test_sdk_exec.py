@@ -89,6 +89,13 @@ def test_a_configured_client_timeout_fires(server, sandbox):
         assert same.exec("sleep 1; echo slow", request_timeout=15).stdout == "slow\n"
     with pytest.raises(sbx.RequestTimeout):
         sandbox.exec("sleep 20", request_timeout=0.5)
+    # The same setting for the client a sandbox opens for itself.
+    with sbx.Sandbox.connect(
+        sandbox.id, url=server.url, token=server.admin_token, http_timeout=0.5
+    ) as own:
+        assert own.client.timeout == 0.5
+        with pytest.raises(sbx.RequestTimeout):
+            own.exec("sleep 20")
 
 
 def test_exec_stream_yields_events_as_they_happen(sandbox):

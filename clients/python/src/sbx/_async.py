@@ -177,13 +177,16 @@ async def _async_chunks(content: Any) -> AsyncIterator[bytes]:
 
 
 def _client_for(
-    client: Optional[AsyncClient], url: Optional[str], token: Optional[str], timeout: TimeoutArg
+    client: Optional[AsyncClient],
+    url: Optional[str],
+    token: Optional[str],
+    http_timeout: TimeoutArg,
 ) -> tuple[AsyncClient, bool]:
     if client is not None:
         return client, False
-    if isinstance(timeout, _core._Default):
+    if isinstance(http_timeout, _core._Default):
         return AsyncClient(url, token), True
-    return AsyncClient(url, token, timeout=timeout), True
+    return AsyncClient(url, token, timeout=http_timeout), True
 
 
 class _Pending:
@@ -250,7 +253,7 @@ class AsyncSandbox:
         labels: Optional[Mapping[str, str]] = None,
         url: Optional[str] = None,
         token: Optional[str] = None,
-        timeout: TimeoutArg = DEFAULT,
+        http_timeout: TimeoutArg = DEFAULT,
         client: Optional[AsyncClient] = None,
         request_timeout: TimeoutArg = DEFAULT,
     ) -> _Pending:
@@ -267,7 +270,7 @@ class AsyncSandbox:
         )
 
         async def opening() -> AsyncSandbox:
-            http, owned = _client_for(client, url, token, timeout)
+            http, owned = _client_for(client, url, token, http_timeout)
             try:
                 created = await http._run(call)
             except BaseException:
@@ -291,10 +294,10 @@ class AsyncSandbox:
         *,
         url: Optional[str] = None,
         token: Optional[str] = None,
-        timeout: TimeoutArg = DEFAULT,
+        http_timeout: TimeoutArg = DEFAULT,
         client: Optional[AsyncClient] = None,
     ) -> AsyncSandbox:
-        http, owned = _client_for(client, url, token, timeout)
+        http, owned = _client_for(client, url, token, http_timeout)
         try:
             await http._run(_core.get_sandbox(sandbox_id))
         except BaseException:
@@ -309,10 +312,10 @@ class AsyncSandbox:
         *,
         url: Optional[str] = None,
         token: Optional[str] = None,
-        timeout: TimeoutArg = DEFAULT,
+        http_timeout: TimeoutArg = DEFAULT,
         client: Optional[AsyncClient] = None,
     ) -> builtins.list[SandboxInfo]:
-        http, owned = _client_for(client, url, token, timeout)
+        http, owned = _client_for(client, url, token, http_timeout)
         try:
             return await http.list_sandboxes()
         finally:

@@ -180,14 +180,14 @@ def _file_chunks(file: IO[bytes]) -> Iterator[bytes]:
 
 
 def _client_for(
-    client: Optional[Client], url: Optional[str], token: Optional[str], timeout: TimeoutArg
+    client: Optional[Client], url: Optional[str], token: Optional[str], http_timeout: TimeoutArg
 ) -> tuple[Client, bool]:
     """The client to use, and whether the caller now owns it."""
     if client is not None:
         return client, False
-    if isinstance(timeout, _core._Default):
+    if isinstance(http_timeout, _core._Default):
         return Client(url, token), True
-    return Client(url, token, timeout=timeout), True
+    return Client(url, token, timeout=http_timeout), True
 
 
 class Sandbox:
@@ -234,7 +234,7 @@ class Sandbox:
         labels: Optional[Mapping[str, str]] = None,
         url: Optional[str] = None,
         token: Optional[str] = None,
-        timeout: TimeoutArg = DEFAULT,
+        http_timeout: TimeoutArg = DEFAULT,
         client: Optional[Client] = None,
         request_timeout: TimeoutArg = DEFAULT,
     ) -> Sandbox:
@@ -244,10 +244,10 @@ class Sandbox:
         ``memory_mb``, ``cpus``, ``disk_mb``, ``env`` (every command's
         environment), ``labels``, and ``egress``, the hosts its proxy may
         reach (``"pypi.org"``, ``"*.github.com"``, ``"host:443"``; none when
-        absent). Connection: ``client``, or ``url``/``token``/``timeout``
+        absent). Connection: ``client``, or ``url``/``token``/``http_timeout``
         for a client of its own that the sandbox closes with itself.
         """
-        http, owned = _client_for(client, url, token, timeout)
+        http, owned = _client_for(client, url, token, http_timeout)
         try:
             created = http._run(
                 _core.create_sandbox(
@@ -276,14 +276,14 @@ class Sandbox:
         *,
         url: Optional[str] = None,
         token: Optional[str] = None,
-        timeout: TimeoutArg = DEFAULT,
+        http_timeout: TimeoutArg = DEFAULT,
         client: Optional[Client] = None,
     ) -> Sandbox:
         """An existing sandbox; :class:`~sbx.NotFound` if there is none.
 
         ``token`` may be the sandbox's own token.
         """
-        http, owned = _client_for(client, url, token, timeout)
+        http, owned = _client_for(client, url, token, http_timeout)
         try:
             http._run(_core.get_sandbox(sandbox_id))
         except BaseException:
@@ -298,11 +298,11 @@ class Sandbox:
         *,
         url: Optional[str] = None,
         token: Optional[str] = None,
-        timeout: TimeoutArg = DEFAULT,
+        http_timeout: TimeoutArg = DEFAULT,
         client: Optional[Client] = None,
     ) -> builtins.list[SandboxInfo]:
         """``GET /v1/sandboxes`` (needs ``sandboxes:read``)."""
-        http, owned = _client_for(client, url, token, timeout)
+        http, owned = _client_for(client, url, token, http_timeout)
         try:
             return http.list_sandboxes()
         finally:
