@@ -107,11 +107,11 @@ async def test_exec_and_streams(server):
 
 async def test_timeouts(server):
     async with async_client(server) as client, sbx.AsyncSandbox.create(client=client) as owner:
-        async with async_client(server, timeout=0.5) as impatient:
+        async with async_client(server, timeout=2) as impatient:
             sb = await sbx.AsyncSandbox.connect(owner.id, client=impatient)
             with pytest.raises(sbx.RequestTimeout):
                 await sb.exec("sleep 20")
-            timed = await sb.exec("sleep 20", timeout=1)
+            timed = await sb.exec("sleep 20", timeout=3)
             assert timed.timed_out and timed.exit_code == 137
             proc = await sb.processes.start("sleep 300")
             with pytest.raises(sbx.RequestTimeout):
