@@ -161,6 +161,8 @@ def test_settings_resolution(monkeypatch, tmp_path):
     assert _core.resolve_url(None) == "http://10.0.0.1:1"
     assert _core.resolve_token("sbx_arg") == "sbx_arg"
     assert _core.resolve_url("http://h:2") == "http://h:2"
+    assert not _core.needs_tls("http://127.0.0.1:7070")
+    assert _core.needs_tls("https://sbx.example.com")
 
 
 def tar_of(*members: tarfile.TarInfo) -> bytes:

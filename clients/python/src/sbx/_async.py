@@ -72,7 +72,10 @@ class AsyncClient:
         self.token = _core.resolve_token(token)
         self.timeout = timeout
         self._http = httpx.AsyncClient(
-            base_url=self.url, headers=_core.client_headers(self.token), timeout=timeout
+            base_url=self.url,
+            headers=_core.client_headers(self.token),
+            timeout=timeout,
+            verify=_core.needs_tls(self.url),
         )
         self.tokens = AsyncTokens(self)
 

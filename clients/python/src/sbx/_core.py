@@ -126,6 +126,16 @@ def resolve_token(token: Optional[str]) -> Optional[str]:
         return None
 
 
+def needs_tls(url: str) -> bool:
+    """Whether a client of ``url`` needs certificates loaded.
+
+    Loading them costs about 45 ms per client, which would dominate a
+    ``Sandbox.connect`` on loopback; a plain ``http://`` client never does
+    TLS (redirects are not followed), so it skips them.
+    """
+    return not url.lower().startswith("http://")
+
+
 def client_headers(token: Optional[str]) -> Dict[str, str]:
     headers = {"user-agent": "sbx-python"}
     if token:

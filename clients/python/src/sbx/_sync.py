@@ -69,7 +69,10 @@ class Client:
         self.token = _core.resolve_token(token)
         self.timeout = timeout
         self._http = httpx.Client(
-            base_url=self.url, headers=_core.client_headers(self.token), timeout=timeout
+            base_url=self.url,
+            headers=_core.client_headers(self.token),
+            timeout=timeout,
+            verify=_core.needs_tls(self.url),
         )
         self.tokens = Tokens(self)
 
