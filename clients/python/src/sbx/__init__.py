@@ -1,1 +1,129 @@
-"""The sbx Python SDK (being written)."""
+"""sbx: Python SDK for sbx sandboxes.
+
+Sandboxes for coding agents, reachable over the HTTP API that ``sbx
+serve`` exposes. The blocking API is :class:`Sandbox` (with
+:class:`Client` for admin calls); :class:`AsyncSandbox` and
+:class:`AsyncClient` are the same calls for ``asyncio``/``trio``. Both are
+thin layers over one shared description of the wire protocol
+(``sbx._core``), so they cannot drift apart::
+
+    from sbx import Sandbox
+
+    with Sandbox.create(memory_mb=512, egress=["pypi.org"]) as sb:
+        print(sb.exec("echo hi | tr a-z A-Z").stdout)
+
+The server is found through ``SBX_URL`` (default ``http://127.0.0.1:7070``)
+and the token through ``SBX_TOKEN``, as the ``sbx`` CLI does.
+"""
+
+from ._async import (
+    AsyncByteStream,
+    AsyncClient,
+    AsyncEventStream,
+    AsyncFiles,
+    AsyncProcesses,
+    AsyncSandbox,
+    AsyncTokens,
+)
+from ._core import DEFAULT, DEFAULT_TIMEOUT, DEFAULT_URL
+from ._sync import ByteStream, Client, EventStream, Files, Processes, Sandbox, Tokens
+from ._tar import extract_tar
+from .errors import (
+    ApiError,
+    Conflict,
+    Forbidden,
+    InternalError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    ProtocolError,
+    RequestTimeout,
+    SbxError,
+    TransportError,
+    Unauthorized,
+    Unavailable,
+    UnsafeArchiveError,
+)
+from .models import (
+    SCOPES,
+    ArchiveSummary,
+    AuditRecord,
+    CreatedToken,
+    ErrorEvent,
+    ExecEvent,
+    ExecResult,
+    ExitEvent,
+    FileInfo,
+    IsolationInfo,
+    ProcessInfo,
+    RuntimeInfo,
+    SandboxInfo,
+    Scope,
+    ServerInfo,
+    StartEvent,
+    StderrEvent,
+    StdoutEvent,
+    TokenInfo,
+    UnknownEvent,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Sandbox",
+    "Client",
+    "Tokens",
+    "Processes",
+    "Files",
+    "EventStream",
+    "ByteStream",
+    "AsyncSandbox",
+    "AsyncClient",
+    "AsyncTokens",
+    "AsyncProcesses",
+    "AsyncFiles",
+    "AsyncEventStream",
+    "AsyncByteStream",
+    "DEFAULT",
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_URL",
+    "extract_tar",
+    "SbxError",
+    "ApiError",
+    "InvalidRequest",
+    "Unauthorized",
+    "Forbidden",
+    "PermissionDenied",
+    "NotFound",
+    "MethodNotAllowed",
+    "Conflict",
+    "PayloadTooLarge",
+    "InternalError",
+    "Unavailable",
+    "TransportError",
+    "RequestTimeout",
+    "ProtocolError",
+    "UnsafeArchiveError",
+    "SCOPES",
+    "Scope",
+    "SandboxInfo",
+    "ExecResult",
+    "ExecEvent",
+    "StartEvent",
+    "StdoutEvent",
+    "StderrEvent",
+    "ExitEvent",
+    "ErrorEvent",
+    "UnknownEvent",
+    "ProcessInfo",
+    "FileInfo",
+    "ArchiveSummary",
+    "TokenInfo",
+    "CreatedToken",
+    "AuditRecord",
+    "ServerInfo",
+    "RuntimeInfo",
+    "IsolationInfo",
+]

@@ -1,0 +1,658 @@
+"""The asyncio (and trio) API: :class:`AsyncClient`, :class:`AsyncSandbox`.
+
+The twin of :mod:`sbx._sync`, method for method, on ``httpx.AsyncClient``;
+requests, decoding, errors and timeouts come from :mod:`sbx._core`. Local
+file work (building and checking tars) runs in a worker thread so it never
+blocks the event loop. Output callbacks may be plain functions or
+coroutine functions.
+"""
+
+from __future__ import annotations
+
+import builtins
+import inspect
+import os
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import (
+    IO,
+    Any,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Type,
+    TypeVar,
+    Union,
+)
+
+import anyio.to_thread
+import httpx
+
+from . import _core
+from ._core import DEFAULT, Call, Command, OutputCallback, Request, SignalArg, TimeoutArg
+from ._tar import extract_tar, spool, write_tar
+from .errors import NotFound
+from .models import (
+    ArchiveSummary,
+    AuditRecord,
+    CreatedToken,
+    ExecEvent,
+    ExecResult,
+    FileInfo,
+    ProcessInfo,
+    SandboxInfo,
+    ServerInfo,
+    TokenInfo,
+)
+
+T = TypeVar("T")
+AsyncFileContent = Union[
+    bytes, bytearray, memoryview, str, IO[bytes], Iterable[bytes], AsyncIterable[bytes]
+]
+
+
+class AsyncClient:
+    """The async :class:`~sbx.Client`: same settings, same calls, awaited."""
+
+    def __init__(
+        self,
+        url: Optional[str] = None,
+        token: Optional[str] = None,
+        *,
+        timeout: Optional[float] = _core.DEFAULT_TIMEOUT,
+    ) -> None:
+        self.url = _core.resolve_url(url)
+        self.token = _core.resolve_token(token)
+        self.timeout = timeout
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            headers=_core.client_headers(self.token),
+            timeout=timeout,
+            verify=_core.needs_tls(self.url),
+        )
+        self.tokens = AsyncTokens(self)
+
+    def __repr__(self) -> str:
+        return f"AsyncClient(url={self.url!r})"
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    # transport
+
+    def _build(self, request: Request) -> httpx.Request:
+        content = request.content
+        if content is not None and not isinstance(content, bytes):
+            content = _async_chunks(content)
+        return self._http.build_request(
+            request.method,
+            request.path,
+            params=request.params or None,
+            json=request.json,
+            content=content,
+            headers=request.headers or None,
+            timeout=request.timeout_for(self.timeout),
+        )
+
+    async def _run(self, call: Call[T]) -> T:
+        with _core.transport_errors():
+            response = await self._http.send(self._build(call.request))
+        _core.raise_for_status(response)
+        return call.decode(response.content)
+
+    async def _open(self, request: Request) -> httpx.Response:
+        with _core.transport_errors():
+            response = await self._http.send(self._build(request), stream=True)
+            if not response.is_success:
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+        _core.raise_for_status(response)
+        return response
+
+    # calls
+
+    async def info(self) -> ServerInfo:
+        return await self._run(_core.server_info())
+
+    async def audit(
+        self,
+        *,
+        sandbox: Optional[str] = None,
+        since: Union[datetime, str, None] = None,
+        limit: Optional[int] = None,
+    ) -> List[AuditRecord]:
+        return await self._run(_core.audit(sandbox, since, limit))
+
+    async def list_sandboxes(self) -> List[SandboxInfo]:
+        return await self._run(_core.list_sandboxes())
+
+
+class AsyncTokens:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def create(
+        self,
+        name: str,
+        scopes: Sequence[str],
+        *,
+        ttl: Union[int, float, timedelta, None] = None,
+        sandbox: Optional[str] = None,
+    ) -> CreatedToken:
+        return await self._client._run(_core.create_token(name, scopes, ttl, sandbox))
+
+    async def list(self) -> builtins.list[TokenInfo]:
+        return await self._client._run(_core.list_tokens())
+
+    async def revoke(self, token_id: str) -> None:
+        await self._client._run(_core.revoke_token(token_id))
+
+
+async def _async_chunks(content: Any) -> AsyncIterator[bytes]:
+    """Any body the sync API takes, as the async iterator httpx wants."""
+    if hasattr(content, "__aiter__"):
+        async for chunk in content:
+            yield chunk
+    elif hasattr(content, "read"):
+        while True:
+            chunk = await anyio.to_thread.run_sync(content.read, _core.CHUNK)
+            if not chunk:
+                return
+            yield chunk
+    else:
+        for chunk in content:
+            yield chunk
+
+
+def _client_for(
+    client: Optional[AsyncClient],
+    url: Optional[str],
+    token: Optional[str],
+    http_timeout: TimeoutArg,
+) -> tuple[AsyncClient, bool]:
+    if client is not None:
+        return client, False
+    if isinstance(http_timeout, _core._Default):
+        return AsyncClient(url, token), True
+    return AsyncClient(url, token, timeout=http_timeout), True
+
+
+class _Pending:
+    """What :meth:`AsyncSandbox.create` returns: await it, or ``async with`` it.
+
+    ``sb = await AsyncSandbox.create()`` and ``async with
+    AsyncSandbox.create() as sb:`` both work; the second deletes on exit.
+    """
+
+    def __init__(self, opening: Callable[[], Awaitable[AsyncSandbox]]) -> None:
+        self._opening = opening
+        self._sandbox: Optional[AsyncSandbox] = None
+
+    def __await__(self) -> Generator[Any, None, AsyncSandbox]:
+        return self._opening().__await__()
+
+    async def __aenter__(self) -> AsyncSandbox:
+        self._sandbox = await self._opening()
+        return self._sandbox
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        if self._sandbox is not None:
+            await self._sandbox.__aexit__(exc_type, exc, tb)
+
+
+class AsyncSandbox:
+    """The async :class:`~sbx.Sandbox`."""
+
+    def __init__(
+        self,
+        sandbox_id: str,
+        client: AsyncClient,
+        *,
+        token: Optional[str] = None,
+        owns_client: bool = False,
+        delete_on_exit: bool = False,
+    ) -> None:
+        self.id = sandbox_id
+        self.token = token
+        self.client = client
+        self._owns_client = owns_client
+        self._delete_on_exit = delete_on_exit
+        self.processes = AsyncProcesses(self)
+        self.files = AsyncFiles(self)
+
+    def __repr__(self) -> str:
+        return f"AsyncSandbox(id={self.id!r})"
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        image: Optional[str] = None,
+        memory_mb: Optional[int] = None,
+        cpus: Optional[float] = None,
+        disk_mb: Optional[int] = None,
+        egress: Optional[Sequence[str]] = None,
+        env: Optional[Mapping[str, str]] = None,
+        labels: Optional[Mapping[str, str]] = None,
+        url: Optional[str] = None,
+        token: Optional[str] = None,
+        http_timeout: TimeoutArg = DEFAULT,
+        client: Optional[AsyncClient] = None,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> _Pending:
+        """See :meth:`sbx.Sandbox.create`. Await the result, or ``async with`` it."""
+        call = _core.create_sandbox(
+            image=image,
+            memory_mb=memory_mb,
+            cpus=cpus,
+            disk_mb=disk_mb,
+            egress=egress,
+            env=env,
+            labels=labels,
+            request_timeout=request_timeout,
+        )
+
+        async def opening() -> AsyncSandbox:
+            http, owned = _client_for(client, url, token, http_timeout)
+            try:
+                created = await http._run(call)
+            except BaseException:
+                if owned:
+                    await http.close()
+                raise
+            return cls(
+                created.info.id,
+                http,
+                token=created.token,
+                owns_client=owned,
+                delete_on_exit=True,
+            )
+
+        return _Pending(opening)
+
+    @classmethod
+    async def connect(
+        cls,
+        sandbox_id: str,
+        *,
+        url: Optional[str] = None,
+        token: Optional[str] = None,
+        http_timeout: TimeoutArg = DEFAULT,
+        client: Optional[AsyncClient] = None,
+    ) -> AsyncSandbox:
+        http, owned = _client_for(client, url, token, http_timeout)
+        try:
+            await http._run(_core.get_sandbox(sandbox_id))
+        except BaseException:
+            if owned:
+                await http.close()
+            raise
+        return cls(sandbox_id, http, owns_client=owned)
+
+    @classmethod
+    async def list(
+        cls,
+        *,
+        url: Optional[str] = None,
+        token: Optional[str] = None,
+        http_timeout: TimeoutArg = DEFAULT,
+        client: Optional[AsyncClient] = None,
+    ) -> builtins.list[SandboxInfo]:
+        http, owned = _client_for(client, url, token, http_timeout)
+        try:
+            return await http.list_sandboxes()
+        finally:
+            if owned:
+                await http.close()
+
+    async def get_info(self) -> SandboxInfo:
+        return await self.client._run(_core.get_sandbox(self.id))
+
+    async def update_egress(self, egress: Sequence[str]) -> SandboxInfo:
+        return await self.client._run(_core.update_egress(self.id, egress))
+
+    async def delete(self, *, request_timeout: TimeoutArg = DEFAULT) -> None:
+        await self.client._run(_core.delete_sandbox(self.id, request_timeout))
+        self._delete_on_exit = False
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self.client.close()
+
+    async def __aenter__(self) -> AsyncSandbox:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        try:
+            if self._delete_on_exit:
+                try:
+                    await self.delete()
+                except NotFound:
+                    pass
+        finally:
+            await self.close()
+
+    async def exec(
+        self,
+        cmd: Command,
+        *,
+        cwd: Optional[str] = None,
+        env: Optional[Mapping[str, str]] = None,
+        timeout: Optional[float] = None,
+        stdin: Optional[str] = None,
+        user: Optional[str] = None,
+        on_stdout: Optional[OutputCallback] = None,
+        on_stderr: Optional[OutputCallback] = None,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> ExecResult:
+        """See :meth:`sbx.Sandbox.exec`."""
+        streaming = on_stdout is not None or on_stderr is not None
+        request = _core.exec_request(
+            self.id,
+            cmd,
+            cwd=cwd,
+            env=env,
+            timeout=timeout,
+            stdin=stdin,
+            user=user,
+            stream=streaming,
+            request_timeout=request_timeout,
+        )
+        if streaming:
+            async with AsyncEventStream(self.client, request, on_stdout, on_stderr) as stream:
+                return await stream.wait()
+        return await self.client._run(_core.exec_buffered(request))
+
+    def exec_stream(
+        self,
+        cmd: Command,
+        *,
+        cwd: Optional[str] = None,
+        env: Optional[Mapping[str, str]] = None,
+        timeout: Optional[float] = None,
+        stdin: Optional[str] = None,
+        user: Optional[str] = None,
+        on_stdout: Optional[OutputCallback] = None,
+        on_stderr: Optional[OutputCallback] = None,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> AsyncEventStream:
+        """See :meth:`sbx.Sandbox.exec_stream`: ``async for event in sb.exec_stream(…)``."""
+        request = _core.exec_request(
+            self.id,
+            cmd,
+            cwd=cwd,
+            env=env,
+            timeout=timeout,
+            stdin=stdin,
+            user=user,
+            stream=True,
+            request_timeout=request_timeout,
+        )
+        return AsyncEventStream(self.client, request, on_stdout, on_stderr)
+
+    async def upload_dir(
+        self,
+        local: Union[str, os.PathLike[str]],
+        remote: str,
+        *,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> ArchiveSummary:
+        """See :meth:`sbx.Sandbox.upload_dir`."""
+        with spool() as tar:
+            await anyio.to_thread.run_sync(write_tar, local, tar)
+            tar.seek(0)
+            return await self.client._run(
+                _core.upload_archive(self.id, remote, tar, request_timeout)
+            )
+
+    async def download_dir(
+        self,
+        remote: str,
+        local: Union[str, os.PathLike[str]],
+        *,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> None:
+        """See :meth:`sbx.Sandbox.download_dir`."""
+        with spool() as tar:
+            request = _core.download_archive(self.id, remote, request_timeout)
+            async with AsyncByteStream(self.client, request) as body:
+                async for chunk in body:
+                    await anyio.to_thread.run_sync(tar.write, chunk)
+            tar.seek(0)
+            await anyio.to_thread.run_sync(lambda: extract_tar(tar, local, strip_top=True))
+
+
+class AsyncProcesses:
+    """See :class:`sbx.Processes`."""
+
+    def __init__(self, sandbox: AsyncSandbox) -> None:
+        self._sandbox = sandbox
+
+    async def _run(self, call: Call[T]) -> T:
+        return await self._sandbox.client._run(call)
+
+    async def start(
+        self,
+        cmd: Command,
+        *,
+        cwd: Optional[str] = None,
+        env: Optional[Mapping[str, str]] = None,
+        user: Optional[str] = None,
+        name: Optional[str] = None,
+    ) -> ProcessInfo:
+        return await self._run(
+            _core.start_process(self._sandbox.id, cmd, cwd=cwd, env=env, user=user, name=name)
+        )
+
+    async def list(self) -> builtins.list[ProcessInfo]:
+        return await self._run(_core.list_processes(self._sandbox.id))
+
+    async def get(self, pid: int) -> ProcessInfo:
+        return await self._run(_core.get_process(self._sandbox.id, pid))
+
+    def logs(
+        self,
+        pid: int,
+        *,
+        follow: bool = False,
+        tail: Optional[int] = None,
+        on_stdout: Optional[OutputCallback] = None,
+        on_stderr: Optional[OutputCallback] = None,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> AsyncEventStream:
+        request = _core.process_logs(
+            self._sandbox.id, pid, follow=follow, tail=tail, request_timeout=request_timeout
+        )
+        return AsyncEventStream(self._sandbox.client, request, on_stdout, on_stderr)
+
+    async def write_stdin(self, pid: int, data: Union[bytes, str], *, close: bool = False) -> None:
+        await self._run(_core.write_stdin(self._sandbox.id, pid, data, close))
+
+    async def close_stdin(self, pid: int) -> None:
+        await self.write_stdin(pid, b"", close=True)
+
+    async def signal(self, pid: int, signal: SignalArg = "TERM") -> None:
+        await self._run(_core.signal_process(self._sandbox.id, pid, signal))
+
+    async def wait(self, pid: int, *, timeout: TimeoutArg = DEFAULT) -> ProcessInfo:
+        return await self._run(_core.wait_process(self._sandbox.id, pid, timeout))
+
+    async def kill_all(self) -> int:
+        return await self._run(_core.kill_all(self._sandbox.id))
+
+
+class AsyncFiles:
+    """See :class:`sbx.Files`."""
+
+    def __init__(self, sandbox: AsyncSandbox) -> None:
+        self._sandbox = sandbox
+
+    async def _run(self, call: Call[T]) -> T:
+        return await self._sandbox.client._run(call)
+
+    async def read(self, path: str, *, request_timeout: TimeoutArg = DEFAULT) -> bytes:
+        parts = []
+        async with self.read_stream(path, request_timeout=request_timeout) as chunks:
+            async for chunk in chunks:
+                parts.append(chunk)
+        return b"".join(parts)
+
+    async def read_text(
+        self,
+        path: str,
+        *,
+        encoding: str = "utf-8",
+        errors: str = "strict",
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> str:
+        return (await self.read(path, request_timeout=request_timeout)).decode(encoding, errors)
+
+    def read_stream(self, path: str, *, request_timeout: TimeoutArg = DEFAULT) -> AsyncByteStream:
+        request = _core.read_file(self._sandbox.id, path, request_timeout)
+        return AsyncByteStream(self._sandbox.client, request)
+
+    async def write(
+        self,
+        path: str,
+        data: AsyncFileContent,
+        *,
+        mode: Optional[int] = None,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> FileInfo:
+        content: Any = data.encode() if isinstance(data, str) else data
+        if isinstance(content, (bytearray, memoryview)):
+            content = bytes(content)
+        return await self._run(
+            _core.write_file(self._sandbox.id, path, content, mode, request_timeout)
+        )
+
+    async def list(self, path: str, *, depth: Optional[int] = None) -> builtins.list[FileInfo]:
+        return await self._run(_core.list_files(self._sandbox.id, path, depth))
+
+    async def stat(self, path: str) -> FileInfo:
+        return await self._run(_core.stat_file(self._sandbox.id, path))
+
+    async def exists(self, path: str) -> bool:
+        try:
+            await self.stat(path)
+        except NotFound:
+            return False
+        return True
+
+    async def mkdir(self, path: str, *, mode: Optional[int] = None) -> FileInfo:
+        return await self._run(_core.mkdir(self._sandbox.id, path, mode))
+
+    async def move(self, source: str, destination: str) -> None:
+        await self._run(_core.move_file(self._sandbox.id, source, destination))
+
+    async def remove(self, path: str, *, recursive: bool = False) -> None:
+        await self._run(_core.remove_file(self._sandbox.id, path, recursive))
+
+
+class _AsyncStream:
+    def __init__(self, client: AsyncClient, request: Request) -> None:
+        self._client = client
+        self._request = request
+        self._response: Optional[httpx.Response] = None
+        self._closed = False
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        if self._closed:
+            raise _core.closed_stream_error()
+        if self._response is None:
+            self._response = await self._client._open(self._request)
+        try:
+            with _core.transport_errors():
+                async for chunk in self._response.aiter_bytes():
+                    yield chunk
+                    if self._closed:
+                        return
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Ends the stream; for an exec, the server then kills the command."""
+        self._closed = True
+        if self._response is not None:
+            await self._response.aclose()
+
+    async def __aenter__(self: T) -> T:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+
+class AsyncByteStream(_AsyncStream):
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+
+class AsyncEventStream(_AsyncStream):
+    """See :class:`sbx.EventStream`: ``async for``, or ``await stream.wait()``."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        request: Request,
+        on_stdout: Optional[OutputCallback] = None,
+        on_stderr: Optional[OutputCallback] = None,
+    ) -> None:
+        super().__init__(client, request)
+        self._log = _core.EventLog(on_stdout, on_stderr)
+        self._events: Optional[AsyncIterator[ExecEvent]] = None
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._log.pid
+
+    def __aiter__(self) -> AsyncIterator[ExecEvent]:
+        if self._events is None:
+            self._events = self._generate()
+        return self._events
+
+    async def _generate(self) -> AsyncIterator[ExecEvent]:
+        decoder = _core.NdjsonDecoder()
+        async for chunk in self._chunks():
+            for event in decoder.feed(chunk):
+                yield await self._observe(event)
+        for event in decoder.finish():
+            yield await self._observe(event)
+
+    async def _observe(self, event: ExecEvent) -> ExecEvent:
+        callback = self._log.observe(event)
+        if callback is not None:
+            outcome = callback()
+            if inspect.isawaitable(outcome):
+                await outcome
+        return event
+
+    async def wait(self) -> ExecResult:
+        async for _ in self:
+            pass
+        return self._log.result()

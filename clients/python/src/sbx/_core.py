@@ -1,0 +1,711 @@
+"""What the sync and async clients share: everything but the I/O.
+
+Each API call is described once here, as a :class:`Call`: the HTTP request
+to make (method, path, query, body, headers, timeout) and how to decode a
+successful answer. ``Client`` runs a ``Call`` on an ``httpx.Client`` and
+``AsyncClient`` on an ``httpx.AsyncClient``, so both speak exactly the same
+wire format, map errors the same way and compute timeouts the same way;
+only the waiting differs. Streams (NDJSON events, file bytes) are decoded
+by the I/O-free :class:`NdjsonDecoder` and summed up by :class:`EventLog`,
+again shared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal as signals
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Generic,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    TypeVar,
+    Union,
+)
+from urllib.parse import quote
+
+import httpx
+
+from . import models
+from .errors import (
+    ProtocolError,
+    RequestTimeout,
+    SbxError,
+    TransportError,
+    error_for,
+    error_from_response,
+)
+from .models import (
+    ErrorEvent,
+    ExecEvent,
+    ExecResult,
+    ExitEvent,
+    StartEvent,
+    StderrEvent,
+    StdoutEvent,
+)
+
+T = TypeVar("T")
+
+#: Where the CLI looks for a server too.
+DEFAULT_URL = "http://127.0.0.1:7070"
+#: The HTTP timeout of a call, in seconds, unless the client or call says otherwise.
+DEFAULT_TIMEOUT = 60.0
+#: How much longer than a command's own timeout the HTTP call may wait: the
+#: server kills the command at its timeout and still has to answer.
+EXEC_GRACE_S = 10.0
+#: The data dir whose admin token the CLI falls back to.
+DEFAULT_DATA_DIR = "/var/lib/sbx"
+NDJSON = "application/x-ndjson"
+#: Largest NDJSON line accepted: the server sends output in read-sized
+#: pieces, so a longer line means a broken stream, not a big event.
+MAX_EVENT_LINE = 16 * 1024 * 1024
+CHUNK = 64 * 1024
+
+
+class _Default:
+    """The type of :data:`DEFAULT`."""
+
+    _instance: Optional[_Default] = None
+
+    def __new__(cls) -> _Default:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+#: "Use the client's setting": the default of every ``request_timeout``.
+DEFAULT = _Default()
+
+#: Seconds, ``None`` for no limit, or :data:`DEFAULT`.
+TimeoutArg = Union[float, None, _Default]
+Command = Union[str, Sequence[str]]
+SignalArg = Union[str, int, signals.Signals]
+
+
+# --- configuration ---------------------------------------------------------
+
+
+def resolve_url(url: Optional[str]) -> str:
+    """The argument, else ``SBX_URL``, else the CLI's default."""
+    chosen = url or os.environ.get("SBX_URL") or DEFAULT_URL
+    return chosen.rstrip("/")
+
+
+def resolve_token(token: Optional[str]) -> Optional[str]:
+    """The argument, else ``SBX_TOKEN``, else the local admin token (as the CLI).
+
+    The last fallback reads ``$SBX_DATA_DIR/admin.token`` (default
+    ``/var/lib/sbx``) when it is readable, so code on the machine that runs
+    ``sbx serve`` works without setup; elsewhere there is no token and the
+    server answers 401.
+    """
+    if token:
+        return token
+    from_env = os.environ.get("SBX_TOKEN")
+    if from_env:
+        return from_env.strip()
+    path = Path(os.environ.get("SBX_DATA_DIR") or DEFAULT_DATA_DIR) / "admin.token"
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def needs_tls(url: str) -> bool:
+    """Whether a client of ``url`` needs certificates loaded.
+
+    Loading them costs about 45 ms per client, which would dominate a
+    ``Sandbox.connect`` on loopback; a plain ``http://`` client never does
+    TLS (redirects are not followed), so it skips them.
+    """
+    return not url.lower().startswith("http://")
+
+
+def client_headers(token: Optional[str]) -> Dict[str, str]:
+    headers = {"user-agent": "sbx-python"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    return headers
+
+
+# --- timeouts --------------------------------------------------------------
+
+
+def http_timeout(
+    client_timeout: Optional[float],
+    request_timeout: TimeoutArg,
+    *,
+    at_least: Optional[float] = None,
+    unbounded_read: bool = False,
+) -> httpx.Timeout:
+    """The httpx timeout of one call.
+
+    An explicit ``request_timeout`` wins. Otherwise the client's timeout,
+    raised to ``at_least`` (a command's own timeout plus grace, so the HTTP
+    call never gives up on a command the server is still allowed to run),
+    or, with ``unbounded_read``, with no limit on waiting for the answer
+    (following logs, waiting for a process) while connecting stays bounded.
+    """
+    if not isinstance(request_timeout, _Default):
+        return httpx.Timeout(request_timeout)
+    if unbounded_read:
+        return httpx.Timeout(client_timeout, read=None)
+    if at_least is not None and client_timeout is not None:
+        return httpx.Timeout(max(client_timeout, at_least))
+    return httpx.Timeout(client_timeout)
+
+
+def command_timeout_ms(timeout: Optional[float]) -> Optional[int]:
+    """Seconds (the SDK's unit) to the wire's milliseconds, never 0."""
+    if timeout is None:
+        return None
+    if not timeout > 0:
+        raise ValueError(f"timeout must be positive, got {timeout!r}")
+    return max(1, math.ceil(timeout * 1000))
+
+
+@contextlib.contextmanager
+def transport_errors() -> Iterator[None]:
+    """Maps httpx's failures to the SDK's: a timeout, or no answer at all."""
+    try:
+        yield
+    except httpx.TimeoutException as err:
+        raise RequestTimeout(f"timed out: {err or type(err).__name__}") from err
+    except httpx.RequestError as err:
+        raise TransportError(f"{type(err).__name__}: {err}") from err
+
+
+# --- requests --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    params: Dict[str, str] = field(default_factory=dict)
+    #: A JSON body; ``None`` for none (no endpoint takes a JSON null).
+    json: Any = None
+    #: A raw body: bytes, or an iterable the transport streams.
+    content: Any = None
+    headers: Dict[str, str] = field(default_factory=dict)
+    timeout: TimeoutArg = DEFAULT
+    #: Given to ``http_timeout`` together with the client's timeout.
+    at_least: Optional[float] = None
+    unbounded_read: bool = False
+
+    def timeout_for(self, client_timeout: Optional[float]) -> httpx.Timeout:
+        return http_timeout(
+            client_timeout,
+            self.timeout,
+            at_least=self.at_least,
+            unbounded_read=self.unbounded_read,
+        )
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """A request and the decoder of its successful answer's body."""
+
+    request: Request
+    decode: Callable[[bytes], T]
+
+
+def raise_for_status(response: httpx.Response) -> None:
+    """Raises the API's error for a non-2xx answer whose body has been read."""
+    if response.is_success:
+        return
+    raise error_from_response(response.status_code, response.content, response.headers)
+
+
+def json_body(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError as err:
+        raise ProtocolError(f"invalid JSON in the answer: {err}") from err
+
+
+def _json(decode: Callable[[Any], T]) -> Callable[[bytes], T]:
+    return lambda body: decode(json_body(body))
+
+
+def _nothing(_body: bytes) -> None:
+    return None
+
+
+def _quote(part: Union[str, int]) -> str:
+    return quote(str(part), safe="")
+
+
+def _clean(mapping: Optional[Mapping[str, Any]]) -> Dict[str, str]:
+    return {str(k): str(v) for k, v in (mapping or {}).items()}
+
+
+def command_fields(cmd: Command) -> Dict[str, Any]:
+    """A string runs through the shell (as ``sbx exec --shell``), a list as an argv."""
+    if isinstance(cmd, str):
+        return {"shell": cmd}
+    if isinstance(cmd, (bytes, bytearray)):
+        raise TypeError("cmd must be a str (a shell script) or a sequence of str (an argv)")
+    argv = [str(arg) for arg in cmd]
+    if not argv:
+        raise ValueError("cmd must name a program")
+    return {"cmd": argv}
+
+
+def _drop_none(fields: Dict[str, Any]) -> Dict[str, Any]:
+    return {key: value for key, value in fields.items() if value is not None and value != {}}
+
+
+# sandboxes
+
+
+def sandbox_path(sandbox_id: str, rest: str = "") -> str:
+    return f"/v1/sandboxes/{_quote(sandbox_id)}{rest}"
+
+
+@dataclass(frozen=True)
+class Created:
+    """``POST /v1/sandboxes``: the sandbox and its own token."""
+
+    info: models.SandboxInfo
+    token: str
+
+
+def _created(data: Any) -> Created:
+    info = models.SandboxInfo.from_json(data)
+    token = data.get("token")
+    if not isinstance(token, str):
+        raise ProtocolError("the created sandbox has no token")
+    return Created(info, token)
+
+
+def create_sandbox(
+    *,
+    image: Optional[str],
+    memory_mb: Optional[int],
+    cpus: Optional[float],
+    disk_mb: Optional[int],
+    egress: Optional[Sequence[str]],
+    env: Optional[Mapping[str, str]],
+    labels: Optional[Mapping[str, str]],
+    request_timeout: TimeoutArg,
+) -> Call[Created]:
+    if isinstance(egress, str):
+        raise TypeError("egress is a list of host patterns, not one string")
+    body = _drop_none(
+        {
+            "image": image,
+            "memory_mb": memory_mb,
+            "cpus": cpus,
+            "disk_mb": disk_mb,
+            "env": _clean(env),
+            "labels": _clean(labels),
+            "network": None if egress is None else {"egress": list(egress)},
+        }
+    )
+    request = Request("POST", "/v1/sandboxes", json=body, timeout=request_timeout)
+    return Call(request, _json(_created))
+
+
+def get_sandbox(sandbox_id: str) -> Call[models.SandboxInfo]:
+    return Call(Request("GET", sandbox_path(sandbox_id)), _json(models.SandboxInfo.from_json))
+
+
+def list_sandboxes() -> Call[List[models.SandboxInfo]]:
+    return Call(
+        Request("GET", "/v1/sandboxes"),
+        _json(lambda data: models.decode_list(data, "sandboxes", models.SandboxInfo.from_json)),
+    )
+
+
+def update_egress(sandbox_id: str, egress: Sequence[str]) -> Call[models.SandboxInfo]:
+    if isinstance(egress, str):
+        raise TypeError("egress is a list of host patterns, not one string")
+    request = Request("PATCH", sandbox_path(sandbox_id), json={"network": {"egress": list(egress)}})
+    return Call(request, _json(models.SandboxInfo.from_json))
+
+
+def delete_sandbox(sandbox_id: str, request_timeout: TimeoutArg) -> Call[None]:
+    return Call(Request("DELETE", sandbox_path(sandbox_id), timeout=request_timeout), _nothing)
+
+
+# exec
+
+
+def exec_request(
+    sandbox_id: str,
+    cmd: Command,
+    *,
+    cwd: Optional[str],
+    env: Optional[Mapping[str, str]],
+    timeout: Optional[float],
+    stdin: Optional[str],
+    user: Optional[str],
+    stream: bool,
+    request_timeout: TimeoutArg,
+) -> Request:
+    """``POST …/exec``; a stream asks for NDJSON the way the Rust client does."""
+    if stdin is not None and not isinstance(stdin, str):
+        raise TypeError("stdin travels in JSON and must be a str")
+    body = _drop_none(
+        {
+            **command_fields(cmd),
+            "cwd": cwd,
+            "env": _clean(env),
+            "timeout_ms": command_timeout_ms(timeout),
+            "stdin": stdin,
+            "user": user,
+        }
+    )
+    if stream:
+        body["stream"] = True
+    return Request(
+        "POST",
+        sandbox_path(sandbox_id, "/exec"),
+        json=body,
+        headers={"accept": NDJSON} if stream else {},
+        timeout=request_timeout,
+        at_least=None if timeout is None else timeout + EXEC_GRACE_S,
+    )
+
+
+def exec_buffered(request: Request) -> Call[ExecResult]:
+    """The call of a non-streamed :func:`exec_request`."""
+    return Call(request, _json(ExecResult.from_json))
+
+
+# processes
+
+
+def start_process(
+    sandbox_id: str,
+    cmd: Command,
+    *,
+    cwd: Optional[str],
+    env: Optional[Mapping[str, str]],
+    user: Optional[str],
+    name: Optional[str],
+) -> Call[models.ProcessInfo]:
+    body = _drop_none(
+        {**command_fields(cmd), "cwd": cwd, "env": _clean(env), "user": user, "name": name}
+    )
+    request = Request("POST", sandbox_path(sandbox_id, "/processes"), json=body)
+    return Call(request, _json(models.ProcessInfo.from_json))
+
+
+def list_processes(sandbox_id: str) -> Call[List[models.ProcessInfo]]:
+    return Call(
+        Request("GET", sandbox_path(sandbox_id, "/processes")),
+        _json(lambda data: models.decode_list(data, "processes", models.ProcessInfo.from_json)),
+    )
+
+
+def get_process(sandbox_id: str, pid: int) -> Call[models.ProcessInfo]:
+    return Call(
+        Request("GET", sandbox_path(sandbox_id, f"/processes/{_quote(pid)}")),
+        _json(models.ProcessInfo.from_json),
+    )
+
+
+def process_logs(
+    sandbox_id: str, pid: int, *, follow: bool, tail: Optional[int], request_timeout: TimeoutArg
+) -> Request:
+    params = {"follow": "true" if follow else "false"}
+    if tail is not None:
+        params["tail"] = str(int(tail))
+    return Request(
+        "GET",
+        sandbox_path(sandbox_id, f"/processes/{_quote(pid)}/logs"),
+        params=params,
+        headers={"accept": NDJSON},
+        timeout=request_timeout,
+        unbounded_read=follow,
+    )
+
+
+def write_stdin(sandbox_id: str, pid: int, data: Union[bytes, str], close: bool) -> Call[None]:
+    payload = data.encode() if isinstance(data, str) else bytes(data)
+    request = Request(
+        "POST",
+        sandbox_path(sandbox_id, f"/processes/{_quote(pid)}/stdin"),
+        params={"close": "true"} if close else {},
+        content=payload,
+        headers={"content-type": "application/octet-stream"},
+    )
+    return Call(request, _nothing)
+
+
+def signal_name(sig: SignalArg) -> str:
+    """``"TERM"``, ``signal.SIGTERM`` or ``15`` to what the agent parses."""
+    if isinstance(sig, signals.Signals):
+        return sig.name
+    return str(sig)
+
+
+def signal_process(sandbox_id: str, pid: int, sig: SignalArg) -> Call[None]:
+    request = Request(
+        "POST",
+        sandbox_path(sandbox_id, f"/processes/{_quote(pid)}/signal"),
+        json={"signal": signal_name(sig)},
+    )
+    return Call(request, _nothing)
+
+
+def wait_process(sandbox_id: str, pid: int, timeout: TimeoutArg) -> Call[models.ProcessInfo]:
+    request = Request(
+        "GET",
+        sandbox_path(sandbox_id, f"/processes/{_quote(pid)}/wait"),
+        timeout=timeout,
+        unbounded_read=True,
+    )
+    return Call(request, _json(models.ProcessInfo.from_json))
+
+
+def kill_all(sandbox_id: str) -> Call[int]:
+    request = Request("POST", sandbox_path(sandbox_id, "/processes/kill-all"))
+    return Call(request, _json(models.kill_count))
+
+
+# files
+
+
+def _octal(mode: Optional[int]) -> Optional[str]:
+    return None if mode is None else format(mode, "o")
+
+
+def read_file(sandbox_id: str, path: str, request_timeout: TimeoutArg) -> Request:
+    return Request(
+        "GET", sandbox_path(sandbox_id, "/files"), params={"path": path}, timeout=request_timeout
+    )
+
+
+def write_file(
+    sandbox_id: str, path: str, content: Any, mode: Optional[int], request_timeout: TimeoutArg
+) -> Call[models.FileInfo]:
+    params = _drop_none({"path": path, "mode": _octal(mode)})
+    request = Request(
+        "PUT",
+        sandbox_path(sandbox_id, "/files"),
+        params=params,
+        content=content,
+        headers={"content-type": "application/octet-stream"},
+        timeout=request_timeout,
+    )
+    return Call(request, _json(models.FileInfo.from_json))
+
+
+def remove_file(sandbox_id: str, path: str, recursive: bool) -> Call[None]:
+    params = {"path": path}
+    if recursive:
+        params["recursive"] = "true"
+    return Call(Request("DELETE", sandbox_path(sandbox_id, "/files"), params=params), _nothing)
+
+
+def stat_file(sandbox_id: str, path: str) -> Call[models.FileInfo]:
+    request = Request("GET", sandbox_path(sandbox_id, "/files/stat"), params={"path": path})
+    return Call(request, _json(models.FileInfo.from_json))
+
+
+def list_files(sandbox_id: str, path: str, depth: Optional[int]) -> Call[List[models.FileInfo]]:
+    params = {"path": path}
+    if depth is not None:
+        params["depth"] = str(int(depth))
+    return Call(
+        Request("GET", sandbox_path(sandbox_id, "/files/list"), params=params),
+        _json(lambda data: models.decode_list(data, "entries", models.FileInfo.from_json)),
+    )
+
+
+def mkdir(sandbox_id: str, path: str, mode: Optional[int]) -> Call[models.FileInfo]:
+    body = _drop_none({"path": path, "mode": _octal(mode)})
+    request = Request("POST", sandbox_path(sandbox_id, "/files/mkdir"), json=body)
+    return Call(request, _json(models.FileInfo.from_json))
+
+
+def move_file(sandbox_id: str, source: str, destination: str) -> Call[None]:
+    body = {"from": source, "to": destination}
+    return Call(Request("POST", sandbox_path(sandbox_id, "/files/move"), json=body), _nothing)
+
+
+def upload_archive(
+    sandbox_id: str, directory: str, content: Any, request_timeout: TimeoutArg
+) -> Call[models.ArchiveSummary]:
+    request = Request(
+        "PUT",
+        sandbox_path(sandbox_id, "/archive"),
+        params={"path": directory},
+        content=content,
+        headers={"content-type": "application/x-tar"},
+        timeout=request_timeout,
+    )
+    return Call(request, _json(models.ArchiveSummary.from_json))
+
+
+def download_archive(sandbox_id: str, path: str, request_timeout: TimeoutArg) -> Request:
+    return Request(
+        "GET", sandbox_path(sandbox_id, "/archive"), params={"path": path}, timeout=request_timeout
+    )
+
+
+# server, tokens, audit
+
+
+def server_info() -> Call[models.ServerInfo]:
+    return Call(Request("GET", "/v1/info"), _json(models.ServerInfo.from_json))
+
+
+def create_token(
+    name: str,
+    scopes: Sequence[str],
+    ttl: Union[int, float, timedelta, None],
+    sandbox: Optional[str],
+) -> Call[models.CreatedToken]:
+    if isinstance(scopes, str):
+        raise TypeError("scopes is a list of scope names, not one string")
+    if isinstance(ttl, timedelta):
+        ttl = ttl.total_seconds()
+    body = _drop_none(
+        {
+            "name": name,
+            "scopes": list(scopes),
+            "ttl_s": None if ttl is None else max(1, math.ceil(ttl)),
+            "sandbox": sandbox,
+        }
+    )
+    return Call(Request("POST", "/v1/tokens", json=body), _json(models.CreatedToken.from_json))
+
+
+def list_tokens() -> Call[List[models.TokenInfo]]:
+    return Call(
+        Request("GET", "/v1/tokens"),
+        _json(lambda data: models.decode_list(data, "tokens", models.TokenInfo.from_json)),
+    )
+
+
+def revoke_token(token_id: str) -> Call[None]:
+    return Call(Request("DELETE", f"/v1/tokens/{_quote(token_id)}"), _nothing)
+
+
+def audit(
+    sandbox: Optional[str], since: Union[datetime, str, None], limit: Optional[int]
+) -> Call[List[models.AuditRecord]]:
+    params: Dict[str, str] = {}
+    if sandbox is not None:
+        params["sandbox"] = sandbox
+    if since is not None:
+        params["since"] = since if isinstance(since, str) else models.format_time(since)
+    if limit is not None:
+        params["limit"] = str(int(limit))
+    return Call(
+        Request("GET", "/v1/audit", params=params),
+        _json(lambda data: models.decode_list(data, "records", models.AuditRecord.from_json)),
+    )
+
+
+# --- streams ---------------------------------------------------------------
+
+
+class NdjsonDecoder:
+    """Bytes in, events out: one JSON object per line, split anywhere."""
+
+    def __init__(self) -> None:
+        self._pending = bytearray()
+
+    def feed(self, chunk: bytes) -> List[ExecEvent]:
+        self._pending += chunk
+        events: List[ExecEvent] = []
+        while True:
+            newline = self._pending.find(b"\n")
+            if newline < 0:
+                break
+            line = bytes(self._pending[:newline])
+            del self._pending[: newline + 1]
+            if line.strip():
+                events.append(self._decode(line))
+        if len(self._pending) > MAX_EVENT_LINE:
+            raise ProtocolError(f"an event line is longer than {MAX_EVENT_LINE} bytes")
+        return events
+
+    def finish(self) -> List[ExecEvent]:
+        """The last line, if the stream ended without a newline."""
+        rest, self._pending = bytes(self._pending), bytearray()
+        return [self._decode(rest)] if rest.strip() else []
+
+    @staticmethod
+    def _decode(line: bytes) -> ExecEvent:
+        try:
+            return models.parse_event(json.loads(line))
+        except ValueError as err:
+            raise ProtocolError(f"invalid event line {line[:200]!r}: {err}") from err
+
+
+OutputCallback = Callable[[str], Any]
+
+
+class EventLog:
+    """Sums up a stream of events into an :class:`ExecResult`."""
+
+    def __init__(
+        self, on_stdout: Optional[OutputCallback], on_stderr: Optional[OutputCallback]
+    ) -> None:
+        self.on_stdout = on_stdout
+        self.on_stderr = on_stderr
+        self.stdout: List[str] = []
+        self.stderr: List[str] = []
+        self.pid: Optional[int] = None
+        self.exit: Optional[ExitEvent] = None
+        self.error: Optional[ErrorEvent] = None
+
+    def observe(self, event: ExecEvent) -> Optional[Callable[[], Any]]:
+        """Records the event; returns the callback call it asks for, if any."""
+        if isinstance(event, StartEvent):
+            self.pid = event.pid
+        elif isinstance(event, StdoutEvent):
+            self.stdout.append(event.data)
+            if self.on_stdout is not None:
+                callback, data = self.on_stdout, event.data
+                return lambda: callback(data)
+        elif isinstance(event, StderrEvent):
+            self.stderr.append(event.data)
+            if self.on_stderr is not None:
+                callback, data = self.on_stderr, event.data
+                return lambda: callback(data)
+        elif isinstance(event, ExitEvent):
+            self.exit = event
+        elif isinstance(event, ErrorEvent):
+            self.error = event
+        return None
+
+    def result(self) -> ExecResult:
+        """The outcome, once the stream has ended."""
+        if self.error is not None:
+            raise error_for(self.error.error_code, self.error.message)
+        if self.exit is None:
+            raise ProtocolError("the event stream ended without an exit event")
+        return ExecResult(
+            exit_code=self.exit.exit_code,
+            stdout="".join(self.stdout),
+            stderr="".join(self.stderr),
+            duration_ms=self.exit.duration_ms,
+            timed_out=self.exit.timed_out,
+            truncated=False,
+        )
+
+
+def closed_stream_error() -> SbxError:
+    return ProtocolError("the stream is closed")

@@ -1,0 +1,697 @@
+"""The blocking API: :class:`Client`, :class:`Sandbox` and their parts.
+
+Every method builds its request with :mod:`sbx._core` and runs it on one
+``httpx.Client`` (a pooled keep-alive connection per server), so this
+module holds only the blocking I/O; :mod:`sbx._async` is its twin.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import (
+    IO,
+    Any,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Type,
+    TypeVar,
+    Union,
+)
+
+import httpx
+
+from . import _core
+from ._core import DEFAULT, Call, Command, OutputCallback, Request, SignalArg, TimeoutArg
+from ._tar import extract_tar, spool, write_tar
+from .errors import NotFound
+from .models import (
+    ArchiveSummary,
+    AuditRecord,
+    CreatedToken,
+    ExecEvent,
+    ExecResult,
+    FileInfo,
+    ProcessInfo,
+    SandboxInfo,
+    ServerInfo,
+    TokenInfo,
+)
+
+T = TypeVar("T")
+FileContent = Union[bytes, bytearray, memoryview, str, IO[bytes], Iterable[bytes]]
+
+
+class Client:
+    """A connection to ``sbx serve``: the admin calls, and what sandboxes run on.
+
+    ``url`` defaults to ``SBX_URL``, then ``http://127.0.0.1:7070``;
+    ``token`` to ``SBX_TOKEN``, then the local admin token (as the CLI).
+    ``timeout`` is every call's HTTP timeout in seconds (``None``: no
+    limit); calls that wait for something longer raise it as needed (see
+    :meth:`Sandbox.exec`). Close it, or use it as a context manager.
+    """
+
+    def __init__(
+        self,
+        url: Optional[str] = None,
+        token: Optional[str] = None,
+        *,
+        timeout: Optional[float] = _core.DEFAULT_TIMEOUT,
+    ) -> None:
+        self.url = _core.resolve_url(url)
+        self.token = _core.resolve_token(token)
+        self.timeout = timeout
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers=_core.client_headers(self.token),
+            timeout=timeout,
+            verify=_core.needs_tls(self.url),
+        )
+        self.tokens = Tokens(self)
+
+    def __repr__(self) -> str:
+        return f"Client(url={self.url!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # transport
+
+    def _build(self, request: Request) -> httpx.Request:
+        content = request.content
+        if content is not None and hasattr(content, "read"):
+            content = _file_chunks(content)
+        return self._http.build_request(
+            request.method,
+            request.path,
+            params=request.params or None,
+            json=request.json,
+            content=content,
+            headers=request.headers or None,
+            timeout=request.timeout_for(self.timeout),
+        )
+
+    def _run(self, call: Call[T]) -> T:
+        with _core.transport_errors():
+            response = self._http.send(self._build(call.request))
+        _core.raise_for_status(response)
+        return call.decode(response.content)
+
+    def _open(self, request: Request) -> httpx.Response:
+        """Sends the request and returns the answer with its body unread."""
+        with _core.transport_errors():
+            response = self._http.send(self._build(request), stream=True)
+            if not response.is_success:
+                try:
+                    response.read()
+                finally:
+                    response.close()
+        _core.raise_for_status(response)
+        return response
+
+    # calls
+
+    def info(self) -> ServerInfo:
+        """``GET /v1/info``: the server's version and runtime isolation."""
+        return self._run(_core.server_info())
+
+    def audit(
+        self,
+        *,
+        sandbox: Optional[str] = None,
+        since: Union[datetime, str, None] = None,
+        limit: Optional[int] = None,
+    ) -> List[AuditRecord]:
+        """``GET /v1/audit``: records, newest first (needs ``audit:read``).
+
+        ``since`` is inclusive (a naive datetime is taken as UTC);
+        ``limit`` is 1 to 1000, 100 when absent.
+        """
+        return self._run(_core.audit(sandbox, since, limit))
+
+    def list_sandboxes(self) -> List[SandboxInfo]:
+        return self._run(_core.list_sandboxes())
+
+
+class Tokens:
+    """``/v1/tokens``: mint, list and revoke scoped tokens (needs ``tokens:admin``)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def create(
+        self,
+        name: str,
+        scopes: Sequence[str],
+        *,
+        ttl: Union[int, float, timedelta, None] = None,
+        sandbox: Optional[str] = None,
+    ) -> CreatedToken:
+        """Mints a token; its ``secret`` is in the answer and never shown again.
+
+        ``ttl`` in seconds (or a timedelta): no expiry when absent.
+        ``sandbox`` binds the token to one sandbox.
+        """
+        return self._client._run(_core.create_token(name, scopes, ttl, sandbox))
+
+    def list(self) -> builtins.list[TokenInfo]:
+        return self._client._run(_core.list_tokens())
+
+    def revoke(self, token_id: str) -> None:
+        self._client._run(_core.revoke_token(token_id))
+
+
+def _file_chunks(file: IO[bytes]) -> Iterator[bytes]:
+    while True:
+        chunk = file.read(_core.CHUNK)
+        if not chunk:
+            return
+        yield chunk
+
+
+def _client_for(
+    client: Optional[Client], url: Optional[str], token: Optional[str], http_timeout: TimeoutArg
+) -> tuple[Client, bool]:
+    """The client to use, and whether the caller now owns it."""
+    if client is not None:
+        return client, False
+    if isinstance(http_timeout, _core._Default):
+        return Client(url, token), True
+    return Client(url, token, timeout=http_timeout), True
+
+
+class Sandbox:
+    """One sandbox: run commands, manage processes and files, change egress.
+
+    Make one with :meth:`create` or :meth:`connect`. A ``with`` block around
+    a created sandbox deletes it on exit; around a connected one, it only
+    closes the connection (the sandbox belongs to whoever created it).
+    """
+
+    def __init__(
+        self,
+        sandbox_id: str,
+        client: Client,
+        *,
+        token: Optional[str] = None,
+        owns_client: bool = False,
+        delete_on_exit: bool = False,
+    ) -> None:
+        self.id = sandbox_id
+        #: The sandbox's own token (``sandboxes:read`` + ``sandboxes:exec`` on
+        #: this sandbox only), when this object created it; hand it to the
+        #: agent working inside. ``None`` for a connected sandbox.
+        self.token = token
+        self.client = client
+        self._owns_client = owns_client
+        self._delete_on_exit = delete_on_exit
+        self.processes = Processes(self)
+        self.files = Files(self)
+
+    def __repr__(self) -> str:
+        return f"Sandbox(id={self.id!r})"
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        image: Optional[str] = None,
+        memory_mb: Optional[int] = None,
+        cpus: Optional[float] = None,
+        disk_mb: Optional[int] = None,
+        egress: Optional[Sequence[str]] = None,
+        env: Optional[Mapping[str, str]] = None,
+        labels: Optional[Mapping[str, str]] = None,
+        url: Optional[str] = None,
+        token: Optional[str] = None,
+        http_timeout: TimeoutArg = DEFAULT,
+        client: Optional[Client] = None,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> Sandbox:
+        """``POST /v1/sandboxes``: a new sandbox, running and ready for exec.
+
+        Every field is optional: ``image`` (default ``base``),
+        ``memory_mb``, ``cpus``, ``disk_mb``, ``env`` (every command's
+        environment), ``labels``, and ``egress``, the hosts its proxy may
+        reach (``"pypi.org"``, ``"*.github.com"``, ``"host:443"``; none when
+        absent). Connection: ``client``, or ``url``/``token``/``http_timeout``
+        for a client of its own that the sandbox closes with itself.
+        """
+        http, owned = _client_for(client, url, token, http_timeout)
+        try:
+            created = http._run(
+                _core.create_sandbox(
+                    image=image,
+                    memory_mb=memory_mb,
+                    cpus=cpus,
+                    disk_mb=disk_mb,
+                    egress=egress,
+                    env=env,
+                    labels=labels,
+                    request_timeout=request_timeout,
+                )
+            )
+        except BaseException:
+            if owned:
+                http.close()
+            raise
+        return cls(
+            created.info.id, http, token=created.token, owns_client=owned, delete_on_exit=True
+        )
+
+    @classmethod
+    def connect(
+        cls,
+        sandbox_id: str,
+        *,
+        url: Optional[str] = None,
+        token: Optional[str] = None,
+        http_timeout: TimeoutArg = DEFAULT,
+        client: Optional[Client] = None,
+    ) -> Sandbox:
+        """An existing sandbox; :class:`~sbx.NotFound` if there is none.
+
+        ``token`` may be the sandbox's own token.
+        """
+        http, owned = _client_for(client, url, token, http_timeout)
+        try:
+            http._run(_core.get_sandbox(sandbox_id))
+        except BaseException:
+            if owned:
+                http.close()
+            raise
+        return cls(sandbox_id, http, owns_client=owned)
+
+    @classmethod
+    def list(
+        cls,
+        *,
+        url: Optional[str] = None,
+        token: Optional[str] = None,
+        http_timeout: TimeoutArg = DEFAULT,
+        client: Optional[Client] = None,
+    ) -> builtins.list[SandboxInfo]:
+        """``GET /v1/sandboxes`` (needs ``sandboxes:read``)."""
+        http, owned = _client_for(client, url, token, http_timeout)
+        try:
+            return http.list_sandboxes()
+        finally:
+            if owned:
+                http.close()
+
+    def get_info(self) -> SandboxInfo:
+        """The sandbox as the server reports it now."""
+        return self.client._run(_core.get_sandbox(self.id))
+
+    def update_egress(self, egress: Sequence[str]) -> SandboxInfo:
+        """Replaces the egress allowlist, live; ``[]`` denies everything."""
+        return self.client._run(_core.update_egress(self.id, egress))
+
+    def delete(self, *, request_timeout: TimeoutArg = DEFAULT) -> None:
+        """Deletes the sandbox (its processes, files and token go with it)."""
+        self.client._run(_core.delete_sandbox(self.id, request_timeout))
+        self._delete_on_exit = False
+
+    def close(self) -> None:
+        """Closes the connection if this sandbox opened it; the sandbox stays."""
+        if self._owns_client:
+            self.client.close()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        try:
+            if self._delete_on_exit:
+                try:
+                    self.delete()
+                except NotFound:
+                    pass
+        finally:
+            self.close()
+
+    # exec
+
+    def exec(
+        self,
+        cmd: Command,
+        *,
+        cwd: Optional[str] = None,
+        env: Optional[Mapping[str, str]] = None,
+        timeout: Optional[float] = None,
+        stdin: Optional[str] = None,
+        user: Optional[str] = None,
+        on_stdout: Optional[OutputCallback] = None,
+        on_stderr: Optional[OutputCallback] = None,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> ExecResult:
+        """Runs a command to completion.
+
+        A ``str`` runs through the shell (``bash -c``), a list as an argv.
+        ``timeout`` (seconds) is the command's own: the server kills its
+        process group and the result says ``timed_out``; the HTTP call waits
+        that long plus a grace period even when the client's timeout is
+        shorter. Without it the client's timeout bounds the call. With
+        ``on_stdout``/``on_stderr`` the output streams to them as it comes
+        (the result then still has all of it).
+        """
+        streaming = on_stdout is not None or on_stderr is not None
+        request = _core.exec_request(
+            self.id,
+            cmd,
+            cwd=cwd,
+            env=env,
+            timeout=timeout,
+            stdin=stdin,
+            user=user,
+            stream=streaming,
+            request_timeout=request_timeout,
+        )
+        if streaming:
+            with EventStream(self.client, request, on_stdout, on_stderr) as stream:
+                return stream.wait()
+        return self.client._run(_core.exec_buffered(request))
+
+    def exec_stream(
+        self,
+        cmd: Command,
+        *,
+        cwd: Optional[str] = None,
+        env: Optional[Mapping[str, str]] = None,
+        timeout: Optional[float] = None,
+        stdin: Optional[str] = None,
+        user: Optional[str] = None,
+        on_stdout: Optional[OutputCallback] = None,
+        on_stderr: Optional[OutputCallback] = None,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> EventStream:
+        """Runs a command, yielding its events as they happen.
+
+        The command starts when the stream is first iterated (or
+        :meth:`EventStream.wait` is called); closing the stream early
+        disconnects, and the server then kills the command. See
+        :meth:`exec` for the arguments.
+        """
+        request = _core.exec_request(
+            self.id,
+            cmd,
+            cwd=cwd,
+            env=env,
+            timeout=timeout,
+            stdin=stdin,
+            user=user,
+            stream=True,
+            request_timeout=request_timeout,
+        )
+        return EventStream(self.client, request, on_stdout, on_stderr)
+
+    # archives
+
+    def upload_dir(
+        self,
+        local: Union[str, os.PathLike[str]],
+        remote: str,
+        *,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> ArchiveSummary:
+        """Copies the tree under the local directory into ``remote`` (created if missing)."""
+        with spool() as tar:
+            write_tar(local, tar)
+            tar.seek(0)
+            return self.client._run(_core.upload_archive(self.id, remote, tar, request_timeout))
+
+    def download_dir(
+        self,
+        remote: str,
+        local: Union[str, os.PathLike[str]],
+        *,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> None:
+        """Copies the tree under ``remote`` into the local directory (created if missing).
+
+        The sandbox is not trusted: an archive with an entry that would land
+        or point outside ``local`` raises :class:`~sbx.UnsafeArchiveError`
+        before anything is written.
+        """
+        with spool() as tar:
+            with ByteStream(
+                self.client, _core.download_archive(self.id, remote, request_timeout)
+            ) as body:
+                for chunk in body:
+                    tar.write(chunk)
+            tar.seek(0)
+            extract_tar(tar, local, strip_top=True)
+
+
+class Processes:
+    """Background processes: they outlive the call that started them."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sandbox = sandbox
+
+    def _run(self, call: Call[T]) -> T:
+        return self._sandbox.client._run(call)
+
+    def start(
+        self,
+        cmd: Command,
+        *,
+        cwd: Optional[str] = None,
+        env: Optional[Mapping[str, str]] = None,
+        user: Optional[str] = None,
+        name: Optional[str] = None,
+    ) -> ProcessInfo:
+        """Starts a command in the background (a ``str`` through the shell)."""
+        return self._run(
+            _core.start_process(self._sandbox.id, cmd, cwd=cwd, env=env, user=user, name=name)
+        )
+
+    def list(self) -> builtins.list[ProcessInfo]:
+        return self._run(_core.list_processes(self._sandbox.id))
+
+    def get(self, pid: int) -> ProcessInfo:
+        return self._run(_core.get_process(self._sandbox.id, pid))
+
+    def logs(
+        self,
+        pid: int,
+        *,
+        follow: bool = False,
+        tail: Optional[int] = None,
+        on_stdout: Optional[OutputCallback] = None,
+        on_stderr: Optional[OutputCallback] = None,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> EventStream:
+        """Its output as events: what is kept (1 MiB per stream, the last
+        ``tail`` bytes if given), then with ``follow`` live output until
+        the ``exit`` event (no HTTP read timeout unless ``request_timeout``)."""
+        request = _core.process_logs(
+            self._sandbox.id, pid, follow=follow, tail=tail, request_timeout=request_timeout
+        )
+        return EventStream(self._sandbox.client, request, on_stdout, on_stderr)
+
+    def write_stdin(self, pid: int, data: Union[bytes, str], *, close: bool = False) -> None:
+        """Writes to its stdin; ``close=True`` closes stdin afterwards."""
+        self._run(_core.write_stdin(self._sandbox.id, pid, data, close))
+
+    def close_stdin(self, pid: int) -> None:
+        self.write_stdin(pid, b"", close=True)
+
+    def signal(self, pid: int, signal: SignalArg = "TERM") -> None:
+        """Sends a signal (``"TERM"``, ``"SIGKILL"``, ``signal.SIGINT``, 9) to its process group."""
+        self._run(_core.signal_process(self._sandbox.id, pid, signal))
+
+    def wait(self, pid: int, *, timeout: TimeoutArg = DEFAULT) -> ProcessInfo:
+        """Blocks until it exits; ``timeout`` (seconds) bounds the wait with
+        :class:`~sbx.RequestTimeout`. No limit by default."""
+        return self._run(_core.wait_process(self._sandbox.id, pid, timeout))
+
+    def kill_all(self) -> int:
+        """Kills every process in the sandbox but its agent; returns how many ran."""
+        return self._run(_core.kill_all(self._sandbox.id))
+
+
+class Files:
+    """Files inside the sandbox, by absolute path. Contents are raw bytes."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sandbox = sandbox
+
+    def _run(self, call: Call[T]) -> T:
+        return self._sandbox.client._run(call)
+
+    def read(self, path: str, *, request_timeout: TimeoutArg = DEFAULT) -> bytes:
+        with self.read_stream(path, request_timeout=request_timeout) as chunks:
+            return b"".join(chunks)
+
+    def read_text(
+        self,
+        path: str,
+        *,
+        encoding: str = "utf-8",
+        errors: str = "strict",
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> str:
+        return self.read(path, request_timeout=request_timeout).decode(encoding, errors)
+
+    def read_stream(self, path: str, *, request_timeout: TimeoutArg = DEFAULT) -> ByteStream:
+        """The file's bytes in chunks, as they arrive; the file is never held whole."""
+        request = _core.read_file(self._sandbox.id, path, request_timeout)
+        return ByteStream(self._sandbox.client, request)
+
+    def write(
+        self,
+        path: str,
+        data: FileContent,
+        *,
+        mode: Optional[int] = None,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> FileInfo:
+        """Writes a file atomically (parents created): bytes, str (UTF-8), a
+        binary file object or an iterable of bytes (both streamed).
+        ``mode`` is the permission bits, e.g. ``0o755``."""
+        content: Any = data.encode() if isinstance(data, str) else data
+        if isinstance(content, (bytearray, memoryview)):
+            content = bytes(content)
+        return self._run(_core.write_file(self._sandbox.id, path, content, mode, request_timeout))
+
+    def list(self, path: str, *, depth: Optional[int] = None) -> builtins.list[FileInfo]:
+        """The entries under a directory, ``depth`` levels down (default 1)."""
+        return self._run(_core.list_files(self._sandbox.id, path, depth))
+
+    def stat(self, path: str) -> FileInfo:
+        return self._run(_core.stat_file(self._sandbox.id, path))
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.stat(path)
+        except NotFound:
+            return False
+        return True
+
+    def mkdir(self, path: str, *, mode: Optional[int] = None) -> FileInfo:
+        """Creates a directory and its parents (``mkdir -p``)."""
+        return self._run(_core.mkdir(self._sandbox.id, path, mode))
+
+    def move(self, source: str, destination: str) -> None:
+        self._run(_core.move_file(self._sandbox.id, source, destination))
+
+    def remove(self, path: str, *, recursive: bool = False) -> None:
+        """Removes a file or link; a directory needs ``recursive=True``."""
+        self._run(_core.remove_file(self._sandbox.id, path, recursive))
+
+
+class _Stream:
+    """A streamed answer, opened lazily and closed at its end or by ``close``."""
+
+    def __init__(self, client: Client, request: Request) -> None:
+        self._client = client
+        self._request = request
+        self._response: Optional[httpx.Response] = None
+        self._closed = False
+
+    def _chunks(self) -> Iterator[bytes]:
+        if self._closed:
+            raise _core.closed_stream_error()
+        if self._response is None:
+            self._response = self._client._open(self._request)
+        try:
+            with _core.transport_errors():
+                for chunk in self._response.iter_bytes():
+                    yield chunk
+                    if self._closed:
+                        return
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Ends the stream; for an exec, the server then kills the command."""
+        self._closed = True
+        if self._response is not None:
+            self._response.close()
+
+    def __enter__(self: T) -> T:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class ByteStream(_Stream):
+    """A file's or archive's bytes, chunk by chunk."""
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks()
+
+
+class EventStream(_Stream):
+    """Events of an exec or of process logs, in order, as they happen.
+
+    Iterate it for :data:`~sbx.ExecEvent`\\ s, or call :meth:`wait` for the
+    summed-up :class:`~sbx.ExecResult`; the output callbacks are called
+    either way. Use it as a context manager to close it early.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        request: Request,
+        on_stdout: Optional[OutputCallback] = None,
+        on_stderr: Optional[OutputCallback] = None,
+    ) -> None:
+        super().__init__(client, request)
+        self._log = _core.EventLog(on_stdout, on_stderr)
+        self._events: Optional[Iterator[ExecEvent]] = None
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The command's pid, once its ``start`` event was read."""
+        return self._log.pid
+
+    def __iter__(self) -> Iterator[ExecEvent]:
+        if self._events is None:
+            self._events = self._generate()
+        return self._events
+
+    def _generate(self) -> Iterator[ExecEvent]:
+        decoder = _core.NdjsonDecoder()
+        for chunk in self._chunks():
+            for event in decoder.feed(chunk):
+                yield self._observe(event)
+        for event in decoder.finish():
+            yield self._observe(event)
+
+    def _observe(self, event: ExecEvent) -> ExecEvent:
+        callback = self._log.observe(event)
+        if callback is not None:
+            callback()
+        return event
+
+    def wait(self) -> ExecResult:
+        """Reads to the end; the result (output joined, ``truncated`` False).
+
+        Raises the matching :class:`~sbx.ApiError` for an ``error`` event
+        and :class:`~sbx.ProtocolError` when no ``exit`` came (logs of a
+        running process without ``follow``).
+        """
+        for _ in self:
+            pass
+        return self._log.result()

@@ -1,0 +1,532 @@
+"""The values the API returns, as frozen dataclasses.
+
+They mirror the server's wire types (``api/src/*.rs`` in the sbx repo)
+field for field, with Python types: times are timezone-aware
+``datetime``s, durations keep the wire's units in their names
+(``duration_ms``). Decoding ignores fields it does not know, so a newer
+server with more fields still works; a missing required field is a
+:class:`~sbx.errors.ProtocolError`, because the answer then is not what the
+API promises.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, TypeVar, Union
+
+from .errors import ProtocolError
+
+__all__ = [
+    "SandboxState",
+    "Scope",
+    "SCOPES",
+    "SandboxInfo",
+    "ExecResult",
+    "StartEvent",
+    "StdoutEvent",
+    "StderrEvent",
+    "ExitEvent",
+    "ErrorEvent",
+    "UnknownEvent",
+    "ExecEvent",
+    "ProcessInfo",
+    "FileInfo",
+    "ArchiveSummary",
+    "TokenInfo",
+    "CreatedToken",
+    "AuditRecord",
+    "IsolationInfo",
+    "RuntimeInfo",
+    "ServerInfo",
+]
+
+SandboxState = Literal["creating", "running", "deleting", "failed"]
+ProcessState = Literal["running", "exited"]
+FileType = Literal["file", "dir", "symlink", "other"]
+Scope = Literal[
+    "sandboxes:create",
+    "sandboxes:read",
+    "sandboxes:delete",
+    "sandboxes:exec",
+    "tokens:admin",
+    "audit:read",
+]
+#: Every scope a token can hold (see the README's policy model).
+SCOPES: Tuple[Scope, ...] = (
+    "sandboxes:create",
+    "sandboxes:read",
+    "sandboxes:delete",
+    "sandboxes:exec",
+    "tokens:admin",
+    "audit:read",
+)
+
+T = TypeVar("T")
+
+_RFC3339 = re.compile(
+    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def parse_time(text: str) -> datetime:
+    """RFC 3339 as the server writes it (nanoseconds, ``Z``) to a datetime.
+
+    ``datetime.fromisoformat`` before 3.11 takes neither nine fraction
+    digits nor ``Z``, hence the hand parse; the fraction is cut to
+    microseconds.
+    """
+    match = _RFC3339.match(text)
+    if match is None:
+        raise ProtocolError(f"invalid timestamp {text!r}")
+    day, clock, fraction, zone = match.groups()
+    micros = (fraction or "0")[:6].ljust(6, "0")
+    if zone in ("Z", "z"):
+        tz = timezone.utc
+    else:
+        sign = 1 if zone[0] == "+" else -1
+        hours, minutes = int(zone[1:3]), int(zone[4:6])
+        tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
+    return datetime.fromisoformat(f"{day}T{clock}.{micros}").replace(tzinfo=tz)
+
+
+def format_time(moment: datetime) -> str:
+    """A datetime as RFC 3339 in UTC; a naive one is taken to be UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class _Fields:
+    """Typed access to one JSON object; a wrong or missing field is a ProtocolError."""
+
+    def __init__(self, data: Any, what: str) -> None:
+        if not isinstance(data, dict):
+            raise ProtocolError(f"expected a JSON object for {what}, got {type(data).__name__}")
+        self.data: Dict[str, Any] = data
+        self.what = what
+
+    def _get(self, key: str, kind: Union[type, Tuple[type, ...]], optional: bool) -> Any:
+        value = self.data.get(key)
+        if value is None:
+            if optional:
+                return None
+            raise ProtocolError(f"{self.what} has no {key!r}")
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ProtocolError(f"{self.what}.{key} has the wrong type: {value!r}")
+        return value
+
+    def text(self, key: str) -> str:
+        return self._get(key, str, False)  # type: ignore[no-any-return]
+
+    def opt_text(self, key: str) -> Optional[str]:
+        return self._get(key, str, True)  # type: ignore[no-any-return]
+
+    def integer(self, key: str) -> int:
+        return self._get(key, int, False)  # type: ignore[no-any-return]
+
+    def opt_integer(self, key: str) -> Optional[int]:
+        return self._get(key, int, True)  # type: ignore[no-any-return]
+
+    def number(self, key: str) -> float:
+        return float(self._get(key, (int, float), False))
+
+    def flag(self, key: str, default: Optional[bool] = None) -> bool:
+        value: Optional[bool] = self._get(key, bool, default is not None)
+        if value is None:
+            return bool(default)
+        return value
+
+    def moment(self, key: str) -> datetime:
+        return parse_time(self.text(key))
+
+    def opt_moment(self, key: str) -> Optional[datetime]:
+        text = self.opt_text(key)
+        return None if text is None else parse_time(text)
+
+    def str_map(self, key: str) -> Dict[str, str]:
+        value = self._get(key, dict, True) or {}
+        return {str(k): str(v) for k, v in value.items()}
+
+    def str_list(self, key: str) -> List[str]:
+        value = self._get(key, list, True) or []
+        return [str(item) for item in value]
+
+    def obj(self, key: str, decode: Callable[[Any], T]) -> T:
+        return decode(self._get(key, dict, False))
+
+    def opt_obj(self, key: str, decode: Callable[[Any], T]) -> Optional[T]:
+        value = self._get(key, dict, True)
+        return None if value is None else decode(value)
+
+    def objs(self, key: str, decode: Callable[[Any], T]) -> List[T]:
+        return [decode(item) for item in self._get(key, list, False)]
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    """A sandbox as the server reports it (its environment is never shown)."""
+
+    id: str
+    state: SandboxState
+    image: str
+    created_at: datetime
+    memory_mb: int
+    cpus: float
+    #: The writable layer's size limit; ``None`` where the runtime cannot enforce one.
+    disk_mb: Optional[int]
+    labels: Dict[str, str]
+    #: The egress allowlist in canonical form (lowercase, no trailing dot).
+    egress: List[str]
+
+    @classmethod
+    def from_json(cls, data: Any) -> SandboxInfo:
+        f = _Fields(data, "sandbox")
+        network = _Fields(f.data.get("network") or {}, "sandbox.network")
+        return cls(
+            id=f.text("id"),
+            state=f.text("state"),  # type: ignore[arg-type]
+            image=f.text("image"),
+            created_at=f.moment("created_at"),
+            memory_mb=f.integer("memory_mb"),
+            cpus=f.number("cpus"),
+            disk_mb=f.opt_integer("disk_mb"),
+            labels=f.str_map("labels"),
+            egress=network.str_list("egress"),
+        )
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """The outcome of a command run to completion."""
+
+    #: The exit status; ``128 + N`` when killed by signal N.
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_ms: int
+    #: The command's own timeout fired and its process group was killed.
+    timed_out: bool
+    #: Some output went past the server's cap (10 MiB per stream) and was cut.
+    truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Exited 0 within its timeout."""
+        return self.exit_code == 0 and not self.timed_out
+
+    @classmethod
+    def from_json(cls, data: Any) -> ExecResult:
+        f = _Fields(data, "exec result")
+        return cls(
+            exit_code=f.integer("exit_code"),
+            stdout=f.text("stdout"),
+            stderr=f.text("stderr"),
+            duration_ms=f.integer("duration_ms"),
+            timed_out=f.flag("timed_out", False),
+            truncated=f.flag("truncated", False),
+        )
+
+
+@dataclass(frozen=True)
+class StartEvent:
+    """The command started; always the first event of an exec stream."""
+
+    pid: int
+    type: Literal["start"] = field(default="start", repr=False)
+
+
+@dataclass(frozen=True)
+class StdoutEvent:
+    """Output on stdout, UTF-8 decoded with invalid sequences replaced."""
+
+    data: str
+    type: Literal["stdout"] = field(default="stdout", repr=False)
+
+
+@dataclass(frozen=True)
+class StderrEvent:
+    """Output on stderr, UTF-8 decoded with invalid sequences replaced."""
+
+    data: str
+    type: Literal["stderr"] = field(default="stderr", repr=False)
+
+
+@dataclass(frozen=True)
+class ExitEvent:
+    """The command exited; always the last event when it comes."""
+
+    exit_code: int
+    duration_ms: int
+    timed_out: bool
+    type: Literal["exit"] = field(default="exit", repr=False)
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """The server could not go on with the stream; no exit follows."""
+
+    error_code: str
+    message: str
+    type: Literal["error"] = field(default="error", repr=False)
+
+
+@dataclass(frozen=True)
+class UnknownEvent:
+    """An event of a type this SDK does not know (a newer server)."""
+
+    type: str
+    data: Dict[str, Any]
+
+
+ExecEvent = Union[StartEvent, StdoutEvent, StderrEvent, ExitEvent, ErrorEvent, UnknownEvent]
+
+
+def parse_event(data: Any) -> ExecEvent:
+    """One NDJSON line of an exec stream or of process logs."""
+    f = _Fields(data, "event")
+    kind = f.text("type")
+    if kind == "start":
+        return StartEvent(pid=f.integer("pid"))
+    if kind == "stdout":
+        return StdoutEvent(data=f.text("data"))
+    if kind == "stderr":
+        return StderrEvent(data=f.text("data"))
+    if kind == "exit":
+        return ExitEvent(
+            exit_code=f.integer("exit_code"),
+            duration_ms=f.integer("duration_ms"),
+            timed_out=f.flag("timed_out", False),
+        )
+    if kind == "error":
+        return ErrorEvent(error_code=f.text("error_code"), message=f.text("message"))
+    return UnknownEvent(type=kind, data=dict(f.data))
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """A background process."""
+
+    pid: int
+    name: Optional[str]
+    #: The argv that runs (a shell command shows the shell invocation).
+    cmd: List[str]
+    state: ProcessState
+    #: Set once exited; ``128 + N`` when killed by signal N.
+    exit_code: Optional[int]
+    started_at: datetime
+    exited_at: Optional[datetime]
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    @classmethod
+    def from_json(cls, data: Any) -> ProcessInfo:
+        f = _Fields(data, "process")
+        return cls(
+            pid=f.integer("pid"),
+            name=f.opt_text("name"),
+            cmd=f.str_list("cmd"),
+            state=f.text("state"),  # type: ignore[arg-type]
+            exit_code=f.opt_integer("exit_code"),
+            started_at=f.moment("started_at"),
+            exited_at=f.opt_moment("exited_at"),
+        )
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A file, directory or link inside a sandbox (links are not followed)."""
+
+    path: str
+    name: str
+    type: FileType
+    size: int
+    #: Permission bits, e.g. ``0o644``.
+    mode: int
+    mtime: datetime
+    uid: int
+    gid: int
+    #: Where a symlink points.
+    link_target: Optional[str] = None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.type == "dir"
+
+    @property
+    def is_file(self) -> bool:
+        return self.type == "file"
+
+    @classmethod
+    def from_json(cls, data: Any) -> FileInfo:
+        f = _Fields(data, "file info")
+        return cls(
+            path=f.text("path"),
+            name=f.text("name"),
+            type=f.text("type"),  # type: ignore[arg-type]
+            size=f.integer("size"),
+            mode=f.integer("mode"),
+            mtime=f.moment("mtime"),
+            uid=f.integer("uid"),
+            gid=f.integer("gid"),
+            link_target=f.opt_text("link_target"),
+        )
+
+
+@dataclass(frozen=True)
+class ArchiveSummary:
+    """What extracting an uploaded tar wrote inside the sandbox."""
+
+    entries: int
+    bytes: int
+
+    @classmethod
+    def from_json(cls, data: Any) -> ArchiveSummary:
+        f = _Fields(data, "archive summary")
+        return cls(entries=f.integer("entries"), bytes=f.integer("bytes"))
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A minted or sandbox token, as listed (never with its secret)."""
+
+    id: str
+    name: str
+    scopes: List[str]
+    #: The sandbox the token is bound to, if any.
+    sandbox: Optional[str]
+    created_at: datetime
+    expires_at: Optional[datetime]
+    #: The identity that minted it.
+    created_by: str
+
+    @classmethod
+    def from_json(cls, data: Any) -> TokenInfo:
+        f = _Fields(data, "token")
+        return cls(
+            id=f.text("id"),
+            name=f.text("name"),
+            scopes=f.str_list("scopes"),
+            sandbox=f.opt_text("sandbox"),
+            created_at=f.moment("created_at"),
+            expires_at=f.opt_moment("expires_at"),
+            created_by=f.text("created_by"),
+        )
+
+
+@dataclass(frozen=True)
+class CreatedToken:
+    """A token just minted, with its secret: shown this once, never again."""
+
+    token: TokenInfo
+    secret: str = field(repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.token.id
+
+    @classmethod
+    def from_json(cls, data: Any) -> CreatedToken:
+        f = _Fields(data, "created token")
+        return cls(token=TokenInfo.from_json(data), secret=f.text("secret"))
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One call (or egress decision) in the audit trail."""
+
+    seq: int
+    time: datetime
+    #: ``admin``, ``sandbox:<id>``, a minted token's name, or ``anonymous``.
+    identity: str
+    token_id: Optional[str]
+    method: str
+    #: The matched route template, e.g. ``/v1/sandboxes/{id}/exec``.
+    route: str
+    sandbox: Optional[str]
+    summary: Optional[str]
+    #: The answer's status; 499 when the client left before it.
+    status: int
+    duration_us: int
+    request_id: Optional[str]
+
+    @classmethod
+    def from_json(cls, data: Any) -> AuditRecord:
+        f = _Fields(data, "audit record")
+        return cls(
+            seq=f.integer("seq"),
+            time=f.moment("time"),
+            identity=f.text("identity"),
+            token_id=f.opt_text("token_id"),
+            method=f.text("method"),
+            route=f.text("route"),
+            sandbox=f.opt_text("sandbox"),
+            summary=f.opt_text("summary"),
+            status=f.integer("status"),
+            duration_us=f.integer("duration_us"),
+            request_id=f.opt_text("request_id"),
+        )
+
+
+@dataclass(frozen=True)
+class IsolationInfo:
+    """What the runtime enforces on every sandbox; a gap comes with a note."""
+
+    user_namespace: bool
+    host_root_uid: Optional[int]
+    disk_quota: bool
+    default_disk_mb: Optional[int]
+    notes: List[str]
+
+    @classmethod
+    def from_json(cls, data: Any) -> IsolationInfo:
+        f = _Fields(data, "isolation")
+        return cls(
+            user_namespace=f.flag("user_namespace"),
+            host_root_uid=f.opt_integer("host_root_uid"),
+            disk_quota=f.flag("disk_quota"),
+            default_disk_mb=f.opt_integer("default_disk_mb"),
+            notes=f.str_list("notes"),
+        )
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    #: ``youki`` or ``docker``.
+    name: str
+    version: str
+    isolation: IsolationInfo
+
+    @classmethod
+    def from_json(cls, data: Any) -> RuntimeInfo:
+        f = _Fields(data, "runtime")
+        return cls(
+            name=f.text("name"),
+            version=f.text("version"),
+            isolation=f.obj("isolation", IsolationInfo.from_json),
+        )
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """``GET /v1/info``: what is serving, on which runtime."""
+
+    version: str
+    runtime: RuntimeInfo
+
+    @classmethod
+    def from_json(cls, data: Any) -> ServerInfo:
+        f = _Fields(data, "server info")
+        return cls(version=f.text("version"), runtime=f.obj("runtime", RuntimeInfo.from_json))
+
+
+def decode_list(data: Any, key: str, decode: Callable[[Any], T]) -> List[T]:
+    """``{"<key>": [...]}`` to a list of decoded items."""
+    return _Fields(data, f"{key} list").objs(key, decode)
+
+
+def kill_count(data: Any) -> int:
+    return _Fields(data, "kill-all result").integer("killed")
