@@ -41,16 +41,21 @@ pub enum Scope {
     /// `GET /v1/audit`.
     #[serde(rename = "audit:read")]
     AuditRead,
+    /// `GET /metrics`: the server's Prometheus metrics (counts and
+    /// latencies, never a sandbox id).
+    #[serde(rename = "metrics:read")]
+    MetricsRead,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::SandboxesCreate,
         Scope::SandboxesRead,
         Scope::SandboxesDelete,
         Scope::SandboxesExec,
         Scope::TokensAdmin,
         Scope::AuditRead,
+        Scope::MetricsRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +66,7 @@ impl Scope {
             Scope::SandboxesExec => "sandboxes:exec",
             Scope::TokensAdmin => "tokens:admin",
             Scope::AuditRead => "audit:read",
+            Scope::MetricsRead => "metrics:read",
         }
     }
 
