@@ -21,6 +21,7 @@ mod bridged;
 mod detached;
 mod error;
 mod extract;
+mod metrics;
 mod request_id;
 mod sandboxes;
 mod serve;
@@ -31,6 +32,7 @@ pub use error::ApiError;
 pub use serve::serve;
 
 use crate::audit::AuditLog;
+use crate::metrics::Metrics;
 use crate::sandbox::Manager;
 use crate::tokens::Tokens;
 use axum::routing::{delete, get};
@@ -51,6 +53,8 @@ pub struct AppState {
     /// The work handlers detached from their clients (see [`detached`]);
     /// the server waits for it before it stops.
     pub detached: TaskTracker,
+    /// What `GET /metrics` reports (see [`metrics`]).
+    pub metrics: Arc<Metrics>,
 }
 
 async fn no_route() -> ApiError {
@@ -91,11 +95,24 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             audit_trail::record,
         ));
+    // Outside /v1, where scrapers look, but authenticated all the same;
+    // not audited (see `metrics`).
+    let scrape = Router::new()
+        .route("/metrics", get(metrics::scrape))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ));
     Router::new()
         .route("/health", get(|| async { "ok" }))
+        .merge(scrape)
         .nest("/v1", v1)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(request_id::assign))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count_errors,
+        ))
         .with_state(state)
 }
