@@ -371,6 +371,11 @@ impl Metrics {
         for decision in ["allowed", "denied"] {
             egress_decisions.get_or_create_owned(&DecisionLabels { decision });
         }
+        for code in ErrorCode::ALL {
+            errors.get_or_create_owned(&ErrorLabels {
+                error_code: Code(code),
+            });
+        }
         Self {
             registry,
             runtime,
