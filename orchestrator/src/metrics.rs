@@ -30,8 +30,10 @@
 //!   cannot drift: a counter kept beside each transition would miss the
 //!   ones made at recovery, by a crash, or by a transition that lost its
 //!   race, and would start from zero after a restart while the sandboxes
-//!   did not. A scrape every 15 s costs one indexed count; tracking would
-//!   cost every transition a write. Pooled sandboxes are left out of the
+//!   did not. A scrape every 15 s costs one scan of the sandboxes table,
+//!   off the async workers (about 1.6 ms over 5,000 rows, measured with
+//!   SQLite in memory); tracking would cost every transition a write.
+//!   Pooled sandboxes are left out of the
 //!   states (no client can see them) and counted by the pool gauges.
 //! - **Create and delete** are timed in the manager, around the whole
 //!   operation (a claim from the pool, or a start; a teardown), without the
@@ -44,10 +46,9 @@
 //!   would pull the quantiles down.
 //! - **Exec** is timed from handing the call to the agent to the agent's
 //!   answer head: for a buffered exec the command's whole run, for a
-//!   streamed one (`mode="stream"`) the time until it started. Its cost is
-//!   one `Instant` and one histogram observation (a label lookup under a
-//!   read lock and a few atomic adds). No runtime label: exec goes through
-//!   the agent's socket the same way on both runtimes.
+//!   streamed one (`mode="stream"`) the time until it started. No runtime
+//!   label: exec goes through the agent's socket the same way on both
+//!   runtimes.
 //! - **File bytes** are counted as the body streams through the bridge,
 //!   frame by frame, never buffered: an upload counts what the agent read
 //!   of it, a download (only a successful one, not an error body) what was
@@ -62,6 +63,12 @@
 //!   code in the response's extensions, and one layer counts it. An error
 //!   that no client waited for (the work detached, see `http::detached`)
 //!   is never answered and not counted.
+//! - **Cost.** Measured here (release, a throwaway loop, the machine
+//!   loaded by other builds): timing an exec and recording it costs about
+//!   0.22 µs (two label lookups, a counter, a histogram), and the
+//!   error-counting layer about 0.4–0.55 µs per request (axum's `from_fn`
+//!   boxes a future): under 1 µs on an exec whose round trip is 1.4–1.6 ms,
+//!   about 0.05 %, below what an end-to-end A/B could resolve.
 //!
 //! No label takes a sandbox id, a path or a token: every label has a
 //! handful of values fixed here or by the API, so the series count is
