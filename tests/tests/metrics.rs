@@ -1,9 +1,9 @@
 //! End to end: `GET /metrics`, on both runtimes. Who may scrape (the
-//! `metrics:read` scope, the admin), and that each family moves by exactly
-//! what the calls did: a create, execs (buffered and streamed), file and
-//! archive transfers, egress decisions, errors made by the server and
-//! passed on from an agent, a delete; and that the sandboxes-by-state
-//! gauge follows.
+//! `metrics:read` scope, the admin; refusals audited, scrapes not), and
+//! that each family moves by exactly what the calls did: a create, execs
+//! (buffered and streamed), file and archive transfers, egress decisions,
+//! errors made by the server and passed on from an agent, a delete; and
+//! that the sandboxes-by-state gauge follows.
 //!
 //! The egress upstream is a listener this test binds on `127.0.0.1`; the
 //! server resolves `allowed.test` to it (`--egress-resolve`), and the
@@ -149,10 +149,18 @@ async fn scraping_takes_metrics_read(engine: Engine) -> Result<()> {
         ],
     );
 
-    // Scrapes are not audited; the calls around them are.
+    // Successful scrapes are not audited; refused ones are, naming who
+    // tried.
     let records = admin.audit(&AuditQuery::default()).await?;
-    ensure!(
-        records.iter().all(|record| record.route != "/metrics"),
+    let mut scrapes: Vec<(u16, &str)> = records
+        .iter()
+        .filter(|record| record.route == "/metrics")
+        .map(|record| (record.status, record.identity.as_str()))
+        .collect();
+    scrapes.sort();
+    assert_eq!(
+        scrapes,
+        [(401, "anonymous"), (403, "reader")],
         "{records:#?}"
     );
     ensure!(

@@ -96,12 +96,16 @@ pub fn router(state: AppState) -> Router {
             audit_trail::record,
         ));
     // Outside /v1, where scrapers look, but authenticated all the same;
-    // not audited (see `metrics`).
+    // only refusals are audited (see `metrics`).
     let scrape = Router::new()
         .route("/metrics", get(metrics::scrape))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::audit_refusals,
         ));
     Router::new()
         .route("/health", get(|| async { "ok" }))
