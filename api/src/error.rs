@@ -31,6 +31,20 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code (the metrics count each from zero).
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::InvalidRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::PermissionDenied,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::Conflict,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
     /// The HTTP status that goes with this code.
     pub fn http_status(self) -> u16 {
         match self {
@@ -101,6 +115,27 @@ impl fmt::Display for ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_lists_every_code_once() {
+        // The match fails to compile when a code is added; its position
+        // must then be in ALL too.
+        let position = |code: ErrorCode| match code {
+            ErrorCode::InvalidRequest => 0,
+            ErrorCode::Unauthorized => 1,
+            ErrorCode::Forbidden => 2,
+            ErrorCode::PermissionDenied => 3,
+            ErrorCode::NotFound => 4,
+            ErrorCode::MethodNotAllowed => 5,
+            ErrorCode::Conflict => 6,
+            ErrorCode::PayloadTooLarge => 7,
+            ErrorCode::Unavailable => 8,
+            ErrorCode::Internal => 9,
+        };
+        for (index, code) in ErrorCode::ALL.into_iter().enumerate() {
+            assert_eq!(position(code), index, "{code}");
+        }
+    }
 
     #[test]
     fn error_code_serializes_snake_case() {

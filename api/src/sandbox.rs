@@ -108,6 +108,14 @@ pub enum SandboxState {
 }
 
 impl SandboxState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [SandboxState; 4] = [
+        SandboxState::Creating,
+        SandboxState::Running,
+        SandboxState::Deleting,
+        SandboxState::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             SandboxState::Creating => "creating",
@@ -118,14 +126,7 @@ impl SandboxState {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [
-            SandboxState::Creating,
-            SandboxState::Running,
-            SandboxState::Deleting,
-            SandboxState::Failed,
-        ]
-        .into_iter()
-        .find(|state| state.as_str() == text)
+        Self::ALL.into_iter().find(|state| state.as_str() == text)
     }
 }
 

@@ -58,10 +58,14 @@ pub enum Scope {
     /// `GET /v1/audit`.
     #[serde(rename = "audit:read")]
     AuditRead,
+    /// `GET /metrics`: the server's Prometheus metrics (counts and
+    /// latencies, never a sandbox id).
+    #[serde(rename = "metrics:read")]
+    MetricsRead,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 7] = [
+    pub const ALL: [Scope; 8] = [
         Scope::SandboxesCreate,
         Scope::SandboxesRead,
         Scope::SandboxesDelete,
@@ -69,6 +73,7 @@ impl Scope {
         Scope::SandboxesNetwork,
         Scope::TokensAdmin,
         Scope::AuditRead,
+        Scope::MetricsRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +85,7 @@ impl Scope {
             Scope::SandboxesNetwork => "sandboxes:network",
             Scope::TokensAdmin => "tokens:admin",
             Scope::AuditRead => "audit:read",
+            Scope::MetricsRead => "metrics:read",
         }
     }
 

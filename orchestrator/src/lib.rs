@@ -12,7 +12,8 @@
 //! - [`store`]: the SQLite store.
 //!
 //! Beside them, the policy: [`tokens`] (who is calling and what they may
-//! do) and [`audit`] (the record of every call).
+//! do) and [`audit`] (the record of every call); and [`metrics`], what
+//! `GET /metrics` reports.
 //!
 //! [`cli`] is the `sbx` binary's logic; `main.rs` only calls it.
 
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod egress;
 pub mod http;
 pub mod lifecycle;
+pub mod metrics;
 pub mod runtime;
 pub mod sandbox;
 pub mod sandbox_socket;

@@ -9,6 +9,7 @@
 use crate::audit::{AuditError, AuditLog, EgressAudit};
 use crate::egress::{EgressProxy, Resolver};
 use crate::http::{self, AppState};
+use crate::metrics::{CountedEgress, Metrics};
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::youki::YoukiRuntime;
 use crate::runtime::{Disks, Runtime, RuntimeError};
@@ -208,11 +209,15 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     if resolver.has_overrides() {
         tracing::warn!("egress resolver overrides in effect (--egress-resolve): for tests only");
     }
+    let metrics = Arc::new(Metrics::new(runtime.name()));
     let egress = Arc::new(EgressProxy::new(
         resolver,
-        Arc::new(EgressAudit { log: audit.clone() }),
+        Arc::new(CountedEgress::new(
+            Arc::clone(&metrics),
+            Arc::new(EgressAudit { log: audit.clone() }),
+        )),
     ));
-    let manager = Manager::new(store, runtime, egress, manager_config)?;
+    let manager = Manager::new(store, runtime, egress, manager_config, Arc::clone(&metrics))?;
     manager.recover().await?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -239,6 +244,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         tokens,
         audit: audit.clone(),
         detached: detached.clone(),
+        metrics,
     };
     http::serve(listener, state, shutdown_signal()).await;
     // Work whose client left still runs; its records come after it.

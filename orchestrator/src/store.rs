@@ -301,6 +301,28 @@ impl Store {
             .transpose()
     }
 
+    /// How many clients' sandboxes (pooled ones apart) are in each state;
+    /// states with none are absent.
+    pub fn count_by_state(&self) -> Result<Vec<(SandboxState, u64)>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(
+            "SELECT state, COUNT(*) FROM sandboxes WHERE pooled = 0 GROUP BY state",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?))
+        })?;
+        let mut counts = Vec::new();
+        for row in rows {
+            let (state, count) = row?;
+            let state = SandboxState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+                id: "(count)".into(),
+                reason: format!("unknown state {state:?}"),
+            })?;
+            counts.push((state, count));
+        }
+        Ok(counts)
+    }
+
     pub fn list(&self) -> Result<Vec<SandboxRecord>, StoreError> {
         let conn = self.conn();
         let mut statement = conn.prepare_cached(&format!(
@@ -650,6 +672,30 @@ mod tests {
         store.remove("aaaa").expect("remove");
         assert!(store.get("aaaa").expect("get").is_none());
         assert_eq!(store.list().expect("list").len(), 1);
+    }
+
+    #[test]
+    fn states_are_counted_without_pooled_sandboxes() {
+        let store = Store::in_memory().expect("open");
+        assert!(store.count_by_state().expect("count").is_empty());
+        for id in ["aaaa", "bbbb", "cccc"] {
+            store.insert(&record(id)).expect("insert");
+        }
+        store
+            .insert(&SandboxRecord {
+                pooled: true,
+                ..record("dddd")
+            })
+            .expect("insert");
+        for id in ["aaaa", "bbbb", "dddd"] {
+            assert!(store.transition(id, Transition::Ready).expect("ready"));
+        }
+        let mut counts = store.count_by_state().expect("count");
+        counts.sort_by_key(|(state, _)| state.as_str());
+        assert_eq!(
+            counts,
+            [(SandboxState::Creating, 1), (SandboxState::Running, 2)]
+        );
     }
 
     #[test]

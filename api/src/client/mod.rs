@@ -234,6 +234,15 @@ impl Client {
         self.call(Method::GET, "/v1/info", NO_BODY).await
     }
 
+    /// `GET /metrics`: the Prometheus text exposition, as served.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let response = self
+            .send(Method::GET, "/metrics", None, Bytes::new())
+            .await?;
+        let (_, bytes) = read_body(response, &self.endpoint.to_string()).await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// `GET /v1/sandboxes`
     pub async fn list_sandboxes(&self) -> Result<Vec<Sandbox>, ClientError> {
         let list: SandboxList = self.call(Method::GET, "/v1/sandboxes", NO_BODY).await?;

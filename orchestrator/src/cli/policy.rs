@@ -15,7 +15,8 @@ pub enum TokenCommand {
         #[arg(long)]
         name: String,
         /// sandboxes:create, sandboxes:read, sandboxes:delete,
-        /// sandboxes:exec, tokens:admin or audit:read; repeatable
+        /// sandboxes:exec, tokens:admin, audit:read or metrics:read;
+        /// repeatable
         #[arg(long = "scope", required = true)]
         scopes: Vec<Scope>,
         /// Lifetime in seconds (default: no expiry)

@@ -137,6 +137,12 @@ impl Call {
     pub fn finish(&self, status: u16) {
         self.0.write(status);
     }
+
+    /// Forgets the record unwritten: the call turned out to be one that is
+    /// not audited (a successful scrape, see `super::metrics`).
+    pub fn discard(&self) {
+        self.0.entry().take();
+    }
 }
 
 impl Pending {

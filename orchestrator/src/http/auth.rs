@@ -1,4 +1,5 @@
-//! Authentication and authorization of every `/v1` route.
+//! Authentication and authorization of every `/v1` route, and of
+//! `/metrics`.
 //!
 //! [`authorize`] resolves the bearer token to a [`Principal`] (see
 //! [`crate::tokens`]), checks it against what the matched route requires,
@@ -77,6 +78,7 @@ pub fn requirement(method: &Method, route: &str) -> Requirement {
         (route, _) if route.starts_with("/v1/sandboxes/{id}/") => scope(Scope::SandboxesExec, true),
         ("/v1/tokens" | "/v1/tokens/{id}", _) => scope(Scope::TokensAdmin, false),
         ("/v1/audit", &Method::GET) => scope(Scope::AuditRead, false),
+        ("/metrics", &Method::GET) => scope(Scope::MetricsRead, false),
         _ => Requirement::EveryScope,
     }
 }
@@ -218,6 +220,8 @@ mod tests {
                 scope(Scope::TokensAdmin, false),
             ),
             (Method::GET, "/v1/audit", scope(Scope::AuditRead, false)),
+            (Method::GET, "/metrics", scope(Scope::MetricsRead, false)),
+            (Method::POST, "/metrics", Requirement::EveryScope),
             (Method::GET, "/v1/something-new", Requirement::EveryScope),
             (Method::PATCH, "/v1/sandboxes", Requirement::EveryScope),
         ];
@@ -248,6 +252,7 @@ mod tests {
         assert!(!on(Method::POST, "/v1/sandboxes", None));
         assert!(!on(Method::GET, "/v1/tokens", None));
         assert!(!on(Method::GET, "/v1/audit", None));
+        assert!(!on(Method::GET, "/metrics", None));
         assert!(!on(Method::GET, "/v1/something-new", None));
         let admin = Principal::admin();
         assert!(check(&admin, requirement(&Method::GET, "/v1/something-new"), None).is_ok());

@@ -19,6 +19,7 @@ use super::extract::{ApiJson, ApiPath};
 use super::request_id::RequestId;
 use super::AppState;
 use crate::bridge;
+use crate::metrics::Transfer;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::request::Parts;
@@ -31,6 +32,7 @@ use sbx_api::{
 };
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
+use std::time::Instant;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -322,6 +324,7 @@ async fn forward_exec(
     if let Some(accept) = headers.get(header::ACCEPT) {
         forwarded.insert(header::ACCEPT, accept.clone());
     }
+    let started = Instant::now();
     let response = bridge::forward(
         &state.manager,
         id,
@@ -331,6 +334,7 @@ async fn forward_exec(
         Body::from(body),
     )
     .await?;
+    state.metrics.exec_answered(&response, started.elapsed());
     Ok(with_request_id(response).await)
 }
 
@@ -403,16 +407,19 @@ async fn forward_parts(
         Some(query) => format!("{rest}?{query}"),
         None => rest.to_owned(),
     };
+    let counted = state
+        .metrics
+        .file_bytes(Transfer::of(&parts.method, &agent_path));
     let response = bridge::forward(
         &state.manager,
         id,
         parts.method,
         &agent_path,
         &parts.headers,
-        body,
+        counted.request(body),
     )
     .await?;
-    Ok(with_request_id(response).await)
+    Ok(with_request_id(counted.response(response)).await)
 }
 
 /// The agent's response, with the call's request id added to its error
@@ -439,6 +446,8 @@ async fn with_request_id(response: Response) -> Response {
     let Ok(body) = serde_json::from_slice::<ErrorBody>(&bytes) else {
         return Response::from_parts(parts, Body::from(bytes));
     };
+    // Read by the layer that counts errors (`super::metrics`).
+    parts.extensions.insert(body.error_code);
     let json = serde_json::to_vec(&body.with_request_id(Some(id.to_string())))
         .expect("an error body always serializes");
     parts.headers.remove(header::CONTENT_LENGTH);

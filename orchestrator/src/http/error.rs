@@ -26,7 +26,7 @@ use crate::tokens::TokenError;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use sbx_api::{ErrorBody, ErrorCode};
 use std::fmt::Display;
 
@@ -96,7 +96,8 @@ impl IntoResponse for ApiError {
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let request_id = RequestId::current().map(|id| id.to_string());
         let body = ErrorBody::new(self.code, self.external).with_request_id(request_id);
-        (status, Json(body)).into_response()
+        // Read by the layer that counts errors (`super::metrics`).
+        (status, Extension(self.code), Json(body)).into_response()
     }
 }
 

@@ -21,6 +21,7 @@ mod bridged;
 mod detached;
 mod error;
 mod extract;
+mod metrics;
 mod openapi;
 mod request_id;
 mod sandboxes;
@@ -32,6 +33,7 @@ pub use error::ApiError;
 pub use serve::serve;
 
 use crate::audit::AuditLog;
+use crate::metrics::Metrics;
 use crate::sandbox::Manager;
 use crate::tokens::Tokens;
 use axum::body::Bytes;
@@ -57,6 +59,8 @@ pub struct AppState {
     /// The work handlers detached from their clients (see [`detached`]);
     /// the server waits for it before it stops.
     pub detached: TaskTracker,
+    /// What `GET /metrics` reports (see [`metrics`]).
+    pub metrics: Arc<Metrics>,
 }
 
 async fn no_route() -> ApiError {
@@ -122,12 +126,29 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             audit_trail::record,
         ));
+    // Outside /v1, where scrapers look, but authenticated all the same;
+    // only refusals are audited (see `metrics`).
+    let scrape = Router::new()
+        .route("/metrics", get(metrics::scrape))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::audit_refusals,
+        ));
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/openapi.json", get(move || serve_openapi(spec.clone())))
+        .merge(scrape)
         .nest("/v1", v1)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(request_id::assign))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count_errors,
+        ))
         .with_state(state)
 }

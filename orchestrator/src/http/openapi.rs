@@ -29,6 +29,8 @@ use utoipa::{OpenApi as _, PartialSchema, ToSchema};
 
 /// The name of the bearer-token security scheme.
 const BEARER: &str = "bearer";
+/// The routes that need no token.
+const OPEN_ROUTES: [&str; 2] = ["/health", "/openapi.json"];
 /// The name of the shared error response.
 const ERROR_RESPONSE: &str = "Error";
 
@@ -48,7 +50,7 @@ const ERROR_RESPONSE: &str = "Error";
             Streams (`exec` with `Accept: application/x-ndjson`, process logs) are NDJSON: \
             one `ExecEvent` per line.",
     ),
-    paths(health, super::serve_openapi),
+    paths(health, super::serve_openapi, super::metrics::scrape),
     tags(
         (name = "sandboxes", description = "Create, list, change and delete sandboxes"),
         (name = "exec", description = "Run a command to completion"),
@@ -106,7 +108,7 @@ pub fn complete(v1: OpenApi) -> OpenApi {
         ),
     );
     for (path, item) in spec.paths.paths.iter_mut() {
-        if !path.starts_with("/v1/") {
+        if OPEN_ROUTES.contains(&path.as_str()) {
             continue;
         }
         let operations = [
@@ -155,11 +157,15 @@ fn secure(operation: &mut Operation, requirement: Requirement) {
     description.push_str(&sentence);
 }
 
-/// The errors a `/v1` route may answer with, by kind of route.
+/// The errors a route that needs a token may answer with, by kind of
+/// route.
 fn add_errors(operation: &mut Operation, path: &str) {
-    // Every route: a malformed request, no or a bad token, a token that
-    // may not, a bug.
-    let mut statuses = vec![400, 401, 403, 500];
+    // Every route: no or a bad token, a token that may not, a bug; and on
+    // the API proper, a malformed request.
+    let mut statuses = vec![401, 403, 500];
+    if path.starts_with("/v1/") {
+        statuses.push(400);
+    }
     if path.starts_with("/v1/sandboxes") {
         // A sandbox (or image, or path, or process) that does not exist,
         // one in a state that does not allow the call, an agent or engine
@@ -208,7 +214,7 @@ mod tests {
     }
 
     #[test]
-    fn every_v1_operation_carries_the_scopes_authorize_enforces() {
+    fn every_operation_carries_the_scopes_authorize_enforces() {
         let spec = super::super::openapi();
         let mut checked = 0;
         for (path, item) in &spec.paths.paths {
@@ -222,7 +228,7 @@ mod tests {
             for (method, operation) in operations {
                 let Some(operation) = operation else { continue };
                 let security = serde_json::to_value(&operation.security).expect("serializes");
-                if !path.starts_with("/v1/") {
+                if OPEN_ROUTES.contains(&path.as_str()) {
                     assert_eq!(security, serde_json::json!([{}]), "{method} {path} is open");
                     continue;
                 }

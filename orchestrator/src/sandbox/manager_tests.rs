@@ -32,6 +32,7 @@ fn fixture_with(configure: impl FnOnce(&mut ManagerConfig)) -> Fixture {
         Arc::clone(&runtime) as Arc<dyn Runtime>,
         egress,
         config,
+        Arc::new(Metrics::new("fake")),
     )
     .expect("manager");
     Fixture {
@@ -405,4 +406,48 @@ async fn only_a_clients_running_sandboxes_take_the_fast_path() {
         f.manager.agent(&fresh).await,
         Err(SandboxError::NotFound(_))
     ));
+}
+
+#[tokio::test]
+async fn creates_and_deletes_are_timed_and_the_census_reads_the_store_and_pool() {
+    let f = fixture_with(|config| config.warm_pool = 1);
+    let filler = tokio::spawn(Arc::clone(&f.manager).keep_pool_full());
+    while f.manager.pool.ready_count() == 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let census = f.manager.census().await.expect("census");
+    assert_eq!(
+        (census.sandboxes.len(), census.pool_ready, census.pool_size),
+        (0, 1, 1),
+        "{census:?}"
+    );
+    let pooled = f
+        .manager
+        .create(CreateSandboxRequest::default())
+        .await
+        .expect("claimed");
+    let cold = f
+        .manager
+        .create(CreateSandboxRequest {
+            memory_mb: Some(128),
+            ..CreateSandboxRequest::default()
+        })
+        .await
+        .expect("started");
+    let census = f.manager.census().await.expect("census");
+    assert_eq!(census.sandboxes, [(SandboxState::Running, 2)]);
+    f.manager.delete(&pooled.id).await.expect("deleted");
+    f.manager.delete(&cold.id).await.expect("deleted");
+    // A failure is not timed.
+    assert!(f.manager.delete(&cold.id).await.is_err());
+    filler.abort();
+
+    let text = f.manager.metrics.encode(&Default::default());
+    for series in [
+        r#"sbx_create_duration_seconds_count{runtime="fake",source="pool"} 1"#,
+        r#"sbx_create_duration_seconds_count{runtime="fake",source="cold"} 1"#,
+        r#"sbx_delete_duration_seconds_count{runtime="fake"} 2"#,
+    ] {
+        assert!(text.lines().any(|line| line == series), "{series}: {text}");
+    }
 }

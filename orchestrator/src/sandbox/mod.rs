@@ -39,6 +39,7 @@ mod serving;
 
 use crate::egress::{EgressError, EgressProxy};
 use crate::lifecycle::Transition;
+use crate::metrics::{Census, CreateSource, Metrics};
 use crate::runtime::{ContainerSpec, Limits, Runtime, RuntimeError, SandboxDir};
 use crate::store::{SandboxRecord, Store, StoreError};
 use chrono::Utc;
@@ -140,6 +141,8 @@ pub struct Manager {
     policy_changes: tokio::sync::Mutex<()>,
     pool: pool::WarmPool,
     serving: serving::Serving,
+    /// Create and delete are timed here (see [`crate::metrics`]).
+    metrics: Arc<Metrics>,
 }
 
 /// Whether `id` could name a sandbox: ASCII letters, digits and `-`, at
@@ -168,6 +171,7 @@ impl Manager {
         runtime: Arc<dyn Runtime>,
         egress: Arc<EgressProxy>,
         config: ManagerConfig,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, SandboxError> {
         std::fs::create_dir_all(&config.sandboxes_dir).map_err(|source| SandboxError::Io {
             context: format!("cannot create {}", config.sandboxes_dir.display()),
@@ -181,6 +185,7 @@ impl Manager {
             config,
             policy_changes: tokio::sync::Mutex::new(()),
             serving: serving::Serving::default(),
+            metrics,
         })
     }
 
@@ -267,6 +272,18 @@ impl Manager {
         Ok(true)
     }
 
+    /// What the metrics' gauges report, read now: the store's count of
+    /// clients' sandboxes per state and the pool's level, rather than
+    /// counts kept beside them that could drift (see [`crate::metrics`]).
+    pub async fn census(&self) -> Result<Census, SandboxError> {
+        let sandboxes = self.db(|store| store.count_by_state()).await?;
+        Ok(Census {
+            sandboxes,
+            pool_ready: self.pool.ready_count() as u64,
+            pool_size: self.config.warm_pool as u64,
+        })
+    }
+
     pub async fn list(&self) -> Result<Vec<Sandbox>, SandboxError> {
         Ok(self
             .db(|store| store.list())
@@ -288,12 +305,15 @@ impl Manager {
     }
 
     async fn create_now(&self, request: CreateSandboxRequest) -> Result<Sandbox, SandboxError> {
+        let started = Instant::now();
         request.validate().map_err(SandboxError::InvalidRequest)?;
         let (record, image_rootfs) = self.new_record(request)?;
-        if let Some(sandbox) = self.claim_pooled(&record).await? {
-            return Ok(sandbox);
-        }
-        self.launch(record, image_rootfs).await
+        let (sandbox, source) = match self.claim_pooled(&record).await? {
+            Some(sandbox) => (sandbox, CreateSource::Pool),
+            None => (self.launch(record, image_rootfs).await?, CreateSource::Cold),
+        };
+        self.metrics.created(source, started.elapsed());
+        Ok(sandbox)
     }
 
     /// The record of a new sandbox as `request` asks for it, with the
@@ -572,6 +592,7 @@ impl Manager {
     }
 
     async fn delete_now(&self, id: &str) -> Result<(), SandboxError> {
+        let started = Instant::now();
         let record = self.record(id).await?;
         if !self.transition(id, Transition::Delete).await? {
             let state = self.record(id).await?.sandbox.state;
@@ -585,6 +606,7 @@ impl Manager {
             self.transition(id, Transition::TeardownFailed).await?;
             return Err(err);
         }
+        self.metrics.deleted(started.elapsed());
         tracing::info!(%id, "sandbox deleted");
         Ok(())
     }

@@ -79,8 +79,8 @@ impl WarmPool {
         self.wanted.notified().await;
     }
 
-    /// How many sandboxes are ready to be claimed.
-    #[cfg(test)]
+    /// How many sandboxes are ready to be claimed: the metrics' pool
+    /// level, read at scrape time.
     pub(crate) fn ready_count(&self) -> usize {
         self.ready().len()
     }
