@@ -11,6 +11,8 @@
 //! - [`runtime`]: the container engine seam (youki embedded);
 //! - [`store`]: the SQLite store.
 //!
+//! [`mcp`] serves the API as MCP tools for models, through the HTTP layer.
+//!
 //! Beside them, the policy: [`tokens`] (who is calling and what they may
 //! do) and [`audit`] (the record of every call).
 //!
@@ -22,6 +24,7 @@ pub mod cli;
 pub mod egress;
 pub mod http;
 pub mod lifecycle;
+pub mod mcp;
 pub mod runtime;
 pub mod sandbox;
 pub mod sandbox_socket;

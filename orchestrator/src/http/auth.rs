@@ -90,7 +90,8 @@ fn bearer(request: &Request) -> Option<&str> {
         .map(str::trim)
 }
 
-fn check(
+/// Whether `principal` meets `requirement` on `sandbox` (the route's `{id}`).
+pub fn check(
     principal: &Principal,
     requirement: Requirement,
     sandbox: Option<&str>,

@@ -26,7 +26,8 @@ mod sandboxes;
 mod serve;
 mod tokens;
 
-pub use auth::load_or_create_admin_token;
+pub use audit_trail::ViaTool;
+pub use auth::{check, load_or_create_admin_token, requirement, Requirement};
 pub use error::ApiError;
 pub use serve::serve;
 
@@ -91,11 +92,14 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             audit_trail::record,
         ));
-    Router::new()
+    let api = Router::new()
         .route("/health", get(|| async { "ok" }))
         .nest("/v1", v1)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(request_id::assign))
-        .with_state(state)
+        .with_state(state.clone());
+    // MCP's tools call the API above in process (see crate::mcp).
+    api.clone()
+        .route_service("/mcp", crate::mcp::service(state, api))
 }
