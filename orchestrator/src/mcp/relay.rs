@@ -16,7 +16,9 @@
 //! queues its message on its first poll), which keeps `initialize` ahead of
 //! what follows. A message the server cannot take (no server, a bad token)
 //! is answered here with a JSON-RPC error for its request id, so that the
-//! client is told instead of waiting forever.
+//! client is told instead of waiting forever; when the server side ends
+//! (rmcp's HTTP client stops at a refused `initialize`), the messages in
+//! flight are answered that way before the relay exits.
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
@@ -56,18 +58,18 @@ pub async fn relay_stdio(url: &str, token: String) -> Result<(), RelayError> {
                 sends.push(async move { (id, send.await) });
             }
             from_server = Transport::<RoleClient>::receive(&mut server) => {
-                let Some(message) = from_server else { break };
+                let Some(message) = from_server else {
+                    // The server side gave up (a refused token ends it at
+                    // the first message): answer what is in flight, then stop.
+                    while let Some((id, sent)) = sends.next().await {
+                        failed(&mut client, id, sent).await?;
+                    }
+                    break;
+                };
                 deliver(&mut client, message).await?;
             }
             Some((id, sent)) = sends.next(), if !sends.is_empty() => {
-                if let (Some(id), Err(err)) = (id, sent) {
-                    tracing::warn!(error = %err, "cannot relay a message to the server");
-                    let error = ErrorData::internal_error(
-                        format!("sbx mcp cannot reach the server: {err}"),
-                        None,
-                    );
-                    deliver(&mut client, ServerJsonRpcMessage::Error(JsonRpcError::new(Some(id), error))).await?;
-                }
+                failed(&mut client, id, sent).await?;
             }
         }
     }
@@ -76,6 +78,24 @@ pub async fn relay_stdio(url: &str, token: String) -> Result<(), RelayError> {
     drop(sends);
     let _ = Transport::<RoleClient>::close(&mut server).await;
     Ok(())
+}
+
+/// Answers a request the server could not be sent with a JSON-RPC error.
+async fn failed<T: Transport<RoleServer>, E: std::fmt::Display>(
+    client: &mut T,
+    id: Option<rmcp::model::RequestId>,
+    sent: Result<(), E>,
+) -> Result<(), RelayError> {
+    let (Some(id), Err(err)) = (id, sent) else {
+        return Ok(());
+    };
+    tracing::warn!(error = %err, "cannot relay a message to the server");
+    let error = ErrorData::internal_error(format!("sbx mcp cannot reach the server: {err}"), None);
+    deliver(
+        client,
+        ServerJsonRpcMessage::Error(JsonRpcError::new(Some(id), error)),
+    )
+    .await
 }
 
 fn request_id(message: &ClientJsonRpcMessage) -> Option<rmcp::model::RequestId> {
