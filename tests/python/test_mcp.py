@@ -17,7 +17,7 @@ import httpx
 import httpx2
 import pytest
 from jsonschema import Draft202012Validator
-from mcp import ClientSession
+from mcp import Client, ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -379,3 +379,39 @@ def test_stdio_with_a_bad_token_fails_cleanly(server):
     with pytest.raises(Exception) as raised:
         anyio.run(main)
     assert "HTTP 401" in repr(raised.value) and "invalid or revoked bearer token" in repr(raised.value)
+
+
+def test_a_2026_client_discovers_instead_of_initializing(server, sandbox):
+    """The SDK's default `Client` probes `server/discover` (stateless, per-request
+    protocol version) before falling back to `initialize`."""
+    async def main():
+        headers = {"authorization": f"Bearer {server.admin_token}"}
+        async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300)) as http:
+            transport = streamable_http_client(f"{server.url}/mcp", http_client=http)
+            async with Client(transport, mode="auto") as client:
+                tools = await client.list_tools()
+                ran = await client.call_tool("exec", {"sandbox_id": sandbox, "command": "echo modern"})
+                return client.protocol_version, client.server_info, tools, ran
+
+    version, info, tools, ran = anyio.run(main)
+    assert version == "2026-07-28"
+    assert info.name == "sbx"
+    assert {tool.name for tool in tools.tools} == ALL_TOOLS
+    assert "modern" in ok(ran)
+
+
+def test_stdio_relays_a_2026_client_too(server, sandbox):
+    params = StdioServerParameters(
+        command=os.environ["SBX_BIN"],
+        args=["mcp"],
+        env={"SBX_URL": server.url, "SBX_TOKEN": server.admin_token, "PATH": os.environ.get("PATH", "")},
+    )
+
+    async def main():
+        async with Client(params, mode="auto") as client:
+            ran = await client.call_tool("exec", {"sandbox_id": sandbox, "command": "echo relayed"})
+            return client.protocol_version, ran
+
+    version, ran = anyio.run(main)
+    assert version == "2026-07-28"
+    assert "relayed" in ok(ran)

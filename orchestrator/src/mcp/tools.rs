@@ -1179,7 +1179,8 @@ async fn process_logs(rest: &Rest, args: ProcessArgs) -> Result<Answer, ToolErro
         None => format!("pid {} is running", args.pid),
         Some((code, _, _)) => format!("pid {} exited with code {code}", args.pid),
     };
-    let name = output_name(&format!("process-{}", args.pid));
+    // One name per process: polling its logs overwrites, never piles up.
+    let name = format!("process-{}", args.pid);
     let stdout = shown(
         rest,
         &args.sandbox_id,
