@@ -5,9 +5,6 @@
 
 /// Bytes of one output stream shown inline before it is cut.
 pub const INLINE_BYTES: usize = 16 * 1024;
-/// Of a cut stream, the share shown from its start; the rest is its end,
-/// where errors and results usually are.
-const HEAD_BYTES: usize = INLINE_BYTES / 4;
 /// How far a cut may move to fall on a line boundary.
 const SNAP_BYTES: usize = 512;
 
@@ -20,16 +17,14 @@ pub struct Cut<'a> {
 }
 
 /// `None` when `text` fits in `budget` bytes; otherwise its start and end,
-/// on character boundaries and, where one is near, on line boundaries.
+/// on character boundaries and, where one is near, on line boundaries. The
+/// start gets a quarter of the budget, the end the rest: errors and results
+/// are usually at the end.
 pub fn cut(text: &str, budget: usize) -> Option<Cut<'_>> {
     if text.len() <= budget {
         return None;
     }
-    let head_budget = if budget == INLINE_BYTES {
-        HEAD_BYTES
-    } else {
-        budget / 4
-    };
+    let head_budget = budget / 4;
     let mut head_end = floor_boundary(text, head_budget);
     if let Some(newline) =
         text[floor_boundary(text, head_end.saturating_sub(SNAP_BYTES))..head_end].rfind('\n')
