@@ -11,6 +11,8 @@
 //! - [`runtime`]: the container engine seam (youki embedded);
 //! - [`store`]: the SQLite store.
 //!
+//! [`mcp`] serves the API as MCP tools for models, through the HTTP layer.
+//!
 //! Beside them, the policy: [`tokens`] (who is calling and what they may
 //! do) and [`audit`] (the record of every call); and [`metrics`], what
 //! `GET /metrics` reports.
@@ -23,6 +25,7 @@ pub mod cli;
 pub mod egress;
 pub mod http;
 pub mod lifecycle;
+pub mod mcp;
 pub mod metrics;
 pub mod runtime;
 pub mod sandbox;

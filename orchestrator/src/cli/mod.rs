@@ -170,6 +170,12 @@ enum Command {
     },
     /// Show the audit trail of API calls, oldest first
     Audit(policy::AuditArgs),
+    /// Serve the server's MCP tools on stdin/stdout, for MCP clients that
+    /// spawn a command: relays to SBX_URL's /mcp with SBX_TOKEN
+    Mcp {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// Delete sandboxes
     Rm {
         #[command(flatten)]
@@ -230,6 +236,8 @@ pub enum CliError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error(transparent)]
+    Mcp(#[from] crate::mcp::RelayError),
     #[error("no token: set SBX_TOKEN or pass --token (no readable {0})")]
     NoToken(String),
     #[error("cannot start the async runtime: {0}")]
@@ -285,11 +293,14 @@ fn parse_size_mb(text: &str) -> Result<u64, String> {
 
 impl ConnArgs {
     fn client(&self) -> Result<Client, CliError> {
-        let token = match &self.token {
-            Some(token) => token.clone(),
-            None => local_admin_token()?,
-        };
-        Ok(Client::new(&self.url, Some(token))?)
+        Ok(Client::new(&self.url, Some(self.token()?))?)
+    }
+
+    fn token(&self) -> Result<String, CliError> {
+        match &self.token {
+            Some(token) => Ok(token.clone()),
+            None => local_admin_token(),
+        }
     }
 }
 
@@ -524,6 +535,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::YoukiHelper => Ok(crate::runtime::helper::serve_requests()),
+        Command::Mcp { conn } => {
+            crate::mcp::relay_stdio(&conn.url, conn.token()?).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Rm { conn, ids } => {
             let client = conn.client()?;
             for id in ids {

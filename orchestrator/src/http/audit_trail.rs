@@ -41,7 +41,7 @@ use sbx_api::{
     AuditList, AuditQuery, CreateSandboxRequest, CreateTokenRequest, ExecRequest, MkdirRequest,
     MoveRequest, SignalRequest, StartProcessRequest, ANONYMOUS, CLIENT_CLOSED_REQUEST,
 };
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Longest route or sandbox id recorded as sent (an unmatched path, a
@@ -58,6 +58,8 @@ pub struct Call(Arc<Pending>);
 struct Pending {
     log: AuditLog,
     started: Instant,
+    /// The MCP tool the call was made for (see [`ViaTool`]).
+    tool: OnceLock<&'static str>,
     /// None once written.
     entry: Mutex<Option<AuditEntry>>,
 }
@@ -67,6 +69,7 @@ impl Call {
         Self(Arc::new(Pending {
             log,
             started: Instant::now(),
+            tool: OnceLock::new(),
             entry: Mutex::new(Some(entry)),
         }))
     }
@@ -112,7 +115,10 @@ impl Call {
 
     /// What the call asks for, without contents (see [`Summary`]).
     pub fn summary(&self, summary: impl AsRef<str>) {
-        let summary = summarize(summary.as_ref());
+        let summary = match self.0.tool.get() {
+            Some(tool) => summarize(&format!("mcp {tool}: {}", summary.as_ref())),
+            None => summarize(summary.as_ref()),
+        };
         self.update(|entry| entry.summary = Some(summary));
     }
 
@@ -123,6 +129,13 @@ impl Call {
         self.update(|entry| {
             entry.sandbox.get_or_insert(id);
         });
+    }
+
+    /// The MCP tool the call was made for: its name opens the summary.
+    fn via_tool(&self, tool: &'static str) {
+        if self.0.tool.set(tool).is_ok() {
+            self.update(|entry| entry.summary = Some(format!("mcp {tool}")));
+        }
     }
 
     /// The route template the call matched, and the sandbox it names.
@@ -185,6 +198,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Call {
             .ok_or_else(|| ApiError::internal("a handler that audits runs outside the audit layer"))
     }
 }
+
+/// Marks a request the server sends itself for an MCP tool call (see
+/// [`crate::mcp`]): the audit record's summary starts with `mcp TOOL`. It is
+/// a request extension, which only code in this process can set; a header
+/// would let any client claim to be a tool.
+#[derive(Debug, Clone, Copy)]
+pub struct ViaTool(pub &'static str);
 
 /// A one-line description of a request, without its contents.
 pub trait Summary {
@@ -319,6 +339,9 @@ pub async fn record(State(state): State<AppState>, mut request: Request, next: N
         }
     };
     call.routed(route, sandbox);
+    if let Some(ViaTool(tool)) = request.extensions().get::<ViaTool>() {
+        call.via_tool(tool);
+    }
     let response = next.run(request).await;
     call.finish(response.status().as_u16());
     response

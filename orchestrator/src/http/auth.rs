@@ -79,6 +79,9 @@ pub fn requirement(method: &Method, route: &str) -> Requirement {
         ("/v1/tokens" | "/v1/tokens/{id}", _) => scope(Scope::TokensAdmin, false),
         ("/v1/audit", &Method::GET) => scope(Scope::AuditRead, false),
         ("/metrics", &Method::GET) => scope(Scope::MetricsRead, false),
+        // Any valid token; each tool call is then held to its own route's
+        // line here (see `crate::mcp`).
+        ("/mcp", &Method::POST) => Requirement::Authenticated,
         _ => Requirement::EveryScope,
     }
 }
@@ -93,7 +96,8 @@ fn bearer(request: &Request) -> Option<&str> {
         .map(str::trim)
 }
 
-fn check(
+/// Whether `principal` meets `requirement` on `sandbox` (the route's `{id}`).
+pub fn check(
     principal: &Principal,
     requirement: Requirement,
     sandbox: Option<&str>,
@@ -221,6 +225,7 @@ mod tests {
             ),
             (Method::GET, "/v1/audit", scope(Scope::AuditRead, false)),
             (Method::GET, "/metrics", scope(Scope::MetricsRead, false)),
+            (Method::POST, "/mcp", Requirement::Authenticated),
             (Method::POST, "/metrics", Requirement::EveryScope),
             (Method::GET, "/v1/something-new", Requirement::EveryScope),
             (Method::PATCH, "/v1/sandboxes", Requirement::EveryScope),

@@ -28,7 +28,8 @@ mod sandboxes;
 mod serve;
 mod tokens;
 
-pub use auth::load_or_create_admin_token;
+pub use audit_trail::ViaTool;
+pub use auth::{check, load_or_create_admin_token, requirement, Requirement};
 pub use error::ApiError;
 pub use serve::serve;
 
@@ -138,7 +139,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             metrics::audit_refusals,
         ));
-    Router::new()
+    let api = Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/openapi.json", get(move || serve_openapi(spec.clone())))
         .merge(scrape)
@@ -150,5 +151,8 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             metrics::count_errors,
         ))
-        .with_state(state)
+        .with_state(state.clone());
+    // MCP's tools call the API above in process (see crate::mcp).
+    api.clone()
+        .route_service("/mcp", crate::mcp::service(state, api))
 }

@@ -50,7 +50,7 @@ const ERROR_RESPONSE: &str = "Error";
             Streams (`exec` with `Accept: application/x-ndjson`, process logs) are NDJSON: \
             one `ExecEvent` per line.",
     ),
-    paths(health, super::serve_openapi, super::metrics::scrape),
+    paths(health, super::serve_openapi, super::metrics::scrape, mcp),
     tags(
         (name = "sandboxes", description = "Create, list, change and delete sandboxes"),
         (name = "exec", description = "Run a command to completion"),
@@ -70,6 +70,21 @@ struct Base;
     security(()), responses((status = 200, body = String, content_type = "text/plain")))]
 #[allow(dead_code)] // Documents the route; the router serves it with a closure.
 fn health() {}
+
+/// The MCP server (streamable HTTP transport, stateless).
+///
+/// JSON-RPC 2.0 messages of the Model Context Protocol, one per request,
+/// answered as JSON. The tools it lists follow the token's scopes; each
+/// tool call is a call of this API, checked and audited as one. Its
+/// contract is MCP's own, tested with the official MCP SDK.
+#[utoipa::path(post, path = "/mcp", tag = "server", operation_id = "mcp",
+    request_body(content = Object, description = "A JSON-RPC 2.0 request or notification"),
+    responses(
+        (status = 200, body = Object, description = "The JSON-RPC response"),
+        (status = 202, description = "A notification, accepted"),
+    ))]
+#[allow(dead_code)] // Documents the route; `crate::mcp` serves it.
+fn mcp() {}
 
 /// The complete spec, from the `/v1` routes' generated part.
 pub fn complete(v1: OpenApi) -> OpenApi {

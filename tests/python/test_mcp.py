@@ -1,0 +1,417 @@
+"""MCP, through the official MCP Python SDK as a stock client.
+
+Over streamable HTTP against the session's real `sbx serve` (`/mcp`), and
+once over stdio, the SDK spawning `sbx mcp` with SBX_URL/SBX_TOKEN set.
+Every tool's input schema is also checked as a JSON Schema (draft 2020-12).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+
+import anyio
+import httpx
+import httpx2
+import pytest
+from jsonschema import Draft202012Validator
+from mcp import Client, ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+
+ALL_TOOLS = {
+    "create_sandbox",
+    "list_sandboxes",
+    "delete_sandbox",
+    "exec",
+    "read_file",
+    "write_file",
+    "list_files",
+    "edit_file",
+    "start_process",
+    "process_logs",
+    "kill_process",
+    "set_egress",
+}
+SANDBOX_TOOLS = {
+    "exec",
+    "read_file",
+    "write_file",
+    "list_files",
+    "edit_file",
+    "start_process",
+    "process_logs",
+    "kill_process",
+}
+
+
+@contextlib.asynccontextmanager
+async def mcp_session(server, token: str | None = None):
+    headers = {"authorization": f"Bearer {token or server.admin_token}"}
+    timeout = httpx2.Timeout(30, read=300)
+    async with httpx2.AsyncClient(headers=headers, timeout=timeout) as http:
+        async with streamable_http_client(f"{server.url}/mcp", http_client=http) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                yield session
+
+
+def run(server, body, token: str | None = None):
+    """Runs `body(session)` in a fresh MCP session and returns its result."""
+
+    async def main():
+        async with mcp_session(server, token) as session:
+            return await body(session)
+
+    return anyio.run(main)
+
+
+def text_of(result) -> str:
+    return "".join(block.text for block in result.content if block.type == "text")
+
+
+def ok(result) -> str:
+    text = text_of(result)
+    assert not result.is_error, text
+    return text
+
+
+def error_code(result) -> str:
+    assert result.is_error, text_of(result)
+    code = result.structured_content["error_code"]
+    assert text_of(result).startswith(f"{code}: "), text_of(result)
+    return code
+
+
+@pytest.fixture(scope="module")
+def sandbox(server):
+    """A sandbox made through MCP's create_sandbox, deleted after the module."""
+    result = run(server, lambda s: s.call_tool("create_sandbox", {"labels": {"suite": "mcp"}}))
+    text = ok(result)
+    sandbox_id = result.structured_content["id"]
+    assert sandbox_id in text
+    assert result.structured_content["state"] == "running"
+    assert "token" not in result.structured_content, "the sandbox token stays out of the model's context"
+    yield sandbox_id
+    with server.client() as admin:
+        admin.delete(f"/v1/sandboxes/{sandbox_id}")
+
+
+def call(server, name: str, arguments: dict, token: str | None = None):
+    return run(server, lambda s: s.call_tool(name, arguments), token)
+
+
+def test_initialize_lists_every_tool_with_a_valid_schema(server):
+    async def body(session):
+        tools = await session.list_tools()
+        return tools.tools
+
+    tools = run(server, body)
+    assert {tool.name for tool in tools} == ALL_TOOLS
+    for tool in tools:
+        Draft202012Validator.check_schema(tool.input_schema)
+        assert tool.input_schema["type"] == "object", tool.name
+        assert len(tool.description) > 40, tool.name
+        if tool.name not in {"create_sandbox", "list_sandboxes"}:
+            assert "sandbox_id" in tool.input_schema["required"], tool.name
+    exec_tool = next(tool for tool in tools if tool.name == "exec")
+    assert {"command", "timeout_seconds"} <= set(exec_tool.input_schema["properties"])
+
+
+def test_initialize_names_the_server(server):
+    async def main():
+        headers = {"authorization": f"Bearer {server.admin_token}"}
+        async with httpx2.AsyncClient(headers=headers) as http:
+            async with streamable_http_client(f"{server.url}/mcp", http_client=http) as (read, write):
+                async with ClientSession(read, write) as session:
+                    return await session.initialize()
+
+    result = anyio.run(main)
+    assert result.server_info.name == "sbx"
+    assert result.capabilities.tools is not None
+    assert "sandbox" in (result.instructions or "")
+
+
+def test_no_token_or_a_bad_one_is_401(server):
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    headers = {"accept": "application/json, text/event-stream"}
+    for auth in [None, "Bearer sbx_not-a-token", "Basic abc"]:
+        sent = dict(headers, **({"authorization": auth} if auth else {}))
+        response = httpx.post(f"{server.url}/mcp", json=body, headers=sent, timeout=10)
+        assert response.status_code == 401, response.text
+        assert response.json()["error_code"] == "unauthorized"
+
+
+def test_create_list_and_delete(server):
+    created = call(server, "create_sandbox", {"memory_mb": 256, "egress": ["example.test"]})
+    ok(created)
+    sandbox_id = created.structured_content["id"]
+    listed = call(server, "list_sandboxes", {})
+    assert sandbox_id in ok(listed)
+    assert "example.test" in ok(listed)
+    assert sandbox_id in {s["id"] for s in listed.structured_content["sandboxes"]}
+    assert f"deleted sandbox {sandbox_id}" in ok(call(server, "delete_sandbox", {"sandbox_id": sandbox_id}))
+    assert sandbox_id not in ok(call(server, "list_sandboxes", {}))
+
+
+def test_exec_returns_exit_code_and_both_streams(server, sandbox):
+    result = call(server, "exec", {"sandbox_id": sandbox, "command": "echo hello; echo oops >&2; exit 3"})
+    text = ok(result)
+    assert "exit code 3" in text
+    assert "--- stdout ---\nhello\n" in text
+    assert "--- stderr ---\noops\n" in text
+    assert result.structured_content["exit_code"] == 3
+    cwd = ok(call(server, "exec", {"sandbox_id": sandbox, "command": "pwd"}))
+    assert "/workspace" in cwd
+
+
+def test_exec_times_out(server, sandbox):
+    started = time.monotonic()
+    result = call(server, "exec", {"sandbox_id": sandbox, "command": "sleep 60", "timeout_seconds": 1})
+    assert "timed out after 1 s" in ok(result)
+    assert result.structured_content["timed_out"] is True
+    assert time.monotonic() - started < 20
+
+
+def test_long_output_is_cut_and_can_be_read_in_full(server, sandbox):
+    result = call(server, "exec", {"sandbox_id": sandbox, "command": "seq 1 200000"})
+    text = ok(result)
+    assert len(text) < 40_000, len(text)
+    assert text.startswith("exit code 0")
+    assert "\n1\n2\n3\n" in text and text.rstrip().endswith("200000")
+    marker = re.search(r"\[… (\d+) bytes cut here, of (\d+); the whole output \((\d+) bytes, (\d+) lines\) is in (\S+):", text)
+    assert marker, text[:6000]
+    cut, total, _, lines, path = marker.groups()
+    assert int(total) == len("".join(f"{i}\n" for i in range(1, 200001)))
+    assert int(lines) == 200000 and int(cut) > 0
+    assert path.startswith("/tmp/sbx-output/")
+    page = ok(call(server, "read_file", {"sandbox_id": sandbox, "path": path, "offset": 100000, "limit": 3}))
+    assert "100000\t100000\n100001\t100001\n100002\t100002\n" in page
+    assert "offset=100003" in page
+    end = ok(call(server, "read_file", {"sandbox_id": sandbox, "path": path, "offset": 199999}))
+    assert "200000\t200000\n" in end and "end of" in end
+    count = ok(call(server, "exec", {"sandbox_id": sandbox, "command": f"wc -l < {path}"}))
+    assert "\n200000\n" in count
+
+
+def test_write_then_read_a_file_by_lines(server, sandbox):
+    content = "".join(f"line {i}\n" for i in range(1, 11))
+    wrote = ok(call(server, "write_file", {"sandbox_id": sandbox, "path": "/workspace/notes/a.txt", "content": content}))
+    assert f"wrote {len(content)} bytes" in wrote
+    whole = ok(call(server, "read_file", {"sandbox_id": sandbox, "path": "/workspace/notes/a.txt"}))
+    assert "     1\tline 1\n" in whole and "    10\tline 10\n" in whole
+    assert "lines 1-10 of 10" in whole
+    page = ok(call(server, "read_file", {"sandbox_id": sandbox, "path": "/workspace/notes/a.txt", "offset": 4, "limit": 2}))
+    assert page.startswith("     4\tline 4\n     5\tline 5\n")
+    assert "offset=6" in page
+    listing = ok(call(server, "list_files", {"sandbox_id": sandbox, "path": "/workspace/notes"}))
+    assert re.search(r"file\s+\d+\s+/workspace/notes/a.txt", listing), listing
+    top = ok(call(server, "list_files", {"sandbox_id": sandbox}))
+    assert "/workspace/notes/" in top
+
+
+def test_binary_files_are_refused_by_read_file(server, sandbox):
+    ok(call(server, "exec", {"sandbox_id": sandbox, "command": "head -c 100 /dev/zero > /workspace/zeros"}))
+    result = call(server, "read_file", {"sandbox_id": sandbox, "path": "/workspace/zeros"})
+    assert error_code(result) == "invalid_request"
+    assert "binary" in text_of(result)
+
+
+def test_edit_file_replaces_exactly_one_occurrence(server, sandbox):
+    path = "/workspace/edit/prog.py"
+    source = "def f():\n    return 1\n\n\ndef g():\n    return 1\n"
+    ok(call(server, "write_file", {"sandbox_id": sandbox, "path": path, "content": source, "mode": "0755"}))
+
+    ambiguous = call(server, "edit_file", {"sandbox_id": sandbox, "path": path, "old_string": "return 1", "new_string": "return 2"})
+    assert error_code(ambiguous) == "invalid_request"
+    assert "occurs 2 times" in text_of(ambiguous)
+    missing = call(server, "edit_file", {"sandbox_id": sandbox, "path": path, "old_string": "return 9", "new_string": "x"})
+    assert "not found" in text_of(missing) and error_code(missing) == "invalid_request"
+
+    edited = ok(call(server, "edit_file", {"sandbox_id": sandbox, "path": path, "old_string": "def g():\n    return 1", "new_string": "def g():\n    return 2"}))
+    assert "replaced 1 occurrence" in edited and "     6\t    return 2" in edited
+    every = ok(call(server, "edit_file", {"sandbox_id": sandbox, "path": path, "old_string": "def ", "new_string": "async def ", "replace_all": True}))
+    assert "replaced 2 occurrences" in every
+
+    after = ok(call(server, "exec", {"sandbox_id": sandbox, "command": f"cat {path}; stat -c %a {path}"}))
+    assert "async def f():\n    return 1\n\n\nasync def g():\n    return 2\n" in after
+    assert "\n755\n" in after, "the file keeps its mode"
+    unchanged = ok(call(server, "read_file", {"sandbox_id": sandbox, "path": path, "limit": 1}))
+    assert "async def f" in unchanged
+    not_a_file = call(server, "edit_file", {"sandbox_id": sandbox, "path": "/workspace/edit", "old_string": "a", "new_string": "b"})
+    assert error_code(not_a_file) == "invalid_request"
+
+
+def test_process_start_logs_and_kill(server, sandbox):
+    started = call(server, "start_process", {"sandbox_id": sandbox, "command": "for i in 1 2 3; do echo line$i; done; echo warn >&2; sleep 300", "name": "looper"})
+    pid = started.structured_content["pid"]
+    assert f"started pid {pid}" in ok(started)
+
+    deadline = time.monotonic() + 20
+    while True:
+        logs = call(server, "process_logs", {"sandbox_id": sandbox, "pid": pid})
+        text = ok(logs)
+        if "line3" in text and "warn" in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert f"pid {pid} is running" in text
+    assert "line1\nline2\nline3\n" in text and "--- stderr ---\nwarn" in text
+    assert logs.structured_content["running"] is True
+
+    assert "SIGTERM" in ok(call(server, "kill_process", {"sandbox_id": sandbox, "pid": pid}))
+    deadline = time.monotonic() + 20
+    while True:
+        logs = call(server, "process_logs", {"sandbox_id": sandbox, "pid": pid})
+        if "exited" in ok(logs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert f"pid {pid} exited with code 143" in text_of(logs)
+    missing = call(server, "process_logs", {"sandbox_id": sandbox, "pid": 999999})
+    assert error_code(missing) == "not_found"
+
+
+def test_set_egress_replaces_the_allowlist(server, sandbox, admin):
+    result = call(server, "set_egress", {"sandbox_id": sandbox, "egress": ["Example.Test", "*.pypi.org:443"]})
+    assert "may now reach: example.test, *.pypi.org:443" in ok(result)
+    assert admin.get(f"/v1/sandboxes/{sandbox}").json()["network"]["egress"] == ["example.test", "*.pypi.org:443"]
+    assert "no host" in ok(call(server, "set_egress", {"sandbox_id": sandbox, "egress": []}))
+    assert admin.get(f"/v1/sandboxes/{sandbox}").json()["network"]["egress"] == []
+    bad = call(server, "set_egress", {"sandbox_id": sandbox, "egress": ["https://example.test/x"]})
+    assert error_code(bad) == "invalid_request"
+
+
+def test_errors_are_tool_errors_with_their_error_code(server, sandbox):
+    missing_file = call(server, "read_file", {"sandbox_id": sandbox, "path": "/workspace/no/such/file"})
+    assert error_code(missing_file) == "not_found"
+    assert missing_file.structured_content["request_id"]
+    missing_sandbox = call(server, "exec", {"sandbox_id": "0123456789abcdef", "command": "true"})
+    assert error_code(missing_sandbox) == "not_found"
+    relative = call(server, "read_file", {"sandbox_id": sandbox, "path": "relative.txt"})
+    assert error_code(relative) == "invalid_request"
+    bad_args = call(server, "exec", {"sandbox_id": sandbox})
+    assert error_code(bad_args) == "invalid_request"
+    assert "command" in text_of(bad_args)
+
+
+def test_tool_calls_are_audited_with_the_tool_name(server, sandbox, admin):
+    ok(call(server, "exec", {"sandbox_id": sandbox, "command": "echo audit-me"}))
+    ok(call(server, "write_file", {"sandbox_id": sandbox, "path": "/workspace/audited.txt", "content": "SECRET-CONTENT"}))
+    records = admin.get("/v1/audit", params={"sandbox": sandbox, "limit": 50}).json()["records"]
+    execs = [r for r in records if r.get("summary") == "mcp exec: shell: echo audit-me"]
+    assert len(execs) == 1, records
+    assert execs[0]["route"] == "/v1/sandboxes/{id}/exec"
+    assert execs[0]["identity"] == "admin" and execs[0]["status"] == 200
+    writes = [r for r in records if r.get("summary") == "mcp write_file: /workspace/audited.txt"]
+    assert len(writes) == 1, records
+    assert not any("SECRET-CONTENT" in (r.get("summary") or "") for r in records)
+    refused = call(server, "exec", {"sandbox_id": sandbox, "commandd": "x"})
+    assert error_code(refused) == "invalid_request"
+    recent = admin.get("/v1/audit", params={"limit": 5}).json()["records"]
+    assert any(r["route"] == "/mcp" and r.get("summary") == "mcp exec" and r["status"] == 400 for r in recent), recent
+
+
+def test_a_sandbox_token_sees_only_its_sandbox(server, admin):
+    created = admin.post("/v1/sandboxes", json={})
+    assert created.status_code == 201, created.text
+    sandbox_id, token = created.json()["id"], created.json()["token"]
+    try:
+        async def body(session):
+            tools = (await session.list_tools()).tools
+            ran = await session.call_tool("exec", {"command": "echo inside"})
+            create = await session.call_tool("create_sandbox", {})
+            other = await session.call_tool("exec", {"command": "true", "sandbox_id": "0123456789abcdef"})
+            return tools, ran, create, other
+
+        tools, ran, create, other = run(server, body, token=token)
+        assert {tool.name for tool in tools} == SANDBOX_TOOLS
+        for tool in tools:
+            assert "sandbox_id" not in tool.input_schema.get("properties", {}), tool.name
+            assert "sandbox_id" not in tool.input_schema.get("required", []), tool.name
+            Draft202012Validator.check_schema(tool.input_schema)
+        assert "inside" in ok(ran)
+        assert error_code(create) == "forbidden"
+        assert error_code(other) == "invalid_request"
+        records = admin.get("/v1/audit", params={"sandbox": sandbox_id}).json()["records"]
+        assert any(r.get("summary") == "mcp exec: shell: echo inside" and r["identity"] == f"sandbox:{sandbox_id}" for r in records)
+    finally:
+        admin.delete(f"/v1/sandboxes/{sandbox_id}")
+
+
+def test_stdio_relays_to_the_server(server, sandbox):
+    params = StdioServerParameters(
+        command=os.environ["SBX_BIN"],
+        args=["mcp"],
+        env={"SBX_URL": server.url, "SBX_TOKEN": server.admin_token, "PATH": os.environ.get("PATH", "")},
+    )
+
+    async def main():
+        async with stdio_client(params) as (read, write):
+            async with ClientSession(read, write) as session:
+                init = await session.initialize()
+                tools = (await session.list_tools()).tools
+                ran = await session.call_tool("exec", {"sandbox_id": sandbox, "command": "echo over-stdio"})
+                missing = await session.call_tool("read_file", {"sandbox_id": sandbox, "path": "/nope"})
+                return init, tools, ran, missing
+
+    init, tools, ran, missing = anyio.run(main)
+    assert init.server_info.name == "sbx"
+    assert {tool.name for tool in tools} == ALL_TOOLS
+    assert "over-stdio" in ok(ran)
+    assert error_code(missing) == "not_found"
+
+
+def test_stdio_with_a_bad_token_fails_cleanly(server):
+    params = StdioServerParameters(
+        command=os.environ["SBX_BIN"],
+        args=["mcp"],
+        env={"SBX_URL": server.url, "SBX_TOKEN": "sbx_bad", "PATH": os.environ.get("PATH", "")},
+    )
+
+    async def main():
+        async with stdio_client(params) as (read, write):
+            async with ClientSession(read, write, read_timeout_seconds=30) as session:
+                await session.initialize()
+
+    # The relay answers the initialize with a JSON-RPC error naming the 401,
+    # instead of leaving the client waiting.
+    with pytest.raises(Exception) as raised:
+        anyio.run(main)
+    assert "HTTP 401" in repr(raised.value) and "invalid or revoked bearer token" in repr(raised.value)
+
+
+def test_a_2026_client_discovers_instead_of_initializing(server, sandbox):
+    """The SDK's default `Client` probes `server/discover` (stateless, per-request
+    protocol version) before falling back to `initialize`."""
+    async def main():
+        headers = {"authorization": f"Bearer {server.admin_token}"}
+        async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300)) as http:
+            transport = streamable_http_client(f"{server.url}/mcp", http_client=http)
+            async with Client(transport, mode="auto") as client:
+                tools = await client.list_tools()
+                ran = await client.call_tool("exec", {"sandbox_id": sandbox, "command": "echo modern"})
+                return client.protocol_version, client.server_info, tools, ran
+
+    version, info, tools, ran = anyio.run(main)
+    assert version == "2026-07-28"
+    assert info.name == "sbx"
+    assert {tool.name for tool in tools.tools} == ALL_TOOLS
+    assert "modern" in ok(ran)
+
+
+def test_stdio_relays_a_2026_client_too(server, sandbox):
+    params = StdioServerParameters(
+        command=os.environ["SBX_BIN"],
+        args=["mcp"],
+        env={"SBX_URL": server.url, "SBX_TOKEN": server.admin_token, "PATH": os.environ.get("PATH", "")},
+    )
+
+    async def main():
+        async with Client(params, mode="auto") as client:
+            ran = await client.call_tool("exec", {"sandbox_id": sandbox, "command": "echo relayed"})
+            return client.protocol_version, ran
+
+    version, ran = anyio.run(main)
+    assert version == "2026-07-28"
+    assert "relayed" in ok(ran)
