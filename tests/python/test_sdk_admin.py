@@ -139,3 +139,31 @@ def test_audit_records_calls_with_filters(server, client):
             if r.route == "/v1/audit" and r.identity == f"sandbox:{sb.id}"
         ]
         assert refusals and refusals[0].status == 403
+
+
+def test_metrics_need_their_scope(server, client):
+    exposition = client.metrics()
+    assert "# TYPE sbx_execs_total counter" in exposition
+    created = client.tokens.create("sdk-scraper", ["metrics:read"])
+    with sbx.Client(server.url, created.secret) as scraper:
+        assert "sbx_sandboxes" in scraper.metrics()
+    reader = client.tokens.create("sdk-no-metrics", ["sandboxes:read"])
+    with sbx.Client(server.url, reader.secret) as stranger:
+        with pytest.raises(sbx.Forbidden):
+            stranger.metrics()
+    client.tokens.revoke(created.id)
+    client.tokens.revoke(reader.id)
+
+
+def test_a_sandbox_token_cannot_widen_its_own_network(server, client):
+    with sbx.Sandbox.create(url=server.url, token=server.admin_token) as sandbox:
+        with sbx.Sandbox.connect(sandbox.id, url=server.url, token=sandbox.token) as own:
+            with pytest.raises(sbx.Forbidden):
+                own.update_egress(["example.com"])
+        network = client.tokens.create(
+            "sdk-network", ["sandboxes:network", "sandboxes:read"], sandbox=sandbox.id
+        )
+        with sbx.Sandbox.connect(sandbox.id, url=server.url, token=network.secret) as governed:
+            governed.update_egress(["example.com:443"])
+        assert sandbox.get_info().egress == ["example.com:443"]
+        client.tokens.revoke(network.id)

@@ -148,6 +148,11 @@ enum Command {
         conn: ConnArgs,
         id: String,
     },
+    /// Print the server's Prometheus metrics (needs `metrics:read`)
+    Metrics {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// Print the API's OpenAPI 3.1 spec (what `GET /openapi.json` serves),
     /// for client generators; needs no server
     Openapi,
@@ -515,6 +520,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::KillAll { conn, id } => {
             let result = conn.client()?.sandbox(&id).kill_all().await?;
             println!("{}", result.killed);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Metrics { conn } => {
+            print!("{}", conn.client()?.metrics().await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Openapi => {

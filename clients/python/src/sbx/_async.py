@@ -129,6 +129,9 @@ class AsyncClient:
     async def info(self) -> ServerInfo:
         return await self._run(_core.server_info())
 
+    async def metrics(self) -> str:
+        return await self._run(_core.metrics())
+
     async def audit(
         self,
         *,

@@ -569,6 +569,10 @@ def server_info() -> Call[models.ServerInfo]:
     return Call(Request("GET", "/v1/info"), _json(models.ServerInfo.from_json))
 
 
+def metrics() -> Call[str]:
+    return Call(Request("GET", "/metrics"), lambda body: body.decode("utf-8", "replace"))
+
+
 def create_token(
     name: str,
     scopes: Sequence[str],

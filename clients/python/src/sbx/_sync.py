@@ -128,6 +128,10 @@ class Client:
         """``GET /v1/info``: the server's version and runtime isolation."""
         return self._run(_core.server_info())
 
+    def metrics(self) -> str:
+        """``GET /metrics``: the Prometheus text exposition (needs ``metrics:read``)."""
+        return self._run(_core.metrics())
+
     def audit(
         self,
         *,
