@@ -10,7 +10,9 @@ the data dir, keeping it only if a test failed.
 Fixtures:
 - ``server``: the running server (``url``, ``admin_token``, ``data_dir``,
   ``log()``);
-- ``admin``: an ``httpx.Client`` on the server with the admin token.
+- ``admin``: an ``httpx.Client`` on the server with the admin token;
+- ``client``: an ``sbx.Client`` (the SDK) with the admin token;
+- ``sandbox``: a new sandbox through the SDK, deleted after the test.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sbx
 
 READY_TIMEOUT_S = 30.0
 
@@ -143,6 +146,18 @@ def server(request: pytest.FixtureRequest):
 def admin(server: Server):
     with server.client() as client:
         yield client
+
+
+@pytest.fixture
+def client(server: Server):
+    with sbx.Client(server.url, server.admin_token) as sdk:
+        yield sdk
+
+
+@pytest.fixture
+def sandbox(client):
+    with sbx.Sandbox.create(client=client) as created:
+        yield created
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

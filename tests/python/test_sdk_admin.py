@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Iterator
 
 import pytest
 import sbx
-
-
-@pytest.fixture
-def client(server) -> Iterator[sbx.Client]:
-    with sbx.Client(server.url, server.admin_token) as c:
-        yield c
 
 
 def test_tokens_create_list_use_and_revoke(server, client):

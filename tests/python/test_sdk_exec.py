@@ -3,29 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterator, List
+from typing import List
 
 import pytest
 import sbx
-
-
-@pytest.fixture
-def client(server) -> Iterator[sbx.Client]:
-    with sbx.Client(server.url, server.admin_token) as c:
-        yield c
-
-
-@pytest.fixture
-def sandbox(client) -> Iterator[sbx.Sandbox]:
-    with sbx.Sandbox.create(client=client) as sb:
-        yield sb
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
+from waiting import wait_until
 
 
 def test_a_string_runs_through_the_shell(sandbox):

@@ -6,22 +6,9 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import sbx
-
-
-@pytest.fixture
-def client(server) -> Iterator[sbx.Client]:
-    with sbx.Client(server.url, server.admin_token) as c:
-        yield c
-
-
-@pytest.fixture
-def sandbox(client) -> Iterator[sbx.Sandbox]:
-    with sbx.Sandbox.create(client=client) as sb:
-        yield sb
 
 
 ALL_BYTES = bytes(range(256)) * 64

@@ -4,31 +4,10 @@ against the session's real `sbx serve`."""
 from __future__ import annotations
 
 import socket
-import time
-from typing import Callable, Iterator
 
 import pytest
 import sbx
 from sbx.errors import error_for, error_from_response
-
-
-@pytest.fixture
-def client(server) -> Iterator[sbx.Client]:
-    with sbx.Client(server.url, server.admin_token) as c:
-        yield c
-
-
-@pytest.fixture
-def sandbox(client) -> Iterator[sbx.Sandbox]:
-    with sbx.Sandbox.create(client=client) as sb:
-        yield sb
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def test_create_applies_every_field(client):

@@ -82,11 +82,12 @@ async fn exec(
     forward_exec(&state, &id, &headers, request).await
 }
 
-/// Declares a handler that forwards its route to the sandbox's agent: `=>
-/// forward` as it is, `=> json T` reading the small JSON body `T` first
-/// to summarise it. The `#[utoipa::path]` above each is its contract.
+/// Declares a handler that forwards its route to the sandbox's agent
+/// through `$via`: [`forward`] as it is, or [`forward_json`] reading a
+/// small JSON body first to summarise it. The `#[utoipa::path]` above
+/// each is its contract.
 macro_rules! forwarded {
-    ($(#[$meta:meta])* $name:ident($path:ty) => forward) => {
+    ($(#[$meta:meta])* $name:ident($path:ty) => $via:expr) => {
         $(#[$meta])*
         async fn $name(
             State(state): State<AppState>,
@@ -94,18 +95,7 @@ macro_rules! forwarded {
             ApiPath(path): ApiPath<$path>,
             request: Request,
         ) -> Result<Response, ApiError> {
-            forward(&state, &call, path.into(), request).await
-        }
-    };
-    ($(#[$meta:meta])* $name:ident($path:ty) => json $body:ty) => {
-        $(#[$meta])*
-        async fn $name(
-            State(state): State<AppState>,
-            call: Call,
-            ApiPath(path): ApiPath<$path>,
-            request: Request,
-        ) -> Result<Response, ApiError> {
-            forward_json::<$body>(&state, &call, path.into(), request).await
+            $via(&state, &call, path.into(), request).await
         }
     };
 }
@@ -128,7 +118,7 @@ forwarded! {
     #[utoipa::path(post, path = "/sandboxes/{id}/processes", tag = "processes",
         operation_id = "start_process", params(SandboxPath), request_body = StartProcessRequest,
         responses((status = 201, body = ProcessInfo)))]
-    start_process(SandboxPath) => json StartProcessRequest
+    start_process(SandboxPath) => forward_json::<StartProcessRequest>
 }
 
 forwarded! {
@@ -180,7 +170,7 @@ forwarded! {
     #[utoipa::path(post, path = "/sandboxes/{id}/processes/{pid}/signal", tag = "processes",
         operation_id = "signal_process", params(ProcessPath), request_body = SignalRequest,
         responses((status = 204, description = "Sent")))]
-    signal_process(ProcessPath) => json SignalRequest
+    signal_process(ProcessPath) => forward_json::<SignalRequest>
 }
 
 forwarded! {
@@ -253,7 +243,7 @@ forwarded! {
     #[utoipa::path(post, path = "/sandboxes/{id}/files/mkdir", tag = "files",
         operation_id = "make_dir", params(SandboxPath), request_body = MkdirRequest,
         responses((status = 200, body = FileInfo)))]
-    make_dir(SandboxPath) => json MkdirRequest
+    make_dir(SandboxPath) => forward_json::<MkdirRequest>
 }
 
 forwarded! {
@@ -263,7 +253,7 @@ forwarded! {
     #[utoipa::path(post, path = "/sandboxes/{id}/files/move", tag = "files",
         operation_id = "move_file", params(SandboxPath), request_body = MoveRequest,
         responses((status = 204, description = "Moved")))]
-    move_file(SandboxPath) => json MoveRequest
+    move_file(SandboxPath) => forward_json::<MoveRequest>
 }
 
 forwarded! {
