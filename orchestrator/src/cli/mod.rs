@@ -321,8 +321,11 @@ fn local_admin_token() -> Result<String, CliError> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // rmcp logs every stateless /mcp request's service start and end at
+    // info: two lines per tool call that say nothing the audit trail does
+    // not. libcgroups warns, per create, of controllers the host lacks.
     let filter = tracing_subscriber::EnvFilter::try_from_env("SBX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn,libcgroups=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
