@@ -142,6 +142,11 @@ def test_no_token_or_a_bad_one_is_401(server):
         response = httpx.post(f"{server.url}/mcp", json=body, headers=sent, timeout=10)
         assert response.status_code == 401, response.text
         assert response.json()["error_code"] == "unauthorized"
+        assert response.json()["request_id"] == response.headers["x-request-id"]
+    admin = dict(headers, authorization=f"Bearer {server.admin_token}")
+    listed = httpx.post(f"{server.url}/mcp", json=body, headers=admin, timeout=10)
+    assert listed.status_code == 200, listed.text
+    assert len(listed.headers["x-request-id"]) == 16
 
 
 def test_create_list_and_delete(server):

@@ -31,6 +31,7 @@ mod tokens;
 pub use audit_trail::ViaTool;
 pub use auth::{check, load_or_create_admin_token, requirement, Requirement};
 pub use error::ApiError;
+pub use request_id::RequestId;
 pub use serve::serve;
 
 use crate::audit::AuditLog;
@@ -152,7 +153,10 @@ pub fn router(state: AppState) -> Router {
             metrics::count_errors,
         ))
         .with_state(state.clone());
-    // MCP's tools call the API above in process (see crate::mcp).
-    api.clone()
-        .route_service("/mcp", crate::mcp::service(state, api))
+    // MCP's tools call the API above in process (see crate::mcp); /mcp
+    // itself gets a request id like every other route.
+    let mcp = Router::new()
+        .route_service("/mcp", crate::mcp::service(state, api.clone()))
+        .layer(axum::middleware::from_fn(request_id::assign));
+    api.merge(mcp)
 }

@@ -59,7 +59,7 @@ mod tools;
 
 pub use relay::{relay_stdio, RelayError};
 
-use crate::http::{ApiError, AppState};
+use crate::http::{ApiError, AppState, RequestId};
 use crate::store::AuditEntry;
 use crate::tokens::Principal;
 use axum::body::Body;
@@ -146,7 +146,7 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         summary: None,
         status: response.status().as_u16(),
         duration: started.elapsed(),
-        request_id: None,
+        request_id: RequestId::current().map(|id| id.to_string()),
     });
     response
 }
