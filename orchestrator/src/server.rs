@@ -251,7 +251,12 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     detached.close();
     detached.wait().await;
     sweeper.abort();
-    filler.abort();
+    // The filler ends after the launch it is in, so that nothing pooled
+    // is still being made when the pool is drained (see `close_pool`).
+    manager.close_pool();
+    if let Err(err) = filler.await {
+        tracing::error!(error = %err, "the pool's filler failed");
+    }
     // Pooled sandboxes are nobody's: they do not outlive the server.
     if let Err(err) = manager.drain_pool().await {
         tracing::error!(error = %err, "cannot delete the pooled sandboxes");

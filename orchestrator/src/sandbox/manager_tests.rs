@@ -357,6 +357,33 @@ async fn the_warm_pool_hands_out_started_sandboxes_and_refills() {
     assert_eq!(left, expected);
 }
 
+/// A stop while the filler is mid-launch: the launch finishes, then the
+/// drain deletes it, so no pooled sandbox is left half-made. Aborting the
+/// filler instead left one `creating` (seen in CI).
+#[tokio::test]
+async fn closing_the_pool_mid_launch_leaves_nothing_pooled() {
+    let f = fixture_with(|config| config.warm_pool = 1);
+    f.runtime
+        .script([Start::SlowAgent(Duration::from_millis(100))]);
+    let filler = tokio::spawn(Arc::clone(&f.manager).keep_pool_full());
+    f.states_become(&[SandboxState::Creating]).await;
+    f.manager.close_pool();
+    tokio::time::timeout(Duration::from_secs(5), filler)
+        .await
+        .expect("the filler ends after its launch")
+        .expect("the filler did not panic");
+    f.manager.drain_pool().await.expect("drained");
+    let pooled: Vec<String> = f
+        .store
+        .list()
+        .expect("list")
+        .into_iter()
+        .filter(|record| record.pooled)
+        .map(|record| record.sandbox.id)
+        .collect();
+    assert!(pooled.is_empty(), "left: {pooled:?}");
+}
+
 #[tokio::test]
 async fn only_a_clients_running_sandboxes_take_the_fast_path() {
     let f = fixture_with(|config| config.warm_pool = 1);

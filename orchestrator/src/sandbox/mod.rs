@@ -480,8 +480,20 @@ impl Manager {
                     }
                 }
             }
+            if self.pool.is_closed() {
+                return;
+            }
             self.pool.room_made().await;
         }
+    }
+
+    /// Stops refilling the pool: [`Self::keep_pool_full`] returns once the
+    /// launch it is in (bounded by the start timeout) has finished. Not
+    /// aborted mid-launch: a start already handed to the runtime goes on
+    /// without its caller, and its sandbox would be left half-made, after
+    /// [`Self::drain_pool`] had looked (seen in CI).
+    pub fn close_pool(&self) {
+        self.pool.close();
     }
 
     async fn launch_pooled(&self) -> Result<String, SandboxError> {

@@ -23,6 +23,7 @@
 //! and when more are wanted. The manager starts, claims and deletes them.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use tokio::sync::Notify;
 
@@ -31,8 +32,10 @@ pub(crate) struct WarmPool {
     /// How many ready sandboxes to keep; 0: no pool.
     size: usize,
     ready: Mutex<VecDeque<String>>,
-    /// Woken when a claim makes room.
+    /// Woken when a claim makes room, or the pool closes.
     wanted: Notify,
+    /// Set at shutdown: no more sandboxes are wanted.
+    closed: AtomicBool,
 }
 
 impl WarmPool {
@@ -68,9 +71,21 @@ impl WarmPool {
         self.ready().push_back(id);
     }
 
-    /// Whether the pool holds fewer ready sandboxes than its size.
+    /// Whether the pool holds fewer ready sandboxes than its size, and is
+    /// still open.
     pub(crate) fn wants_more(&self) -> bool {
-        self.ready().len() < self.size
+        !self.is_closed() && self.ready().len() < self.size
+    }
+
+    /// Stops the filling: nothing more is wanted, and a filler waiting for
+    /// room is woken to see so.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.wanted.notify_one();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// Waits until a claim has made room (at once if one did since the
@@ -109,7 +124,15 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(1), pool.room_made())
             .await
             .expect("woken");
-        assert_eq!(pool.drain(), ["b"]);
+        pool.take();
+        assert!(pool.wants_more());
+        pool.close();
+        assert!(!pool.wants_more(), "a closed pool wants nothing");
+        tokio::time::timeout(std::time::Duration::from_secs(1), pool.room_made())
+            .await
+            .expect("closing wakes the filler");
+        pool.put("c".into());
+        assert_eq!(pool.drain(), ["c"]);
         assert_eq!(pool.take(), None);
         assert!(!WarmPool::new(0).is_enabled());
     }
