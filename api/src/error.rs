@@ -24,6 +24,8 @@ pub enum ErrorCode {
     Conflict,
     /// The body is larger than the server accepts (413).
     PayloadTooLarge,
+    /// The storage pool cannot hold what the call would promise (507).
+    InsufficientStorage,
     /// The sandbox's agent or the runtime could not be reached (503).
     Unavailable,
     /// A bug or an unexpected failure on the server (500).
@@ -32,7 +34,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code (the metrics count each from zero).
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -41,6 +43,7 @@ impl ErrorCode {
         ErrorCode::MethodNotAllowed,
         ErrorCode::Conflict,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::InsufficientStorage,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
     ];
@@ -55,6 +58,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::InsufficientStorage => 507,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
         }
@@ -129,8 +133,9 @@ mod tests {
             ErrorCode::MethodNotAllowed => 5,
             ErrorCode::Conflict => 6,
             ErrorCode::PayloadTooLarge => 7,
-            ErrorCode::Unavailable => 8,
-            ErrorCode::Internal => 9,
+            ErrorCode::InsufficientStorage => 8,
+            ErrorCode::Unavailable => 9,
+            ErrorCode::Internal => 10,
         };
         for (index, code) in ErrorCode::ALL.into_iter().enumerate() {
             assert_eq!(position(code), index, "{code}");

@@ -2,11 +2,30 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServerInfo {
     /// The sbx version.
     pub version: String,
     pub runtime: RuntimeInfo,
+    /// The pool sandbox disks and snapshots live in.
+    pub storage: StorageInfo,
+}
+
+/// The storage pool, and what has been promised out of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StorageInfo {
+    /// `reflink`: snapshots, forks and restores clone a disk in place, in
+    /// milliseconds whatever its size; `copy`: they copy its bytes.
+    pub snapshot_method: String,
+    /// The pool's size.
+    pub pool_bytes: u64,
+    /// What the pool holds now.
+    pub used_bytes: u64,
+    /// What sandboxes may still write, plus what stopped sandboxes and
+    /// snapshots hold: creates, starts, forks and snapshots are refused
+    /// past `pool_bytes × overcommit`.
+    pub promised_bytes: u64,
+    pub overcommit: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

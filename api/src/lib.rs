@@ -15,6 +15,7 @@ mod exec;
 mod files;
 mod handoff;
 mod info;
+mod lifecycle;
 mod network;
 mod process;
 mod sandbox;
@@ -35,7 +36,12 @@ pub use files::{
     MkdirRequest, MoveRequest, MAX_LIST_DEPTH,
 };
 pub use handoff::{Handoff, HANDOFF_MAX_FDS};
-pub use info::{IsolationInfo, RuntimeInfo, ServerInfo};
+pub use info::{IsolationInfo, RuntimeInfo, ServerInfo, StorageInfo};
+pub use lifecycle::{
+    validate_snapshot_name, CreateSnapshotRequest, Event, EventKind, EventsQuery, ForkOutcome,
+    ForkRequest, ForkResult, Lifecycle, LifecycleRequest, OnTimeout, RestoreRequest,
+    SetTimeoutRequest, Snapshot, SnapshotList, SnapshotPath, MAX_FORKS, MAX_LIFETIME_S,
+};
 pub use network::{
     normalize_host, EgressRule, HostPattern, NetworkPolicy, UpdateSandboxRequest, MAX_EGRESS_RULES,
 };

@@ -1,6 +1,6 @@
 //! Sandbox records and the create request.
 
-use crate::NetworkPolicy;
+use crate::{Lifecycle, LifecycleRequest, NetworkPolicy};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -46,6 +46,15 @@ pub struct CreateSandboxRequest {
     /// (its network namespace has only `lo`, and the proxy refuses all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkPolicy>,
+    /// How long the sandbox lives, and what happens when that runs out.
+    /// Absent fields take the server's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<LifecycleRequest>,
+    /// Start from this snapshot's filesystem (and its image build) instead
+    /// of a fresh one; `image` and `disk_mb`, if given, must match it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")]
+    pub snapshot: Option<String>,
 }
 
 impl CreateSandboxRequest {
@@ -92,6 +101,12 @@ impl CreateSandboxRequest {
         if let Some(network) = &self.network {
             network.validate()?;
         }
+        if let Some(lifecycle) = &self.lifecycle {
+            lifecycle.validate()?;
+        }
+        if let Some(snapshot) = &self.snapshot {
+            crate::validate_snapshot_name(snapshot)?;
+        }
         Ok(())
     }
 }
@@ -103,16 +118,30 @@ impl CreateSandboxRequest {
 pub enum SandboxState {
     Creating,
     Running,
+    /// Processes frozen, memory kept.
+    Paused,
+    Stopping,
+    /// No processes and no memory; the disk is kept.
+    Stopped,
+    Starting,
     Deleting,
+    /// Gone, kept listed with its `ended_reason` for the server's retention
+    /// period.
+    Deleted,
     Failed,
 }
 
 impl SandboxState {
     /// Every state, in lifecycle order.
-    pub const ALL: [SandboxState; 4] = [
+    pub const ALL: [SandboxState; 9] = [
         SandboxState::Creating,
         SandboxState::Running,
+        SandboxState::Paused,
+        SandboxState::Stopping,
+        SandboxState::Stopped,
+        SandboxState::Starting,
         SandboxState::Deleting,
+        SandboxState::Deleted,
         SandboxState::Failed,
     ];
 
@@ -120,7 +149,12 @@ impl SandboxState {
         match self {
             SandboxState::Creating => "creating",
             SandboxState::Running => "running",
+            SandboxState::Paused => "paused",
+            SandboxState::Stopping => "stopping",
+            SandboxState::Stopped => "stopped",
+            SandboxState::Starting => "starting",
             SandboxState::Deleting => "deleting",
+            SandboxState::Deleted => "deleted",
             SandboxState::Failed => "failed",
         }
     }
@@ -149,6 +183,20 @@ pub struct Sandbox {
     /// The sandbox's network policy, in canonical form.
     #[serde(default)]
     pub network: NetworkPolicy,
+    /// Its lifetime, with the server's defaults filled in.
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+    /// When `lifecycle.on_timeout` acts, if the sandbox has a timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Since when nothing has used the sandbox (see [`Lifecycle`]); absent
+    /// while a call or stream is running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<DateTime<Utc>>,
+    /// Why it ended or failed: `timeout`, `idle`, `oom`, `agent died`,
+    /// `server recovery`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_reason: Option<String>,
 }
 
 /// The path parameter of every `/v1/sandboxes/{id}…` route.

@@ -52,6 +52,11 @@ pub enum Scope {
     /// token) cannot widen its own network.
     #[serde(rename = "sandboxes:network")]
     SandboxesNetwork,
+    /// Stop, start, pause, resume, extend, snapshot and restore a sandbox.
+    /// Never in a sandbox's own token: code in a sandbox cannot keep it
+    /// alive past the lifetime its owner gave it.
+    #[serde(rename = "sandboxes:lifecycle")]
+    SandboxesLifecycle,
     /// Mint, list and revoke tokens (never with scopes the caller lacks).
     #[serde(rename = "tokens:admin")]
     TokensAdmin,
@@ -65,12 +70,13 @@ pub enum Scope {
 }
 
 impl Scope {
-    pub const ALL: [Scope; 8] = [
+    pub const ALL: [Scope; 9] = [
         Scope::SandboxesCreate,
         Scope::SandboxesRead,
         Scope::SandboxesDelete,
         Scope::SandboxesExec,
         Scope::SandboxesNetwork,
+        Scope::SandboxesLifecycle,
         Scope::TokensAdmin,
         Scope::AuditRead,
         Scope::MetricsRead,
@@ -83,6 +89,7 @@ impl Scope {
             Scope::SandboxesDelete => "sandboxes:delete",
             Scope::SandboxesExec => "sandboxes:exec",
             Scope::SandboxesNetwork => "sandboxes:network",
+            Scope::SandboxesLifecycle => "sandboxes:lifecycle",
             Scope::TokensAdmin => "tokens:admin",
             Scope::AuditRead => "audit:read",
             Scope::MetricsRead => "metrics:read",
@@ -98,6 +105,7 @@ impl Scope {
                 | Scope::SandboxesDelete
                 | Scope::SandboxesExec
                 | Scope::SandboxesNetwork
+                | Scope::SandboxesLifecycle
         )
     }
 }
@@ -300,6 +308,10 @@ mod tests {
                 memory_mb: 512,
                 cpus: 1.0,
                 labels: Default::default(),
+                lifecycle: Default::default(),
+                expires_at: None,
+                idle_since: None,
+                ended_reason: None,
             },
             token: "sbx_secret".into(),
         };

@@ -17,6 +17,8 @@
 //! | `sbx_warm_pool_ready`, `sbx_warm_pool_size` | gauge | at scrape time, from the pool ([`Census`]) |
 //! | `sbx_create_duration_seconds{runtime,source}` | histogram | `Manager::create`, successes |
 //! | `sbx_delete_duration_seconds{runtime}` | histogram | `Manager::delete`, successes |
+//! | `sbx_auto_resume_duration_seconds{runtime}` | histogram | `Manager::agent`, a stopped or paused sandbox woken for a call |
+//! | `sbx_storage_pool_bytes`, `sbx_storage_used_bytes`, `sbx_storage_promised_bytes` | gauge | at scrape time, from the pool and the store ([`Census`]) |
 //! | `sbx_execs_total{mode}`, `sbx_exec_duration_seconds{mode}` | counter, histogram | the exec bridge, when the agent answers |
 //! | `sbx_file_upload_bytes_total{route}`, `sbx_file_download_bytes_total{route}` | counter | the files/archive bridge bodies, frame by frame |
 //! | `sbx_egress_decisions_total{decision}` | counter | the egress proxy's observer ([`CountedEgress`]) |
@@ -277,6 +279,11 @@ pub struct Census {
     pub pool_ready: u64,
     /// How many the pool keeps (`--warm-pool`).
     pub pool_size: u64,
+    /// The storage pool's size, use, and promises (see
+    /// `sandbox::storage`).
+    pub storage_pool_bytes: u64,
+    pub storage_used_bytes: u64,
+    pub storage_promised_bytes: u64,
 }
 
 /// The registry and every family; one per server, shared (`Arc`).
@@ -287,6 +294,7 @@ pub struct Metrics {
     runtime: &'static str,
     create_duration: HistogramFamily<CreateLabels>,
     delete_duration: HistogramFamily<RuntimeLabels>,
+    auto_resume_duration: HistogramFamily<RuntimeLabels>,
     execs: Family<ExecLabels, Counter>,
     exec_duration: HistogramFamily<ExecLabels>,
     upload_bytes: Family<RouteLabels, Counter>,
@@ -313,6 +321,14 @@ impl Metrics {
             "sbx_delete_duration_seconds",
             "Time to delete a sandbox and remove every trace of it, by runtime",
             delete_duration.clone(),
+        );
+        let auto_resume_duration = HistogramFamily::<RuntimeLabels>::new_with_constructor(
+            lifecycle_histogram as fn() -> _,
+        );
+        registry.register(
+            "sbx_auto_resume_duration_seconds",
+            "Time a call waited for its stopped or paused sandbox to be woken (lifecycle.auto_resume), by runtime",
+            auto_resume_duration.clone(),
         );
         let execs = Family::<ExecLabels, Counter>::default();
         registry.register(
@@ -361,6 +377,7 @@ impl Metrics {
             });
         }
         delete_duration.get_or_create_owned(&RuntimeLabels { runtime });
+        auto_resume_duration.get_or_create_owned(&RuntimeLabels { runtime });
         for mode in ExecMode::ALL {
             let labels = ExecLabels {
                 mode: mode.as_str(),
@@ -388,6 +405,7 @@ impl Metrics {
             runtime,
             create_duration,
             delete_duration,
+            auto_resume_duration,
             execs,
             exec_duration,
             upload_bytes,
@@ -411,6 +429,15 @@ impl Metrics {
     /// A sandbox was deleted in `took`.
     pub fn deleted(&self, took: Duration) {
         self.delete_duration
+            .get_or_create(&RuntimeLabels {
+                runtime: self.runtime,
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// A call waited `took` for its sandbox to be woken.
+    pub fn auto_resumed(&self, took: Duration) {
+        self.auto_resume_duration
             .get_or_create(&RuntimeLabels {
                 runtime: self.runtime,
             })
@@ -517,6 +544,21 @@ fn census_registry(census: &Census) -> Registry {
         "sbx_warm_pool_size",
         "Warm-pool sandboxes the server keeps ready (--warm-pool)",
         gauge(census.pool_size),
+    );
+    registry.register(
+        "sbx_storage_pool_bytes",
+        "Size of the storage pool that sandbox disks and snapshots live in",
+        gauge(census.storage_pool_bytes),
+    );
+    registry.register(
+        "sbx_storage_used_bytes",
+        "Bytes the storage pool holds now",
+        gauge(census.storage_used_bytes),
+    );
+    registry.register(
+        "sbx_storage_promised_bytes",
+        "Disk space promised out of the storage pool: the disk limits of sandboxes that can write, plus what stopped sandboxes and snapshots hold",
+        gauge(census.storage_promised_bytes),
     );
     registry
 }
@@ -674,6 +716,9 @@ mod tests {
             sandboxes: vec![(SandboxState::Running, 3), (SandboxState::Failed, 1)],
             pool_ready: 2,
             pool_size: 4,
+            storage_pool_bytes: 40 << 30,
+            storage_used_bytes: 1 << 30,
+            storage_promised_bytes: 20 << 30,
         };
         let text = metrics.encode(&census);
         let expected = [
@@ -688,6 +733,10 @@ mod tests {
             ("sbx_sandboxes", "gauge"),
             ("sbx_warm_pool_ready", "gauge"),
             ("sbx_warm_pool_size", "gauge"),
+            ("sbx_auto_resume_duration_seconds", "histogram"),
+            ("sbx_storage_pool_bytes", "gauge"),
+            ("sbx_storage_used_bytes", "gauge"),
+            ("sbx_storage_promised_bytes", "gauge"),
         ];
         for (name, kind) in expected {
             assert!(text.contains(&format!("# HELP {name} ")), "{name}: {text}");

@@ -98,6 +98,14 @@ pub struct ServeConfig {
     /// without DNS and without refusing loopback (see
     /// [`Resolver::with_overrides`]). Empty in production.
     pub egress_resolve: Vec<(String, IpAddr)>,
+    /// The lifecycle of a sandbox whose create asks for none.
+    pub default_lifecycle: sbx_api::Lifecycle,
+    /// How long before a timeout acts its `expiring` event goes out.
+    pub expiring_warning: Duration,
+    /// How long a sandbox ended by its timeout stays listed.
+    pub retention: Duration,
+    /// How far promised disk space may exceed the pool.
+    pub disk_overcommit: f64,
 }
 
 /// Where the agent binary is: the explicit path, or beside this executable.
@@ -187,6 +195,10 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     let store = Arc::new(Store::open(&db_path)?);
     let manager_config = ManagerConfig {
         warm_pool: config.warm_pool,
+        default_lifecycle: config.default_lifecycle,
+        expiring_warning: config.expiring_warning,
+        retention: config.retention,
+        disk_overcommit: config.disk_overcommit,
         ..ManagerConfig::new(&data_dir, images_dir.clone(), agent_binary.clone())
     };
     let audit = AuditLog::start(Arc::clone(&store), config.audit_log.as_deref())?;
@@ -201,9 +213,12 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         RuntimeKind::Docker => {
             let instance = load_or_create_instance_id(&data_dir.join("instance-id"))
                 .map_err(io_error("cannot read or create the instance id"))?;
-            Arc::new(DockerRuntime::connect(instance, disks).await?)
+            Arc::new(DockerRuntime::connect(instance, Arc::clone(&disks)).await?)
         }
-        _ => Arc::new(YoukiRuntime::new(data_dir.join("youki"), disks)?),
+        _ => Arc::new(YoukiRuntime::new(
+            data_dir.join("youki"),
+            Arc::clone(&disks),
+        )?),
     };
     let resolver = Resolver::with_overrides(config.egress_resolve);
     if resolver.has_overrides() {
@@ -217,7 +232,14 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
             Arc::new(EgressAudit { log: audit.clone() }),
         )),
     ));
-    let manager = Manager::new(store, runtime, egress, manager_config, Arc::clone(&metrics))?;
+    let manager = Manager::new(
+        store,
+        runtime,
+        egress,
+        disks,
+        manager_config,
+        Arc::clone(&metrics),
+    )?;
     manager.recover().await?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -237,6 +259,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     let manager = Arc::new(manager);
     let sweeper = tokio::spawn(sweep_orphans(Arc::clone(&manager), config.orphan_sweep));
     let filler = tokio::spawn(Arc::clone(&manager).keep_pool_full());
+    let lifetimes = tokio::spawn(Arc::clone(&manager).enforce_lifetimes());
     let detached = tokio_util::task::TaskTracker::new();
     let state = AppState {
         manager: Arc::clone(&manager),
@@ -246,11 +269,19 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         detached: detached.clone(),
         metrics,
     };
-    http::serve(listener, state, shutdown_signal()).await;
+    let stopping = Arc::clone(&manager);
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Streams that would never end on their own: the drain waits for
+        // every call in progress.
+        stopping.stop_following();
+    };
+    http::serve(listener, state, shutdown).await;
     // Work whose client left still runs; its records come after it.
     detached.close();
     detached.wait().await;
     sweeper.abort();
+    lifetimes.abort();
     // The filler ends after the launch it is in, so that nothing pooled
     // is still being made when the pool is drained (see `close_pool`).
     manager.close_pool();

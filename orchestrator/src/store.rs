@@ -9,14 +9,19 @@
 //! Tables: `sandboxes`; `tokens`, which keeps only a SHA-256 hash of each
 //! secret and whose rows bound to a sandbox go with it (a foreign key with
 //! `ON DELETE CASCADE`, so no deletion path can forget them); and `audit`,
-//! append-only, written in batches by [`crate::audit`]'s writer thread.
+//! append-only, written in batches by [`crate::audit`]'s writer thread;
+//! `snapshots` and `events` (see [`history`]).
+
+mod history;
+
+pub use history::{SnapshotRecord, MAX_EVENTS_READ};
 
 use crate::lifecycle::Transition;
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use sbx_api::{AuditRecord, NetworkPolicy, Sandbox, SandboxState, Scope, TokenInfo};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +84,12 @@ pub struct SandboxRecord {
     /// Started ahead of demand for the warm pool and not handed out yet:
     /// known to the store (so never an orphan) but to no client.
     pub pooled: bool,
+    /// The image build its disk sits on (`runtime::resolve_image`), pinned
+    /// at create so that a start after a rebuild keeps the same lower layer.
+    /// None for records from before it was kept.
+    pub image_build: Option<PathBuf>,
+    /// When it entered `deleted`: its retention runs from here.
+    pub ended_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug)]
@@ -136,11 +147,38 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE sandboxes ADD COLUMN pooled INTEGER NOT NULL DEFAULT 0",
     // The API call's `x-request-id`; NULL for other gates and older records.
     "ALTER TABLE audit ADD COLUMN request_id TEXT",
+    // The lifecycle (`sbx_api::Lifecycle`, JSON), when its timeout acts, why
+    // it ended and when, and the image build its disk sits on.
+    "ALTER TABLE sandboxes ADD COLUMN lifecycle TEXT NOT NULL DEFAULT '{}';
+     ALTER TABLE sandboxes ADD COLUMN expires_at TEXT;
+     ALTER TABLE sandboxes ADD COLUMN ended_reason TEXT;
+     ALTER TABLE sandboxes ADD COLUMN ended_at TEXT;
+     ALTER TABLE sandboxes ADD COLUMN image_build TEXT;",
+    // Snapshots (their disks are files under `<data-dir>/snapshots`), and
+    // the lifecycle events `GET /v1/events` reads.
+    "CREATE TABLE snapshots (
+         name        TEXT PRIMARY KEY,
+         sandbox_id  TEXT NOT NULL,
+         image       TEXT NOT NULL,
+         image_build TEXT NOT NULL,
+         disk_mb     INTEGER NOT NULL,
+         created_at  TEXT NOT NULL
+     );
+     CREATE TABLE events (
+         seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+         time        TEXT NOT NULL,
+         sandbox_id  TEXT NOT NULL,
+         kind        TEXT NOT NULL,
+         reason      TEXT,
+         detail      TEXT,
+         at          TEXT
+     );
+     CREATE INDEX events_by_sandbox ON events (sandbox_id, seq);",
 ];
 
 /// Every column, in the order `read_row` reads them.
-const COLUMNS: &str =
-    "id, state, image, created_at, memory_mb, cpus, labels, env, disk_mb, network, pooled";
+const COLUMNS: &str = "id, state, image, created_at, memory_mb, cpus, labels, env, disk_mb, \
+     network, pooled, lifecycle, expires_at, ended_reason, ended_at, image_build";
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     conn.execute_batch(SCHEMA)?;
@@ -207,7 +245,7 @@ impl Store {
         self.conn().execute(
             &format!(
                 "INSERT INTO sandboxes ({COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
             ),
             params![
                 sandbox.id,
@@ -221,31 +259,85 @@ impl Store {
                 sandbox.disk_mb.map(|mb| mb as i64),
                 network_json(&sandbox.network),
                 record.pooled,
+                lifecycle_json(&sandbox.lifecycle),
+                sandbox.expires_at.map(|time| time.to_rfc3339()),
+                sandbox.ended_reason,
+                record.ended_at.map(|time| time.to_rfc3339()),
+                record
+                    .image_build
+                    .as_ref()
+                    .map(|path| path.to_string_lossy().into_owned()),
             ],
         )?;
         Ok(())
     }
 
-    /// Hands a running pooled sandbox to a client: it takes the claim's
-    /// creation time, labels and network policy. False when `id` is not a
-    /// running pooled sandbox (any more).
-    pub fn claim_pooled(
+    /// Sets when a sandbox's timeout acts (none: never); false when the
+    /// sandbox is not stored.
+    pub fn set_expiry(&self, id: &str, at: Option<DateTime<Utc>>) -> Result<bool, StoreError> {
+        let changed = self.conn().execute(
+            "UPDATE sandboxes SET expires_at = ?2 WHERE id = ?1",
+            params![id, at.map(|time| time.to_rfc3339())],
+        )?;
+        Ok(changed > 0)
+    }
+
+    /// Records why a sandbox ended (or failed), and when.
+    pub fn set_ended(&self, id: &str, reason: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE sandboxes SET ended_reason = ?2, ended_at = ?3 WHERE id = ?1",
+            params![id, reason, at.to_rfc3339()],
+        )?;
+        Ok(())
+    }
+
+    /// Points a sandbox at another disk's image (a restore from a snapshot
+    /// of another image, or of another size).
+    pub fn set_disk_source(
         &self,
         id: &str,
-        created_at: DateTime<Utc>,
-        labels: &BTreeMap<String, String>,
-        network: &NetworkPolicy,
-    ) -> Result<bool, StoreError> {
+        image: &str,
+        image_build: &Path,
+        disk_mb: u64,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE sandboxes SET image = ?2, image_build = ?3, disk_mb = ?4 WHERE id = ?1",
+            params![id, image, image_build.to_string_lossy(), disk_mb as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Hands a running pooled sandbox to a client: it takes the claim's
+    /// creation time, labels, network policy and lifecycle. False when `id`
+    /// is not a running pooled sandbox (any more).
+    pub fn claim_pooled(&self, id: &str, claim: &Sandbox) -> Result<bool, StoreError> {
         let changed = self.conn().execute(
-            "UPDATE sandboxes SET pooled = 0, created_at = ?2, labels = ?3, network = ?4 \
-             WHERE id = ?1 AND pooled = 1 AND state = ?5",
+            "UPDATE sandboxes SET pooled = 0, created_at = ?2, labels = ?3, network = ?4, \
+             lifecycle = ?5, expires_at = ?6 WHERE id = ?1 AND pooled = 1 AND state = ?7",
             params![
                 id,
-                created_at.to_rfc3339(),
-                to_json(labels),
-                network_json(network),
+                claim.created_at.to_rfc3339(),
+                to_json(&claim.labels),
+                network_json(&claim.network),
+                lifecycle_json(&claim.lifecycle),
+                claim.expires_at.map(|time| time.to_rfc3339()),
                 SandboxState::Running.as_str(),
             ],
+        )?;
+        Ok(changed > 0)
+    }
+
+    /// Gives a sandbox a timeout of `seconds`, acting `at`.
+    pub fn set_timeout(
+        &self,
+        id: &str,
+        seconds: u64,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let changed = self.conn().execute(
+            "UPDATE sandboxes SET lifecycle = json_set(lifecycle, '$.timeout_s', ?2), \
+             expires_at = ?3 WHERE id = ?1",
+            params![id, seconds as i64, at.to_rfc3339()],
         )?;
         Ok(changed > 0)
     }
@@ -550,6 +642,14 @@ fn to_json(map: &BTreeMap<String, String>) -> String {
     serde_json::to_string(map).expect("a string map always serializes")
 }
 
+fn lifecycle_json(lifecycle: &sbx_api::Lifecycle) -> String {
+    serde_json::to_string(lifecycle).expect("a lifecycle always serializes")
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
+    DateTime::parse_from_rfc3339(text).map(|time| time.with_timezone(&Utc))
+}
+
 fn network_json(network: &NetworkPolicy) -> String {
     serde_json::to_string(network).expect("a list of strings always serializes")
 }
@@ -564,6 +664,11 @@ fn read_row(row: &Row<'_>) -> rusqlite::Result<Result<SandboxRecord, StoreError>
     let disk_mb: Option<i64> = row.get(8)?;
     let network: String = row.get(9)?;
     let pooled: bool = row.get(10)?;
+    let lifecycle: String = row.get(11)?;
+    let expires_at: Option<String> = row.get(12)?;
+    let ended_reason: Option<String> = row.get(13)?;
+    let ended_at: Option<String> = row.get(14)?;
+    let image_build: Option<String> = row.get(15)?;
     let corrupt = |reason: String| StoreError::Corrupt {
         id: id.clone(),
         reason,
@@ -587,10 +692,23 @@ fn read_row(row: &Row<'_>) -> rusqlite::Result<Result<SandboxRecord, StoreError>
                     .map_err(|err| corrupt(format!("labels: {err}")))?,
                 network: serde_json::from_str(&network)
                     .map_err(|err| corrupt(format!("network: {err}")))?,
+                lifecycle: serde_json::from_str(&lifecycle)
+                    .map_err(|err| corrupt(format!("lifecycle: {err}")))?,
+                expires_at: expires_at
+                    .map(|text| {
+                        parse_time(&text).map_err(|err| corrupt(format!("expires_at: {err}")))
+                    })
+                    .transpose()?,
+                idle_since: None,
+                ended_reason,
                 id: id.clone(),
             },
             env: serde_json::from_str(&env).map_err(|err| corrupt(format!("env: {err}")))?,
             pooled,
+            ended_at: ended_at
+                .map(|text| parse_time(&text).map_err(|err| corrupt(format!("ended_at: {err}"))))
+                .transpose()?,
+            image_build: image_build.map(PathBuf::from),
         })
     })();
     Ok(decoded)
@@ -614,9 +732,15 @@ mod tests {
                 network: NetworkPolicy {
                     egress: vec!["github.com:443".into(), "*.pypi.org".into()],
                 },
+                lifecycle: Default::default(),
+                expires_at: None,
+                idle_since: None,
+                ended_reason: None,
             },
             env: BTreeMap::from([("SECRET".into(), "x".into())]),
             pooled: false,
+            image_build: Some(PathBuf::from("/images/.store/base-1/rootfs")),
+            ended_at: None,
         }
     }
 
@@ -712,33 +836,38 @@ mod tests {
             egress: vec!["pypi.org".into()],
         };
         let now = Utc::now();
+        let claim = Sandbox {
+            created_at: now,
+            labels: labels.clone(),
+            network: network.clone(),
+            lifecycle: sbx_api::Lifecycle {
+                timeout_s: Some(60),
+                ..Default::default()
+            },
+            expires_at: Some(now),
+            ..record("aaaa").sandbox
+        };
         assert!(
-            !store
-                .claim_pooled("aaaa", now, &labels, &network)
-                .expect("claim"),
+            !store.claim_pooled("aaaa", &claim).expect("claim"),
             "still creating"
         );
         store.transition("aaaa", Transition::Ready).expect("update");
-        assert!(store
-            .claim_pooled("aaaa", now, &labels, &network)
-            .expect("claim"));
+        assert!(store.claim_pooled("aaaa", &claim).expect("claim"));
         assert!(
-            !store
-                .claim_pooled("aaaa", now, &labels, &network)
-                .expect("claim"),
+            !store.claim_pooled("aaaa", &claim).expect("claim"),
             "claimed once"
         );
         let claimed = store.get("aaaa").expect("get").expect("present");
         assert!(!claimed.pooled);
         assert_eq!(claimed.sandbox.labels, labels);
         assert_eq!(claimed.sandbox.network, network);
+        assert_eq!(claimed.sandbox.lifecycle.timeout_s, Some(60));
+        assert!(claimed.sandbox.expires_at.is_some());
         assert_eq!(
             claimed.sandbox.created_at.timestamp_micros(),
             now.timestamp_micros()
         );
-        assert!(!store
-            .claim_pooled("zzzz", now, &labels, &network)
-            .expect("claim"));
+        assert!(!store.claim_pooled("zzzz", &claim).expect("claim"));
     }
 
     #[test]

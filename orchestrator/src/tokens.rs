@@ -360,9 +360,15 @@ mod tests {
                     memory_mb: 512,
                     cpus: 1.0,
                     labels: Default::default(),
+                    lifecycle: Default::default(),
+                    expires_at: None,
+                    idle_since: None,
+                    ended_reason: None,
                 },
                 env: Default::default(),
                 pooled: false,
+                image_build: None,
+                ended_at: None,
             })
             .expect("insert sandbox");
     }

@@ -10,10 +10,18 @@
 //! Dropping the response (the public client went away) drops the agent
 //! connection with it, which is how a disconnect reaches the agent and kills
 //! a streamed command.
+//!
+//! A forwarded call keeps its sandbox awake (`Manager::in_use`) until its
+//! response body has ended: an exec stream, a log follow or a download
+//! counts for as long as it runs, not just until its head is sent.
 
-use crate::sandbox::{Manager, SandboxError};
-use axum::body::Body;
+use crate::sandbox::{InUse, Manager, SandboxError};
+use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, Method, Request, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 /// Headers that describe the body or what the caller accepts; everything
 /// else (authorization above all) stays on this side of the bridge.
@@ -34,13 +42,14 @@ fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, names: &[header::HeaderNam
 /// `body` to the agent of sandbox `id`; returns the agent's response with
 /// its body still streaming.
 pub async fn forward(
-    manager: &Manager,
+    manager: &Arc<Manager>,
     id: &str,
     method: Method,
     agent_path: &str,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response<Body>, SandboxError> {
+    let in_use = manager.in_use(id);
     let agent = manager.agent(id).await?;
     let mut request = Request::builder()
         .method(method)
@@ -58,7 +67,10 @@ pub async fn forward(
         }
     }
     let (parts, incoming) = response.into_parts();
-    let mut forwarded = Response::new(Body::new(incoming));
+    let mut forwarded = Response::new(Body::new(Held {
+        inner: incoming,
+        _in_use: in_use,
+    }));
     *forwarded.status_mut() = parts.status;
     copy_headers(
         &parts.headers,
@@ -66,4 +78,33 @@ pub async fn forward(
         &FORWARDED_RESPONSE_HEADERS,
     );
     Ok(forwarded)
+}
+
+/// A response body that keeps its sandbox in use until it ends or drops.
+struct Held<B> {
+    inner: B,
+    _in_use: InUse,
+}
+
+impl<B> http_body::Body for Held<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

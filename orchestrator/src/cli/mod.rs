@@ -13,7 +13,8 @@ use crate::server::{self, RuntimeKind, ServeConfig, ServeError};
 use clap::{Args, Parser, Subcommand};
 use sbx_api::client::{Client, ClientError};
 use sbx_api::{
-    CreateSandboxRequest, ExecEvent, ExecRequest, LogsQuery, NetworkPolicy, StartProcessRequest,
+    CreateSandboxRequest, ExecEvent, ExecRequest, Lifecycle, LogsQuery, NetworkPolicy, OnTimeout,
+    StartProcessRequest,
 };
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -221,6 +222,37 @@ struct ServeArgs {
     /// Also append every audit record to this file as a JSON line
     #[arg(long, env = "SBX_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
+    /// Seconds a sandbox lives unless its create says otherwise (0: no
+    /// timeout)
+    #[arg(long, env = "SBX_DEFAULT_TIMEOUT", default_value_t = 0)]
+    default_timeout: u64,
+    /// Seconds of idleness (no API call, no exec, stream or upload running)
+    /// after which a sandbox's on_timeout acts, unless its create says
+    /// otherwise (0: never). A forgotten sandbox must not hold memory
+    /// forever.
+    #[arg(long, env = "SBX_DEFAULT_IDLE_TIMEOUT", default_value_t = 3600)]
+    default_idle_timeout: u64,
+    /// What a timeout does unless the create says: stop keeps the disk,
+    /// pause keeps the memory too, delete keeps nothing
+    #[arg(long, env = "SBX_DEFAULT_ON_TIMEOUT", value_enum, default_value_t = OnTimeoutArg::Stop)]
+    default_on_timeout: OnTimeoutArg,
+    /// Whether calls wake stopped and paused sandboxes unless the create
+    /// says otherwise
+    #[arg(long, env = "SBX_DEFAULT_AUTO_RESUME", default_value_t = true, action = clap::ArgAction::Set)]
+    default_auto_resume: bool,
+    /// Seconds before a timeout acts that its `expiring` event goes out
+    #[arg(long, default_value_t = 60)]
+    expiring_warning: u64,
+    /// Seconds a sandbox ended by its timeout stays listed, as deleted
+    /// with its reason
+    #[arg(long, default_value_t = 24 * 3600)]
+    retention: u64,
+    /// How far the disk space promised to sandboxes and snapshots may
+    /// exceed the storage pool: 1.0 never lets a full pool fail a
+    /// sandbox's writes; 10 allows ten times the pool, trusting that few
+    /// sandboxes fill their disks
+    #[arg(long, env = "SBX_DISK_OVERCOMMIT", default_value_t = 1.0, value_parser = parse_overcommit)]
+    disk_overcommit: f64,
     /// TEST ONLY: HOST=IP makes the egress proxy resolve HOST to IP without
     /// DNS and without refusing loopback; repeatable
     #[arg(long, value_name = "HOST=IP", value_parser = parse_resolve, hide = true)]
@@ -254,6 +286,31 @@ pub enum CliError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// `--default-on-timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnTimeoutArg {
+    Delete,
+    Stop,
+    Pause,
+}
+
+impl From<OnTimeoutArg> for OnTimeout {
+    fn from(arg: OnTimeoutArg) -> Self {
+        match arg {
+            OnTimeoutArg::Delete => OnTimeout::Delete,
+            OnTimeoutArg::Stop => OnTimeout::Stop,
+            OnTimeoutArg::Pause => OnTimeout::Pause,
+        }
+    }
+}
+
+fn parse_overcommit(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(ratio) if ratio.is_finite() && ratio > 0.0 => Ok(ratio),
+        _ => Err(format!("{text:?} is not a positive ratio")),
+    }
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -362,6 +419,16 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 warm_pool: args.warm_pool,
                 audit_log: args.audit_log,
                 egress_resolve: args.egress_resolve,
+                default_lifecycle: Lifecycle {
+                    timeout_s: (args.default_timeout > 0).then_some(args.default_timeout),
+                    idle_timeout_s: (args.default_idle_timeout > 0)
+                        .then_some(args.default_idle_timeout),
+                    on_timeout: args.default_on_timeout.into(),
+                    auto_resume: args.default_auto_resume,
+                },
+                expiring_warning: Duration::from_secs(args.expiring_warning),
+                retention: Duration::from_secs(args.retention),
+                disk_overcommit: args.disk_overcommit,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -385,6 +452,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 env: env.into_iter().collect(),
                 labels: labels.into_iter().collect(),
                 network: (!allow.is_empty()).then_some(NetworkPolicy { egress: allow }),
+                ..CreateSandboxRequest::default()
             };
             let created = conn.client()?.create_sandbox_with_token(&request).await?;
             if print_token {

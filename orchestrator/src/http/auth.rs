@@ -75,6 +75,23 @@ pub fn requirement(method: &Method, route: &str) -> Requirement {
         ("/v1/sandboxes/{id}", &Method::GET) => scope(Scope::SandboxesRead, true),
         ("/v1/sandboxes/{id}", &Method::DELETE) => scope(Scope::SandboxesDelete, true),
         ("/v1/sandboxes/{id}", &Method::PATCH) => scope(Scope::SandboxesNetwork, true),
+        (
+            "/v1/sandboxes/{id}/stop"
+            | "/v1/sandboxes/{id}/start"
+            | "/v1/sandboxes/{id}/pause"
+            | "/v1/sandboxes/{id}/resume"
+            | "/v1/sandboxes/{id}/timeout"
+            | "/v1/sandboxes/{id}/snapshots"
+            | "/v1/sandboxes/{id}/restore",
+            &Method::POST,
+        ) => scope(Scope::SandboxesLifecycle, true),
+        // New sandboxes, from any sandbox's files: what create may do.
+        ("/v1/sandboxes/{id}/fork", &Method::POST) => scope(Scope::SandboxesCreate, false),
+        ("/v1/snapshots" | "/v1/snapshots/{name}", &Method::GET) => {
+            scope(Scope::SandboxesRead, false)
+        }
+        ("/v1/snapshots/{name}", &Method::DELETE) => scope(Scope::SandboxesDelete, false),
+        ("/v1/events", &Method::GET) => scope(Scope::SandboxesRead, false),
         (route, _) if route.starts_with("/v1/sandboxes/{id}/") => scope(Scope::SandboxesExec, true),
         ("/v1/tokens" | "/v1/tokens/{id}", _) => scope(Scope::TokensAdmin, false),
         ("/v1/audit", &Method::GET) => scope(Scope::AuditRead, false),

@@ -45,6 +45,16 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// The body a client reads, for an error reported inside another
+    /// answer (a fork's outcome) rather than as the response.
+    pub fn body(&self) -> sbx_api::ErrorBody {
+        if let Some(internal) = &self.internal {
+            tracing::error!(code = %self.code, error = %internal, "error reported in an answer");
+        }
+        let request_id = RequestId::current().map(|id| id.to_string());
+        sbx_api::ErrorBody::new(self.code, self.external.clone()).with_request_id(request_id)
+    }
+
     /// An error whose message is meant for the client (a 4xx).
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
@@ -105,8 +115,11 @@ impl From<SandboxError> for ApiError {
     fn from(err: SandboxError) -> Self {
         let code = match &err {
             SandboxError::InvalidRequest(_) => ErrorCode::InvalidRequest,
-            SandboxError::NotFound(_) | SandboxError::ImageNotFound(_) => ErrorCode::NotFound,
-            SandboxError::WrongState { .. } => ErrorCode::Conflict,
+            SandboxError::NotFound(_)
+            | SandboxError::ImageNotFound(_)
+            | SandboxError::SnapshotNotFound(_) => ErrorCode::NotFound,
+            SandboxError::WrongState { .. } | SandboxError::Conflict(_) => ErrorCode::Conflict,
+            SandboxError::InsufficientStorage(_) => ErrorCode::InsufficientStorage,
             SandboxError::Egress {
                 source: EgressError::InvalidPolicy(_),
                 ..

@@ -21,6 +21,7 @@ mod bridged;
 mod detached;
 mod error;
 mod extract;
+mod lifecycle;
 mod metrics;
 mod openapi;
 mod request_id;
@@ -86,6 +87,17 @@ fn v1_routes() -> OpenApiRouter<AppState> {
             sandboxes::update,
             sandboxes::delete
         ))
+        .routes(routes!(lifecycle::stop))
+        .routes(routes!(lifecycle::start))
+        .routes(routes!(lifecycle::pause))
+        .routes(routes!(lifecycle::resume))
+        .routes(routes!(lifecycle::set_timeout))
+        .routes(routes!(lifecycle::snapshot))
+        .routes(routes!(lifecycle::fork))
+        .routes(routes!(lifecycle::restore))
+        .routes(routes!(lifecycle::list_snapshots))
+        .routes(routes!(lifecycle::get_snapshot, lifecycle::delete_snapshot))
+        .routes(routes!(lifecycle::events))
         .merge(bridged::routes())
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::revoke))

@@ -136,7 +136,7 @@ pub fn complete(v1: OpenApi) -> OpenApi {
         for (method, operation) in operations {
             if let Some(operation) = operation {
                 secure(operation, requirement(&method, path));
-                add_errors(operation, path);
+                add_errors(operation, &method, path);
             }
         }
     }
@@ -172,9 +172,18 @@ fn secure(operation: &mut Operation, requirement: Requirement) {
     description.push_str(&sentence);
 }
 
+/// The routes that take disk space out of the storage pool (see
+/// `sandbox::storage`).
+const PROMISES_DISK: [&str; 4] = [
+    "/v1/sandboxes",
+    "/v1/sandboxes/{id}/start",
+    "/v1/sandboxes/{id}/fork",
+    "/v1/sandboxes/{id}/snapshots",
+];
+
 /// The errors a route that needs a token may answer with, by kind of
 /// route.
-fn add_errors(operation: &mut Operation, path: &str) {
+fn add_errors(operation: &mut Operation, method: &Method, path: &str) {
     // Every route: no or a bad token, a token that may not, a bug; and on
     // the API proper, a malformed request.
     let mut statuses = vec![401, 403, 500];
@@ -187,9 +196,14 @@ fn add_errors(operation: &mut Operation, path: &str) {
         // that cannot be reached.
         statuses.extend([404, 409, 503]);
     }
-    if path.starts_with("/v1/tokens") {
-        // A token, or the sandbox a new token is to be bound to.
+    if path.starts_with("/v1/tokens") || path.starts_with("/v1/snapshots/") {
+        // A token, or the sandbox a new token is to be bound to; a
+        // snapshot.
         statuses.push(404);
+    }
+    if method == Method::POST && PROMISES_DISK.contains(&path) {
+        // The storage pool cannot back what the call would promise.
+        statuses.push(507);
     }
     if operation.request_body.is_some() {
         statuses.push(413);

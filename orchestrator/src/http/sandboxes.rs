@@ -6,13 +6,14 @@ use super::detached::detached;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath};
 use super::AppState;
+use crate::sandbox::EndReason;
 use crate::tokens::Principal;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use sbx_api::{
     CreateSandboxRequest, CreatedSandbox, IsolationInfo, RuntimeInfo, Sandbox, SandboxList,
-    SandboxPath, ServerInfo, UpdateSandboxRequest,
+    SandboxPath, ServerInfo, StorageInfo, UpdateSandboxRequest,
 };
 use std::sync::Arc;
 
@@ -22,15 +23,28 @@ use std::sync::Arc;
 /// on every sandbox.
 #[utoipa::path(get, path = "/info", tag = "server", operation_id = "server_info",
     responses((status = 200, body = ServerInfo)))]
-pub async fn info(State(state): State<AppState>) -> Json<ServerInfo> {
+pub async fn info(State(state): State<AppState>) -> Result<Json<ServerInfo>, ApiError> {
     let runtime = state.manager.runtime();
     let isolation = runtime.isolation();
     let notes = [
         isolation.user_namespace_note.clone(),
         isolation.disk_quota.clone().err(),
     ];
-    Json(ServerInfo {
+    let storage = state.manager.storage().await?;
+    Ok(Json(ServerInfo {
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        storage: StorageInfo {
+            snapshot_method: if state.manager.disks_reflink() {
+                "reflink"
+            } else {
+                "copy"
+            }
+            .to_owned(),
+            pool_bytes: storage.pool_bytes,
+            used_bytes: storage.used_bytes,
+            promised_bytes: storage.promised_bytes,
+            overcommit: storage.overcommit,
+        },
         runtime: RuntimeInfo {
             name: runtime.name().to_owned(),
             version: runtime.version(),
@@ -45,7 +59,7 @@ pub async fn info(State(state): State<AppState>) -> Json<ServerInfo> {
                 notes: notes.into_iter().flatten().collect(),
             },
         },
-    })
+    }))
 }
 
 /// Create a sandbox.
@@ -83,7 +97,8 @@ async fn create_with_token(
     match state.tokens.mint_for_sandbox(caller, &sandbox.id) {
         Ok(token) => Ok(CreatedSandbox { sandbox, token }),
         Err(err) => {
-            if let Err(cleanup) = state.manager.delete(&sandbox.id).await {
+            let reason = EndReason::Client(caller.name.clone());
+            if let Err(cleanup) = state.manager.delete(&sandbox.id, reason).await {
                 tracing::error!(id = %sandbox.id, error = %cleanup, "cannot delete a sandbox without a token");
             }
             Err(err.into())
@@ -102,6 +117,10 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<SandboxList>, Ap
 }
 
 /// Get a sandbox.
+///
+/// A sandbox that ended by its lifecycle (timeout, idle) is still
+/// answered, as `deleted` with its `ended_reason`, for the server's
+/// retention period.
 #[utoipa::path(get, path = "/sandboxes/{id}", tag = "sandboxes", operation_id = "get_sandbox",
     params(SandboxPath), responses((status = 200, body = Sandbox)))]
 pub async fn get(
@@ -139,12 +158,14 @@ pub async fn update(
     params(SandboxPath), responses((status = 204, description = "Deleted")))]
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(caller): Extension<Arc<Principal>>,
     call: Call,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let manager = Arc::clone(&state.manager);
+    let reason = EndReason::Client(caller.name.clone());
     detached(&state.detached, call, |_| async move {
-        Ok(manager.delete(&id).await?)
+        Ok(manager.delete(&id, reason).await?)
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)

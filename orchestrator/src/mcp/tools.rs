@@ -639,6 +639,7 @@ async fn create_sandbox(rest: &Rest, args: CreateSandboxArgs) -> Result<Answer, 
         env: args.env.unwrap_or_default(),
         labels: args.labels.unwrap_or_default(),
         network: args.egress.map(|egress| NetworkPolicy { egress }),
+        ..CreateSandboxRequest::default()
     };
     let created: CreatedSandbox = rest
         .json(

@@ -29,8 +29,8 @@
 //! present one never is.
 
 use super::{
-    resolve_image, spec, tenant, ContainerSpec, Disks, Isolation, Limits, Runtime, RuntimeError,
-    SandboxDir,
+    disk, resolve_image, spec, tenant, ContainerSpec, Disks, Isolation, Limits, Runtime,
+    RuntimeError, SandboxDir,
 };
 use async_trait::async_trait;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
@@ -313,12 +313,16 @@ impl Runtime for DockerRuntime {
             let layer = self.layer_dir(&name).await?;
             let disks = Arc::clone(&self.disks);
             let image = container.dir.disk_image();
-            tokio::task::spawn_blocking(move || disks.mount_new(&image, bytes, &layer))
-                .await
-                .map_err(|err| RuntimeError::Engine {
-                    context: format!("giving container {name} a disk"),
-                    message: err.to_string(),
-                })??;
+            let keep = container.keep_disk;
+            tokio::task::spawn_blocking(move || match keep {
+                true => disk::mount_image(&image, &layer),
+                false => disks.mount_new(&image, bytes, &layer),
+            })
+            .await
+            .map_err(|err| RuntimeError::Engine {
+                context: format!("giving container {name} a disk"),
+                message: err.to_string(),
+            })??;
         }
         self.docker
             .start_container(&name, None)
@@ -360,6 +364,10 @@ impl Runtime for DockerRuntime {
 
     async fn remove(&self, id: &str, _dir: &SandboxDir) -> Result<(), RuntimeError> {
         let name = container_name(id);
+        // A frozen container cannot act on the stop's SIGTERM.
+        if let Err(err) = self.resume(id).await {
+            tracing::debug!(%id, error = %err, "nothing to thaw before the stop");
+        }
         let stop = StopContainerOptionsBuilder::default()
             .t(STOP_GRACE_SECS)
             .build();
@@ -391,6 +399,43 @@ impl Runtime for DockerRuntime {
                 .unwrap_or(false)),
             Err(err) if is_not_found(&err) => Ok(false),
             Err(err) => Err(docker_error(format!("cannot inspect sandbox {id}"))(err)),
+        }
+    }
+
+    async fn init_pid(&self, id: &str) -> Result<Option<i32>, RuntimeError> {
+        match self
+            .docker
+            .inspect_container(&container_name(id), None)
+            .await
+        {
+            Ok(inspect) => Ok(inspect
+                .state
+                .filter(|state| state.running == Some(true))
+                .and_then(|state| state.pid)
+                .and_then(|pid| i32::try_from(pid).ok())
+                .filter(|&pid| pid > 0)),
+            Err(err) if is_not_found(&err) => Ok(None),
+            Err(err) => Err(docker_error(format!("cannot inspect sandbox {id}"))(err)),
+        }
+    }
+
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        let name = container_name(id);
+        self.docker
+            .pause_container(&name)
+            .await
+            .map_err(docker_error(format!("cannot pause container {name}")))
+    }
+
+    async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        let name = container_name(id);
+        match self.docker.unpause_container(&name).await {
+            Ok(()) => Ok(()),
+            // 409: not paused; nothing to thaw.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(err) => Err(docker_error(format!("cannot resume container {name}"))(err)),
         }
     }
 

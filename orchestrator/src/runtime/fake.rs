@@ -37,6 +37,8 @@ struct State {
     /// Live "containers": the agent task of each.
     running: HashMap<String, Option<AbortHandle>>,
     removed: Vec<String>,
+    /// Ids whose "container" is frozen.
+    paused: std::collections::HashSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +54,11 @@ impl FakeRuntime {
     /// Scripts the next starts, in order; unscripted starts are `Agent`.
     pub(crate) fn script(&self, starts: impl IntoIterator<Item = Start>) {
         self.state().script.extend(starts);
+    }
+
+    /// Whether `pause` froze `id` (and no `resume` thawed it since).
+    pub(crate) fn is_paused(&self, id: &str) -> bool {
+        self.state().paused.contains(id)
     }
 
     /// Ids whose container `remove` was called for, in order.
@@ -161,6 +168,7 @@ impl Runtime for FakeRuntime {
     async fn remove(&self, id: &str, _dir: &SandboxDir) -> Result<(), RuntimeError> {
         let mut state = self.state();
         state.removed.push(id.to_owned());
+        state.paused.remove(id);
         if let Some(Some(agent)) = state.running.remove(id) {
             agent.abort();
         }
@@ -169,6 +177,31 @@ impl Runtime for FakeRuntime {
 
     async fn is_running(&self, id: &str) -> Result<bool, RuntimeError> {
         Ok(self.state().running.contains_key(id))
+    }
+
+    async fn init_pid(&self, id: &str) -> Result<Option<i32>, RuntimeError> {
+        Ok(self
+            .state()
+            .running
+            .contains_key(id)
+            .then(|| std::process::id() as i32))
+    }
+
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut state = self.state();
+        if !state.running.contains_key(id) {
+            return Err(RuntimeError::Engine {
+                context: format!("pausing {id}"),
+                message: "not running".into(),
+            });
+        }
+        state.paused.insert(id.to_owned());
+        Ok(())
+    }
+
+    async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        self.state().paused.remove(id);
+        Ok(())
     }
 
     async fn list(&self) -> Result<Vec<String>, RuntimeError> {

@@ -186,6 +186,10 @@ pub struct ContainerSpec {
     /// Environment of the agent process (and so the base of every exec).
     pub agent_env: BTreeMap<String, String>,
     pub limits: Limits,
+    /// The sandbox's disk image already holds its writable layer (a start
+    /// after a stop, a fork, a create from a snapshot): mount it as it is.
+    /// Otherwise the runtime makes a new, empty one.
+    pub keep_disk: bool,
 }
 
 #[async_trait]
@@ -220,8 +224,18 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// removing a sandbox that is half created or already gone succeeds.
     async fn remove(&self, id: &str, dir: &SandboxDir) -> Result<(), RuntimeError>;
 
-    /// Whether the sandbox's agent process is alive.
+    /// Whether the sandbox's agent process is alive (frozen counts).
     async fn is_running(&self, id: &str) -> Result<bool, RuntimeError>;
+
+    /// The host pid of the sandbox's init (its agent), if it runs.
+    async fn init_pid(&self, id: &str) -> Result<Option<i32>, RuntimeError>;
+
+    /// Freezes every process of the sandbox, the agent included; memory
+    /// stays.
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// Thaws what [`Runtime::pause`] froze. Idempotent.
+    async fn resume(&self, id: &str) -> Result<(), RuntimeError>;
 
     /// Ids of every sandbox container this runtime holds, running or not:
     /// recovery removes the ones the store does not know.

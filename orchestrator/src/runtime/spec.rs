@@ -245,6 +245,7 @@ mod tests {
                 pids: 1024,
                 disk_bytes: None,
             },
+            keep_disk: false,
         }
     }
 

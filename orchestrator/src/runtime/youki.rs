@@ -21,7 +21,7 @@ use super::{
     RuntimeError, SandboxDir,
 };
 use async_trait::async_trait;
-use libcontainer::container::Container;
+use libcontainer::container::{Container, ContainerStatus};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -70,7 +70,7 @@ impl YoukiRuntime {
 
     /// The init pid recorded by libcontainer, if the container exists.
     /// Reading the state is file I/O, so it runs off the async workers.
-    async fn init_pid(&self, id: &str) -> Option<i32> {
+    async fn recorded_pid(&self, id: &str) -> Option<i32> {
         let root = self.container_root(id);
         tokio::task::spawn_blocking(move || {
             if !root.exists() {
@@ -84,6 +84,30 @@ impl YoukiRuntime {
         .await
         .ok()
         .flatten()
+    }
+
+    /// Freezes (or thaws) the container's cgroup through libcontainer,
+    /// which records the state too. Thawing a running container is a no-op.
+    async fn freezer(&self, id: &str, frozen: bool) -> Result<(), RuntimeError> {
+        let root = self.container_root(id);
+        let key = id.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let libcontainer = |source| RuntimeError::Libcontainer {
+                id: key.clone(),
+                source: Box::new(source),
+            };
+            let mut container = Container::load(root).map_err(libcontainer)?;
+            match (frozen, container.status()) {
+                (true, _) => container.pause().map_err(libcontainer),
+                (false, ContainerStatus::Paused) => container.resume().map_err(libcontainer),
+                (false, _) => Ok(()),
+            }
+        })
+        .await
+        .map_err(|err| RuntimeError::Engine {
+            context: format!("the freezer of sandbox {id}"),
+            message: err.to_string(),
+        })?
     }
 
     async fn stop_init(&self, pid: i32) -> Result<(), RuntimeError> {
@@ -132,6 +156,7 @@ impl Runtime for YoukiRuntime {
         let id = container.id.clone();
         let disks = Arc::clone(&self.disks);
         let disk_bytes = container.limits.disk_bytes;
+        let keep_disk = container.keep_disk;
         let lower = tokio::task::spawn_blocking(move || {
             let lower = idmap::shifted_image(&image_rootfs)?;
             let layer = dir.layer();
@@ -139,8 +164,9 @@ impl Runtime for YoukiRuntime {
                 "cannot create {}",
                 layer.display()
             )))?;
-            if let Some(bytes) = disk_bytes {
-                disks.create_image(&dir.disk_image(), bytes)?;
+            match disk_bytes {
+                Some(bytes) if !keep_disk => disks.create_image(&dir.disk_image(), bytes)?,
+                _ => {}
             }
             let config = dir.path().join("config.json");
             oci.save(&config).map_err(|err| RuntimeError::Spec {
@@ -186,7 +212,12 @@ impl Runtime for YoukiRuntime {
 
     async fn remove(&self, id: &str, dir: &SandboxDir) -> Result<(), RuntimeError> {
         let started = Instant::now();
-        if let Some(pid) = self.init_pid(id).await {
+        if let Some(pid) = self.recorded_pid(id).await {
+            // A frozen init cannot act on SIGTERM, nor die of SIGKILL
+            // (cgroup v1's freezer holds even that).
+            if let Err(err) = self.resume(id).await {
+                tracing::debug!(%id, error = %err, "nothing to thaw before the stop");
+            }
             self.stop_init(pid).await?;
         }
         // Empty once the init is gone (its pid namespace went with it), and
@@ -219,7 +250,22 @@ impl Runtime for YoukiRuntime {
     }
 
     async fn is_running(&self, id: &str) -> Result<bool, RuntimeError> {
-        Ok(self.init_pid(id).await.is_some_and(process::is_alive))
+        Ok(self.recorded_pid(id).await.is_some_and(process::is_alive))
+    }
+
+    async fn init_pid(&self, id: &str) -> Result<Option<i32>, RuntimeError> {
+        Ok(self
+            .recorded_pid(id)
+            .await
+            .filter(|&pid| process::is_alive(pid)))
+    }
+
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        self.freezer(id, true).await
+    }
+
+    async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        self.freezer(id, false).await
     }
 
     async fn list(&self) -> Result<Vec<String>, RuntimeError> {

@@ -6,14 +6,14 @@ use super::*;
 use crate::egress::{Resolver, TracingObserver};
 use crate::runtime::fake::{FakeRuntime, Start};
 
-struct Fixture {
-    manager: Arc<Manager>,
-    runtime: Arc<FakeRuntime>,
-    store: Arc<Store>,
+pub(super) struct Fixture {
+    pub manager: Arc<Manager>,
+    pub runtime: Arc<FakeRuntime>,
+    pub store: Arc<Store>,
     _data: tempfile::TempDir,
 }
 
-fn fixture_with(configure: impl FnOnce(&mut ManagerConfig)) -> Fixture {
+pub(super) fn fixture_with(configure: impl FnOnce(&mut ManagerConfig)) -> Fixture {
     let data = tempfile::tempdir().expect("tempdir");
     let images = data.path().join("images");
     std::fs::create_dir_all(images.join(sbx_api::DEFAULT_IMAGE).join("rootfs")).expect("image");
@@ -27,10 +27,12 @@ fn fixture_with(configure: impl FnOnce(&mut ManagerConfig)) -> Fixture {
         Resolver::default(),
         Arc::new(TracingObserver),
     ));
+    let disks = Arc::new(Disks::probe(data.path().join("disk-templates")));
     let manager = Manager::new(
         Arc::clone(&store),
         Arc::clone(&runtime) as Arc<dyn Runtime>,
         egress,
+        disks,
         config,
         Arc::new(Metrics::new("fake")),
     )
@@ -43,12 +45,17 @@ fn fixture_with(configure: impl FnOnce(&mut ManagerConfig)) -> Fixture {
     }
 }
 
-fn fixture() -> Fixture {
+/// A client's delete: the record goes.
+pub(super) fn by_client() -> EndReason {
+    EndReason::Client("test".into())
+}
+
+pub(super) fn fixture() -> Fixture {
     fixture_with(|_| {})
 }
 
 impl Fixture {
-    fn states(&self) -> Vec<SandboxState> {
+    pub(super) fn states(&self) -> Vec<SandboxState> {
         self.store
             .list()
             .expect("list")
@@ -57,14 +64,14 @@ impl Fixture {
             .collect()
     }
 
-    fn dirs(&self) -> usize {
+    pub(super) fn dirs(&self) -> usize {
         std::fs::read_dir(&self.manager.config().sandboxes_dir)
             .expect("sandboxes dir")
             .count()
     }
 
     /// Waits (a bounded while) until the stored states are `expected`.
-    async fn states_become(&self, expected: &[SandboxState]) {
+    pub(super) async fn states_become(&self, expected: &[SandboxState]) {
         for _ in 0..500 {
             if self.states() == expected {
                 return;
@@ -90,7 +97,10 @@ async fn a_sandbox_is_created_served_and_deleted_without_a_trace() {
         agent.agent_health().await.is_ok(),
         "the handed listener answers"
     );
-    f.manager.delete(&sandbox.id).await.expect("deleted");
+    f.manager
+        .delete(&sandbox.id, by_client())
+        .await
+        .expect("deleted");
     assert!(f.states().is_empty());
     assert_eq!(f.dirs(), 0);
     assert_eq!(f.runtime.removed(), [sandbox.id]);
@@ -142,7 +152,7 @@ async fn a_delete_whose_caller_left_still_finishes() {
         .await
         .expect("created")
         .id;
-    let delete = f.manager.delete(&id);
+    let delete = f.manager.delete(&id, by_client());
     // Dropped at its first await: the work was already handed to a task.
     drop(tokio::time::timeout(Duration::from_micros(1), delete).await);
     f.states_become(&[]).await;
@@ -158,7 +168,10 @@ async fn of_two_racing_deletes_one_wins() {
         .await
         .expect("created")
         .id;
-    let (first, second) = tokio::join!(f.manager.delete(&id), f.manager.delete(&id));
+    let (first, second) = tokio::join!(
+        f.manager.delete(&id, by_client()),
+        f.manager.delete(&id, by_client())
+    );
     let outcomes = [first, second];
     assert_eq!(outcomes.iter().filter(|outcome| outcome.is_ok()).count(), 1);
     let loser = outcomes.into_iter().find_map(Result::err).expect("a loser");
@@ -185,7 +198,11 @@ async fn a_sandbox_being_created_cannot_be_deleted_yet() {
         }
         tokio::task::yield_now().await;
     };
-    let err = f.manager.delete(&id).await.expect_err("still creating");
+    let err = f
+        .manager
+        .delete(&id, by_client())
+        .await
+        .expect_err("still creating");
     assert!(
         matches!(
             err,
@@ -197,7 +214,10 @@ async fn a_sandbox_being_created_cannot_be_deleted_yet() {
         "{err}"
     );
     create.await.expect("joined").expect("created");
-    f.manager.delete(&id).await.expect("deleted once running");
+    f.manager
+        .delete(&id, by_client())
+        .await
+        .expect("deleted once running");
 }
 
 #[tokio::test]
@@ -221,7 +241,7 @@ async fn a_dead_container_is_reported_failed_and_can_be_deleted() {
             ..
         })
     ));
-    f.manager.delete(&id).await.expect("deleted");
+    f.manager.delete(&id, by_client()).await.expect("deleted");
     assert!(f.states().is_empty());
 }
 
@@ -427,7 +447,10 @@ async fn only_a_clients_running_sandboxes_take_the_fast_path() {
         .expect("fresh")
         .id;
     assert!(f.manager.serving.contains(&fresh));
-    f.manager.delete(&fresh).await.expect("deleted");
+    f.manager
+        .delete(&fresh, by_client())
+        .await
+        .expect("deleted");
     assert!(!f.manager.serving.contains(&fresh));
     assert!(matches!(
         f.manager.agent(&fresh).await,
@@ -463,10 +486,16 @@ async fn creates_and_deletes_are_timed_and_the_census_reads_the_store_and_pool()
         .expect("started");
     let census = f.manager.census().await.expect("census");
     assert_eq!(census.sandboxes, [(SandboxState::Running, 2)]);
-    f.manager.delete(&pooled.id).await.expect("deleted");
-    f.manager.delete(&cold.id).await.expect("deleted");
+    f.manager
+        .delete(&pooled.id, by_client())
+        .await
+        .expect("deleted");
+    f.manager
+        .delete(&cold.id, by_client())
+        .await
+        .expect("deleted");
     // A failure is not timed.
-    assert!(f.manager.delete(&cold.id).await.is_err());
+    assert!(f.manager.delete(&cold.id, by_client()).await.is_err());
     filler.abort();
 
     let text = f.manager.metrics.encode(&Default::default());

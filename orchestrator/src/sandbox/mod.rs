@@ -30,21 +30,42 @@
 //!
 //! With a warm pool ([`pool`]), default creates are answered with a
 //! sandbox started ahead of demand.
+//!
+//! Beyond create and delete: stop, start, pause and resume
+//! ([`hibernate`]), snapshots, fork and restore ([`snapshots`]), timeouts
+//! ([`lifetime`], with idleness from [`activity`]), the events that report
+//! all of these ([`events`]), and the disk space they promise
+//! ([`storage`]).
 
+mod activity;
+mod events;
 mod handoff;
+mod hibernate;
+#[cfg(test)]
+mod hibernate_tests;
+mod lifetime;
 #[cfg(test)]
 mod manager_tests;
 mod pool;
 mod serving;
+mod snapshots;
+mod storage;
+
+pub use activity::InUse;
+pub use storage::Storage;
 
 use crate::egress::{EgressError, EgressProxy};
 use crate::lifecycle::Transition;
 use crate::metrics::{Census, CreateSource, Metrics};
-use crate::runtime::{ContainerSpec, Limits, Runtime, RuntimeError, SandboxDir};
+use crate::runtime::{ContainerSpec, Disks, Limits, Runtime, RuntimeError, SandboxDir};
 use crate::store::{SandboxRecord, Store, StoreError};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use events::Detail;
 use sbx_api::client::Client;
-use sbx_api::{CreateSandboxRequest, NetworkPolicy, Sandbox, SandboxState, UpdateSandboxRequest};
+use sbx_api::{
+    CreateSandboxRequest, EventKind, Lifecycle, NetworkPolicy, OnTimeout, Sandbox, SandboxState,
+    UpdateSandboxRequest,
+};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -63,6 +84,12 @@ pub enum SandboxError {
     NotFound(String),
     #[error("image {0} not found")]
     ImageNotFound(String),
+    #[error("snapshot {0} not found")]
+    SnapshotNotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    InsufficientStorage(String),
     #[error("sandbox {id} is {state}")]
     WrongState { id: String, state: &'static str },
     #[error("sandbox {id}: {what} did not finish within {limit:?}")]
@@ -111,6 +138,20 @@ pub struct ManagerConfig {
     pub teardown_timeout: Duration,
     /// How many default sandboxes to keep started ahead of demand.
     pub warm_pool: usize,
+    /// `<data-dir>/snapshots`: one disk image per snapshot.
+    pub snapshots_dir: PathBuf,
+    /// The lifecycle of a sandbox whose create asks for none.
+    pub default_lifecycle: Lifecycle,
+    /// How long before a timeout acts its `expiring` event goes out.
+    pub expiring_warning: Duration,
+    /// How long a sandbox ended by its timeout stays listed as `deleted`;
+    /// events of sandboxes gone are kept as long.
+    pub retention: Duration,
+    /// How far the disks promised may exceed the storage pool (see
+    /// [`storage`]); 1.0: not at all.
+    pub disk_overcommit: f64,
+    /// How often timeouts are checked.
+    pub lifetime_tick: Duration,
 }
 
 impl ManagerConfig {
@@ -127,6 +168,17 @@ impl ManagerConfig {
             start_timeout: Duration::from_secs(60),
             teardown_timeout: Duration::from_secs(60),
             warm_pool: 0,
+            snapshots_dir: data_dir.join("snapshots"),
+            default_lifecycle: Lifecycle {
+                timeout_s: None,
+                idle_timeout_s: Some(3600),
+                on_timeout: OnTimeout::Stop,
+                auto_resume: true,
+            },
+            expiring_warning: Duration::from_secs(60),
+            retention: Duration::from_secs(24 * 3600),
+            disk_overcommit: 1.0,
+            lifetime_tick: Duration::from_millis(500),
         }
     }
 }
@@ -143,6 +195,43 @@ pub struct Manager {
     serving: serving::Serving,
     /// Create and delete are timed here (see [`crate::metrics`]).
     metrics: Arc<Metrics>,
+    /// Copies disks for snapshots, forks and restores.
+    disks: Arc<Disks>,
+    events: events::Events,
+    activity: activity::Activity,
+    lifetime: lifetime::Lifetime,
+    /// Serialises what changes a sandbox's container (see [`hibernate`]).
+    ops: hibernate::OpLocks,
+    /// Held from a storage admission until what it admitted is recorded.
+    admissions: tokio::sync::Mutex<()>,
+    /// Cancelled when the server stops: event streams that follow end.
+    following: tokio_util::sync::CancellationToken,
+}
+
+/// Why a sandbox is deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// A client asked; the name is its token's. The record goes.
+    Client(String),
+    /// Its lifecycle ended it (`timeout`, `idle`): the record stays, as
+    /// `deleted`, for the retention period.
+    Policy(String),
+}
+
+impl EndReason {
+    fn text(&self) -> String {
+        match self {
+            EndReason::Client(identity) => format!("deleted by {identity}"),
+            EndReason::Policy(reason) => reason.clone(),
+        }
+    }
+}
+
+/// When a sandbox with `lifecycle` that starts now times out.
+fn expiry(lifecycle: &Lifecycle) -> Option<DateTime<Utc>> {
+    lifecycle
+        .timeout_s
+        .map(|seconds| Utc::now() + chrono::Duration::seconds(seconds as i64))
 }
 
 /// Whether `id` could name a sandbox: ASCII letters, digits and `-`, at
@@ -170,14 +259,24 @@ impl Manager {
         store: Arc<Store>,
         runtime: Arc<dyn Runtime>,
         egress: Arc<EgressProxy>,
+        disks: Arc<Disks>,
         config: ManagerConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, SandboxError> {
-        std::fs::create_dir_all(&config.sandboxes_dir).map_err(|source| SandboxError::Io {
-            context: format!("cannot create {}", config.sandboxes_dir.display()),
-            source,
-        })?;
+        for dir in [&config.sandboxes_dir, &config.snapshots_dir] {
+            std::fs::create_dir_all(dir).map_err(|source| SandboxError::Io {
+                context: format!("cannot create {}", dir.display()),
+                source,
+            })?;
+        }
         Ok(Self {
+            events: events::Events::new(Arc::clone(&store)),
+            activity: activity::Activity::default(),
+            lifetime: lifetime::Lifetime::default(),
+            ops: hibernate::OpLocks::default(),
+            admissions: tokio::sync::Mutex::new(()),
+            following: tokio_util::sync::CancellationToken::new(),
+            disks,
             store,
             runtime,
             egress,
@@ -195,6 +294,11 @@ impl Manager {
 
     pub fn runtime(&self) -> &dyn Runtime {
         self.runtime.as_ref()
+    }
+
+    /// Whether disks are copied by reflink here (`GET /v1/info`).
+    pub fn disks_reflink(&self) -> bool {
+        self.disks.reflinks()
     }
 
     fn dir(&self, id: &str) -> SandboxDir {
@@ -245,11 +349,30 @@ impl Manager {
     /// One sandbox. A sandbox recorded as running whose container has died
     /// is reported (and from now on recorded) as failed.
     pub async fn get(&self, id: &str) -> Result<Sandbox, SandboxError> {
-        let mut sandbox = self.record(id).await?.sandbox;
-        if sandbox.state == SandboxState::Running && self.mark_failed_if_dead(id).await? {
-            sandbox.state = SandboxState::Failed;
+        let sandbox = self.record(id).await?.sandbox;
+        let alive = !matches!(sandbox.state, SandboxState::Running | SandboxState::Paused)
+            || !self.mark_failed_if_dead(id).await?;
+        let sandbox = if alive {
+            sandbox
+        } else {
+            self.record(id).await?.sandbox
+        };
+        Ok(self.with_idle(sandbox))
+    }
+
+    /// The sandbox with `idle_since` filled in, where it applies.
+    fn with_idle(&self, mut sandbox: Sandbox) -> Sandbox {
+        if sandbox.state == SandboxState::Running {
+            let otherwise = sandbox.created_at.max(self.lifetime.since);
+            sandbox.idle_since = self.activity.idle_since(&sandbox.id, otherwise);
         }
-        Ok(sandbox)
+        sandbox
+    }
+
+    /// Marks a call or stream on `id` as running until the guard drops:
+    /// the sandbox is not idle meanwhile (see [`activity`]).
+    pub fn in_use(&self, id: &str) -> InUse {
+        self.activity.begin(id)
     }
 
     /// Checks with the runtime whether a running sandbox's container still
@@ -268,6 +391,7 @@ impl Manager {
         }
         if self.transition(id, Transition::Died).await? {
             tracing::warn!(%id, "the sandbox's container died; marked failed");
+            self.ended(id, "agent died", EventKind::Failed).await?;
         }
         Ok(true)
     }
@@ -277,10 +401,14 @@ impl Manager {
     /// counts kept beside them that could drift (see [`crate::metrics`]).
     pub async fn census(&self) -> Result<Census, SandboxError> {
         let sandboxes = self.db(|store| store.count_by_state()).await?;
+        let storage = self.storage().await?;
         Ok(Census {
             sandboxes,
             pool_ready: self.pool.ready_count() as u64,
             pool_size: self.config.warm_pool as u64,
+            storage_pool_bytes: storage.pool_bytes,
+            storage_used_bytes: storage.used_bytes,
+            storage_promised_bytes: storage.promised_bytes,
         })
     }
 
@@ -290,8 +418,24 @@ impl Manager {
             .await?
             .into_iter()
             .filter(|record| !record.pooled)
-            .map(|record| record.sandbox)
+            .map(|record| self.with_idle(record.sandbox))
             .collect())
+    }
+
+    /// Records why `id` ended (or failed) and reports it.
+    async fn ended(&self, id: &str, reason: &str, kind: EventKind) -> Result<(), SandboxError> {
+        let (key, text) = (id.to_owned(), reason.to_owned());
+        self.db(move |store| store.set_ended(&key, &text, Utc::now()))
+            .await?;
+        self.events.emit(id, kind, Detail::reason(reason)).await;
+        Ok(())
+    }
+
+    /// Drops what the manager keeps in memory of a sandbox that is gone.
+    fn forget(&self, id: &str) {
+        self.activity.forget(id);
+        self.ops.forget(id);
+        self.lifetime.rearm(id);
     }
 
     /// Creates a sandbox and returns it once its agent accepts connections.
@@ -307,13 +451,43 @@ impl Manager {
     async fn create_now(&self, request: CreateSandboxRequest) -> Result<Sandbox, SandboxError> {
         let started = Instant::now();
         request.validate().map_err(SandboxError::InvalidRequest)?;
-        let (record, image_rootfs) = self.new_record(request)?;
-        let (sandbox, source) = match self.claim_pooled(&record).await? {
-            Some(sandbox) => (sandbox, CreateSource::Pool),
-            None => (self.launch(record, image_rootfs).await?, CreateSource::Cold),
+        let snapshot = request.snapshot.clone();
+        let (mut record, image_rootfs) = self.new_record(request)?;
+        if snapshot.is_none() {
+            if let Some(sandbox) = self.claim_pooled(&record).await? {
+                self.metrics.created(CreateSource::Pool, started.elapsed());
+                self.created(&sandbox).await;
+                return Ok(sandbox);
+            }
+        }
+        let sandbox = {
+            let admission = self.admissions.lock().await;
+            let disk = record.sandbox.disk_mb.unwrap_or(0) << 20;
+            self.admit("the sandbox's disk", disk).await?;
+            let (image_rootfs, keep_disk) = match &snapshot {
+                Some(name) => (self.copy_snapshot_into(&mut record, name).await?, true),
+                None => (image_rootfs, false),
+            };
+            let inserted = record.clone();
+            let stored = self.db(move |store| store.insert(&inserted)).await;
+            drop(admission);
+            if let Err(err) = stored {
+                let _ = std::fs::remove_dir_all(self.dir(&record.sandbox.id).path());
+                return Err(err);
+            }
+            self.launch_inserted(record, image_rootfs, keep_disk)
+                .await?
         };
-        self.metrics.created(source, started.elapsed());
+        self.metrics.created(CreateSource::Cold, started.elapsed());
         Ok(sandbox)
+    }
+
+    /// A client's new sandbox is running: idle from now, and reported.
+    async fn created(&self, sandbox: &Sandbox) {
+        self.activity.reset(&sandbox.id);
+        self.events
+            .emit(&sandbox.id, EventKind::Created, Detail::default())
+            .await;
     }
 
     /// The record of a new sandbox as `request` asks for it, with the
@@ -329,6 +503,12 @@ impl Manager {
         if !image_rootfs.is_dir() {
             return Err(SandboxError::ImageNotFound(image));
         }
+        let image_rootfs = crate::runtime::resolve_image(&image_rootfs).map_err(|source| {
+            SandboxError::Runtime {
+                id: "(new)".into(),
+                source,
+            }
+        })?;
         let disk_mb = match (request.disk_mb, self.runtime.isolation().disk_quota) {
             (requested, Ok(())) => Some(requested.unwrap_or(self.config.default_disk_mb)),
             (None, Err(_)) => None,
@@ -342,6 +522,10 @@ impl Manager {
             Some(network) => network.normalized().map_err(SandboxError::InvalidRequest)?,
             None => NetworkPolicy::default(),
         };
+        let lifecycle = request
+            .lifecycle
+            .unwrap_or_default()
+            .over(&self.config.default_lifecycle);
         let record = SandboxRecord {
             sandbox: Sandbox {
                 id: new_id(),
@@ -353,9 +537,15 @@ impl Manager {
                 disk_mb,
                 labels: request.labels,
                 network,
+                expires_at: expiry(&lifecycle),
+                lifecycle,
+                idle_since: None,
+                ended_reason: None,
             },
             env: request.env,
             pooled: false,
+            image_build: Some(image_rootfs.clone()),
+            ended_at: None,
         };
         Ok((record, image_rootfs))
     }
@@ -366,12 +556,24 @@ impl Manager {
         &self,
         record: SandboxRecord,
         image_rootfs: PathBuf,
+        keep_disk: bool,
     ) -> Result<Sandbox, SandboxError> {
         let inserted = record.clone();
         self.db(move |store| store.insert(&inserted)).await?;
+        self.launch_inserted(record, image_rootfs, keep_disk).await
+    }
+
+    /// [`Self::launch`] of a record already stored.
+    async fn launch_inserted(
+        &self,
+        record: SandboxRecord,
+        image_rootfs: PathBuf,
+        keep_disk: bool,
+    ) -> Result<Sandbox, SandboxError> {
         let id = record.sandbox.id.clone();
         let limit = self.config.start_timeout;
-        let started = match tokio::time::timeout(limit, self.start(&record, image_rootfs)).await {
+        let start = self.start(&record, image_rootfs, keep_disk);
+        let started = match tokio::time::timeout(limit, start).await {
             Ok(result) => result,
             Err(_elapsed) => Err(SandboxError::TimedOut {
                 id: id.clone(),
@@ -386,17 +588,18 @@ impl Manager {
                     let reason = self.not_serving(&id).await;
                     return Err(reason.unwrap_or(SandboxError::NotFound(id)));
                 }
-                if !record.pooled {
-                    self.serving.insert(&id);
-                }
                 let mut sandbox = record.sandbox;
                 sandbox.state = SandboxState::Running;
+                if !record.pooled {
+                    self.serving.insert(&id);
+                    self.created(&sandbox).await;
+                }
                 tracing::info!(%id, image = %sandbox.image, pooled = record.pooled, "sandbox running");
                 Ok(sandbox)
             }
             Err(err) => {
                 tracing::warn!(%id, error = %err, "sandbox failed to start");
-                if let Err(cleanup) = self.bounded_teardown(&id).await {
+                if let Err(cleanup) = self.bounded_teardown(&id, false).await {
                     tracing::error!(%id, error = %cleanup, "cleanup of a failed sandbox failed");
                     // Out of `creating`: a delete can finish the job.
                     self.transition(&id, Transition::TeardownFailed).await?;
@@ -420,9 +623,7 @@ impl Manager {
             let (key, claim) = (id.clone(), requested.clone());
             let (alive, claimed) = tokio::join!(
                 self.runtime.is_running(&id),
-                self.db(move |store| {
-                    store.claim_pooled(&key, claim.created_at, &claim.labels, &claim.network)
-                })
+                self.db(move |store| store.claim_pooled(&key, &claim))
             );
             let claimed = claimed? && alive.unwrap_or(false);
             if !claimed {
@@ -440,9 +641,17 @@ impl Manager {
                 })?;
             self.serving.insert(&id);
             tracing::info!(%id, "pooled sandbox claimed");
+            // The pooled sandbox's image build, which the claim keeps.
+            let key = id.clone();
+            let image = self
+                .db(move |store| store.get(&key))
+                .await?
+                .map(|record| record.sandbox.image)
+                .unwrap_or_else(|| requested.image.clone());
             return Ok(Some(Sandbox {
                 id,
                 state: SandboxState::Running,
+                image,
                 ..requested.clone()
             }));
         }
@@ -487,6 +696,12 @@ impl Manager {
         }
     }
 
+    /// Ends the event streams that follow: the server is stopping, and
+    /// waits for the calls in progress.
+    pub fn stop_following(&self) {
+        self.following.cancel();
+    }
+
     /// Stops refilling the pool: [`Self::keep_pool_full`] returns once the
     /// launch it is in (bounded by the start timeout) has finished. Not
     /// aborted mid-launch: a start already handed to the runtime goes on
@@ -499,7 +714,16 @@ impl Manager {
     async fn launch_pooled(&self) -> Result<String, SandboxError> {
         let (mut record, image_rootfs) = self.new_record(CreateSandboxRequest::default())?;
         record.pooled = true;
-        Ok(self.launch(record, image_rootfs).await?.id)
+        let admission = self.admissions.lock().await;
+        self.admit(
+            "a pooled sandbox",
+            record.sandbox.disk_mb.unwrap_or(0) << 20,
+        )
+        .await?;
+        let inserted = record.clone();
+        self.db(move |store| store.insert(&inserted)).await?;
+        drop(admission);
+        Ok(self.launch_inserted(record, image_rootfs, false).await?.id)
     }
 
     /// Deletes every pooled sandbox, ready or half-started: they hold
@@ -519,6 +743,7 @@ impl Manager {
         &self,
         record: &SandboxRecord,
         image_rootfs: PathBuf,
+        keep_disk: bool,
     ) -> Result<(), SandboxError> {
         let id = &record.sandbox.id;
         let dir = self.dir(id);
@@ -554,6 +779,7 @@ impl Manager {
                 pids: self.config.pids_limit,
                 disk_bytes: record.sandbox.disk_mb.map(|mb| mb << 20),
             },
+            keep_disk,
         };
         let started = Instant::now();
         self.runtime
@@ -596,30 +822,43 @@ impl Manager {
         }
     }
 
-    /// Deletes a sandbox: stops the container and removes every trace.
+    /// Deletes a sandbox: stops the container and removes every trace,
+    /// but for a record kept as `deleted` when its lifecycle ended it (see
+    /// [`EndReason`]). Deleting such a record removes it.
     /// Runs to the end even if the caller stops waiting (see [`detached`]).
-    pub async fn delete(self: &Arc<Self>, id: &str) -> Result<(), SandboxError> {
+    pub async fn delete(self: &Arc<Self>, id: &str, reason: EndReason) -> Result<(), SandboxError> {
         let (manager, id) = (Arc::clone(self), id.to_owned());
-        detached(async move { manager.delete_now(&id).await }).await
+        detached(async move {
+            let _op = manager.ops.lock(&id).await;
+            manager.delete_now(&id, reason).await
+        })
+        .await
     }
 
-    async fn delete_now(&self, id: &str) -> Result<(), SandboxError> {
+    async fn delete_now(&self, id: &str, reason: EndReason) -> Result<(), SandboxError> {
         let started = Instant::now();
         let record = self.record(id).await?;
+        if record.sandbox.state == SandboxState::Deleted {
+            let key = id.to_owned();
+            self.db(move |store| store.remove(&key)).await?;
+            self.forget(id);
+            return Ok(());
+        }
         if !self.transition(id, Transition::Delete).await? {
             let state = self.record(id).await?.sandbox.state;
-            return Err(SandboxError::WrongState {
-                id: id.to_owned(),
-                state: state.as_str(),
-            });
+            return Err(self.wrong_state(id, state));
         }
-        drop(record);
-        if let Err(err) = self.bounded_teardown(id).await {
+        let keep_record = matches!(reason, EndReason::Policy(_));
+        if let Err(err) = self.bounded_teardown(id, keep_record).await {
             self.transition(id, Transition::TeardownFailed).await?;
             return Err(err);
         }
+        if keep_record {
+            self.transition(id, Transition::Ended).await?;
+        }
+        self.ended(id, &reason.text(), EventKind::Deleted).await?;
         self.metrics.deleted(started.elapsed());
-        tracing::info!(%id, "sandbox deleted");
+        tracing::info!(%id, reason = %reason.text(), "sandbox deleted");
         Ok(())
     }
 
@@ -673,9 +912,9 @@ impl Manager {
     }
 
     /// [`Manager::teardown`] within the configured time.
-    async fn bounded_teardown(&self, id: &str) -> Result<(), SandboxError> {
+    async fn bounded_teardown(&self, id: &str, keep_record: bool) -> Result<(), SandboxError> {
         let limit = self.config.teardown_timeout;
-        tokio::time::timeout(limit, self.teardown(id))
+        tokio::time::timeout(limit, self.teardown_keeping(id, keep_record))
             .await
             .unwrap_or_else(|_elapsed| {
                 Err(SandboxError::TimedOut {
@@ -688,6 +927,12 @@ impl Manager {
 
     /// Removes the container, the sandbox directory and the record.
     async fn teardown(&self, id: &str) -> Result<(), SandboxError> {
+        self.teardown_keeping(id, false).await
+    }
+
+    /// Removes the container and the sandbox directory, and the record
+    /// unless `keep_record`.
+    async fn teardown_keeping(&self, id: &str, keep_record: bool) -> Result<(), SandboxError> {
         let dir = self.dir(id);
         let started = Instant::now();
         self.egress.detach(id);
@@ -713,24 +958,40 @@ impl Manager {
             context: format!("removing {}", dir.path().display()),
             source: std::io::Error::other(err.to_string()),
         })??;
-        let key = id.to_owned();
         self.serving.remove(id);
-        self.db(move |store| store.remove(&key)).await?;
+        if !keep_record {
+            let key = id.to_owned();
+            self.db(move |store| store.remove(&key)).await?;
+            self.forget(id);
+        }
         tracing::debug!(%id, teardown_us = started.elapsed().as_micros() as u64, "sandbox torn down");
         Ok(())
     }
 
-    /// A client of a running sandbox's agent.
-    pub async fn agent(&self, id: &str) -> Result<Client, SandboxError> {
+    /// A client of a running sandbox's agent. A stopped or paused sandbox
+    /// whose lifecycle has `auto_resume` is woken first (see [`hibernate`]).
+    pub async fn agent(self: &Arc<Self>, id: &str) -> Result<Client, SandboxError> {
         if self.serving.contains(id) {
             return Ok(Client::unix(self.dir(id).agent_socket()));
         }
         let record = self.record(id).await?;
-        if record.sandbox.state != SandboxState::Running {
-            return Err(SandboxError::WrongState {
-                id: id.to_owned(),
-                state: record.sandbox.state.as_str(),
-            });
+        match record.sandbox.state {
+            SandboxState::Running => {}
+            state if self.wake_for_call(id).await? => {
+                tracing::debug!(%id, from = state.as_str(), "woken for a call");
+            }
+            state => {
+                return Err(match state {
+                    SandboxState::Stopped | SandboxState::Paused => {
+                        SandboxError::Conflict(format!(
+                            "sandbox {id} is {}: start or resume it first, or create it with \
+                             lifecycle.auto_resume",
+                            state.as_str()
+                        ))
+                    }
+                    state => self.wrong_state(id, state),
+                })
+            }
         }
         Ok(Client::unix(self.dir(id).agent_socket()))
     }
@@ -787,11 +1048,34 @@ impl Manager {
                 continue;
             }
             match record.sandbox.state {
-                SandboxState::Creating | SandboxState::Deleting => {
-                    tracing::info!(%id, "finishing the teardown of an interrupted sandbox");
+                SandboxState::Creating => {
+                    tracing::info!(%id, "removing a sandbox whose create was interrupted");
                     self.teardown(&id).await?;
                 }
-                SandboxState::Running => {
+                SandboxState::Deleting => {
+                    tracing::info!(%id, "finishing the teardown of an interrupted sandbox");
+                    let keep_record = record.ended_at.is_some();
+                    self.teardown_keeping(&id, keep_record).await?;
+                    if keep_record {
+                        self.transition(&id, Transition::Ended).await?;
+                    }
+                }
+                SandboxState::Stopping | SandboxState::Starting => {
+                    // Either way the disk is whole: settle as stopped.
+                    tracing::info!(%id, "settling an interrupted stop or start as stopped");
+                    self.runtime
+                        .remove(&id, &self.dir(&id))
+                        .await
+                        .map_err(|source| SandboxError::Runtime {
+                            id: id.clone(),
+                            source,
+                        })?;
+                    self.transition(&id, Transition::Halted).await?;
+                    self.events
+                        .emit(&id, EventKind::Stopped, Detail::reason("server recovery"))
+                        .await;
+                }
+                SandboxState::Running | SandboxState::Paused => {
                     let alive = self.runtime.is_running(&id).await.map_err(|source| {
                         SandboxError::Runtime {
                             id: id.clone(),
@@ -807,14 +1091,19 @@ impl Manager {
                         if let Err(err) = self.egress.attach(&id, &socket, network, owner) {
                             tracing::error!(%id, error = %err, "cannot restore the egress proxy");
                         }
-                        self.serving.insert(&id);
-                        tracing::info!(%id, "adopted running sandbox");
+                        if record.sandbox.state == SandboxState::Running {
+                            self.serving.insert(&id);
+                        }
+                        self.activity.reset(&id);
+                        tracing::info!(%id, state = record.sandbox.state.as_str(), "adopted sandbox");
                     } else {
                         tracing::warn!(%id, "sandbox died while the orchestrator was down");
                         self.transition(&id, Transition::Died).await?;
+                        self.ended(&id, "server recovery", EventKind::Failed)
+                            .await?;
                     }
                 }
-                SandboxState::Failed => {}
+                SandboxState::Stopped | SandboxState::Failed | SandboxState::Deleted => {}
             }
         }
         // Containers and directories that no record owns: left by a crash
@@ -830,6 +1119,36 @@ impl Manager {
             .map(|entry| entry.file_name().to_string_lossy().into_owned())
             .collect();
         self.remove_orphans(directories).await?;
+        self.remove_orphan_snapshots().await
+    }
+
+    /// Removes snapshot files no record owns (a crash between the copy and
+    /// the record), and records whose file is missing (a crash between the
+    /// record and the rename).
+    async fn remove_orphan_snapshots(&self) -> Result<(), SandboxError> {
+        let snapshots = self.db(|store| store.list_snapshots()).await?;
+        let owned: std::collections::HashSet<PathBuf> = snapshots
+            .iter()
+            .map(|snapshot| storage::snapshot_image(&self.config.snapshots_dir, snapshot))
+            .collect();
+        for snapshot in &snapshots {
+            if !storage::snapshot_image(&self.config.snapshots_dir, snapshot).exists() {
+                tracing::warn!(snapshot = %snapshot.name, "a snapshot lost its disk; forgotten");
+                let name = snapshot.name.clone();
+                self.db(move |store| store.remove_snapshot(&name)).await?;
+            }
+        }
+        let listing =
+            std::fs::read_dir(&self.config.snapshots_dir).map_err(|source| SandboxError::Io {
+                context: format!("cannot list {}", self.config.snapshots_dir.display()),
+                source,
+            })?;
+        for entry in listing.flatten() {
+            if !owned.contains(&entry.path()) {
+                tracing::info!(file = %entry.path().display(), "removing an orphaned snapshot file");
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         Ok(())
     }
 }

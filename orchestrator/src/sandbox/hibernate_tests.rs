@@ -1,0 +1,378 @@
+//! Stop, start, pause, resume, auto-resume, timeouts and their events,
+//! against [`FakeRuntime`](crate::runtime::fake::FakeRuntime): the order
+//! of things, in milliseconds. That the disk survives is the end-to-end
+//! suites' to show, on the real runtimes.
+
+use super::manager_tests::{by_client, fixture, fixture_with};
+use super::*;
+use crate::runtime::fake::Start;
+use futures_util::StreamExt;
+use sbx_api::{Event, LifecycleRequest};
+
+fn with_lifecycle(lifecycle: LifecycleRequest) -> CreateSandboxRequest {
+    CreateSandboxRequest {
+        lifecycle: Some(lifecycle),
+        ..CreateSandboxRequest::default()
+    }
+}
+
+/// Every event stored so far for `id`.
+async fn events_of(manager: &Arc<Manager>, id: &str) -> Vec<Event> {
+    manager
+        .events(Some(id.to_owned()), 0, false)
+        .map(|event| event.expect("event"))
+        .collect()
+        .await
+}
+
+fn kinds(events: &[Event]) -> Vec<EventKind> {
+    events.iter().map(|event| event.kind).collect()
+}
+
+#[tokio::test]
+async fn a_stopped_sandbox_keeps_its_record_and_dir_and_starts_again() {
+    let f = fixture();
+    let asleep = with_lifecycle(LifecycleRequest {
+        auto_resume: Some(false),
+        ..LifecycleRequest::default()
+    });
+    let id = f.manager.create(asleep).await.expect("created").id;
+    let stopped = f
+        .manager
+        .stop(&id, "stopped by test".into())
+        .await
+        .expect("stopped");
+    assert_eq!(stopped.state, SandboxState::Stopped);
+    assert_eq!(f.runtime.removed(), vec![id.clone()], "the container went");
+    assert_eq!(f.dirs(), 1, "the directory stays");
+    let refused = f.manager.agent(&id).await.expect_err("not serving");
+    assert!(matches!(refused, SandboxError::Conflict(_)), "{refused}");
+    assert!(
+        f.manager.stop(&id, "again".into()).await.is_ok(),
+        "stopping a stopped sandbox is a no-op"
+    );
+
+    let started = f.manager.start_stopped(&id).await.expect("started");
+    assert_eq!(started.state, SandboxState::Running);
+    let agent = f.manager.agent(&id).await.expect("serving");
+    assert!(agent.agent_health().await.is_ok(), "a new agent answers");
+    assert_eq!(
+        kinds(&events_of(&f.manager, &id).await),
+        [EventKind::Created, EventKind::Stopped, EventKind::Started]
+    );
+    let stop = &events_of(&f.manager, &id).await[1];
+    assert_eq!(stop.reason.as_deref(), Some("stopped by test"));
+}
+
+#[tokio::test]
+async fn a_start_that_fails_leaves_the_sandbox_stopped() {
+    let f = fixture();
+    let id = f
+        .manager
+        .create(CreateSandboxRequest::default())
+        .await
+        .expect("created")
+        .id;
+    f.manager.stop(&id, "test".into()).await.expect("stopped");
+    f.runtime.script([Start::Fail]);
+    f.manager.start_stopped(&id).await.expect_err("fails");
+    assert_eq!(f.states(), [SandboxState::Stopped]);
+    assert_eq!(f.dirs(), 1);
+    f.manager
+        .start_stopped(&id)
+        .await
+        .expect("the next start works");
+}
+
+#[tokio::test]
+async fn pause_freezes_and_resume_thaws() {
+    let f = fixture();
+    let asleep = with_lifecycle(LifecycleRequest {
+        auto_resume: Some(false),
+        ..LifecycleRequest::default()
+    });
+    let id = f.manager.create(asleep).await.expect("created").id;
+    let paused = f.manager.pause(&id, "test".into()).await.expect("paused");
+    assert_eq!(paused.state, SandboxState::Paused);
+    assert!(f.runtime.is_paused(&id));
+    assert!(matches!(
+        f.manager.agent(&id).await,
+        Err(SandboxError::Conflict(_))
+    ));
+    assert!(f.manager.start_stopped(&id).await.is_err(), "not stopped");
+    f.manager.resume(&id).await.expect("resumed");
+    assert!(!f.runtime.is_paused(&id));
+    assert!(f.manager.agent(&id).await.is_ok());
+    // A paused sandbox can be stopped (and is thawed for it) or deleted.
+    f.manager.pause(&id, "test".into()).await.expect("paused");
+    f.manager.stop(&id, "test".into()).await.expect("stopped");
+    assert!(!f.runtime.is_paused(&id));
+    f.manager.delete(&id, by_client()).await.expect("deleted");
+    assert_eq!(f.dirs(), 0);
+}
+
+#[tokio::test]
+async fn auto_resume_wakes_a_sandbox_for_the_call_that_needs_it() {
+    let f = fixture();
+    let awake = with_lifecycle(LifecycleRequest {
+        auto_resume: Some(true),
+        ..LifecycleRequest::default()
+    });
+    let id = f.manager.create(awake).await.expect("created").id;
+    f.manager.stop(&id, "test".into()).await.expect("stopped");
+    let agent = f.manager.agent(&id).await.expect("woken");
+    assert!(agent.agent_health().await.is_ok());
+    assert_eq!(f.states(), [SandboxState::Running]);
+    f.manager.pause(&id, "test".into()).await.expect("paused");
+    f.manager.agent(&id).await.expect("woken");
+    assert!(!f.runtime.is_paused(&id));
+    assert_eq!(
+        kinds(&events_of(&f.manager, &id).await),
+        [
+            EventKind::Created,
+            EventKind::Stopped,
+            EventKind::Started,
+            EventKind::Paused,
+            EventKind::Resumed
+        ]
+    );
+}
+
+fn fast_lifetimes(config: &mut ManagerConfig) {
+    config.lifetime_tick = Duration::from_millis(20);
+    config.expiring_warning = Duration::from_millis(600);
+}
+
+#[tokio::test]
+async fn a_timeout_warns_then_deletes_and_the_record_says_why() {
+    let f = fixture_with(fast_lifetimes);
+    tokio::spawn(Arc::clone(&f.manager).enforce_lifetimes());
+    let short = with_lifecycle(LifecycleRequest {
+        timeout_s: Some(1),
+        on_timeout: Some(OnTimeout::Delete),
+        ..LifecycleRequest::default()
+    });
+    let sandbox = f.manager.create(short).await.expect("created");
+    let expires = sandbox.expires_at.expect("a timeout");
+    f.states_become(&[SandboxState::Deleted]).await;
+    assert!(Utc::now() >= expires, "not before its time");
+    let ended = f.manager.get(&sandbox.id).await.expect("still answered");
+    assert_eq!(ended.state, SandboxState::Deleted);
+    assert_eq!(ended.ended_reason.as_deref(), Some("timeout"));
+    assert_eq!(f.dirs(), 0, "nothing but the record is left");
+    let events = events_of(&f.manager, &sandbox.id).await;
+    assert_eq!(
+        kinds(&events),
+        [EventKind::Created, EventKind::Expiring, EventKind::Deleted]
+    );
+    assert_eq!(events[1].at, Some(expires));
+    assert_eq!(events[2].reason.as_deref(), Some("timeout"));
+    // Deleting what is left removes the record.
+    f.manager
+        .delete(&sandbox.id, by_client())
+        .await
+        .expect("forgotten");
+    assert!(f.states().is_empty());
+}
+
+#[tokio::test]
+async fn timeouts_stop_or_pause_as_the_lifecycle_says() {
+    let f = fixture_with(fast_lifetimes);
+    tokio::spawn(Arc::clone(&f.manager).enforce_lifetimes());
+    let mut ids = Vec::new();
+    for action in [OnTimeout::Stop, OnTimeout::Pause] {
+        let request = with_lifecycle(LifecycleRequest {
+            timeout_s: Some(1),
+            on_timeout: Some(action),
+            auto_resume: Some(false),
+            ..LifecycleRequest::default()
+        });
+        ids.push(f.manager.create(request).await.expect("created").id);
+    }
+    let mut wanted = [SandboxState::Stopped, SandboxState::Paused];
+    let mut order: Vec<SandboxState> = ids
+        .iter()
+        .map(|id| f.store.get(id).expect("get").expect("stored").sandbox.state)
+        .collect();
+    for _ in 0..200 {
+        order = ids
+            .iter()
+            .map(|id| f.store.get(id).expect("get").expect("stored").sandbox.state)
+            .collect();
+        if order == wanted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(order, wanted);
+    assert!(f.runtime.is_paused(&ids[1]));
+    let stopped = f.manager.get(&ids[0]).await.expect("get");
+    assert_eq!(stopped.state, SandboxState::Stopped);
+    // Started again, it has its timeout again from now.
+    let started = f.manager.start_stopped(&ids[0]).await.expect("started");
+    assert!(started.expires_at.expect("a timeout") > Utc::now());
+    wanted = [SandboxState::Running, SandboxState::Paused];
+    assert_eq!(
+        ids.iter()
+            .map(|id| f.store.get(id).expect("get").expect("stored").sandbox.state)
+            .collect::<Vec<_>>(),
+        wanted
+    );
+}
+
+#[tokio::test]
+async fn idleness_ends_a_sandbox_only_while_nothing_uses_it() {
+    let f = fixture_with(fast_lifetimes);
+    tokio::spawn(Arc::clone(&f.manager).enforce_lifetimes());
+    let idle = with_lifecycle(LifecycleRequest {
+        idle_timeout_s: Some(1),
+        on_timeout: Some(OnTimeout::Stop),
+        auto_resume: Some(false),
+        ..LifecycleRequest::default()
+    });
+    let used = f.manager.create(idle.clone()).await.expect("created").id;
+    let unused = f.manager.create(idle).await.expect("created").id;
+    let stream = f.manager.in_use(&used);
+    assert_eq!(f.manager.get(&used).await.expect("get").idle_since, None);
+    for _ in 0..200 {
+        if f.manager.get(&unused).await.expect("get").state == SandboxState::Stopped {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        f.manager.get(&unused).await.expect("get").state,
+        SandboxState::Stopped
+    );
+    let stopped = &events_of(&f.manager, &unused).await[2];
+    assert_eq!(stopped.reason.as_deref(), Some("idle"));
+    assert_eq!(
+        f.manager.get(&used).await.expect("get").state,
+        SandboxState::Running,
+        "a stream in progress keeps it awake"
+    );
+    drop(stream);
+    assert!(f
+        .manager
+        .get(&used)
+        .await
+        .expect("get")
+        .idle_since
+        .is_some());
+    for _ in 0..200 {
+        if f.manager.get(&used).await.expect("get").state == SandboxState::Stopped {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        f.manager.get(&used).await.expect("get").state,
+        SandboxState::Stopped
+    );
+}
+
+#[tokio::test]
+async fn set_timeout_moves_the_deadline_and_ended_records_go_after_retention() {
+    let f = fixture_with(|config| {
+        fast_lifetimes(config);
+        config.retention = Duration::ZERO;
+    });
+    let id = f
+        .manager
+        .create(CreateSandboxRequest::default())
+        .await
+        .expect("created")
+        .id;
+    let later = f.manager.set_timeout(&id, 3600).await.expect("extended");
+    assert_eq!(later.lifecycle.timeout_s, Some(3600));
+    let at = later.expires_at.expect("a deadline");
+    assert!(at > Utc::now() + chrono::Duration::seconds(3590));
+    let sooner = f.manager.set_timeout(&id, 1).await.expect("shortened");
+    assert!(sooner.expires_at.expect("a deadline") < at);
+    tokio::spawn(Arc::clone(&f.manager).enforce_lifetimes());
+    // The server's default on_timeout is stop; retention 0 is for deleted
+    // records only.
+    f.states_become(&[SandboxState::Stopped]).await;
+    f.manager.delete(&id, by_client()).await.expect("deleted");
+    let policy = f
+        .manager
+        .create(with_lifecycle(LifecycleRequest {
+            timeout_s: Some(1),
+            on_timeout: Some(OnTimeout::Delete),
+            ..LifecycleRequest::default()
+        }))
+        .await
+        .expect("created")
+        .id;
+    for _ in 0..200 {
+        if f.store.get(&policy).expect("get").is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(f.store.get(&policy).expect("get").is_none(), "purged");
+}
+
+#[tokio::test]
+async fn recovery_settles_an_interrupted_stop_or_start_as_stopped() {
+    let f = fixture();
+    let stopping = f
+        .manager
+        .create(CreateSandboxRequest::default())
+        .await
+        .expect("created")
+        .id;
+    let starting = f
+        .manager
+        .create(CreateSandboxRequest::default())
+        .await
+        .expect("created")
+        .id;
+    f.manager
+        .stop(&starting, "test".into())
+        .await
+        .expect("stopped");
+    assert!(f
+        .store
+        .transition(&stopping, Transition::Stop)
+        .expect("stop"));
+    assert!(f
+        .store
+        .transition(&starting, Transition::Start)
+        .expect("start"));
+    f.manager.recover().await.expect("recovered");
+    assert_eq!(f.states(), [SandboxState::Stopped, SandboxState::Stopped]);
+    assert_eq!(f.dirs(), 2, "their disks stay");
+    assert!(!f.runtime.is_running(&stopping).await.expect("asked"));
+    f.manager
+        .start_stopped(&stopping)
+        .await
+        .expect("starts again");
+}
+
+#[tokio::test]
+async fn a_follower_gets_the_history_then_live_events_and_ends_at_shutdown() {
+    let f = fixture();
+    let id = f
+        .manager
+        .create(CreateSandboxRequest::default())
+        .await
+        .expect("created")
+        .id;
+    let mut follower = Box::pin(f.manager.events(Some(id.clone()), 0, true));
+    let first = follower.next().await.expect("an event").expect("ok");
+    assert_eq!(first.kind, EventKind::Created);
+    f.manager.pause(&id, "test".into()).await.expect("paused");
+    let live = follower.next().await.expect("an event").expect("ok");
+    assert_eq!(live.kind, EventKind::Paused);
+    assert!(live.seq > first.seq);
+    let since: Vec<Event> = f
+        .manager
+        .events(None, first.seq, false)
+        .map(|event| event.expect("ok"))
+        .collect()
+        .await;
+    assert_eq!(kinds(&since), [EventKind::Paused]);
+    f.manager.stop_following();
+    assert!(follower.next().await.is_none(), "ended");
+}

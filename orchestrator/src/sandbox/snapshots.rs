@@ -1,0 +1,417 @@
+//! Snapshots, fork, restore, and sandboxes made from a snapshot.
+//!
+//! What a sandbox is, beyond its record, is its disk: an image file holding
+//! its writable layer ([`crate::runtime::Disks`]). So each of these is a
+//! copy of that file, and a reflink on the btrfs pool: milliseconds,
+//! whatever the disk holds, sharing blocks until either side writes them.
+//!
+//! A copy is consistent: a running sandbox is frozen for the instant of
+//! the copy (its processes write nothing), and its filesystem synced first
+//! (what they wrote reaches the image file). A stopped sandbox's disk is not
+//! mounted, so it is copied as it is.
+//!
+//! - **snapshot**: the disk copied to `<data-dir>/snapshots/<name>.img`,
+//!   recorded once complete. It pins the image build the disk sits on.
+//! - **create from a snapshot**, and **fork**: new sandboxes whose disks
+//!   are copies, started with `keep_disk`.
+//! - **restore**: the sandbox stopped, its disk replaced by a copy of the
+//!   snapshot's (an atomic rename), and started again if it was running:
+//!   the same id, token, limits and policy, on the snapshot's files.
+
+use super::events::Detail;
+use super::storage::{allocated, snapshot_image};
+use super::{new_id, Manager, SandboxError};
+use crate::store::{SandboxRecord, SnapshotRecord};
+use chrono::Utc;
+use sbx_api::{EventKind, Sandbox, SandboxState, Snapshot};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+impl Manager {
+    /// Snapshots a sandbox's filesystem as `name`.
+    pub async fn snapshot(
+        self: &Arc<Self>,
+        id: &str,
+        name: &str,
+    ) -> Result<Snapshot, SandboxError> {
+        sbx_api::validate_snapshot_name(name).map_err(SandboxError::InvalidRequest)?;
+        let (manager, id, name) = (Arc::clone(self), id.to_owned(), name.to_owned());
+        super::detached(async move {
+            let _op = manager.ops.lock(&id).await;
+            let snapshot = manager.snapshot_locked(&id, &name).await?;
+            manager
+                .events
+                .emit(&id, EventKind::Snapshot, Detail::about(&name))
+                .await;
+            manager.snapshot_view(snapshot).await
+        })
+        .await
+    }
+
+    async fn snapshot_locked(&self, id: &str, name: &str) -> Result<SnapshotRecord, SandboxError> {
+        let record = self.record(id).await?;
+        let disk_mb = self.copyable(&record)?;
+        let key = name.to_owned();
+        if self
+            .db(move |store| store.get_snapshot(&key))
+            .await?
+            .is_some()
+        {
+            return Err(SandboxError::Conflict(format!(
+                "a snapshot named {name} exists"
+            )));
+        }
+        let snapshot = SnapshotRecord {
+            name: name.to_owned(),
+            sandbox_id: id.to_owned(),
+            image: record.sandbox.image.clone(),
+            image_build: self.image_build(&record)?,
+            disk_mb,
+            created_at: Utc::now(),
+        };
+        let target = snapshot_image(&self.config.snapshots_dir, &snapshot);
+        let staging = staging_path(&target);
+        let _admission = self.admissions.lock().await;
+        let disk = self.dir(id).disk_image();
+        self.admit("the snapshot", allocated(&disk)).await?;
+        self.copy_consistent(&record, std::slice::from_ref(&staging))
+            .await?;
+        let stored = snapshot.clone();
+        let finish = move |store: &crate::store::Store| {
+            if !store.insert_snapshot(&stored)? {
+                return Ok(false);
+            }
+            Ok(true)
+        };
+        if !self.db(finish).await? {
+            let _ = std::fs::remove_file(&staging);
+            return Err(SandboxError::Conflict(format!(
+                "a snapshot named {name} exists"
+            )));
+        }
+        std::fs::rename(&staging, &target).map_err(|source| SandboxError::Io {
+            context: format!(
+                "cannot rename {} to {}",
+                staging.display(),
+                target.display()
+            ),
+            source,
+        })?;
+        tracing::info!(%id, snapshot = %name, "snapshot taken");
+        Ok(snapshot)
+    }
+
+    pub async fn snapshots(&self) -> Result<Vec<Snapshot>, SandboxError> {
+        let mut views = Vec::new();
+        for snapshot in self.db(|store| store.list_snapshots()).await? {
+            views.push(self.snapshot_view(snapshot).await?);
+        }
+        Ok(views)
+    }
+
+    pub async fn get_snapshot(&self, name: &str) -> Result<Snapshot, SandboxError> {
+        let snapshot = self.snapshot_record(name).await?;
+        self.snapshot_view(snapshot).await
+    }
+
+    pub async fn delete_snapshot(&self, name: &str) -> Result<(), SandboxError> {
+        let snapshot = self.snapshot_record(name).await?;
+        let key = name.to_owned();
+        if !self.db(move |store| store.remove_snapshot(&key)).await? {
+            return Err(SandboxError::SnapshotNotFound(name.to_owned()));
+        }
+        let image = snapshot_image(&self.config.snapshots_dir, &snapshot);
+        match std::fs::remove_file(&image) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(snapshot = %name, error = %err, "cannot remove a snapshot's disk");
+            }
+            _ => {}
+        }
+        tracing::info!(snapshot = %name, "snapshot deleted");
+        Ok(())
+    }
+
+    async fn snapshot_record(&self, name: &str) -> Result<SnapshotRecord, SandboxError> {
+        if sbx_api::validate_snapshot_name(name).is_err() {
+            return Err(SandboxError::SnapshotNotFound(name.to_owned()));
+        }
+        let key = name.to_owned();
+        self.db(move |store| store.get_snapshot(&key))
+            .await?
+            .ok_or_else(|| SandboxError::SnapshotNotFound(name.to_owned()))
+    }
+
+    async fn snapshot_view(&self, snapshot: SnapshotRecord) -> Result<Snapshot, SandboxError> {
+        let image = snapshot_image(&self.config.snapshots_dir, &snapshot);
+        Ok(Snapshot {
+            size_bytes: allocated(&image),
+            name: snapshot.name,
+            sandbox_id: snapshot.sandbox_id,
+            image: snapshot.image,
+            disk_mb: snapshot.disk_mb,
+            created_at: snapshot.created_at,
+        })
+    }
+
+    /// Makes `count` new running sandboxes, each with a copy of `id`'s
+    /// filesystem as it is now, and the same image, limits, environment,
+    /// policy, labels and lifecycle. One result per fork.
+    pub async fn fork(
+        self: &Arc<Self>,
+        id: &str,
+        count: u32,
+    ) -> Result<Vec<Result<Sandbox, SandboxError>>, SandboxError> {
+        let (manager, id) = (Arc::clone(self), id.to_owned());
+        super::detached(async move {
+            let copies = {
+                let _op = manager.ops.lock(&id).await;
+                manager.copy_for_forks(&id, count).await?
+            };
+            let launches = copies.into_iter().map(|(record, build)| {
+                let manager = Arc::clone(&manager);
+                async move { manager.launch(record, build, true).await }
+            });
+            let outcomes = futures_util::future::join_all(launches).await;
+            for fork in outcomes.iter().flatten() {
+                manager
+                    .events
+                    .emit(&id, EventKind::Forked, Detail::about(&fork.id))
+                    .await;
+            }
+            Ok(outcomes)
+        })
+        .await
+    }
+
+    /// The records of `count` forks of `id`, each with its disk copied
+    /// into its directory, and the image build they start on.
+    async fn copy_for_forks(
+        &self,
+        id: &str,
+        count: u32,
+    ) -> Result<Vec<(SandboxRecord, PathBuf)>, SandboxError> {
+        let source = self.record(id).await?;
+        let disk_mb = self.copyable(&source)?;
+        let build = self.image_build(&source)?;
+        let _admission = self.admissions.lock().await;
+        self.admit(
+            &format!("{count} forks"),
+            (disk_mb << 20).saturating_mul(u64::from(count)),
+        )
+        .await?;
+        let records: Vec<SandboxRecord> = (0..count)
+            .map(|_| {
+                let mut record = source.clone();
+                record.sandbox.id = new_id();
+                record.sandbox.state = SandboxState::Creating;
+                record.sandbox.created_at = Utc::now();
+                record.sandbox.ended_reason = None;
+                record.sandbox.expires_at = super::expiry(&record.sandbox.lifecycle);
+                record.image_build = Some(build.clone());
+                record.ended_at = None;
+                record.pooled = false;
+                record
+            })
+            .collect();
+        let disks: Vec<PathBuf> = records
+            .iter()
+            .map(|record| self.dir(&record.sandbox.id).disk_image())
+            .collect();
+        for disk in &disks {
+            let dir = disk.parent().expect("a disk image is in its sandbox's dir");
+            std::fs::create_dir_all(dir).map_err(|source| SandboxError::Io {
+                context: format!("cannot create {}", dir.display()),
+                source,
+            })?;
+        }
+        self.copy_consistent(&source, &disks).await?;
+        Ok(records
+            .into_iter()
+            .map(|record| (record, build.clone()))
+            .collect())
+    }
+
+    /// Rolls `id` back to `snapshot` in place (see the module docs).
+    pub async fn restore(
+        self: &Arc<Self>,
+        id: &str,
+        snapshot: &str,
+    ) -> Result<Sandbox, SandboxError> {
+        let (manager, id, name) = (Arc::clone(self), id.to_owned(), snapshot.to_owned());
+        super::detached(async move {
+            let _op = manager.ops.lock(&id).await;
+            let snapshot = manager.snapshot_record(&name).await?;
+            let record = manager.record(&id).await?;
+            manager.copyable(&record)?;
+            let was = record.sandbox.state;
+            if !matches!(
+                was,
+                SandboxState::Running | SandboxState::Paused | SandboxState::Stopped
+            ) {
+                return Err(manager.wrong_state(&id, was));
+            }
+            manager.stop_locked(&id, None).await?;
+            let disk = manager.dir(&id).disk_image();
+            let staging = staging_path(&disk);
+            let from = snapshot_image(&manager.config.snapshots_dir, &snapshot);
+            manager.copy_file(&from, &staging).await?;
+            let (key, image, build, disk_mb) = (
+                id.clone(),
+                snapshot.image.clone(),
+                snapshot.image_build.clone(),
+                snapshot.disk_mb,
+            );
+            manager
+                .db(move |store| store.set_disk_source(&key, &image, &build, disk_mb))
+                .await?;
+            std::fs::rename(&staging, &disk).map_err(|source| SandboxError::Io {
+                context: format!("cannot rename {} to {}", staging.display(), disk.display()),
+                source,
+            })?;
+            if was != SandboxState::Stopped {
+                manager.start_locked(&id).await?;
+            }
+            tracing::info!(%id, snapshot = %name, "sandbox restored");
+            manager
+                .events
+                .emit(&id, EventKind::Restored, Detail::about(&name))
+                .await;
+            manager.get(&id).await
+        })
+        .await
+    }
+
+    /// The record and disk of a new sandbox made from `snapshot`, for
+    /// create: its disk is copied into its directory.
+    pub(crate) async fn copy_snapshot_into(
+        &self,
+        record: &mut SandboxRecord,
+        snapshot: &str,
+    ) -> Result<PathBuf, SandboxError> {
+        let snapshot = self.snapshot_record(snapshot).await?;
+        record.sandbox.image = snapshot.image.clone();
+        record.sandbox.disk_mb = Some(snapshot.disk_mb);
+        record.image_build = Some(snapshot.image_build.clone());
+        let disk = self.dir(&record.sandbox.id).disk_image();
+        let dir = disk.parent().expect("a disk image is in its sandbox's dir");
+        std::fs::create_dir_all(dir).map_err(|source| SandboxError::Io {
+            context: format!("cannot create {}", dir.display()),
+            source,
+        })?;
+        let from = snapshot_image(&self.config.snapshots_dir, &snapshot);
+        self.copy_file(&from, &disk).await?;
+        Ok(snapshot.image_build)
+    }
+
+    /// The sandbox's `disk_mb`, when its disk can be copied: it has a disk
+    /// of its own and is in a state with a consistent one.
+    fn copyable(&self, record: &SandboxRecord) -> Result<u64, SandboxError> {
+        let id = &record.sandbox.id;
+        let Some(disk_mb) = record.sandbox.disk_mb else {
+            let why = self
+                .runtime
+                .isolation()
+                .disk_quota
+                .err()
+                .unwrap_or_else(|| "the sandbox has no disk of its own".into());
+            return Err(SandboxError::Conflict(format!(
+                "sandbox {id} cannot be copied: {why}"
+            )));
+        };
+        match record.sandbox.state {
+            SandboxState::Running | SandboxState::Paused | SandboxState::Stopped => Ok(disk_mb),
+            state => Err(self.wrong_state(id, state)),
+        }
+    }
+
+    /// Copies the sandbox's disk to each of `targets`, consistently: a
+    /// running sandbox is frozen and its filesystem synced around the copy.
+    async fn copy_consistent(
+        &self,
+        record: &SandboxRecord,
+        targets: &[PathBuf],
+    ) -> Result<(), SandboxError> {
+        let id = &record.sandbox.id;
+        let runtime_error = |source| SandboxError::Runtime {
+            id: id.clone(),
+            source,
+        };
+        let running = record.sandbox.state == SandboxState::Running;
+        let mounted = record.sandbox.state != SandboxState::Stopped;
+        if running {
+            self.runtime.pause(id).await.map_err(runtime_error)?;
+        }
+        let copied = async {
+            if mounted {
+                let pid = self.runtime.init_pid(id).await.map_err(runtime_error)?;
+                let pid = pid.ok_or_else(|| self.wrong_state(id, SandboxState::Failed))?;
+                sync_root_filesystem(pid).await?;
+            }
+            let disk = self.dir(id).disk_image();
+            for target in targets {
+                self.copy_file(&disk, target).await?;
+            }
+            Ok::<_, SandboxError>(())
+        }
+        .await;
+        if running {
+            self.runtime.resume(id).await.map_err(runtime_error)?;
+        }
+        if copied.is_err() {
+            for target in targets {
+                let _ = std::fs::remove_file(target);
+            }
+        }
+        copied
+    }
+
+    async fn copy_file(&self, from: &Path, to: &Path) -> Result<(), SandboxError> {
+        let disks = Arc::clone(&self.disks);
+        let (from, to) = (from.to_owned(), to.to_owned());
+        let context = format!("copying {}", from.display());
+        tokio::task::spawn_blocking(move || disks.copy_image(&from, &to))
+            .await
+            .map_err(|err| SandboxError::Io {
+                context,
+                source: std::io::Error::other(err.to_string()),
+            })?
+            .map_err(|source| SandboxError::Runtime {
+                id: "(disk copy)".into(),
+                source,
+            })
+    }
+}
+
+/// A name beside `target` to copy into before renaming over it.
+fn staging_path(target: &Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    target.with_file_name(format!(".{name}.{:08x}.tmp", rand::random::<u32>()))
+}
+
+/// Flushes what a sandbox wrote to its filesystem down to its disk image:
+/// `syncfs` on the root of its init (an overlay, whose sync reaches the
+/// upper layer on the disk). Opened through `/proc/<pid>/root`, the root
+/// of the sandbox's own mount namespace, which no path inside can
+/// redirect.
+async fn sync_root_filesystem(pid: i32) -> Result<(), SandboxError> {
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    tokio::task::spawn_blocking(move || {
+        let dir = std::fs::File::open(&root)?;
+        // SAFETY: `dir` is an open descriptor for the call's duration.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|err| std::io::Error::other(err.to_string()))
+    .and_then(|synced| synced)
+    .map_err(|source| SandboxError::Io {
+        context: format!("cannot sync the filesystem of pid {pid}"),
+        source,
+    })
+}
