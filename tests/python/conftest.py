@@ -83,6 +83,10 @@ def start_server(data_dir: Path) -> Server:
             required_env("SBX_TEST_IMAGES_DIR"),
             "--agent-bin",
             required_env("SBX_AGENT_BIN"),
+            # Many sandboxes of the default 10 GiB disk on one pool: the
+            # safe default overcommit (1.0) would refuse them after a few.
+            "--disk-overcommit",
+            "1000",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

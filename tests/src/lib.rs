@@ -259,6 +259,18 @@ pub fn traces_on_the_host(engine: Engine, data_dir: &Path) -> Result<BTreeSet<St
     Ok(ids)
 }
 
+/// The disk overcommit of a test server, unless `args` set one: suites
+/// make many sandboxes of the default 10 GiB disk on one pool (and several
+/// servers share it), which the safe default of 1.0 would refuse after a
+/// few. The accounting itself is tested with the default and small ratios.
+fn overcommit(args: &[&str]) -> Vec<&'static str> {
+    if args.contains(&"--disk-overcommit") {
+        Vec::new()
+    } else {
+        vec!["--disk-overcommit", "1000"]
+    }
+}
+
 /// A running `sbx serve`. Dropping it deletes the sandboxes it still holds
 /// (so a failed test leaks no container) and then kills the server.
 #[derive(Debug)]
@@ -347,6 +359,7 @@ impl Server {
             .arg(required_env_path("SBX_TEST_IMAGES_DIR"))
             .arg("--agent-bin")
             .arg(required_env_path("SBX_AGENT_BIN"))
+            .args(overcommit(args))
             .args(args)
             .env("SBX_LOG", "info")
             .envs(env.iter().copied())

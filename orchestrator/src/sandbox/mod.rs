@@ -1082,6 +1082,14 @@ impl Manager {
                             source,
                         }
                     })?;
+                    if alive && record.sandbox.state == SandboxState::Running {
+                        // A copy (snapshot, fork) freezes a running sandbox
+                        // for its instant; a server killed in that instant
+                        // leaves it frozen.
+                        if let Err(err) = self.runtime.resume(&id).await {
+                            tracing::warn!(%id, error = %err, "cannot thaw an adopted sandbox");
+                        }
+                    }
                     if alive && self.dir(&id).agent_socket().exists() {
                         // A sandbox without its proxy still runs; its relay
                         // answers 503 until it is deleted.

@@ -1,0 +1,577 @@
+//! End to end, on both runtimes: a sandbox's files survive every lifecycle
+//! operation, interleaved and repeated; a server killed in the middle of
+//! one leaves a consistent sandbox and no orphan; idleness is what the
+//! README says; the storage pool is never promised past its size.
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http::Method;
+use http_body_util::BodyExt;
+use sbx_api::client::Client;
+use sbx_api::{
+    CreatedSandbox, ErrorBody, ErrorCode, ExecRequest, ForkResult, LifecycleRequest, OnTimeout,
+    Sandbox, SandboxState, Snapshot, StartProcessRequest,
+};
+use sbx_tests::{attached_disks, Engine, Server};
+use serde::de::DeserializeOwned;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+sbx_tests::on_every_runtime!(
+    nothing_is_lost_across_every_operation_many_times_over,
+    a_server_killed_mid_operation_leaves_a_consistent_sandbox,
+    idle_means_no_call_and_no_stream_not_no_process,
+    the_pool_is_never_promised_past_its_size,
+    a_full_disk_does_not_fail_its_neighbours_writes,
+);
+
+/// A JSON call on the API; `Err` carries the API's error body.
+async fn call<T: DeserializeOwned>(
+    client: &Client,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<std::result::Result<T, ErrorBody>> {
+    let bytes = body.map_or_else(Bytes::new, |body| Bytes::from(body.to_string()));
+    let response = client
+        .send(method, path, Some("application/json"), bytes)
+        .await?;
+    let status = response.status();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    if status.is_success() {
+        let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        Ok(Ok(serde_json::from_slice(bytes).context("an answer")?))
+    } else {
+        Ok(Err(serde_json::from_slice(&bytes).context("an error body")?))
+    }
+}
+
+/// A call that must succeed.
+async fn ok<T: DeserializeOwned>(
+    client: &Client,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<T> {
+    match call(client, method, path, body).await? {
+        Ok(answer) => Ok(answer),
+        Err(err) => bail!("{path}: {} {}", err.error_code, err.message),
+    }
+}
+
+async fn post(client: &Client, id: &str, action: &str) -> Result<Sandbox> {
+    ok(
+        client,
+        Method::POST,
+        &format!("/v1/sandboxes/{id}/{action}"),
+        None,
+    )
+    .await
+}
+
+/// Runs `script` in the sandbox; a sandbox that does not answer within a
+/// minute (a frozen one) fails the test rather than hanging it.
+async fn sh(client: &Client, id: &str, script: &str) -> Result<String> {
+    let exec = client.exec(id, &ExecRequest::argv(["sh", "-c", script]));
+    let result = tokio::time::timeout(Duration::from_secs(60), exec)
+        .await
+        .with_context(|| format!("{id} did not answer: {script}"))??;
+    if result.exit_code != 0 {
+        bail!("{script}: {result:?}");
+    }
+    Ok(result.stdout)
+}
+
+/// Writes a new generation of files: large and small, fsynced and not, a
+/// git repository with uncommitted changes, and files removed and renamed.
+const WRITE: &str = r#"
+set -e
+g=$1
+mkdir -p /workspace/data /workspace/repo
+dd if=/dev/urandom of=/workspace/data/big-$g bs=1M count=16 conv=fsync status=none
+head -c 3000 /dev/urandom > /workspace/data/small-$g
+echo "line $g" >> /workspace/data/log
+sync /workspace/data/log
+cd /workspace/repo
+[ -d .git ] || { git init -q . && git config user.email t@x && git config user.name t; }
+echo "committed $g" > c-$g && git add c-$g && git commit -qm "gen $g"
+echo "uncommitted $g" >> c-$g
+echo "untracked $g" > u-$g
+rm -f /workspace/data/small-$((g - 1))
+[ ! -e /workspace/data/big-$((g - 2)) ] || mv /workspace/data/big-$((g - 2)) /workspace/data/renamed-$g
+"#;
+
+/// A manifest of everything written: every file's checksum, and the
+/// repository's status and log.
+const MANIFEST: &str = r#"
+cd /workspace && find data repo -path repo/.git -prune -o -type f -print | sort | xargs md5sum
+cd /workspace/repo && git status --porcelain && git log --format=%s
+"#;
+
+async fn write_generation(client: &Client, id: &str, generation: u32) -> Result<String> {
+    sh(client, id, &format!("g={generation}; {WRITE}")).await?;
+    sh(client, id, MANIFEST).await
+}
+
+async fn create(client: &Client, request: serde_json::Value) -> Result<CreatedSandbox> {
+    ok(client, Method::POST, "/v1/sandboxes", Some(request)).await
+}
+
+async fn nothing_is_lost_across_every_operation_many_times_over(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let client = server.client();
+    let id = create(&client, serde_json::json!({"disk_mb": 1024}))
+        .await?
+        .sandbox
+        .id;
+    let mut expected = write_generation(&client, &id, 1).await?;
+    let mut kept = Vec::new();
+    for round in 0..3u32 {
+        let snapshot = format!("round-{engine:?}-{round}");
+        let steps = ["pause", "stop", "snapshot", "fork", "restore"];
+        for step in steps {
+            match step {
+                "pause" => {
+                    assert_eq!(
+                        post(&client, &id, "pause").await?.state,
+                        SandboxState::Paused
+                    );
+                    assert_eq!(
+                        post(&client, &id, "resume").await?.state,
+                        SandboxState::Running
+                    );
+                }
+                "stop" => {
+                    assert_eq!(
+                        post(&client, &id, "stop").await?.state,
+                        SandboxState::Stopped
+                    );
+                    assert!(
+                        !attached_disks(server.data_dir())?.contains(&id),
+                        "a stopped sandbox's disk is not mounted"
+                    );
+                    assert_eq!(
+                        post(&client, &id, "start").await?.state,
+                        SandboxState::Running
+                    );
+                }
+                "snapshot" => {
+                    let path = format!("/v1/sandboxes/{id}/snapshots");
+                    let taken: Snapshot = ok(
+                        &client,
+                        Method::POST,
+                        &path,
+                        Some(serde_json::json!({"name": snapshot})),
+                    )
+                    .await?;
+                    assert_eq!(taken.disk_mb, 1024);
+                    let copy = create(&client, serde_json::json!({"snapshot": snapshot})).await?;
+                    assert_eq!(sh(&client, &copy.sandbox.id, MANIFEST).await?, expected);
+                    client.delete_sandbox(&copy.sandbox.id).await?;
+                    kept.push((snapshot.clone(), expected.clone()));
+                }
+                "fork" => {
+                    let path = format!("/v1/sandboxes/{id}/fork");
+                    let forked: ForkResult = ok(
+                        &client,
+                        Method::POST,
+                        &path,
+                        Some(serde_json::json!({"count": 2})),
+                    )
+                    .await?;
+                    assert_eq!(forked.forks.len(), 2);
+                    for fork in forked.forks {
+                        let fork = fork.sandbox.context("every fork succeeds")?;
+                        assert_ne!(fork.sandbox.id, id);
+                        assert_eq!(sh(&client, &fork.sandbox.id, MANIFEST).await?, expected);
+                        // A fork is a copy: its writes are its own.
+                        sh(&client, &fork.sandbox.id, "echo fork > /workspace/data/log").await?;
+                        client.delete_sandbox(&fork.sandbox.id).await?;
+                    }
+                }
+                _ => {
+                    // Move on, then roll back to the round's snapshot.
+                    write_generation(&client, &id, 100 + round).await?;
+                    let path = format!("/v1/sandboxes/{id}/restore");
+                    let restored: Sandbox = ok(
+                        &client,
+                        Method::POST,
+                        &path,
+                        Some(serde_json::json!({"snapshot": snapshot})),
+                    )
+                    .await?;
+                    assert_eq!(restored.state, SandboxState::Running);
+                    assert_eq!(restored.id, id);
+                }
+            }
+            assert_eq!(
+                sh(&client, &id, MANIFEST).await?,
+                expected,
+                "after {step} in round {round}"
+            );
+        }
+        expected = write_generation(&client, &id, round + 2).await?;
+    }
+    // Every snapshot still holds what it was taken of, and a stopped
+    // sandbox restores too (and stays stopped).
+    post(&client, &id, "stop").await?;
+    let (first, first_manifest) = &kept[0];
+    let path = format!("/v1/sandboxes/{id}/restore");
+    let restored: Sandbox = ok(
+        &client,
+        Method::POST,
+        &path,
+        Some(serde_json::json!({"snapshot": first})),
+    )
+    .await?;
+    assert_eq!(restored.state, SandboxState::Stopped);
+    post(&client, &id, "start").await?;
+    assert_eq!(&sh(&client, &id, MANIFEST).await?, first_manifest);
+    for (name, _) in &kept {
+        ok::<()>(
+            &client,
+            Method::DELETE,
+            &format!("/v1/snapshots/{name}"),
+            None,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// What the host holds for a data dir: sandbox directories, containers,
+/// mounted disks, snapshot files.
+#[derive(Debug, PartialEq, Eq)]
+struct Held {
+    dirs: BTreeSet<String>,
+    containers: BTreeSet<String>,
+    disks: BTreeSet<String>,
+    snapshot_files: BTreeSet<String>,
+}
+
+fn held(engine: Engine, server: &Server) -> Result<Held> {
+    let data_dir = server.data_dir();
+    let dirs: BTreeSet<String> = std::fs::read_dir(data_dir.join("sandboxes"))?
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    let everything = sbx_tests::traces_on_the_host(engine, data_dir)?;
+    let containers = everything
+        .difference(&dirs)
+        .cloned()
+        .collect::<BTreeSet<_>>();
+    // A container whose directory exists is in both sets: ask the runtime.
+    let mut containers = containers;
+    for id in &dirs {
+        if sbx_tests::agent_pid(engine, id).is_some() {
+            containers.insert(id.clone());
+        }
+    }
+    Ok(Held {
+        dirs,
+        containers,
+        disks: attached_disks(data_dir)?,
+        snapshot_files: std::fs::read_dir(data_dir.join("snapshots"))?
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect(),
+    })
+}
+
+async fn a_server_killed_mid_operation_leaves_a_consistent_sandbox(engine: Engine) -> Result<()> {
+    for operation in ["stop", "start", "pause", "snapshot", "fork", "restore"] {
+        let mut first = Server::start(engine).await?;
+        let client = first.client();
+        let id = create(&client, serde_json::json!({"disk_mb": 256}))
+            .await?
+            .sandbox
+            .id;
+        let expected = write_generation(&client, &id, 1).await?;
+        let path = format!("/v1/sandboxes/{id}/snapshots");
+        ok::<Snapshot>(
+            &client,
+            Method::POST,
+            &path,
+            Some(serde_json::json!({"name": "base"})),
+        )
+        .await?;
+        if operation == "start" {
+            post(&client, &id, "stop").await?;
+        }
+        let (path, body) = match operation {
+            "snapshot" => ("snapshots", serde_json::json!({"name": "mid"})),
+            "fork" => ("fork", serde_json::json!({"count": 3})),
+            "restore" => ("restore", serde_json::json!({"snapshot": "base"})),
+            action => (action, serde_json::json!({})),
+        };
+        let path = format!("/v1/sandboxes/{id}/{path}");
+        let racing = client.clone();
+        let request = tokio::spawn(async move {
+            call::<serde_json::Value>(&racing, Method::POST, &path, Some(body)).await
+        });
+        // Somewhere in the middle: the operations take 10–200 ms.
+        tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 40)).await;
+        let data_dir = first
+            .take_data_dir()
+            .context("the harness owns a temp dir")?;
+        first.kill();
+        let _ = request.await;
+
+        let second = Server::start_on(engine, data_dir.path()).await?;
+        let client = second.client();
+        let sandboxes = client.list_sandboxes().await?;
+        for sandbox in &sandboxes {
+            assert!(
+                matches!(
+                    sandbox.state,
+                    SandboxState::Running | SandboxState::Paused | SandboxState::Stopped
+                ),
+                "{operation}: {sandbox:?}"
+            );
+        }
+        let snapshots: sbx_api::SnapshotList =
+            ok(&client, Method::GET, "/v1/snapshots", None).await?;
+        let names: BTreeSet<String> = snapshots.snapshots.iter().map(|s| s.name.clone()).collect();
+        let ids: BTreeSet<String> = sandboxes.iter().map(|s| s.id.clone()).collect();
+        let running: BTreeSet<String> = sandboxes
+            .iter()
+            .filter(|s| s.state != SandboxState::Stopped)
+            .map(|s| s.id.clone())
+            .collect();
+        let host = held(engine, &second)?;
+        assert_eq!(
+            host,
+            Held {
+                dirs: ids.clone(),
+                containers: running.clone(),
+                disks: running,
+                snapshot_files: names.iter().map(|name| format!("{name}.img")).collect(),
+            },
+            "{operation}: what the host holds is what the store says"
+        );
+        // Every sandbox is usable, and the original holds its files (or,
+        // restored, the snapshot's: the same ones here).
+        for sandbox in &sandboxes {
+            match sandbox.state {
+                SandboxState::Stopped => drop(post(&client, &sandbox.id, "start").await?),
+                SandboxState::Paused => drop(post(&client, &sandbox.id, "resume").await?),
+                _ => {}
+            }
+            assert_eq!(
+                sh(&client, &sandbox.id, MANIFEST).await?,
+                expected,
+                "{operation}"
+            );
+        }
+        assert!(
+            ids.contains(&id),
+            "{operation}: the sandbox itself survives"
+        );
+        for name in names {
+            ok::<()>(
+                &client,
+                Method::DELETE,
+                &format!("/v1/snapshots/{name}"),
+                None,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn idle_means_no_call_and_no_stream_not_no_process(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let client = server.client();
+    let idle = serde_json::json!({"lifecycle": LifecycleRequest {
+        idle_timeout_s: Some(2),
+        on_timeout: Some(OnTimeout::Stop),
+        auto_resume: Some(false),
+        ..LifecycleRequest::default()
+    }});
+    let busy_in_background = create(&client, idle.clone()).await?.sandbox.id;
+    let followed = create(&client, idle).await?.sandbox.id;
+    let mut follows = Vec::new();
+    for id in [&busy_in_background, &followed] {
+        let process = client
+            .sandbox(id)
+            .start_process(&StartProcessRequest {
+                shell: Some("while :; do echo tick; sleep 0.2; done".into()),
+                ..StartProcessRequest::default()
+            })
+            .await?;
+        follows.push(process.pid);
+    }
+    // A log follow open on one of them: a stream in progress.
+    let stream = client
+        .sandbox(&followed)
+        .process_logs(
+            follows[1],
+            &sbx_api::LogsQuery {
+                tail: None,
+                follow: true,
+            },
+        )
+        .await?;
+    let stopped = sbx_tests::eventually(Duration::from_secs(15), || async {
+        matches!(client.get_sandbox(&busy_in_background).await,
+            Ok(s) if s.state == SandboxState::Stopped)
+    })
+    .await;
+    assert!(stopped, "a background process alone does not keep it awake");
+    let awake = client.get_sandbox(&followed).await?;
+    assert_eq!(
+        awake.state,
+        SandboxState::Running,
+        "the follow keeps it awake"
+    );
+    assert_eq!(awake.idle_since, None, "in use");
+    drop(stream);
+    let stopped = sbx_tests::eventually(Duration::from_secs(15), || async {
+        matches!(client.get_sandbox(&followed).await,
+            Ok(s) if s.state == SandboxState::Stopped)
+    })
+    .await;
+    assert!(stopped, "idle once the stream ends");
+    let events = client
+        .send(
+            Method::GET,
+            &format!("/v1/events?sandbox={followed}"),
+            None,
+            Bytes::new(),
+        )
+        .await?
+        .into_body()
+        .collect()
+        .await?
+        .to_bytes();
+    let events = String::from_utf8_lossy(&events);
+    assert!(events.contains(r#""kind":"expiring""#), "{events}");
+    assert!(
+        events.contains(r#""kind":"stopped","reason":"idle""#),
+        "{events}"
+    );
+    Ok(())
+}
+
+fn refused(answer: std::result::Result<impl std::fmt::Debug, ErrorBody>) -> ErrorCode {
+    match answer {
+        Err(body) => body.error_code,
+        Ok(answer) => panic!("expected a refusal, got {answer:?}"),
+    }
+}
+
+async fn the_pool_is_never_promised_past_its_size(engine: Engine) -> Result<()> {
+    // A capacity of a few hundred MiB of the real pool.
+    let pool = pool_bytes(sbx_tests::temp_data_dir()?.path())?;
+    let ratio = (700u64 << 20) as f64 / pool as f64;
+    let ratio = format!("{ratio:.6}");
+    let server = Server::start_with(engine, &["--disk-overcommit", &ratio]).await?;
+    let client = server.client();
+    let first = create(&client, serde_json::json!({"disk_mb": 400}))
+        .await?
+        .sandbox
+        .id;
+    let too_much = call::<CreatedSandbox>(
+        &client,
+        Method::POST,
+        "/v1/sandboxes",
+        Some(serde_json::json!({"disk_mb": 400})),
+    )
+    .await?;
+    assert_eq!(refused(too_much), ErrorCode::InsufficientStorage);
+    let fork = call::<ForkResult>(
+        &client,
+        Method::POST,
+        &format!("/v1/sandboxes/{first}/fork"),
+        Some(serde_json::json!({})),
+    )
+    .await?;
+    assert_eq!(refused(fork), ErrorCode::InsufficientStorage);
+    // Stopped, it holds only what it wrote: room for another.
+    post(&client, &first, "stop").await?;
+    let second = create(&client, serde_json::json!({"disk_mb": 400}))
+        .await?
+        .sandbox
+        .id;
+    let start = call::<Sandbox>(
+        &client,
+        Method::POST,
+        &format!("/v1/sandboxes/{first}/start"),
+        None,
+    )
+    .await?;
+    assert_eq!(refused(start), ErrorCode::InsufficientStorage);
+    let info: sbx_api::ServerInfo = ok(&client, Method::GET, "/v1/info", None).await?;
+    assert!(
+        info.storage.promised_bytes >= 400 << 20,
+        "{:?}",
+        info.storage
+    );
+    let metrics = client.metrics().await?;
+    assert!(metrics.contains("sbx_storage_promised_bytes "), "{metrics}");
+    client.delete_sandbox(&second).await?;
+    post(&client, &first, "start").await?;
+    Ok(())
+}
+
+/// The size of the filesystem `path` is on: the storage pool.
+fn pool_bytes(path: &std::path::Path) -> Result<u64> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a NUL-terminated path, and room for the struct statvfs fills.
+    if unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+        bail!("statvfs: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled the struct.
+    let stat = unsafe { stat.assume_init() };
+    Ok(stat.f_blocks * stat.f_frsize)
+}
+
+async fn a_full_disk_does_not_fail_its_neighbours_writes(engine: Engine) -> Result<()> {
+    let server = Server::start_with(engine, &["--disk-overcommit", "1"]).await?;
+    let client = server.client();
+    let filler = create(&client, serde_json::json!({"disk_mb": 128}))
+        .await?
+        .sandbox
+        .id;
+    let neighbour = create(&client, serde_json::json!({"disk_mb": 128}))
+        .await?
+        .sandbox
+        .id;
+    let fill = {
+        let client = client.clone();
+        let filler = filler.clone();
+        tokio::spawn(async move {
+            client
+                .exec(
+                    &filler,
+                    &ExecRequest::argv([
+                        "sh",
+                        "-c",
+                        "dd if=/dev/zero of=/workspace/fill bs=1M count=400 conv=fsync 2>&1; true",
+                    ]),
+                )
+                .await
+        })
+    };
+    let written = sh(
+        &client,
+        &neighbour,
+        "for i in 1 2 3 4 5 6 7 8; do dd if=/dev/urandom of=/workspace/n-$i bs=1M count=8 \
+         conv=fsync status=none || exit 1; done; cat /workspace/n-* | md5sum",
+    )
+    .await?;
+    let filled = fill.await??;
+    assert!(
+        filled.stdout.contains("No space left on device"),
+        "the filler meets its own limit: {filled:?}"
+    );
+    assert!(!filled.stdout.contains("Input/output error"), "{filled:?}");
+    assert_eq!(
+        sh(&client, &neighbour, "cat /workspace/n-* | md5sum").await?,
+        written,
+        "the neighbour's bytes are whole"
+    );
+    Ok(())
+}
