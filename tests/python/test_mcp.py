@@ -34,6 +34,16 @@ ALL_TOOLS = {
     "process_logs",
     "kill_process",
     "set_egress",
+    "stop_sandbox",
+    "start_sandbox",
+    "pause_sandbox",
+    "resume_sandbox",
+    "extend_sandbox",
+    "snapshot_sandbox",
+    "list_snapshots",
+    "delete_snapshot",
+    "fork_sandbox",
+    "restore_sandbox",
 }
 SANDBOX_TOOLS = {
     "exec",
@@ -114,7 +124,7 @@ def test_initialize_lists_every_tool_with_a_valid_schema(server):
         Draft202012Validator.check_schema(tool.input_schema)
         assert tool.input_schema["type"] == "object", tool.name
         assert len(tool.description) > 40, tool.name
-        if tool.name not in {"create_sandbox", "list_sandboxes"}:
+        if tool.name not in {"create_sandbox", "list_sandboxes", "list_snapshots", "delete_snapshot"}:
             assert "sandbox_id" in tool.input_schema["required"], tool.name
     exec_tool = next(tool for tool in tools if tool.name == "exec")
     assert {"command", "timeout_seconds"} <= set(exec_tool.input_schema["properties"])
