@@ -431,8 +431,8 @@ from it are not affected. This cannot be undone.",
     ToolDef {
         name: "fork_sandbox",
         description: "Copy a sandbox into `count` new running sandboxes (default 1), each with \
-its files as they are now and the same image, limits, egress and labels; the original keeps \
-running. Use it to try alternatives side by side. Returns the new sandbox ids; processes are \
+its files as they are now and the same image, limits, egress and labels; the original is left \
+as it is. Use it to try alternatives side by side. Returns the new sandbox ids; processes are \
 not copied. Delete the copies with delete_sandbox when done.",
         schema: schema::<lifecycle::ForkSandboxArgs>,
         routes: &[(Method::POST, "/v1/sandboxes/{id}/fork")],
@@ -443,8 +443,8 @@ not copied. Delete the copies with delete_sandbox when done.",
     ToolDef {
         name: "restore_sandbox",
         description: "Roll a sandbox back to a snapshot, in place: its files become the \
-snapshot's (everything written since is lost) and it is restarted, keeping its id. Background \
-processes must be started again.",
+snapshot's (everything written since is lost) and it is restarted, keeping its id (a stopped \
+sandbox stays stopped). Background processes must be started again.",
         schema: schema::<lifecycle::RestoreSandboxArgs>,
         routes: &[(Method::POST, "/v1/sandboxes/{id}/restore")],
         on_sandbox: true,
