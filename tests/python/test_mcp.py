@@ -34,6 +34,16 @@ ALL_TOOLS = {
     "process_logs",
     "kill_process",
     "set_egress",
+    "stop_sandbox",
+    "start_sandbox",
+    "pause_sandbox",
+    "resume_sandbox",
+    "extend_sandbox",
+    "snapshot_sandbox",
+    "list_snapshots",
+    "delete_snapshot",
+    "fork_sandbox",
+    "restore_sandbox",
 }
 SANDBOX_TOOLS = {
     "exec",
@@ -114,7 +124,7 @@ def test_initialize_lists_every_tool_with_a_valid_schema(server):
         Draft202012Validator.check_schema(tool.input_schema)
         assert tool.input_schema["type"] == "object", tool.name
         assert len(tool.description) > 40, tool.name
-        if tool.name not in {"create_sandbox", "list_sandboxes"}:
+        if tool.name not in {"create_sandbox", "list_sandboxes", "list_snapshots", "delete_snapshot"}:
             assert "sandbox_id" in tool.input_schema["required"], tool.name
     exec_tool = next(tool for tool in tools if tool.name == "exec")
     assert {"command", "timeout_seconds"} <= set(exec_tool.input_schema["properties"])
@@ -285,6 +295,62 @@ def test_set_egress_replaces_the_allowlist(server, sandbox, admin):
     assert admin.get(f"/v1/sandboxes/{sandbox}").json()["network"]["egress"] == []
     bad = call(server, "set_egress", {"sandbox_id": sandbox, "egress": ["https://example.test/x"]})
     assert error_code(bad) == "invalid_request"
+
+
+def test_snapshot_fork_restore_and_the_lifecycle(server, admin):
+    created = call(server, "create_sandbox", {
+        "disk_mb": 256, "timeout_s": 3600, "on_timeout": "stop", "auto_resume": False,
+    })
+    ok(created)
+    sandbox_id = created.structured_content["id"]
+    lifecycle = created.structured_content["lifecycle"]
+    assert (lifecycle["timeout_s"], lifecycle["on_timeout"], lifecycle["auto_resume"]) == (3600, "stop", False)
+    name = f"mcp-{sandbox_id}"
+    path = {"sandbox_id": sandbox_id, "path": "/workspace/f"}
+    forks = []
+    try:
+        ok(call(server, "write_file", dict(path, content="one\n")))
+        snapshot = call(server, "snapshot_sandbox", {"sandbox_id": sandbox_id, "name": name})
+        assert f"took snapshot {name} of sandbox {sandbox_id}" in ok(snapshot)
+        assert snapshot.structured_content["sandbox_id"] == sandbox_id
+        assert name in ok(call(server, "list_snapshots", {}))
+        ok(call(server, "write_file", dict(path, content="two\n")))
+
+        forked = call(server, "fork_sandbox", {"sandbox_id": sandbox_id, "count": 2})
+        ok(forked)
+        forks = [fork["id"] for fork in forked.structured_content["sandboxes"]]
+        assert len(forks) == 2 and forked.structured_content["errors"] == []
+        assert all("token" not in fork for fork in forked.structured_content["sandboxes"])
+        for fork in forks:
+            assert "two" in ok(call(server, "read_file", dict(path, sandbox_id=fork)))
+
+        restored = call(server, "restore_sandbox", {"sandbox_id": sandbox_id, "snapshot": name})
+        assert f"restored sandbox {sandbox_id} to snapshot {name}" in ok(restored)
+        assert "one" in ok(call(server, "read_file", path))
+
+        extended = call(server, "extend_sandbox", {"sandbox_id": sandbox_id, "timeout_s": 7200})
+        assert "it will stop" in ok(extended)
+        assert extended.structured_content["expires_at"]
+        assert error_code(call(server, "extend_sandbox", {"sandbox_id": sandbox_id, "timeout_s": 0})) == "invalid_request"
+
+        for tool, state in [("pause_sandbox", "paused"), ("resume_sandbox", "running"), ("stop_sandbox", "stopped")]:
+            changed = call(server, tool, {"sandbox_id": sandbox_id})
+            ok(changed)
+            assert changed.structured_content["state"] == state, tool
+        # auto_resume is off: a stopped sandbox is not woken by a call.
+        assert error_code(call(server, "exec", {"sandbox_id": sandbox_id, "command": "true"})) == "conflict"
+        started = call(server, "start_sandbox", {"sandbox_id": sandbox_id})
+        assert started.structured_content["state"] == "running", text_of(started)
+        assert "one" in ok(call(server, "read_file", path))
+
+        assert error_code(call(server, "delete_snapshot", {"name": "../tokens"})) == "invalid_request"
+        assert f"deleted snapshot {name}" in ok(call(server, "delete_snapshot", {"name": name}))
+        assert error_code(call(server, "delete_snapshot", {"name": name})) == "not_found"
+        missing = call(server, "restore_sandbox", {"sandbox_id": sandbox_id, "snapshot": name})
+        assert error_code(missing) == "not_found"
+    finally:
+        for id_ in [sandbox_id, *forks]:
+            admin.delete(f"/v1/sandboxes/{id_}")
 
 
 def test_errors_are_tool_errors_with_their_error_code(server, sandbox):

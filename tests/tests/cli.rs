@@ -225,6 +225,179 @@ async fn cp_round_trips_a_100_mib_file_and_a_tree(engine: Engine) -> Result<()> 
     Ok(())
 }
 
+fn state(server: &Server, id: &str) -> Result<String> {
+    let inspected = sbx(server, &["inspect", id])?;
+    ensure!(inspected.status.success(), "inspect failed: {inspected:?}");
+    let sandbox: serde_json::Value = serde_json::from_slice(&inspected.stdout)?;
+    Ok(sandbox["state"].as_str().unwrap_or_default().to_owned())
+}
+
+fn cat(server: &Server, id: &str, path: &str) -> Result<String> {
+    Ok(stdout(&sbx(server, &["exec", id, "--", "cat", path])?))
+}
+
+async fn lifecycle_from_the_cli(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let created = sbx(
+        &server,
+        // Small disks: the forks and the sandbox made from the snapshot
+        // each take as much of the storage pool.
+        &[
+            "create",
+            "--disk",
+            "256M",
+            "--timeout",
+            "3600",
+            "--on-timeout",
+            "stop",
+        ],
+    )?;
+    ensure!(created.status.success(), "create failed: {created:?}");
+    let id = stdout(&created).trim().to_owned();
+    let written = sbx(
+        &server,
+        &["exec", "-s", &id, "--", "echo one > /workspace/f"],
+    )?;
+    ensure!(written.status.success(), "{written:?}");
+
+    let extended = sbx(&server, &["extend", &id, "7200"])?;
+    ensure!(extended.status.success(), "extend failed: {extended:?}");
+    let (extended_id, at) = stdout(&extended)
+        .trim()
+        .split_once(' ')
+        .map(|(id, at)| (id.to_owned(), at.to_owned()))
+        .expect("extend prints the id and the expiry");
+    assert_eq!(extended_id, id);
+    let at = chrono::DateTime::parse_from_rfc3339(&at)?;
+    let left = at.signed_duration_since(chrono::Utc::now()).num_seconds();
+    assert!((7100..=7200).contains(&left), "expires in {left} s");
+
+    let snapped = sbx(&server, &["snapshot", &id, "one"])?;
+    ensure!(snapped.status.success(), "snapshot failed: {snapped:?}");
+    assert_eq!(stdout(&snapped), "one\n");
+    let listed = sbx(&server, &["snapshots"])?;
+    assert!(
+        stdout(&listed)
+            .lines()
+            .any(|line| line.starts_with("one ") && line.contains(&id)),
+        "{}",
+        stdout(&listed)
+    );
+    sbx(
+        &server,
+        &["exec", "-s", &id, "--", "echo two > /workspace/f"],
+    )?;
+
+    let forked = sbx(&server, &["fork", "--count", "2", "--print-token", &id])?;
+    ensure!(forked.status.success(), "fork failed: {forked:?}");
+    let forks: Vec<(String, String)> = stdout(&forked)
+        .lines()
+        .map(|line| {
+            let (id, token) = line.split_once(' ').expect("ID TOKEN");
+            (id.to_owned(), token.to_owned())
+        })
+        .collect();
+    assert_eq!(forks.len(), 2, "{}", stdout(&forked));
+    for (fork, token) in &forks {
+        assert_eq!(cat(&server, fork, "/workspace/f")?, "two\n");
+        // Each fork's token works on it.
+        let own = Command::new(sbx_bin())
+            .args(["exec", fork, "--", "true"])
+            .env("SBX_URL", &server.url)
+            .env("SBX_TOKEN", token)
+            .output()?;
+        assert!(own.status.success(), "{own:?}");
+    }
+    let missing = sbx(&server, &["fork", "0123456789abcdef"])?;
+    assert!(!missing.status.success());
+
+    let restored = sbx(&server, &["restore", &id, "one"])?;
+    ensure!(restored.status.success(), "restore failed: {restored:?}");
+    assert_eq!(cat(&server, &id, "/workspace/f")?, "one\n");
+
+    let from_snapshot = sbx(&server, &["create", "--snapshot", "one"])?;
+    ensure!(
+        from_snapshot.status.success(),
+        "create --snapshot failed: {from_snapshot:?}"
+    );
+    let from_snapshot = stdout(&from_snapshot).trim().to_owned();
+    assert_eq!(cat(&server, &from_snapshot, "/workspace/f")?, "one\n");
+
+    for (verb, after) in [
+        ("pause", "paused"),
+        ("resume", "running"),
+        ("stop", "stopped"),
+        ("start", "running"),
+    ] {
+        let changed = sbx(&server, &[verb, &id])?;
+        ensure!(changed.status.success(), "{verb} failed: {changed:?}");
+        assert_eq!(stdout(&changed), format!("{id}\n"));
+        assert_eq!(state(&server, &id)?, after, "after {verb}");
+    }
+    assert_eq!(
+        cat(&server, &id, "/workspace/f")?,
+        "one\n",
+        "a stop keeps the disk"
+    );
+
+    let events = sbx(&server, &["events", "--sandbox", &id])?;
+    ensure!(events.status.success(), "events failed: {events:?}");
+    let events: Vec<serde_json::Value> = stdout(&events)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|event| event["kind"].as_str().unwrap_or_default())
+        .collect();
+    for kind in [
+        "created", "snapshot", "forked", "restored", "paused", "resumed", "stopped", "started",
+    ] {
+        assert!(kinds.contains(&kind), "no {kind} event in {kinds:?}");
+    }
+    assert!(events
+        .iter()
+        .all(|event| event["sandbox_id"] == id.as_str()));
+    let last = events
+        .iter()
+        .filter_map(|event| event["seq"].as_u64())
+        .max()
+        .expect("events have a seq");
+
+    // A followed stream prints what happens after `--since`, as it happens.
+    let mut follow = Command::new(sbx_bin())
+        .args(["events", "--follow", "--since", &last.to_string()])
+        .env("SBX_URL", &server.url)
+        .env("SBX_TOKEN", &server.token)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let followed = follow.stdout.take().expect("piped stdout");
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(followed)) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let removed = sbx(&server, &["rm", &forks[0].0])?;
+    ensure!(removed.status.success(), "{removed:?}");
+    let line = received.recv_timeout(Duration::from_secs(30));
+    follow.kill()?;
+    follow.wait()?;
+    let event: serde_json::Value = serde_json::from_str(&line??)?;
+    assert_eq!(event["sandbox_id"], forks[0].0.as_str());
+    assert_eq!(event["kind"], "deleted");
+    assert!(event["seq"].as_u64() > Some(last));
+
+    let removed = sbx(&server, &["snapshots", "rm", "one"])?;
+    ensure!(removed.status.success(), "snapshots rm failed: {removed:?}");
+    assert_eq!(stdout(&removed), "one\n");
+    let listed = sbx(&server, &["snapshots"])?;
+    assert_eq!(stdout(&listed).lines().count(), 1, "{}", stdout(&listed));
+    Ok(())
+}
+
 async fn without_a_token_the_cli_is_refused(engine: Engine) -> Result<()> {
     let server = Server::start(engine).await?;
     let output = Command::new(sbx_bin())
@@ -240,5 +413,6 @@ sbx_tests::on_every_runtime!(
     create_exec_ls_rm,
     background_processes_from_the_cli,
     cp_round_trips_a_100_mib_file_and_a_tree,
+    lifecycle_from_the_cli,
     without_a_token_the_cli_is_refused,
 );

@@ -6,12 +6,13 @@
 //! opens its own connection: on loopback and Unix sockets that costs tens of
 //! microseconds, and it keeps the client free of pool state.
 
+mod lifecycle;
 mod policy;
 mod sandbox;
 mod stream;
 
 pub use sandbox::SandboxClient;
-pub use stream::{ByteStream, EventStream};
+pub use stream::{ByteStream, EventStream, LifecycleEvents, NdjsonStream};
 
 use crate::{CreateSandboxRequest, NetworkPolicy, UpdateSandboxRequest};
 use crate::{ErrorBody, ExecRequest, ExecResult, Sandbox, SandboxList};
@@ -217,6 +218,27 @@ impl Client {
         };
         let response = self.send(method, path, content_type, bytes).await?;
         decode(response, &self.endpoint.to_string()).await
+    }
+
+    /// Checks the status and hands the body over unread, for streaming
+    /// answers.
+    pub(crate) async fn streaming(
+        &self,
+        response: Response<Incoming>,
+    ) -> Result<ByteStream, ClientError> {
+        if response.status().is_success() {
+            return Ok(ByteStream::new(
+                response.into_body(),
+                self.endpoint.to_string(),
+            ));
+        }
+        Err(read_success(response, &self.endpoint)
+            .await
+            .err()
+            .unwrap_or(ClientError::Unexpected {
+                status: 0,
+                text: "error status without an error".into(),
+            }))
     }
 
     /// `POST /v1/sandboxes`; see [`Client::create_sandbox_with_token`] for

@@ -6,7 +6,7 @@
 //! other.
 
 use super::stream::{ByteStream, EventStream};
-use super::{decode, read_success, ClientError};
+use super::{decode, ClientError};
 use crate::{
     ArchiveSummary, ExecRequest, ExecResult, FileInfo, FileList, FileQuery, KillAllResult,
     LogsQuery, MkdirRequest, MoveRequest, ProcessInfo, ProcessList, SignalRequest,
@@ -87,16 +87,7 @@ impl SandboxClient<'_> {
 
     /// Checks the status and hands the body over unread.
     async fn streaming(&self, response: Response<Incoming>) -> Result<ByteStream, ClientError> {
-        if response.status().is_success() {
-            return Ok(ByteStream::new(response.into_body(), self.endpoint()));
-        }
-        Err(read_success(response, &self.client.endpoint)
-            .await
-            .err()
-            .unwrap_or(ClientError::Unexpected {
-                status: 0,
-                text: "error status without an error".into(),
-            }))
+        self.client.streaming(response).await
     }
 
     /// `POST exec`, buffered.

@@ -1,10 +1,15 @@
-//! Reading streamed response bodies: NDJSON event streams and raw bytes.
+//! Reading streamed response bodies: NDJSON streams and raw bytes.
+//!
+//! One line splitter serves every NDJSON route (exec and process logs,
+//! lifecycle events); only the item type differs.
 
 use super::ClientError;
-use crate::ExecEvent;
+use crate::{Event, ExecEvent};
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use serde::de::DeserializeOwned;
+use std::marker::PhantomData;
 
 /// A response body read frame by frame, never collected whole.
 #[derive(Debug)]
@@ -49,23 +54,31 @@ impl ByteStream {
     }
 }
 
-/// An NDJSON stream of [`ExecEvent`]s (streamed exec, process logs).
+/// An NDJSON stream: one `T` per line, read as the lines arrive.
 #[derive(Debug)]
-pub struct EventStream {
+pub struct NdjsonStream<T> {
     bytes: ByteStream,
     pending: BytesMut,
+    item: PhantomData<fn() -> T>,
 }
 
-impl EventStream {
+/// An NDJSON stream of [`ExecEvent`]s (streamed exec, process logs).
+pub type EventStream = NdjsonStream<ExecEvent>;
+
+/// An NDJSON stream of lifecycle [`Event`]s (`GET /v1/events`).
+pub type LifecycleEvents = NdjsonStream<Event>;
+
+impl<T: DeserializeOwned> NdjsonStream<T> {
     pub(crate) fn new(bytes: ByteStream) -> Self {
         Self {
             bytes,
             pending: BytesMut::new(),
+            item: PhantomData,
         }
     }
 
-    /// The next event, or `None` when the stream ended.
-    pub async fn next(&mut self) -> Result<Option<ExecEvent>, ClientError> {
+    /// The next item, or `None` when the stream ended.
+    pub async fn next(&mut self) -> Result<Option<T>, ClientError> {
         loop {
             if let Some(newline) = self.pending.iter().position(|&b| b == b'\n') {
                 let line = self.pending.split_to(newline + 1);
@@ -86,12 +99,12 @@ impl EventStream {
         }
     }
 
-    /// Reads every remaining event.
-    pub async fn collect(mut self) -> Result<Vec<ExecEvent>, ClientError> {
-        let mut events = Vec::new();
-        while let Some(event) = self.next().await? {
-            events.push(event);
+    /// Reads every remaining item.
+    pub async fn collect(mut self) -> Result<Vec<T>, ClientError> {
+        let mut items = Vec::new();
+        while let Some(item) = self.next().await? {
+            items.push(item);
         }
-        Ok(events)
+        Ok(items)
     }
 }

@@ -7,6 +7,7 @@
 //! the machine that runs `sbx serve`.
 
 mod cp;
+mod lifecycle;
 mod policy;
 
 use crate::server::{self, RuntimeKind, ServeConfig, ServeError};
@@ -40,8 +41,9 @@ enum Command {
     Create {
         #[command(flatten)]
         conn: ConnArgs,
-        #[arg(long, default_value = sbx_api::DEFAULT_IMAGE)]
-        image: String,
+        /// The image to start from (default: base, or the snapshot's)
+        #[arg(long)]
+        image: Option<String>,
         /// Memory limit: 512M, 2G, or a number of MiB
         #[arg(long, value_parser = parse_size_mb)]
         memory: Option<u64>,
@@ -65,6 +67,11 @@ enum Command {
         /// sandbox has no network.
         #[arg(long = "allow", value_name = "HOST")]
         allow: Vec<String>,
+        #[command(flatten)]
+        lifetime: lifecycle::LifetimeArgs,
+        /// Start from this snapshot's filesystem instead of a fresh one
+        #[arg(long, value_name = "NAME")]
+        snapshot: Option<String>,
     },
     /// Show a sandbox's egress allowlist, or replace it (live)
     Egress {
@@ -189,6 +196,8 @@ enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    #[command(flatten)]
+    Lifecycle(lifecycle::LifecycleCommand),
 }
 
 #[derive(Debug, Args)]
@@ -443,16 +452,19 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             labels,
             print_token,
             allow,
+            lifetime,
+            snapshot,
         } => {
             let request = CreateSandboxRequest {
-                image: Some(image),
+                image,
                 memory_mb: memory,
                 cpus,
                 disk_mb: disk,
                 env: env.into_iter().collect(),
                 labels: labels.into_iter().collect(),
                 network: (!allow.is_empty()).then_some(NetworkPolicy { egress: allow }),
-                ..CreateSandboxRequest::default()
+                lifecycle: lifetime.request(),
+                snapshot,
             };
             let created = conn.client()?.create_sandbox_with_token(&request).await?;
             if print_token {
@@ -627,6 +639,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Lifecycle(command) => lifecycle::run(command).await,
     }
 }
 

@@ -58,7 +58,7 @@ mod tests {
     fn the_admin_sees_every_tool() {
         let all: Vec<&str> = TOOLS.iter().map(|tool| tool.name).collect();
         assert_eq!(names(&Principal::admin()), all);
-        assert_eq!(all.len(), 12);
+        assert_eq!(all.len(), 22);
     }
 
     #[test]
@@ -82,7 +82,7 @@ mod tests {
     fn unbound_tokens_see_what_their_scopes_allow() {
         assert_eq!(
             names(&token(&[Scope::SandboxesRead], None)),
-            ["list_sandboxes"]
+            ["list_sandboxes", "list_snapshots"]
         );
         let worker = token(
             &[
@@ -94,6 +94,8 @@ mod tests {
         );
         let mut expected = vec!["create_sandbox", "list_sandboxes"];
         expected.extend(INSIDE);
+        // Fork makes new sandboxes: create's scope, not lifecycle's.
+        expected.extend(["list_snapshots", "fork_sandbox"]);
         assert_eq!(names(&worker), expected);
         // PATCH has no line in the policy table: admin only, like the REST route.
         let everything_but_audit = token(

@@ -6,6 +6,8 @@
 //! tool that acts on one sandbox takes `sandbox_id`, except for a token
 //! bound to a sandbox, whose schema drops it (see [`ToolDef::describe`]).
 
+mod lifecycle;
+
 use super::rest::{read_bounded, Rest};
 use super::text::{self, Capture, Pager, INLINE_BYTES};
 use axum::body::Body;
@@ -15,8 +17,8 @@ use rmcp::handler::server::common::schema_for_input;
 use rmcp::model::{CallToolResult, ContentBlock, JsonObject, Tool, ToolAnnotations};
 use sbx_api::{
     CreateSandboxRequest, CreatedSandbox, ErrorBody, ErrorCode, ExecEvent, ExecRequest, FileInfo,
-    FileList, FileType, NetworkPolicy, ProcessInfo, Sandbox, SandboxList, SignalRequest,
-    StartProcessRequest, UpdateSandboxRequest,
+    FileList, FileType, LifecycleRequest, NetworkPolicy, ProcessInfo, Sandbox, SandboxList,
+    SignalRequest, StartProcessRequest, UpdateSandboxRequest,
 };
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
@@ -344,6 +346,111 @@ HTTP_PROXY/HTTPS_PROXY already name, so curl, git and pip work unchanged.",
         read_only: false,
         destructive: false,
     },
+    ToolDef {
+        name: "stop_sandbox",
+        description: "Stop a sandbox: every process in it ends and its memory is freed, but its \
+files (all it wrote, installed or configured) are kept, as are its id, egress and labels. \
+start_sandbox boots it again. Use it to park a sandbox you will come back to.",
+        schema: schema::<SandboxArgs>,
+        routes: &[(Method::POST, "/v1/sandboxes/{id}/stop")],
+        on_sandbox: true,
+        read_only: false,
+        destructive: true,
+    },
+    ToolDef {
+        name: "start_sandbox",
+        description: "Start a stopped sandbox again, on the files it had. Processes that ran \
+before the stop do not come back: start background processes again with start_process.",
+        schema: schema::<SandboxArgs>,
+        routes: &[(Method::POST, "/v1/sandboxes/{id}/start")],
+        on_sandbox: true,
+        read_only: false,
+        destructive: false,
+    },
+    ToolDef {
+        name: "pause_sandbox",
+        description: "Pause a sandbox: every process in it is frozen in memory, exactly where it \
+is, and uses no CPU. resume_sandbox thaws them.",
+        schema: schema::<SandboxArgs>,
+        routes: &[(Method::POST, "/v1/sandboxes/{id}/pause")],
+        on_sandbox: true,
+        read_only: false,
+        destructive: false,
+    },
+    ToolDef {
+        name: "resume_sandbox",
+        description: "Resume a paused sandbox: its processes run on from where they were frozen.",
+        schema: schema::<SandboxArgs>,
+        routes: &[(Method::POST, "/v1/sandboxes/{id}/resume")],
+        on_sandbox: true,
+        read_only: false,
+        destructive: false,
+    },
+    ToolDef {
+        name: "extend_sandbox",
+        description: "Set when a sandbox's timeout acts: `timeout_s` seconds from now (what it \
+does then, delete, stop or pause, was chosen at create_sandbox). Call it before a long task so \
+the sandbox is not stopped or deleted under you. Returns the new expiry time.",
+        schema: schema::<lifecycle::ExtendSandboxArgs>,
+        routes: &[(Method::POST, "/v1/sandboxes/{id}/timeout")],
+        on_sandbox: true,
+        read_only: false,
+        destructive: false,
+    },
+    ToolDef {
+        name: "snapshot_sandbox",
+        description: "Save a sandbox's files as they are now under a name, e.g. before a risky \
+change. restore_sandbox rolls a sandbox back to the snapshot; create_sandbox with `snapshot` \
+starts a new sandbox from it. Running processes and memory are not saved, only files.",
+        schema: schema::<lifecycle::SnapshotSandboxArgs>,
+        routes: &[(Method::POST, "/v1/sandboxes/{id}/snapshots")],
+        on_sandbox: true,
+        read_only: false,
+        destructive: false,
+    },
+    ToolDef {
+        name: "list_snapshots",
+        description: "List the snapshots that exist: name, the sandbox it was taken from, \
+image, size on disk and creation time of each.",
+        schema: schema::<lifecycle::ListSnapshotsArgs>,
+        routes: &[(Method::GET, "/v1/snapshots")],
+        on_sandbox: false,
+        read_only: true,
+        destructive: false,
+    },
+    ToolDef {
+        name: "delete_snapshot",
+        description: "Delete a snapshot and free its disk space. Sandboxes made or restored \
+from it are not affected. This cannot be undone.",
+        schema: schema::<lifecycle::SnapshotArgs>,
+        routes: &[(Method::DELETE, "/v1/snapshots/{name}")],
+        on_sandbox: false,
+        read_only: false,
+        destructive: true,
+    },
+    ToolDef {
+        name: "fork_sandbox",
+        description: "Copy a sandbox into `count` new running sandboxes (default 1), each with \
+its files as they are now and the same image, limits, egress and labels; the original is left \
+as it is. Use it to try alternatives side by side. Returns the new sandbox ids; processes are \
+not copied. Delete the copies with delete_sandbox when done.",
+        schema: schema::<lifecycle::ForkSandboxArgs>,
+        routes: &[(Method::POST, "/v1/sandboxes/{id}/fork")],
+        on_sandbox: true,
+        read_only: false,
+        destructive: false,
+    },
+    ToolDef {
+        name: "restore_sandbox",
+        description: "Roll a sandbox back to a snapshot, in place: its files become the \
+snapshot's (everything written since is lost) and it is restarted, keeping its id (a stopped \
+sandbox stays stopped). Background processes must be started again.",
+        schema: schema::<lifecycle::RestoreSandboxArgs>,
+        routes: &[(Method::POST, "/v1/sandboxes/{id}/restore")],
+        on_sandbox: true,
+        read_only: false,
+        destructive: true,
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static ToolDef> {
@@ -376,6 +483,23 @@ struct CreateSandboxArgs {
     /// Free-form labels, shown by list_sandboxes.
     #[serde(default)]
     labels: Option<BTreeMap<String, String>>,
+    /// Seconds until on_timeout acts (default: the server's; 0: no timeout). extend_sandbox sets it again later.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 2592000))]
+    timeout_s: Option<u64>,
+    /// Seconds without any tool call on the sandbox after which on_timeout acts (default: the server's, usually 3600; 0: never).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 2592000))]
+    idle_timeout_s: Option<u64>,
+    /// What a timeout does: "delete", "stop" (files kept) or "pause" (memory kept too). Default: the server's.
+    #[serde(default)]
+    on_timeout: Option<lifecycle::OnTimeoutArg>,
+    /// Whether a tool call on a stopped or paused sandbox wakes it instead of failing (default: the server's, usually true).
+    #[serde(default)]
+    auto_resume: Option<bool>,
+    /// Start from this snapshot's files (see snapshot_sandbox) instead of a fresh image; image and disk_mb must then be left out or match it.
+    #[serde(default)]
+    snapshot: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -598,6 +722,18 @@ pub async fn call(
         "process_logs" => process_logs(rest, parse(tool, bound, arguments)?).await,
         "kill_process" => kill_process(rest, parse(tool, bound, arguments)?).await,
         "set_egress" => set_egress(rest, parse(tool, bound, arguments)?).await,
+        "stop_sandbox" | "start_sandbox" | "pause_sandbox" | "resume_sandbox" => {
+            lifecycle::change(rest, tool.name, parse(tool, bound, arguments)?).await
+        }
+        "extend_sandbox" => lifecycle::extend(rest, parse(tool, bound, arguments)?).await,
+        "snapshot_sandbox" => lifecycle::snapshot(rest, parse(tool, bound, arguments)?).await,
+        "list_snapshots" => {
+            let _: lifecycle::ListSnapshotsArgs = parse(tool, bound, arguments)?;
+            lifecycle::list_snapshots(rest).await
+        }
+        "delete_snapshot" => lifecycle::delete_snapshot(rest, parse(tool, bound, arguments)?).await,
+        "fork_sandbox" => lifecycle::fork(rest, parse(tool, bound, arguments)?).await,
+        "restore_sandbox" => lifecycle::restore(rest, parse(tool, bound, arguments)?).await,
         other => Err(ToolError::Internal(format!("tool {other} has no handler"))),
     }
 }
@@ -619,6 +755,14 @@ fn describe_sandbox(sandbox: &Sandbox) -> String {
             .created_at
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     );
+    if let Some(at) = &sandbox.expires_at {
+        let _ = write!(
+            line,
+            "  timeout ({}) at {}",
+            sandbox.lifecycle.on_timeout.as_str(),
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
     if !sandbox.labels.is_empty() {
         let labels: Vec<String> = sandbox
             .labels
@@ -631,6 +775,12 @@ fn describe_sandbox(sandbox: &Sandbox) -> String {
 }
 
 async fn create_sandbox(rest: &Rest, args: CreateSandboxArgs) -> Result<Answer, ToolError> {
+    let lifecycle = LifecycleRequest {
+        timeout_s: args.timeout_s,
+        idle_timeout_s: args.idle_timeout_s,
+        on_timeout: args.on_timeout.map(Into::into),
+        auto_resume: args.auto_resume,
+    };
     let request = CreateSandboxRequest {
         image: args.image,
         memory_mb: args.memory_mb,
@@ -639,7 +789,8 @@ async fn create_sandbox(rest: &Rest, args: CreateSandboxArgs) -> Result<Answer, 
         env: args.env.unwrap_or_default(),
         labels: args.labels.unwrap_or_default(),
         network: args.egress.map(|egress| NetworkPolicy { egress }),
-        ..CreateSandboxRequest::default()
+        lifecycle: (lifecycle != LifecycleRequest::default()).then_some(lifecycle),
+        snapshot: args.snapshot,
     };
     let created: CreatedSandbox = rest
         .json(
