@@ -25,6 +25,10 @@ EXPECTED = {
     "sbx_file_download_bytes": "counter",
     "sbx_egress_decisions": "counter",
     "sbx_errors": "counter",
+    "sbx_auto_resume_duration_seconds": "histogram",
+    "sbx_storage_pool_bytes": "gauge",
+    "sbx_storage_used_bytes": "gauge",
+    "sbx_storage_promised_bytes": "gauge",
 }
 
 

@@ -36,9 +36,19 @@ import anyio.to_thread
 import httpx
 
 from . import _core
-from ._core import DEFAULT, Call, Command, OutputCallback, Request, SignalArg, TimeoutArg
+from ._core import (
+    DEFAULT,
+    Call,
+    Command,
+    OutputCallback,
+    Request,
+    Seconds,
+    SignalArg,
+    SnapshotRef,
+    TimeoutArg,
+)
 from ._tar import extract_tar, spool, write_tar
-from .errors import NotFound
+from .errors import ApiError, NotFound
 from .models import (
     ArchiveSummary,
     AuditRecord,
@@ -46,9 +56,12 @@ from .models import (
     ExecEvent,
     ExecResult,
     FileInfo,
+    OnTimeout,
     ProcessInfo,
+    SandboxEvent,
     SandboxInfo,
     ServerInfo,
+    SnapshotInfo,
     TokenInfo,
 )
 
@@ -78,6 +91,7 @@ class AsyncClient:
             verify=_core.needs_tls(self.url),
         )
         self.tokens = AsyncTokens(self)
+        self.snapshots = AsyncSnapshots(self)
 
     def __repr__(self) -> str:
         return f"AsyncClient(url={self.url!r})"
@@ -144,6 +158,18 @@ class AsyncClient:
     async def list_sandboxes(self) -> List[SandboxInfo]:
         return await self._run(_core.list_sandboxes())
 
+    def events(
+        self,
+        *,
+        sandbox: Optional[str] = None,
+        since: Optional[int] = None,
+        follow: bool = False,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> AsyncSandboxEventStream:
+        """See :meth:`sbx.Client.events`: ``async for event in client.events(…)``."""
+        request = _core.events(sandbox, since, follow, request_timeout)
+        return AsyncSandboxEventStream(self, request)
+
 
 class AsyncTokens:
     def __init__(self, client: AsyncClient) -> None:
@@ -164,6 +190,22 @@ class AsyncTokens:
 
     async def revoke(self, token_id: str) -> None:
         await self._client._run(_core.revoke_token(token_id))
+
+
+class AsyncSnapshots:
+    """See :class:`sbx.Snapshots`."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def list(self) -> builtins.list[SnapshotInfo]:
+        return await self._client._run(_core.list_snapshots())
+
+    async def get(self, name: SnapshotRef) -> SnapshotInfo:
+        return await self._client._run(_core.get_snapshot(name))
+
+    async def delete(self, name: SnapshotRef) -> None:
+        await self._client._run(_core.delete_snapshot(name))
 
 
 async def _async_chunks(content: Any) -> AsyncIterator[bytes]:
@@ -257,6 +299,11 @@ class AsyncSandbox:
         egress: Optional[Sequence[str]] = None,
         env: Optional[Mapping[str, str]] = None,
         labels: Optional[Mapping[str, str]] = None,
+        timeout_s: Optional[Seconds] = None,
+        idle_timeout_s: Optional[Seconds] = None,
+        on_timeout: Optional[OnTimeout] = None,
+        auto_resume: Optional[bool] = None,
+        snapshot: Optional[SnapshotRef] = None,
         url: Optional[str] = None,
         token: Optional[str] = None,
         http_timeout: TimeoutArg = DEFAULT,
@@ -272,6 +319,11 @@ class AsyncSandbox:
             egress=egress,
             env=env,
             labels=labels,
+            timeout_s=timeout_s,
+            idle_timeout_s=idle_timeout_s,
+            on_timeout=on_timeout,
+            auto_resume=auto_resume,
+            snapshot=snapshot,
             request_timeout=request_timeout,
         )
 
@@ -341,6 +393,56 @@ class AsyncSandbox:
     async def close(self) -> None:
         if self._owns_client:
             await self.client.close()
+
+    # lifecycle
+
+    async def stop(self, *, request_timeout: TimeoutArg = DEFAULT) -> SandboxInfo:
+        """See :meth:`sbx.Sandbox.stop`."""
+        return await self.client._run(_core.change_state(self.id, "stop", request_timeout))
+
+    async def start(self, *, request_timeout: TimeoutArg = DEFAULT) -> SandboxInfo:
+        return await self.client._run(_core.change_state(self.id, "start", request_timeout))
+
+    async def pause(self, *, request_timeout: TimeoutArg = DEFAULT) -> SandboxInfo:
+        return await self.client._run(_core.change_state(self.id, "pause", request_timeout))
+
+    async def resume(self, *, request_timeout: TimeoutArg = DEFAULT) -> SandboxInfo:
+        return await self.client._run(_core.change_state(self.id, "resume", request_timeout))
+
+    async def set_timeout(self, timeout_s: Seconds) -> SandboxInfo:
+        return await self.client._run(_core.set_timeout(self.id, timeout_s))
+
+    async def snapshot(self, name: str, *, request_timeout: TimeoutArg = DEFAULT) -> SnapshotInfo:
+        return await self.client._run(_core.create_snapshot(self.id, name, request_timeout))
+
+    async def fork(
+        self, count: int = 1, *, request_timeout: TimeoutArg = DEFAULT
+    ) -> builtins.list[Union[AsyncSandbox, ApiError]]:
+        """See :meth:`sbx.Sandbox.fork`."""
+        outcomes = await self.client._run(_core.fork(self.id, count, request_timeout))
+        return [
+            outcome
+            if isinstance(outcome, ApiError)
+            else type(self)(outcome.info.id, self.client, token=outcome.token, delete_on_exit=True)
+            for outcome in outcomes
+        ]
+
+    async def restore(
+        self, snapshot: SnapshotRef, *, request_timeout: TimeoutArg = DEFAULT
+    ) -> SandboxInfo:
+        return await self.client._run(_core.restore(self.id, snapshot, request_timeout))
+
+    def events(
+        self,
+        *,
+        since: Optional[int] = None,
+        follow: bool = False,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> AsyncSandboxEventStream:
+        """See :meth:`sbx.Sandbox.events`: ``async for event in sb.events(…)``."""
+        return self.client.events(
+            sandbox=self.id, since=since, follow=follow, request_timeout=request_timeout
+        )
 
     async def __aenter__(self) -> AsyncSandbox:
         return self
@@ -659,3 +761,24 @@ class AsyncEventStream(_AsyncStream):
         async for _ in self:
             pass
         return self._log.result()
+
+
+class AsyncSandboxEventStream(_AsyncStream):
+    """See :class:`sbx.SandboxEventStream`: ``async for``, ``async with`` to close early."""
+
+    def __init__(self, client: AsyncClient, request: Request) -> None:
+        super().__init__(client, request)
+        self._events: Optional[AsyncIterator[SandboxEvent]] = None
+
+    def __aiter__(self) -> AsyncIterator[SandboxEvent]:
+        if self._events is None:
+            self._events = self._generate()
+        return self._events
+
+    async def _generate(self) -> AsyncIterator[SandboxEvent]:
+        decoder = _core.sandbox_event_decoder()
+        async for chunk in self._chunks():
+            for event in decoder.feed(chunk):
+                yield event
+        for event in decoder.finish():
+            yield event

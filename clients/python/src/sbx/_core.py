@@ -39,6 +39,7 @@ import httpx
 
 from . import models
 from .errors import (
+    ApiError,
     ProtocolError,
     RequestTimeout,
     SbxError,
@@ -95,6 +96,10 @@ DEFAULT = _Default()
 TimeoutArg = Union[float, None, _Default]
 Command = Union[str, Sequence[str]]
 SignalArg = Union[str, int, signals.Signals]
+#: Seconds, as a number or a timedelta.
+Seconds = Union[int, float, timedelta]
+#: A snapshot, by name or as listed.
+SnapshotRef = Union[str, models.SnapshotInfo]
 
 
 # --- configuration ---------------------------------------------------------
@@ -271,6 +276,36 @@ def _drop_none(fields: Dict[str, Any]) -> Dict[str, Any]:
     return {key: value for key, value in fields.items() if value is not None and value != {}}
 
 
+def whole_seconds(value: Optional[Seconds], name: str, *, minimum: int = 0) -> Optional[int]:
+    """Seconds (a number or a timedelta) to the wire's whole seconds, rounded up."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} is a number of seconds or a timedelta, got {value!r}")
+    seconds = math.ceil(value)
+    if seconds < minimum:
+        raise ValueError(f"{name} must be at least {minimum} s, got {value!r}")
+    return seconds
+
+
+def snapshot_name(snapshot: SnapshotRef) -> str:
+    return snapshot.name if isinstance(snapshot, models.SnapshotInfo) else snapshot
+
+
+def error_body(data: Any) -> ApiError:
+    """The exception for an error body found inside a successful answer."""
+    if not isinstance(data, dict) or not isinstance(data.get("error_code"), str):
+        raise ProtocolError(f"expected an error body, got {data!r:.200}")
+    request_id = data.get("request_id")
+    return error_for(
+        data["error_code"],
+        str(data.get("message", "")),
+        request_id=request_id if isinstance(request_id, str) else None,
+    )
+
+
 # sandboxes
 
 
@@ -303,10 +338,23 @@ def create_sandbox(
     egress: Optional[Sequence[str]],
     env: Optional[Mapping[str, str]],
     labels: Optional[Mapping[str, str]],
+    timeout_s: Optional[Seconds] = None,
+    idle_timeout_s: Optional[Seconds] = None,
+    on_timeout: Optional[str] = None,
+    auto_resume: Optional[bool] = None,
+    snapshot: Optional[SnapshotRef] = None,
     request_timeout: TimeoutArg,
 ) -> Call[Created]:
     if isinstance(egress, str):
         raise TypeError("egress is a list of host patterns, not one string")
+    lifecycle = _drop_none(
+        {
+            "timeout_s": whole_seconds(timeout_s, "timeout_s"),
+            "idle_timeout_s": whole_seconds(idle_timeout_s, "idle_timeout_s"),
+            "on_timeout": on_timeout,
+            "auto_resume": auto_resume,
+        }
+    )
     body = _drop_none(
         {
             "image": image,
@@ -316,6 +364,8 @@ def create_sandbox(
             "env": _clean(env),
             "labels": _clean(labels),
             "network": None if egress is None else {"egress": list(egress)},
+            "lifecycle": lifecycle,
+            "snapshot": None if snapshot is None else snapshot_name(snapshot),
         }
     )
     request = Request("POST", "/v1/sandboxes", json=body, timeout=request_timeout)
@@ -342,6 +392,108 @@ def update_egress(sandbox_id: str, egress: Sequence[str]) -> Call[models.Sandbox
 
 def delete_sandbox(sandbox_id: str, request_timeout: TimeoutArg) -> Call[None]:
     return Call(Request("DELETE", sandbox_path(sandbox_id), timeout=request_timeout), _nothing)
+
+
+# lifecycle
+
+
+def change_state(
+    sandbox_id: str, action: str, request_timeout: TimeoutArg
+) -> Call[models.SandboxInfo]:
+    """``POST …/stop``, ``/start``, ``/pause`` or ``/resume``: no body, the sandbox after."""
+    request = Request("POST", sandbox_path(sandbox_id, f"/{action}"), timeout=request_timeout)
+    return Call(request, _json(models.SandboxInfo.from_json))
+
+
+def set_timeout(sandbox_id: str, timeout_s: Seconds) -> Call[models.SandboxInfo]:
+    body = {"timeout_s": whole_seconds(timeout_s, "timeout_s", minimum=1)}
+    request = Request("POST", sandbox_path(sandbox_id, "/timeout"), json=body)
+    return Call(request, _json(models.SandboxInfo.from_json))
+
+
+def create_snapshot(
+    sandbox_id: str, name: str, request_timeout: TimeoutArg
+) -> Call[models.SnapshotInfo]:
+    request = Request(
+        "POST", sandbox_path(sandbox_id, "/snapshots"), json={"name": name}, timeout=request_timeout
+    )
+    return Call(request, _json(models.SnapshotInfo.from_json))
+
+
+def snapshot_path(name: SnapshotRef) -> str:
+    return f"/v1/snapshots/{_quote(snapshot_name(name))}"
+
+
+def list_snapshots() -> Call[List[models.SnapshotInfo]]:
+    return Call(
+        Request("GET", "/v1/snapshots"),
+        _json(lambda data: models.decode_list(data, "snapshots", models.SnapshotInfo.from_json)),
+    )
+
+
+def get_snapshot(name: SnapshotRef) -> Call[models.SnapshotInfo]:
+    return Call(Request("GET", snapshot_path(name)), _json(models.SnapshotInfo.from_json))
+
+
+def delete_snapshot(name: SnapshotRef) -> Call[None]:
+    return Call(Request("DELETE", snapshot_path(name)), _nothing)
+
+
+#: One fork's outcome: the new sandbox and its token, or why it failed.
+ForkOutcome = Union[Created, ApiError]
+
+
+def _forks(data: Any) -> List[ForkOutcome]:
+    forks = data.get("forks") if isinstance(data, dict) else None
+    if not isinstance(forks, list):
+        raise ProtocolError("the fork answer has no 'forks' list")
+    outcomes: List[ForkOutcome] = []
+    for item in forks:
+        if isinstance(item, dict) and isinstance(item.get("sandbox"), dict):
+            outcomes.append(_created(item["sandbox"]))
+        elif isinstance(item, dict) and item.get("error") is not None:
+            outcomes.append(error_body(item["error"]))
+        else:
+            raise ProtocolError(f"a fork outcome has neither sandbox nor error: {item!r:.200}")
+    return outcomes
+
+
+def fork(sandbox_id: str, count: int, request_timeout: TimeoutArg) -> Call[List[ForkOutcome]]:
+    request = Request(
+        "POST", sandbox_path(sandbox_id, "/fork"), json={"count": count}, timeout=request_timeout
+    )
+    return Call(request, _json(_forks))
+
+
+def restore(
+    sandbox_id: str, snapshot: SnapshotRef, request_timeout: TimeoutArg
+) -> Call[models.SandboxInfo]:
+    request = Request(
+        "POST",
+        sandbox_path(sandbox_id, "/restore"),
+        json={"snapshot": snapshot_name(snapshot)},
+        timeout=request_timeout,
+    )
+    return Call(request, _json(models.SandboxInfo.from_json))
+
+
+def events(
+    sandbox: Optional[str], since: Optional[int], follow: bool, request_timeout: TimeoutArg
+) -> Request:
+    """``GET /v1/events``: NDJSON, live with ``follow`` (no read timeout then)."""
+    params = {"follow": "true" if follow else "false"}
+    if sandbox is not None:
+        params["sandbox"] = sandbox
+    if since is not None:
+        params["since"] = str(int(since))
+    return Request(
+        "GET",
+        "/v1/events",
+        params=params,
+        headers={"accept": NDJSON},
+        timeout=request_timeout,
+        unbounded_read=follow,
+    )
 
 
 # exec
@@ -624,15 +776,16 @@ def audit(
 # --- streams ---------------------------------------------------------------
 
 
-class NdjsonDecoder:
-    """Bytes in, events out: one JSON object per line, split anywhere."""
+class LineDecoder(Generic[T]):
+    """Bytes in, values out: one JSON object per line, split anywhere."""
 
-    def __init__(self) -> None:
+    def __init__(self, decode: Callable[[Any], T]) -> None:
+        self._decode_value = decode
         self._pending = bytearray()
 
-    def feed(self, chunk: bytes) -> List[ExecEvent]:
+    def feed(self, chunk: bytes) -> List[T]:
         self._pending += chunk
-        events: List[ExecEvent] = []
+        events: List[T] = []
         while True:
             newline = self._pending.find(b"\n")
             if newline < 0:
@@ -645,17 +798,28 @@ class NdjsonDecoder:
             raise ProtocolError(f"an event line is longer than {MAX_EVENT_LINE} bytes")
         return events
 
-    def finish(self) -> List[ExecEvent]:
+    def finish(self) -> List[T]:
         """The last line, if the stream ended without a newline."""
         rest, self._pending = bytes(self._pending), bytearray()
         return [self._decode(rest)] if rest.strip() else []
 
-    @staticmethod
-    def _decode(line: bytes) -> ExecEvent:
+    def _decode(self, line: bytes) -> T:
         try:
-            return models.parse_event(json.loads(line))
+            return self._decode_value(json.loads(line))
         except ValueError as err:
             raise ProtocolError(f"invalid event line {line[:200]!r}: {err}") from err
+
+
+class NdjsonDecoder(LineDecoder[ExecEvent]):
+    """The events of an exec or of process logs."""
+
+    def __init__(self) -> None:
+        super().__init__(models.parse_event)
+
+
+def sandbox_event_decoder() -> LineDecoder[models.SandboxEvent]:
+    """The lines of ``GET /v1/events``."""
+    return LineDecoder(models.SandboxEvent.from_json)
 
 
 OutputCallback = Callable[[str], Any]

@@ -28,9 +28,19 @@ from typing import (
 import httpx
 
 from . import _core
-from ._core import DEFAULT, Call, Command, OutputCallback, Request, SignalArg, TimeoutArg
+from ._core import (
+    DEFAULT,
+    Call,
+    Command,
+    OutputCallback,
+    Request,
+    Seconds,
+    SignalArg,
+    SnapshotRef,
+    TimeoutArg,
+)
 from ._tar import extract_tar, spool, write_tar
-from .errors import NotFound
+from .errors import ApiError, NotFound
 from .models import (
     ArchiveSummary,
     AuditRecord,
@@ -38,9 +48,12 @@ from .models import (
     ExecEvent,
     ExecResult,
     FileInfo,
+    OnTimeout,
     ProcessInfo,
+    SandboxEvent,
     SandboxInfo,
     ServerInfo,
+    SnapshotInfo,
     TokenInfo,
 )
 
@@ -75,6 +88,7 @@ class Client:
             verify=_core.needs_tls(self.url),
         )
         self.tokens = Tokens(self)
+        self.snapshots = Snapshots(self)
 
     def __repr__(self) -> str:
         return f"Client(url={self.url!r})"
@@ -149,6 +163,23 @@ class Client:
     def list_sandboxes(self) -> List[SandboxInfo]:
         return self._run(_core.list_sandboxes())
 
+    def events(
+        self,
+        *,
+        sandbox: Optional[str] = None,
+        since: Optional[int] = None,
+        follow: bool = False,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> SandboxEventStream:
+        """``GET /v1/events``: what happened to sandboxes, oldest first.
+
+        ``sandbox`` keeps one sandbox's events, ``since`` those after that
+        ``seq``. Without ``follow`` the stream ends with the last event so
+        far; with it, it stays open for new ones (no HTTP read timeout
+        unless ``request_timeout``) until closed.
+        """
+        return SandboxEventStream(self, _core.events(sandbox, since, follow, request_timeout))
+
 
 class Tokens:
     """``/v1/tokens``: mint, list and revoke scoped tokens (needs ``tokens:admin``)."""
@@ -178,6 +209,23 @@ class Tokens:
         self._client._run(_core.revoke_token(token_id))
 
 
+class Snapshots:
+    """``/v1/snapshots``: the saved filesystems :meth:`Sandbox.snapshot` makes."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def list(self) -> builtins.list[SnapshotInfo]:
+        return self._client._run(_core.list_snapshots())
+
+    def get(self, name: SnapshotRef) -> SnapshotInfo:
+        return self._client._run(_core.get_snapshot(name))
+
+    def delete(self, name: SnapshotRef) -> None:
+        """Deletes the snapshot; sandboxes made from it keep their files."""
+        self._client._run(_core.delete_snapshot(name))
+
+
 def _file_chunks(file: IO[bytes]) -> Iterator[bytes]:
     while True:
         chunk = file.read(_core.CHUNK)
@@ -198,7 +246,8 @@ def _client_for(
 
 
 class Sandbox:
-    """One sandbox: run commands, manage processes and files, change egress.
+    """One sandbox: run commands, manage processes and files, change egress,
+    stop, pause, snapshot and fork it.
 
     Make one with :meth:`create` or :meth:`connect`. A ``with`` block around
     a created sandbox deletes it on exit; around a connected one, it only
@@ -239,6 +288,11 @@ class Sandbox:
         egress: Optional[Sequence[str]] = None,
         env: Optional[Mapping[str, str]] = None,
         labels: Optional[Mapping[str, str]] = None,
+        timeout_s: Optional[Seconds] = None,
+        idle_timeout_s: Optional[Seconds] = None,
+        on_timeout: Optional[OnTimeout] = None,
+        auto_resume: Optional[bool] = None,
+        snapshot: Optional[SnapshotRef] = None,
         url: Optional[str] = None,
         token: Optional[str] = None,
         http_timeout: TimeoutArg = DEFAULT,
@@ -251,23 +305,33 @@ class Sandbox:
         ``memory_mb``, ``cpus``, ``disk_mb``, ``env`` (every command's
         environment), ``labels``, and ``egress``, the hosts its proxy may
         reach (``"pypi.org"``, ``"*.github.com"``, ``"host:443"``; none when
-        absent). Connection: ``client``, or ``url``/``token``/``http_timeout``
-        for a client of its own that the sandbox closes with itself.
+        absent). Its lifetime: ``timeout_s`` (seconds or a timedelta until
+        ``on_timeout`` acts), ``idle_timeout_s`` (seconds without API use),
+        ``on_timeout`` (``"delete"``, ``"stop"`` or ``"pause"``) and
+        ``auto_resume`` (exec, files and processes wake a stopped or paused
+        sandbox); absent ones take the server's defaults, and 0 turns a
+        timeout off. ``snapshot`` starts from a snapshot's filesystem.
+        Connection: ``client``, or ``url``/``token``/``http_timeout`` for a
+        client of its own that the sandbox closes with itself.
         """
+        call = _core.create_sandbox(
+            image=image,
+            memory_mb=memory_mb,
+            cpus=cpus,
+            disk_mb=disk_mb,
+            egress=egress,
+            env=env,
+            labels=labels,
+            timeout_s=timeout_s,
+            idle_timeout_s=idle_timeout_s,
+            on_timeout=on_timeout,
+            auto_resume=auto_resume,
+            snapshot=snapshot,
+            request_timeout=request_timeout,
+        )
         http, owned = _client_for(client, url, token, http_timeout)
         try:
-            created = http._run(
-                _core.create_sandbox(
-                    image=image,
-                    memory_mb=memory_mb,
-                    cpus=cpus,
-                    disk_mb=disk_mb,
-                    egress=egress,
-                    env=env,
-                    labels=labels,
-                    request_timeout=request_timeout,
-                )
-            )
+            created = http._run(call)
         except BaseException:
             if owned:
                 http.close()
@@ -333,6 +397,70 @@ class Sandbox:
         """Closes the connection if this sandbox opened it; the sandbox stays."""
         if self._owns_client:
             self.client.close()
+
+    # lifecycle
+
+    def stop(self, *, request_timeout: TimeoutArg = DEFAULT) -> SandboxInfo:
+        """Stops it: its processes end and its memory is freed; the disk stays."""
+        return self.client._run(_core.change_state(self.id, "stop", request_timeout))
+
+    def start(self, *, request_timeout: TimeoutArg = DEFAULT) -> SandboxInfo:
+        """Boots a stopped sandbox again, on the disk it had."""
+        return self.client._run(_core.change_state(self.id, "start", request_timeout))
+
+    def pause(self, *, request_timeout: TimeoutArg = DEFAULT) -> SandboxInfo:
+        """Freezes its processes, memory kept; :meth:`resume` thaws them."""
+        return self.client._run(_core.change_state(self.id, "pause", request_timeout))
+
+    def resume(self, *, request_timeout: TimeoutArg = DEFAULT) -> SandboxInfo:
+        return self.client._run(_core.change_state(self.id, "resume", request_timeout))
+
+    def set_timeout(self, timeout_s: Seconds) -> SandboxInfo:
+        """Sets its timeout to ``timeout_s`` (seconds or a timedelta) from now;
+        the answer's ``expires_at`` says when ``on_timeout`` acts."""
+        return self.client._run(_core.set_timeout(self.id, timeout_s))
+
+    def snapshot(self, name: str, *, request_timeout: TimeoutArg = DEFAULT) -> SnapshotInfo:
+        """Saves its filesystem as it is now under ``name`` (unique on the
+        server; :class:`~sbx.Conflict` if taken), for :meth:`create`,
+        :meth:`restore` and ``client.snapshots``."""
+        return self.client._run(_core.create_snapshot(self.id, name, request_timeout))
+
+    def fork(
+        self, count: int = 1, *, request_timeout: TimeoutArg = DEFAULT
+    ) -> builtins.list[Union[Sandbox, ApiError]]:
+        """``count`` (1 to 100) new sandboxes, each with a copy of this one's disk.
+
+        One entry per copy, in order: a :class:`Sandbox` (with its own
+        ``token``, on this sandbox's client, deleted at the end of a
+        ``with`` block), or the :class:`~sbx.ApiError` saying why that copy
+        failed; the others still exist.
+        """
+        outcomes = self.client._run(_core.fork(self.id, count, request_timeout))
+        return [
+            outcome
+            if isinstance(outcome, ApiError)
+            else type(self)(outcome.info.id, self.client, token=outcome.token, delete_on_exit=True)
+            for outcome in outcomes
+        ]
+
+    def restore(
+        self, snapshot: SnapshotRef, *, request_timeout: TimeoutArg = DEFAULT
+    ) -> SandboxInfo:
+        """Rolls its filesystem back to ``snapshot``, in place (same id and token)."""
+        return self.client._run(_core.restore(self.id, snapshot, request_timeout))
+
+    def events(
+        self,
+        *,
+        since: Optional[int] = None,
+        follow: bool = False,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> SandboxEventStream:
+        """This sandbox's lifecycle events; see :meth:`Client.events`."""
+        return self.client.events(
+            sandbox=self.id, since=since, follow=follow, request_timeout=request_timeout
+        )
 
     def __enter__(self) -> Sandbox:
         return self
@@ -699,3 +827,26 @@ class EventStream(_Stream):
         for _ in self:
             pass
         return self._log.result()
+
+
+class SandboxEventStream(_Stream):
+    """Lifecycle events (:class:`~sbx.SandboxEvent`), oldest first.
+
+    Without ``follow`` it ends after the last event so far; with it, it
+    waits for new ones until closed (use it as a context manager).
+    """
+
+    def __init__(self, client: Client, request: Request) -> None:
+        super().__init__(client, request)
+        self._events: Optional[Iterator[SandboxEvent]] = None
+
+    def __iter__(self) -> Iterator[SandboxEvent]:
+        if self._events is None:
+            self._events = self._generate()
+        return self._events
+
+    def _generate(self) -> Iterator[SandboxEvent]:
+        decoder = _core.sandbox_event_decoder()
+        for chunk in self._chunks():
+            yield from decoder.feed(chunk)
+        yield from decoder.finish()

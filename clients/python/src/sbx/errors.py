@@ -30,6 +30,7 @@ __all__ = [
     "MethodNotAllowed",
     "Conflict",
     "PayloadTooLarge",
+    "InsufficientStorage",
     "InternalError",
     "Unavailable",
     "TransportError",
@@ -132,6 +133,16 @@ class PayloadTooLarge(ApiError):
     code = "payload_too_large"
 
 
+class InsufficientStorage(ApiError):
+    """The storage pool cannot hold what the call would promise (507).
+
+    Creates, starts, forks and snapshots are refused once the disk space
+    promised to sandboxes and snapshots would exceed the pool.
+    """
+
+    code = "insufficient_storage"
+
+
 class InternalError(ApiError):
     """A failure inside the server; details are in its log (500)."""
 
@@ -155,6 +166,7 @@ _BY_CODE: Dict[str, Type[ApiError]] = {
         MethodNotAllowed,
         Conflict,
         PayloadTooLarge,
+        InsufficientStorage,
         InternalError,
         Unavailable,
     )

@@ -20,9 +20,14 @@ from .errors import ProtocolError
 
 __all__ = [
     "SandboxState",
+    "OnTimeout",
+    "EventKind",
     "Scope",
     "SCOPES",
+    "Lifecycle",
     "SandboxInfo",
+    "SnapshotInfo",
+    "SandboxEvent",
     "ExecResult",
     "StartEvent",
     "StdoutEvent",
@@ -42,7 +47,33 @@ __all__ = [
     "ServerInfo",
 ]
 
-SandboxState = Literal["creating", "running", "deleting", "failed"]
+SandboxState = Literal[
+    "creating",
+    "running",
+    "paused",
+    "stopping",
+    "stopped",
+    "starting",
+    "deleting",
+    "deleted",
+    "failed",
+]
+#: What a sandbox's timeout or idle timeout does to it.
+OnTimeout = Literal["delete", "stop", "pause"]
+#: What a :class:`SandboxEvent` reports (a newer server may send others).
+EventKind = Literal[
+    "created",
+    "paused",
+    "resumed",
+    "stopped",
+    "started",
+    "snapshot",
+    "forked",
+    "restored",
+    "failed",
+    "deleted",
+    "expiring",
+]
 ProcessState = Literal["running", "exited"]
 FileType = Literal["file", "dir", "symlink", "other"]
 Scope = Literal[
@@ -165,6 +196,32 @@ class _Fields:
 
 
 @dataclass(frozen=True)
+class Lifecycle:
+    """A sandbox's lifetime as it applies, the server's defaults filled in."""
+
+    #: Seconds from create (or start, or the last ``set_timeout``) until
+    #: ``on_timeout`` acts; ``None``: no timeout.
+    timeout_s: Optional[int] = None
+    #: Seconds without API use (no call, no running exec or stream) after
+    #: which ``on_timeout`` acts; ``None``: never.
+    idle_timeout_s: Optional[int] = None
+    on_timeout: OnTimeout = "delete"
+    #: Whether exec, files and processes start a stopped sandbox or resume a
+    #: paused one instead of raising :class:`~sbx.Conflict`.
+    auto_resume: bool = False
+
+    @classmethod
+    def from_json(cls, data: Any) -> Lifecycle:
+        f = _Fields(data, "lifecycle")
+        return cls(
+            timeout_s=f.opt_integer("timeout_s"),
+            idle_timeout_s=f.opt_integer("idle_timeout_s"),
+            on_timeout=f.opt_text("on_timeout") or "delete",  # type: ignore[arg-type]
+            auto_resume=f.flag("auto_resume", False),
+        )
+
+
+@dataclass(frozen=True)
 class SandboxInfo:
     """A sandbox as the server reports it (its environment is never shown)."""
 
@@ -179,6 +236,13 @@ class SandboxInfo:
     labels: Dict[str, str]
     #: The egress allowlist in canonical form (lowercase, no trailing dot).
     egress: List[str]
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    #: When ``lifecycle.on_timeout`` acts, if the sandbox has a timeout.
+    expires_at: Optional[datetime] = None
+    #: Since when nothing has used it; ``None`` while a call or stream runs.
+    idle_since: Optional[datetime] = None
+    #: Why it ended or failed: ``timeout``, ``idle``, ``oom``, ``agent died``…
+    ended_reason: Optional[str] = None
 
     @classmethod
     def from_json(cls, data: Any) -> SandboxInfo:
@@ -194,6 +258,69 @@ class SandboxInfo:
             disk_mb=f.opt_integer("disk_mb"),
             labels=f.str_map("labels"),
             egress=network.str_list("egress"),
+            lifecycle=f.opt_obj("lifecycle", Lifecycle.from_json) or Lifecycle(),
+            expires_at=f.opt_moment("expires_at"),
+            idle_since=f.opt_moment("idle_since"),
+            ended_reason=f.opt_text("ended_reason"),
+        )
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A sandbox's filesystem as it was at one instant, kept under a name."""
+
+    name: str
+    #: The sandbox it was taken from (which may be gone since).
+    sandbox_id: str
+    #: The image its filesystem sits on; sandboxes made from it use the same build.
+    image: str
+    disk_mb: int
+    created_at: datetime
+    #: Host bytes it holds now (blocks shared with others counted in full).
+    size_bytes: int
+
+    @classmethod
+    def from_json(cls, data: Any) -> SnapshotInfo:
+        f = _Fields(data, "snapshot")
+        return cls(
+            name=f.text("name"),
+            sandbox_id=f.text("sandbox_id"),
+            image=f.text("image"),
+            disk_mb=f.integer("disk_mb"),
+            created_at=f.moment("created_at"),
+            size_bytes=f.integer("size_bytes"),
+        )
+
+
+@dataclass(frozen=True)
+class SandboxEvent:
+    """One line of ``GET /v1/events``: something that happened to a sandbox."""
+
+    #: Increases with every event on the server; ``events(since=…)`` takes it.
+    seq: int
+    time: datetime
+    sandbox_id: str
+    #: An :data:`EventKind`; a kind this SDK does not know arrives as is.
+    kind: str
+    #: Why, for ``deleted``, ``stopped``, ``paused`` and ``failed``:
+    #: ``timeout``, ``idle``, ``deleted by <identity>``, ``agent died``…
+    reason: Optional[str] = None
+    #: The snapshot for ``snapshot`` and ``restored``; the new sandbox's id for ``forked``.
+    detail: Optional[str] = None
+    #: For ``expiring``: when the timeout acts.
+    at: Optional[datetime] = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> SandboxEvent:
+        f = _Fields(data, "sandbox event")
+        return cls(
+            seq=f.integer("seq"),
+            time=f.moment("time"),
+            sandbox_id=f.text("sandbox_id"),
+            kind=f.text("kind"),
+            reason=f.opt_text("reason"),
+            detail=f.opt_text("detail"),
+            at=f.opt_moment("at"),
         )
 
 
