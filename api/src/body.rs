@@ -17,6 +17,27 @@ pub fn from_json_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     serde_json::from_slice(body).map_err(|err| format!("invalid json body: {err}"))
 }
 
+/// `deserialize_with` for an optional field that must be a JSON object (or
+/// null): the same refusal of arrays as [`from_json_object`], one level
+/// down (`{"network": []}` read as an empty policy; found by schemathesis).
+pub fn optional_object<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    use serde::de::Error;
+    use serde::Deserialize;
+    match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Null => Ok(None),
+        value @ serde_json::Value::Object(_) => serde_json::from_value(value)
+            .map(Some)
+            .map_err(D::Error::custom),
+        other => Err(D::Error::custom(format!(
+            "expected a JSON object, found {other}"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -30,6 +51,12 @@ mod tests {
             let refused = from_json_object::<CreateSandboxRequest>(bad);
             assert!(refused.is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
+        for nested in [&br#"{"network":[]}"#[..], br#"{"lifecycle":[0]}"#] {
+            let refused = from_json_object::<CreateSandboxRequest>(nested);
+            assert!(refused.is_err(), "{:?}", String::from_utf8_lossy(nested));
+        }
+        let null = from_json_object::<CreateSandboxRequest>(br#"{"network":null}"#);
+        assert_eq!(null.expect("null is absent").network, None);
         let shape = from_json_object::<CreateSandboxRequest>(br#"{"memory_mb":"x"}"#);
         assert!(shape
             .expect_err("a wrong type")

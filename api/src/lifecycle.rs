@@ -321,6 +321,10 @@ pub struct Event {
     pub at: Option<DateTime<Utc>>,
 }
 
+/// The largest `seq` there can be (the store numbers events as SQLite
+/// integers).
+pub const MAX_EVENT_SEQ: u64 = i64::MAX as u64;
+
 /// `GET /v1/events` query.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -331,10 +335,22 @@ pub struct EventsQuery {
     pub sandbox: Option<String>,
     /// Only events after this `seq`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     pub since: Option<u64>,
     /// Keep the stream open and send new events as they happen.
     #[serde(default)]
     pub follow: bool,
+}
+
+impl EventsQuery {
+    pub fn validate(&self) -> Result<(), String> {
+        match self.since {
+            Some(seq) if seq > MAX_EVENT_SEQ => {
+                Err(format!("since {seq} is out of range (0..={MAX_EVENT_SEQ})"))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]

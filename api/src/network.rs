@@ -222,7 +222,11 @@ pub fn normalize_host(host: &str) -> Result<String, String> {
 #[serde(deny_unknown_fields)]
 pub struct UpdateSandboxRequest {
     /// Replaces the whole policy; takes effect for new connections at once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::body::optional_object"
+    )]
     pub network: Option<NetworkPolicy>,
 }
 

@@ -44,11 +44,19 @@ pub struct CreateSandboxRequest {
     pub labels: BTreeMap<String, String>,
     /// What the sandbox may reach through the egress proxy. Absent: nothing
     /// (its network namespace has only `lo`, and the proxy refuses all).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::body::optional_object"
+    )]
     pub network: Option<NetworkPolicy>,
     /// How long the sandbox lives, and what happens when that runs out.
     /// Absent fields take the server's defaults.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::body::optional_object"
+    )]
     pub lifecycle: Option<LifecycleRequest>,
     /// Start from this snapshot's filesystem (and its image build) instead
     /// of a fresh one; `image` and `disk_mb`, if given, must match it.

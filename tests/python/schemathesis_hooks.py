@@ -2,9 +2,21 @@
 
 - Tar bodies (`PUT /archive`) are sent as the bytes generated, like
   `application/octet-stream`: the agent must refuse what is not a tar.
-- NDJSON answers (an exec stream, process logs) are read line by line, and
-  every line is validated against the spec's `ExecEvent` schema here;
-  schemathesis then checks the first event itself as the answer's body.
+- NDJSON answers (an exec stream, process logs, lifecycle events) are read
+  line by line, and every line is validated against the spec's schema for
+  it here (`ExecEvent`, or `Event` for `/v1/events`); schemathesis then
+  checks the first line itself as the answer's body. An event stream may
+  be empty (a sandbox with no events), and then there is no line to check:
+  schemathesis is handed `NO_EVENTS`, a well-formed event that stands for
+  none, since it checks every 200 body against the line's schema. An exec
+  stream may not be empty.
+- `GET /v1/events` is never asked to `follow`: a followed stream stays open
+  until the server stops, which would hang the run, not test anything.
+- A fork's `count` is brought down to 1 or 2: each is a real sandbox.
+- Timeouts (a create's lifecycle, `POST …/timeout`) are brought up to at
+  least 10 minutes: a sandbox the fuzzer gave a second to live would end
+  under the calls that follow (a stream cut mid-body), which is not what
+  they test. `test_sdk_lifecycle.py` and the e2e suite test timeouts.
 - A create's `disk_mb` is brought down to 64 or 128 when the fuzzer drew a
   larger valid size. Every valid size is a real, thin disk, formatted once
   per size into a template; hundreds of random sizes up to 16 TiB would
@@ -21,9 +33,18 @@ import jsonschema
 import schemathesis
 
 SPEC = json.loads((Path(__file__).resolve().parents[2] / "api" / "openapi.json").read_text())
-EVENT = jsonschema.Draft202012Validator(
+EXEC_EVENT = jsonschema.Draft202012Validator(
     {"$ref": "#/components/schemas/ExecEvent", "components": SPEC["components"]}
 )
+LIFECYCLE_EVENT = jsonschema.Draft202012Validator(
+    {"$ref": "#/components/schemas/Event", "components": SPEC["components"]}
+)
+NO_EVENTS = {
+    "seq": 0,
+    "time": "1970-01-01T00:00:00Z",
+    "sandbox_id": "",
+    "kind": "created",
+}
 MIN_DISK_MB = 64
 MAX_DISK_MB = 16 * 1024 * 1024
 
@@ -33,18 +54,49 @@ schemathesis.serializer.alias("application/x-tar", "application/octet-stream")
 @schemathesis.deserializer("application/x-ndjson")
 def ndjson_events(ctx, response):
     events = [json.loads(line) for line in response.content.splitlines() if line.strip()]
+    lifecycle = response.request.url.split("?")[0].endswith("/v1/events")
+    if lifecycle and not events:
+        return NO_EVENTS
     if not events:
         raise ValueError("an NDJSON stream without a single event")
+    validator = LIFECYCLE_EVENT if lifecycle else EXEC_EVENT
     for event in events:
-        EVENT.validate(event)
+        validator.validate(event)
     return events[0]
+
+
+@schemathesis.hook
+def before_call(context, case, **kwargs):
+    if case.operation.path != "/v1/events" or not isinstance(case.query, dict):
+        return
+    if str(case.query.get("follow")).lower() == "true":
+        case.query["follow"] = "false"
+
+
+def at_least_ten_minutes(fields, key):
+    """A valid timeout stays valid (and 0, "none", stays 0)."""
+    seconds = fields.get(key) if isinstance(fields, dict) else None
+    if isinstance(seconds, int) and not isinstance(seconds, bool) and 0 < seconds < 600:
+        fields[key] = 600 + seconds
 
 
 @schemathesis.hook
 def map_body(context, body):
     operation = context.operation
-    if operation is None or (operation.method.upper(), operation.path) != ("POST", "/v1/sandboxes"):
+    route = None if operation is None else (operation.method.upper(), operation.path)
+    if route == ("POST", "/v1/sandboxes/{id}/fork") and isinstance(body, dict):
+        count = body.get("count")
+        if isinstance(count, int) and not isinstance(count, bool) and 2 < count <= 100:
+            body["count"] = 1 + count % 2
         return body
+    if route == ("POST", "/v1/sandboxes/{id}/timeout"):
+        at_least_ten_minutes(body, "timeout_s")
+        return body
+    if route != ("POST", "/v1/sandboxes"):
+        return body
+    lifecycle = body.get("lifecycle") if isinstance(body, dict) else None
+    at_least_ten_minutes(lifecycle, "timeout_s")
+    at_least_ten_minutes(lifecycle, "idle_timeout_s")
     if isinstance(body, dict):
         disk = body.get("disk_mb")
         if isinstance(disk, int) and not isinstance(disk, bool) and 128 < disk <= MAX_DISK_MB:

@@ -72,8 +72,8 @@ async fn post(client: &Client, id: &str, action: &str) -> Result<Sandbox> {
 /// Runs `script` in the sandbox; a sandbox that does not answer within a
 /// minute (a frozen one) fails the test rather than hanging it.
 async fn sh(client: &Client, id: &str, script: &str) -> Result<String> {
-    let exec = client.exec(id, &ExecRequest::argv(["sh", "-c", script]));
-    let result = tokio::time::timeout(Duration::from_secs(60), exec)
+    let request = ExecRequest::argv(["sh", "-c", script]);
+    let result = tokio::time::timeout(Duration::from_secs(60), client.exec(id, &request))
         .await
         .with_context(|| format!("{id} did not answer: {script}"))??;
     if result.exit_code != 0 {
@@ -86,7 +86,6 @@ async fn sh(client: &Client, id: &str, script: &str) -> Result<String> {
 /// git repository with uncommitted changes, and files removed and renamed.
 const WRITE: &str = r#"
 set -e
-g=$1
 mkdir -p /workspace/data /workspace/repo
 dd if=/dev/urandom of=/workspace/data/big-$g bs=1M count=16 conv=fsync status=none
 head -c 3000 /dev/urandom > /workspace/data/small-$g

@@ -280,7 +280,8 @@ pub async fn restore(
 pub async fn events(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<EventsQuery>,
-) -> Response {
+) -> Result<Response, ApiError> {
+    query.validate().map_err(ApiError::invalid)?;
     let stream = state
         .manager
         .events(query.sandbox, query.since.unwrap_or(0), query.follow)
@@ -289,5 +290,5 @@ pub async fn events(
             line.push(b'\n');
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(line)
         });
-    ([(CONTENT_TYPE, NDJSON)], Body::from_stream(stream)).into_response()
+    Ok(([(CONTENT_TYPE, NDJSON)], Body::from_stream(stream)).into_response())
 }

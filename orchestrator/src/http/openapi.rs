@@ -196,6 +196,12 @@ fn add_errors(operation: &mut Operation, method: &Method, path: &str) {
         // that cannot be reached.
         statuses.extend([404, 409, 503]);
     }
+    if path.starts_with("/v1/sandboxes/{id}/") {
+        // An empty id collapses the path onto another route
+        // (`POST /v1/sandboxes//start` is `/v1/sandboxes/{id}` with the id
+        // `start`), which may not take the method.
+        statuses.push(405);
+    }
     if path.starts_with("/v1/tokens") || path.starts_with("/v1/snapshots/") {
         // A token, or the sandbox a new token is to be bound to; a
         // snapshot.

@@ -21,6 +21,7 @@ use super::{
     RuntimeError, SandboxDir,
 };
 use async_trait::async_trait;
+use libcgroups::common::{create_cgroup_manager, CgroupConfig, CgroupManager, FreezerState};
 use libcontainer::container::{Container, ContainerStatus};
 use std::fs::File;
 use std::path::PathBuf;
@@ -86,8 +87,11 @@ impl YoukiRuntime {
         .flatten()
     }
 
-    /// Freezes (or thaws) the container's cgroup through libcontainer,
-    /// which records the state too. Thawing a running container is a no-op.
+    /// Freezes (or thaws) the container's cgroup, and records the state
+    /// as libcontainer does. A thaw writes the cgroup whatever the record
+    /// says: a server killed between freezing and recording leaves a frozen
+    /// container recorded as running, which libcontainer's `resume` would
+    /// refuse to thaw.
     async fn freezer(&self, id: &str, frozen: bool) -> Result<(), RuntimeError> {
         let root = self.container_root(id);
         let key = id.to_owned();
@@ -97,11 +101,31 @@ impl YoukiRuntime {
                 source: Box::new(source),
             };
             let mut container = Container::load(root).map_err(libcontainer)?;
-            match (frozen, container.status()) {
-                (true, _) => container.pause().map_err(libcontainer),
-                (false, ContainerStatus::Paused) => container.resume().map_err(libcontainer),
-                (false, _) => Ok(()),
+            if frozen {
+                return container.pause().map_err(libcontainer);
             }
+            let manager = create_cgroup_manager(CgroupConfig {
+                cgroup_path: container.spec().map_err(libcontainer)?.cgroup_path,
+                systemd_cgroup: container.systemd(),
+                container_name: key.clone(),
+            })
+            .map_err(|err| RuntimeError::Engine {
+                context: format!("the cgroups of sandbox {key}"),
+                message: err.to_string(),
+            })?;
+            manager
+                .freeze(FreezerState::Thawed)
+                .map_err(|err| RuntimeError::Engine {
+                    context: format!("thawing sandbox {key}"),
+                    message: err.to_string(),
+                })?;
+            if container.status() == ContainerStatus::Paused {
+                container
+                    .set_status(ContainerStatus::Running)
+                    .save()
+                    .map_err(libcontainer)?;
+            }
+            Ok(())
         })
         .await
         .map_err(|err| RuntimeError::Engine {
