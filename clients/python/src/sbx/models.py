@@ -81,8 +81,11 @@ Scope = Literal[
     "sandboxes:read",
     "sandboxes:delete",
     "sandboxes:exec",
+    "sandboxes:network",
+    "sandboxes:lifecycle",
     "tokens:admin",
     "audit:read",
+    "metrics:read",
 ]
 #: Every scope a token can hold (see the README's policy model).
 SCOPES: Tuple[Scope, ...] = (
@@ -90,8 +93,11 @@ SCOPES: Tuple[Scope, ...] = (
     "sandboxes:read",
     "sandboxes:delete",
     "sandboxes:exec",
+    "sandboxes:network",
+    "sandboxes:lifecycle",
     "tokens:admin",
     "audit:read",
+    "metrics:read",
 )
 
 T = TypeVar("T")
