@@ -56,7 +56,7 @@ impl Manager {
         let (manager, id) = (Arc::clone(self), id.to_owned());
         detached(async move {
             let _op = manager.ops.lock(&id).await;
-            manager.stop_locked(&id, Some(reason)).await?;
+            manager.stop_locked(&id, reason).await?;
             manager.get(&id).await
         })
         .await
@@ -81,7 +81,7 @@ impl Manager {
         let (manager, id) = (Arc::clone(self), id.to_owned());
         detached(async move {
             let _op = manager.ops.lock(&id).await;
-            manager.pause_locked(&id, Some(reason)).await?;
+            manager.pause_locked(&id, reason).await?;
             manager.get(&id).await
         })
         .await
@@ -122,11 +122,7 @@ impl Manager {
         }
     }
 
-    pub(crate) async fn stop_locked(
-        &self,
-        id: &str,
-        reason: Option<String>,
-    ) -> Result<(), SandboxError> {
+    pub(crate) async fn stop_locked(&self, id: &str, reason: String) -> Result<(), SandboxError> {
         let state = self.record(id).await?.sandbox.state;
         if state == SandboxState::Stopped {
             return Ok(());
@@ -157,9 +153,10 @@ impl Manager {
             }
         }
         self.transition(id, Transition::Halted).await?;
-        tracing::info!(%id, reason = reason.as_deref().unwrap_or(""), "sandbox stopped");
-        let detail = reason.map(Detail::reason).unwrap_or_default();
-        self.events.emit(id, EventKind::Stopped, detail).await;
+        tracing::info!(%id, %reason, "sandbox stopped");
+        self.events
+            .emit(id, EventKind::Stopped, Detail::reason(reason))
+            .await;
         Ok(())
     }
 
@@ -219,11 +216,7 @@ impl Manager {
         Ok(())
     }
 
-    pub(crate) async fn pause_locked(
-        &self,
-        id: &str,
-        reason: Option<String>,
-    ) -> Result<(), SandboxError> {
+    pub(crate) async fn pause_locked(&self, id: &str, reason: String) -> Result<(), SandboxError> {
         let state = self.record(id).await?.sandbox.state;
         if state == SandboxState::Paused {
             return Ok(());
@@ -241,9 +234,10 @@ impl Manager {
                 source,
             });
         }
-        tracing::info!(%id, reason = reason.as_deref().unwrap_or(""), "sandbox paused");
-        let detail = reason.map(Detail::reason).unwrap_or_default();
-        self.events.emit(id, EventKind::Paused, detail).await;
+        tracing::info!(%id, %reason, "sandbox paused");
+        self.events
+            .emit(id, EventKind::Paused, Detail::reason(reason))
+            .await;
         Ok(())
     }
 

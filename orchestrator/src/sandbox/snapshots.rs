@@ -251,7 +251,8 @@ impl Manager {
             ) {
                 return Err(manager.wrong_state(&id, was));
             }
-            manager.stop_locked(&id, None).await?;
+            let why = format!("restoring snapshot {name}");
+            manager.stop_locked(&id, why).await?;
             let disk = manager.dir(&id).disk_image();
             let staging = staging_path(&disk);
             let from = snapshot_image(&manager.config.snapshots_dir, &snapshot);
