@@ -31,6 +31,14 @@ struct Sizes {
     densities: &'static [usize],
     docker_density: usize,
     tree_files: usize,
+    /// Samples of each lifecycle call (stop, start, pause + resume, …).
+    lifecycle: usize,
+    /// Fork calls of 10, and rounds of 10 cold creates to set beside them.
+    forks: usize,
+    /// `docker commit`s of a container holding 1 GiB (~10 s each).
+    docker_commits: usize,
+    /// Stopped sandboxes held at once for the memory figure.
+    stopped: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -41,6 +49,10 @@ const FULL: Sizes = Sizes {
     densities: &[100, 500, 1000],
     docker_density: 200,
     tree_files: 10_000,
+    lifecycle: 30,
+    forks: 3,
+    docker_commits: 3,
+    stopped: 500,
 };
 
 const QUICK: Sizes = Sizes {
@@ -51,6 +63,10 @@ const QUICK: Sizes = Sizes {
     densities: &[20],
     docker_density: 20,
     tree_files: 10_000,
+    lifecycle: 3,
+    forks: 1,
+    docker_commits: 1,
+    stopped: 20,
 };
 
 /// p50/p95/p99 of a set of samples.
@@ -504,6 +520,330 @@ fn cgroup_migration_floor(samples: usize) -> Result<Vec<Duration>> {
     Ok(times)
 }
 
+/// What the lifecycle section measures on one sbx server.
+struct LifecycleFigures {
+    snapshot: Vec<Duration>,
+    fork: Vec<Duration>,
+    fork_fresh: Vec<Duration>,
+    ten_creates: Vec<Duration>,
+    pause_resume: Vec<Duration>,
+    stop: Vec<Duration>,
+    start: Vec<Duration>,
+    create: Vec<Duration>,
+    restore: Vec<Duration>,
+    /// Stopped sandboxes held, and host memory used with them all stopped
+    /// minus before the first was created (bytes, may be negative).
+    stopped: (usize, f64),
+    /// The same for the RSS of `sbx serve` (what it keeps per record).
+    stopped_rss: f64,
+    auto_start_exec: Vec<Duration>,
+    exec: Vec<Duration>,
+}
+
+/// 1 GiB written with `dd` (synced, so that the first snapshot does not
+/// pay for its writeback).
+const DD_GIB: [&str; 6] = [
+    "dd",
+    "if=/dev/zero",
+    "of=/workspace/big.bin",
+    "bs=1M",
+    "count=1024",
+    "conv=fsync",
+];
+
+async fn timed<T, F: std::future::Future<Output = T>>(future: F) -> (T, Duration) {
+    let started = Instant::now();
+    let value = future.await;
+    (value, started.elapsed())
+}
+
+/// One fork call of 10 copies of `id`, timed; the copies are deleted.
+async fn fork_ten(client: &Client, id: &str) -> Result<Duration> {
+    let (forks, took) = timed(client.fork_sandbox(id, 10)).await;
+    let mut failed = None;
+    for outcome in forks? {
+        match (outcome.sandbox, outcome.error) {
+            (Some(made), _) => client.delete_sandbox(&made.sandbox.id).await?,
+            (None, error) => failed = Some(format!("{error:?}")),
+        }
+    }
+    if let Some(error) = failed {
+        bail!("a fork failed: {error}");
+    }
+    Ok(took)
+}
+
+async fn sbx_lifecycle(server: &Server, sizes: Sizes) -> Result<LifecycleFigures> {
+    let client = server.client();
+    let n = sizes.lifecycle;
+
+    // Snapshot, restore and fork of a sandbox holding 1 GiB.
+    let big = client
+        .create_sandbox(&CreateSandboxRequest {
+            disk_mb: Some(4096),
+            ..CreateSandboxRequest::default()
+        })
+        .await?
+        .id;
+    let mut dd = ExecRequest::argv(DD_GIB);
+    dd.timeout_ms = Some(300_000);
+    let written = client.exec(&big, &dd).await?;
+    if written.exit_code != 0 {
+        bail!("dd failed: {}", written.stderr);
+    }
+    let mut snapshots = Vec::new();
+    let mut snapshot = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = format!("sbx-bench-{i}");
+        let (made, took) = timed(client.create_snapshot(&big, &name)).await;
+        made?;
+        snapshot.push(took);
+        snapshots.push(name);
+    }
+    let mut restore = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (restored, took) = timed(client.restore_sandbox(&big, &snapshots[0])).await;
+        restored?;
+        restore.push(took);
+    }
+    let (mut fork, mut ten_creates) = (Vec::new(), Vec::new());
+    for _ in 0..sizes.forks {
+        fork.push(fork_ten(&client, &big).await?);
+        let mut ids = Vec::new();
+        let started = Instant::now();
+        for _ in 0..10 {
+            ids.push(
+                client
+                    .create_sandbox(&CreateSandboxRequest::default())
+                    .await?
+                    .id,
+            );
+        }
+        ten_creates.push(started.elapsed());
+        for id in &ids {
+            client.delete_sandbox(id).await?;
+        }
+    }
+    client.delete_sandbox(&big).await?;
+    for name in &snapshots {
+        client.delete_snapshot(name).await?;
+    }
+
+    // Fork, pause, stop and start of a fresh sandbox, and cold creates
+    // beside.
+    let id = client
+        .create_sandbox(&CreateSandboxRequest::default())
+        .await?
+        .id;
+    let mut fork_fresh = Vec::with_capacity(sizes.forks);
+    for _ in 0..sizes.forks {
+        fork_fresh.push(fork_ten(&client, &id).await?);
+    }
+    let mut pause_resume = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        client.pause_sandbox(&id).await?;
+        client.resume_sandbox(&id).await?;
+        pause_resume.push(started.elapsed());
+    }
+    let (mut stop, mut start) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        let (stopped, took) = timed(client.stop_sandbox(&id)).await;
+        stopped?;
+        stop.push(took);
+        let (started, took) = timed(client.start_sandbox(&id)).await;
+        started?;
+        start.push(took);
+    }
+    let exec = exec_round_trips(&client, &id, n.max(20)).await?;
+    client.delete_sandbox(&id).await?;
+    let mut create = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (made, took) = timed(client.create_sandbox(&CreateSandboxRequest::default())).await;
+        create.push(took);
+        client.delete_sandbox(&made?.id).await?;
+    }
+
+    // The first exec on a stopped sandbox that auto-resumes.
+    let auto = client
+        .create_sandbox(&CreateSandboxRequest {
+            lifecycle: Some(sbx_api::LifecycleRequest {
+                auto_resume: Some(true),
+                ..Default::default()
+            }),
+            ..CreateSandboxRequest::default()
+        })
+        .await?
+        .id;
+    let mut auto_start_exec = Vec::with_capacity(n);
+    for _ in 0..n {
+        client.stop_sandbox(&auto).await?;
+        let (result, took) = timed(client.exec(&auto, &ExecRequest::argv(["true"]))).await;
+        if result?.exit_code != 0 {
+            bail!("true failed after an auto-start");
+        }
+        auto_start_exec.push(took);
+    }
+    client.delete_sandbox(&auto).await?;
+
+    // Memory of stopped sandboxes.
+    flush_writeback();
+    settle().await;
+    let baseline = host_memory_used()?;
+    let rss_before = server.pid().and_then(rss).unwrap_or(0);
+    let mut ids = Vec::with_capacity(sizes.stopped);
+    for _ in 0..sizes.stopped {
+        match client
+            .create_sandbox(&CreateSandboxRequest::default())
+            .await
+        {
+            Ok(sandbox) => {
+                client.stop_sandbox(&sandbox.id).await?;
+                ids.push(sandbox.id);
+            }
+            Err(err) => {
+                eprintln!("stopped at {} stopped sandboxes: {err}", ids.len());
+                break;
+            }
+        }
+    }
+    flush_writeback();
+    settle().await;
+    let used = host_memory_used()? as f64 - baseline as f64;
+    let stopped_rss = server.pid().and_then(rss).unwrap_or(0) as f64 - rss_before as f64;
+    for id in &ids {
+        client.delete_sandbox(id).await?;
+    }
+
+    Ok(LifecycleFigures {
+        snapshot,
+        fork,
+        fork_fresh,
+        ten_creates,
+        pause_resume,
+        stop,
+        start,
+        create,
+        restore,
+        stopped: (ids.len(), used),
+        stopped_rss,
+        auto_start_exec,
+        exec,
+    })
+}
+
+/// Plain Docker's counterparts of the lifecycle calls, through the CLI.
+struct DockerLifecycle {
+    commit: Vec<Duration>,
+    pause_unpause: Vec<Duration>,
+    stop: Vec<Duration>,
+    start: Vec<Duration>,
+    run: Vec<Duration>,
+    stopped: (usize, f64),
+}
+
+fn docker_timed(args: &[&str]) -> Result<Duration> {
+    let started = Instant::now();
+    docker(args)?;
+    Ok(started.elapsed())
+}
+
+fn docker_lifecycle(image: &str, sizes: Sizes) -> Result<DockerLifecycle> {
+    let n = sizes.lifecycle;
+    let name = "sbx-bench-lifecycle";
+    docker_run_idle(image, name)?;
+    // The same dd, into the container's writable layer.
+    let dd: Vec<&str> = ["exec", name].into_iter().chain(DD_GIB).collect();
+    docker(&dd)?;
+    let mut commit = Vec::with_capacity(sizes.docker_commits);
+    for i in 0..sizes.docker_commits {
+        let tag = format!("sbx-bench-commit:{i}");
+        let took = docker_timed(&["commit", name, &tag]);
+        let _ = docker(&["rmi", "-f", &tag]);
+        commit.push(took?);
+    }
+    let mut pause_unpause = Vec::with_capacity(n);
+    for _ in 0..n {
+        pause_unpause.push(docker_timed(&["pause", name])? + docker_timed(&["unpause", name])?);
+    }
+    let (mut stop, mut start) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        stop.push(docker_timed(&["stop", "-t", "0", name])?);
+        start.push(docker_timed(&["start", name])?);
+    }
+    docker(&["rm", "-f", name])?;
+    let mut run = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = format!("sbx-bench-run-{i}");
+        let started = Instant::now();
+        docker_run_idle(image, &name)?;
+        run.push(started.elapsed());
+        docker(&["rm", "-f", &name])?;
+    }
+
+    flush_writeback();
+    std::thread::sleep(Duration::from_secs(2));
+    let baseline = host_memory_used()?;
+    let mut names = Vec::new();
+    for i in 0..sizes.docker_density {
+        let name = format!("sbx-bench-stopped-{i}");
+        if let Err(err) = docker_run_idle(image, &name) {
+            eprintln!("docker stopped at {i} containers: {err}");
+            break;
+        }
+        names.push(name);
+    }
+    for chunk in names.chunks(50) {
+        let mut args = vec!["stop", "-t", "0"];
+        args.extend(chunk.iter().map(String::as_str));
+        docker(&args)?;
+    }
+    flush_writeback();
+    std::thread::sleep(Duration::from_secs(2));
+    let used = host_memory_used()? as f64 - baseline as f64;
+    for chunk in names.chunks(50) {
+        let mut args = vec!["rm", "-f"];
+        args.extend(chunk.iter().map(String::as_str));
+        docker(&args)?;
+    }
+    Ok(DockerLifecycle {
+        commit,
+        pause_unpause,
+        stop,
+        start,
+        run,
+        stopped: (names.len(), used),
+    })
+}
+
+/// A lifecycle cell: p50 of `samples`, and how many there were.
+fn p50_cell(samples: &[Duration]) -> String {
+    if samples.is_empty() {
+        return "—".into();
+    }
+    let p = Percentiles::of(&mut samples.to_vec());
+    format!("{} (n={})", ms(p.p50), samples.len())
+}
+
+fn stopped_cell((held, used): (usize, f64)) -> String {
+    format!(
+        "{:+.1} MiB for {held} ({:+.2} MiB each)",
+        used / MIB,
+        used / held.max(1) as f64 / MIB
+    )
+}
+
+/// A data dir on the sbx storage pool (`SBX_DATA_DIR`), where disks are
+/// copied by reflink as on a real server, rather than in /tmp.
+fn pool_data_dir() -> Result<tempfile::TempDir> {
+    let pool = std::env::var_os("SBX_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/sbx"));
+    Ok(tempfile::Builder::new()
+        .prefix("sbx-bench-")
+        .tempdir_in(pool)?)
+}
+
 fn remove_leftover_bench_containers() {
     if let Ok(names) = docker(&["ps", "-aq", "--filter", "name=sbx-bench-"]) {
         for name in names.lines().filter(|line| !line.is_empty()) {
@@ -746,6 +1086,129 @@ async fn run(sizes: Sizes, out: &Path) -> Result<()> {
             "create p50 ms",
         ],
         density_rows,
+    );
+
+    // 6. Lifecycle, on servers whose data dir is on the storage pool.
+    drop(youki);
+    let lifecycle_started = Instant::now();
+    let mut figures = Vec::new();
+    let mut method = String::new();
+    for engine in [Engine::Youki, Engine::Docker] {
+        let dir = pool_data_dir()?;
+        let server = Server::start_on(engine, dir.path()).await?;
+        method = server.client().info().await?.storage.snapshot_method;
+        let result = sbx_lifecycle(&server, sizes).await;
+        drop(server);
+        drop(dir);
+        figures.push(result?);
+    }
+    let plain = docker_lifecycle(&image, sizes)?;
+    eprintln!(
+        "lifecycle figures took {:.0} s",
+        lifecycle_started.elapsed().as_secs_f64()
+    );
+    let [y, d] = &figures[..] else {
+        bail!("two runtimes");
+    };
+    let dash = || "—".to_owned();
+    let row =
+        |figure: &str, target: &str, cell: &dyn Fn(&LifecycleFigures) -> String, docker: String| {
+            vec![
+                figure.to_owned(),
+                target.to_owned(),
+                cell(y),
+                cell(d),
+                docker,
+            ]
+        };
+    let lifecycle_rows = vec![
+        row(
+            "snapshot p50, 1 GiB written (ms)",
+            "≤ 20",
+            &|f| p50_cell(&f.snapshot),
+            format!("docker commit: {}", p50_cell(&plain.commit)),
+        ),
+        row(
+            "fork, count=10, one call, of the sandbox with 1 GiB written (ms)",
+            "≤ 10 cold creates",
+            &|f| p50_cell(&f.fork),
+            dash(),
+        ),
+        row(
+            "fork, count=10, one call, of a fresh sandbox (ms)",
+            "≤ 10 cold creates",
+            &|f| p50_cell(&f.fork_fresh),
+            dash(),
+        ),
+        row(
+            "10 cold creates, sequential (ms)",
+            "—",
+            &|f| p50_cell(&f.ten_creates),
+            dash(),
+        ),
+        row(
+            "pause + resume p50 (ms)",
+            "≤ 5",
+            &|f| p50_cell(&f.pause_resume),
+            format!("docker pause + unpause: {}", p50_cell(&plain.pause_unpause)),
+        ),
+        row(
+            "stop p50 (ms)",
+            "≤ 30",
+            &|f| p50_cell(&f.stop),
+            format!("docker stop -t 0: {}", p50_cell(&plain.stop)),
+        ),
+        row(
+            "start from stopped p50 (ms)",
+            "≤ a cold create",
+            &|f| p50_cell(&f.start),
+            format!("docker start: {}", p50_cell(&plain.start)),
+        ),
+        row(
+            "cold create p50 (ms)",
+            "—",
+            &|f| p50_cell(&f.create),
+            format!("docker run -d: {}", p50_cell(&plain.run)),
+        ),
+        row(
+            "restore p50, 1 GiB written (ms)",
+            "≤ 100",
+            &|f| p50_cell(&f.restore),
+            dash(),
+        ),
+        row(
+            "host memory used (host-wide: other work shows), all stopped vs before creating them",
+            "0 MiB beyond their disks",
+            &|f| stopped_cell(f.stopped),
+            format!("docker stop -t 0: {}", stopped_cell(plain.stopped)),
+        ),
+        row(
+            "`sbx serve` RSS, same span (MiB)",
+            "—",
+            &|f| format!("{:+.1}", f.stopped_rss / MIB),
+            dash(),
+        ),
+        row(
+            "first exec `true` on an auto-stopped sandbox p50 (ms)",
+            "measured",
+            &|f| p50_cell(&f.auto_start_exec),
+            dash(),
+        ),
+        row(
+            "exec `true` on a running sandbox p50 (ms)",
+            "—",
+            &|f| p50_cell(&f.exec),
+            format!("docker exec: {}", ms(docker_rtt.p50)),
+        ),
+    ];
+    report.table(
+        &format!(
+            "Lifecycle: p50 (ms) and samples; snapshots by {method}; the 10 cold creates one after another; \
+             docker stop -t 0, since its `sleep infinity` as PID 1 ignores SIGTERM (an sbx stop gives \
+             its agent up to 2 s after SIGTERM, and an idle one exits at once)"
+        ),
+        &["", "target", "sbx / youki", "sbx / docker", "plain docker"],
+        lifecycle_rows,
     );
 
     let mut rendered = format!(
