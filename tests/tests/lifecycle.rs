@@ -7,13 +7,12 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use http::Method;
 use http_body_util::BodyExt;
-use sbx_api::client::Client;
+use sbx_api::client::{Client, ClientError};
 use sbx_api::{
-    CreatedSandbox, ErrorBody, ErrorCode, ExecRequest, ForkResult, LifecycleRequest, OnTimeout,
-    Sandbox, SandboxState, Snapshot, StartProcessRequest,
+    CreateSandboxRequest, ErrorCode, ExecRequest, LifecycleRequest, OnTimeout, SandboxState,
+    StartProcessRequest,
 };
 use sbx_tests::{attached_disks, Engine, Server};
-use serde::de::DeserializeOwned;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -25,52 +24,31 @@ sbx_tests::on_every_runtime!(
     a_full_disk_does_not_fail_its_neighbours_writes,
 );
 
-/// A JSON call on the API; `Err` carries the API's error body.
-async fn call<T: DeserializeOwned>(
-    client: &Client,
-    method: Method,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> Result<std::result::Result<T, ErrorBody>> {
-    let bytes = body.map_or_else(Bytes::new, |body| Bytes::from(body.to_string()));
-    let response = client
-        .send(method, path, Some("application/json"), bytes)
-        .await?;
-    let status = response.status();
-    let bytes = response.into_body().collect().await?.to_bytes();
-    if status.is_success() {
-        let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
-        Ok(Ok(serde_json::from_slice(bytes).context("an answer")?))
-    } else {
-        Ok(Err(serde_json::from_slice(&bytes).context("an error body")?))
+/// The error code of a call the server refused.
+fn refused<T: std::fmt::Debug>(answer: std::result::Result<T, ClientError>) -> ErrorCode {
+    match answer {
+        Err(err) => err
+            .api_error()
+            .map(|body| body.error_code)
+            .expect("an API error"),
+        Ok(answer) => panic!("expected a refusal, got {answer:?}"),
     }
 }
 
-/// A call that must succeed.
-async fn ok<T: DeserializeOwned>(
+/// Creates a sandbox with `disk_mb`, or from `snapshot`.
+async fn create(
     client: &Client,
-    method: Method,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> Result<T> {
-    match call(client, method, path, body).await? {
-        Ok(answer) => Ok(answer),
-        Err(err) => bail!("{path}: {} {}", err.error_code, err.message),
-    }
+    disk_mb: Option<u64>,
+    snapshot: Option<&str>,
+) -> std::result::Result<String, ClientError> {
+    let request = CreateSandboxRequest {
+        disk_mb,
+        snapshot: snapshot.map(str::to_owned),
+        ..CreateSandboxRequest::default()
+    };
+    Ok(client.create_sandbox(&request).await?.id)
 }
 
-async fn post(client: &Client, id: &str, action: &str) -> Result<Sandbox> {
-    ok(
-        client,
-        Method::POST,
-        &format!("/v1/sandboxes/{id}/{action}"),
-        None,
-    )
-    .await
-}
-
-/// Runs `script` in the sandbox; a sandbox that does not answer within a
-/// minute (a frozen one) fails the test rather than hanging it.
 async fn sh(client: &Client, id: &str, script: &str) -> Result<String> {
     let request = ExecRequest::argv(["sh", "-c", script]);
     let result = tokio::time::timeout(Duration::from_secs(60), client.exec(id, &request))
@@ -112,17 +90,10 @@ async fn write_generation(client: &Client, id: &str, generation: u32) -> Result<
     sh(client, id, MANIFEST).await
 }
 
-async fn create(client: &Client, request: serde_json::Value) -> Result<CreatedSandbox> {
-    ok(client, Method::POST, "/v1/sandboxes", Some(request)).await
-}
-
 async fn nothing_is_lost_across_every_operation_many_times_over(engine: Engine) -> Result<()> {
     let server = Server::start(engine).await?;
     let client = server.client();
-    let id = create(&client, serde_json::json!({"disk_mb": 1024}))
-        .await?
-        .sandbox
-        .id;
+    let id = create(&client, Some(1024), None).await?;
     let mut expected = write_generation(&client, &id, 1).await?;
     let mut kept = Vec::new();
     for round in 0..3u32 {
@@ -131,55 +102,35 @@ async fn nothing_is_lost_across_every_operation_many_times_over(engine: Engine) 
         for step in steps {
             match step {
                 "pause" => {
+                    assert_eq!(client.pause_sandbox(&id).await?.state, SandboxState::Paused);
                     assert_eq!(
-                        post(&client, &id, "pause").await?.state,
-                        SandboxState::Paused
-                    );
-                    assert_eq!(
-                        post(&client, &id, "resume").await?.state,
+                        client.resume_sandbox(&id).await?.state,
                         SandboxState::Running
                     );
                 }
                 "stop" => {
-                    assert_eq!(
-                        post(&client, &id, "stop").await?.state,
-                        SandboxState::Stopped
-                    );
+                    assert_eq!(client.stop_sandbox(&id).await?.state, SandboxState::Stopped);
                     assert!(
                         !attached_disks(server.data_dir())?.contains(&id),
                         "a stopped sandbox's disk is not mounted"
                     );
                     assert_eq!(
-                        post(&client, &id, "start").await?.state,
+                        client.start_sandbox(&id).await?.state,
                         SandboxState::Running
                     );
                 }
                 "snapshot" => {
-                    let path = format!("/v1/sandboxes/{id}/snapshots");
-                    let taken: Snapshot = ok(
-                        &client,
-                        Method::POST,
-                        &path,
-                        Some(serde_json::json!({"name": snapshot})),
-                    )
-                    .await?;
+                    let taken = client.create_snapshot(&id, &snapshot).await?;
                     assert_eq!(taken.disk_mb, 1024);
-                    let copy = create(&client, serde_json::json!({"snapshot": snapshot})).await?;
-                    assert_eq!(sh(&client, &copy.sandbox.id, MANIFEST).await?, expected);
-                    client.delete_sandbox(&copy.sandbox.id).await?;
+                    let copy = create(&client, None, Some(&snapshot)).await?;
+                    assert_eq!(sh(&client, &copy, MANIFEST).await?, expected);
+                    client.delete_sandbox(&copy).await?;
                     kept.push((snapshot.clone(), expected.clone()));
                 }
                 "fork" => {
-                    let path = format!("/v1/sandboxes/{id}/fork");
-                    let forked: ForkResult = ok(
-                        &client,
-                        Method::POST,
-                        &path,
-                        Some(serde_json::json!({"count": 2})),
-                    )
-                    .await?;
-                    assert_eq!(forked.forks.len(), 2);
-                    for fork in forked.forks {
+                    let forks = client.fork_sandbox(&id, 2).await?;
+                    assert_eq!(forks.len(), 2);
+                    for fork in forks {
                         let fork = fork.sandbox.context("every fork succeeds")?;
                         assert_ne!(fork.sandbox.id, id);
                         assert_eq!(sh(&client, &fork.sandbox.id, MANIFEST).await?, expected);
@@ -191,14 +142,7 @@ async fn nothing_is_lost_across_every_operation_many_times_over(engine: Engine) 
                 _ => {
                     // Move on, then roll back to the round's snapshot.
                     write_generation(&client, &id, 100 + round).await?;
-                    let path = format!("/v1/sandboxes/{id}/restore");
-                    let restored: Sandbox = ok(
-                        &client,
-                        Method::POST,
-                        &path,
-                        Some(serde_json::json!({"snapshot": snapshot})),
-                    )
-                    .await?;
+                    let restored = client.restore_sandbox(&id, &snapshot).await?;
                     assert_eq!(restored.state, SandboxState::Running);
                     assert_eq!(restored.id, id);
                 }
@@ -213,27 +157,14 @@ async fn nothing_is_lost_across_every_operation_many_times_over(engine: Engine) 
     }
     // Every snapshot still holds what it was taken of, and a stopped
     // sandbox restores too (and stays stopped).
-    post(&client, &id, "stop").await?;
+    client.stop_sandbox(&id).await?;
     let (first, first_manifest) = &kept[0];
-    let path = format!("/v1/sandboxes/{id}/restore");
-    let restored: Sandbox = ok(
-        &client,
-        Method::POST,
-        &path,
-        Some(serde_json::json!({"snapshot": first})),
-    )
-    .await?;
+    let restored = client.restore_sandbox(&id, first).await?;
     assert_eq!(restored.state, SandboxState::Stopped);
-    post(&client, &id, "start").await?;
+    client.start_sandbox(&id).await?;
     assert_eq!(&sh(&client, &id, MANIFEST).await?, first_manifest);
     for (name, _) in &kept {
-        ok::<()>(
-            &client,
-            Method::DELETE,
-            &format!("/v1/snapshots/{name}"),
-            None,
-        )
-        .await?;
+        client.delete_snapshot(name).await?;
     }
     Ok(())
 }
@@ -281,32 +212,22 @@ async fn a_server_killed_mid_operation_leaves_a_consistent_sandbox(engine: Engin
     for operation in ["stop", "start", "pause", "snapshot", "fork", "restore"] {
         let mut first = Server::start(engine).await?;
         let client = first.client();
-        let id = create(&client, serde_json::json!({"disk_mb": 256}))
-            .await?
-            .sandbox
-            .id;
+        let id = create(&client, Some(256), None).await?;
         let expected = write_generation(&client, &id, 1).await?;
-        let path = format!("/v1/sandboxes/{id}/snapshots");
-        ok::<Snapshot>(
-            &client,
-            Method::POST,
-            &path,
-            Some(serde_json::json!({"name": "base"})),
-        )
-        .await?;
+        client.create_snapshot(&id, "base").await?;
         if operation == "start" {
-            post(&client, &id, "stop").await?;
+            client.stop_sandbox(&id).await?;
         }
-        let (path, body) = match operation {
-            "snapshot" => ("snapshots", serde_json::json!({"name": "mid"})),
-            "fork" => ("fork", serde_json::json!({"count": 3})),
-            "restore" => ("restore", serde_json::json!({"snapshot": "base"})),
-            action => (action, serde_json::json!({})),
-        };
-        let path = format!("/v1/sandboxes/{id}/{path}");
-        let racing = client.clone();
+        let (racing, target) = (client.clone(), id.clone());
         let request = tokio::spawn(async move {
-            call::<serde_json::Value>(&racing, Method::POST, &path, Some(body)).await
+            match operation {
+                "stop" => racing.stop_sandbox(&target).await.map(drop),
+                "start" => racing.start_sandbox(&target).await.map(drop),
+                "pause" => racing.pause_sandbox(&target).await.map(drop),
+                "snapshot" => racing.create_snapshot(&target, "mid").await.map(drop),
+                "fork" => racing.fork_sandbox(&target, 3).await.map(drop),
+                _ => racing.restore_sandbox(&target, "base").await.map(drop),
+            }
         });
         // Somewhere in the middle: the operations take 10–200 ms.
         tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 40)).await;
@@ -328,9 +249,8 @@ async fn a_server_killed_mid_operation_leaves_a_consistent_sandbox(engine: Engin
                 "{operation}: {sandbox:?}"
             );
         }
-        let snapshots: sbx_api::SnapshotList =
-            ok(&client, Method::GET, "/v1/snapshots", None).await?;
-        let names: BTreeSet<String> = snapshots.snapshots.iter().map(|s| s.name.clone()).collect();
+        let snapshots = client.list_snapshots().await?;
+        let names: BTreeSet<String> = snapshots.iter().map(|s| s.name.clone()).collect();
         let ids: BTreeSet<String> = sandboxes.iter().map(|s| s.id.clone()).collect();
         let running: BTreeSet<String> = sandboxes
             .iter()
@@ -352,8 +272,8 @@ async fn a_server_killed_mid_operation_leaves_a_consistent_sandbox(engine: Engin
         // restored, the snapshot's: the same ones here).
         for sandbox in &sandboxes {
             match sandbox.state {
-                SandboxState::Stopped => drop(post(&client, &sandbox.id, "start").await?),
-                SandboxState::Paused => drop(post(&client, &sandbox.id, "resume").await?),
+                SandboxState::Stopped => drop(client.start_sandbox(&sandbox.id).await?),
+                SandboxState::Paused => drop(client.resume_sandbox(&sandbox.id).await?),
                 _ => {}
             }
             assert_eq!(
@@ -367,13 +287,7 @@ async fn a_server_killed_mid_operation_leaves_a_consistent_sandbox(engine: Engin
             "{operation}: the sandbox itself survives"
         );
         for name in names {
-            ok::<()>(
-                &client,
-                Method::DELETE,
-                &format!("/v1/snapshots/{name}"),
-                None,
-            )
-            .await?;
+            client.delete_snapshot(&name).await?;
         }
     }
     Ok(())
@@ -382,14 +296,17 @@ async fn a_server_killed_mid_operation_leaves_a_consistent_sandbox(engine: Engin
 async fn idle_means_no_call_and_no_stream_not_no_process(engine: Engine) -> Result<()> {
     let server = Server::start(engine).await?;
     let client = server.client();
-    let idle = serde_json::json!({"lifecycle": LifecycleRequest {
-        idle_timeout_s: Some(2),
-        on_timeout: Some(OnTimeout::Stop),
-        auto_resume: Some(false),
-        ..LifecycleRequest::default()
-    }});
-    let busy_in_background = create(&client, idle.clone()).await?.sandbox.id;
-    let followed = create(&client, idle).await?.sandbox.id;
+    let idle = CreateSandboxRequest {
+        lifecycle: Some(LifecycleRequest {
+            idle_timeout_s: Some(2),
+            on_timeout: Some(OnTimeout::Stop),
+            auto_resume: Some(false),
+            ..LifecycleRequest::default()
+        }),
+        ..CreateSandboxRequest::default()
+    };
+    let busy_in_background = client.create_sandbox(&idle).await?.id;
+    let followed = client.create_sandbox(&idle).await?.id;
     let mut follows = Vec::new();
     for id in [&busy_in_background, &followed] {
         let process = client
@@ -453,13 +370,6 @@ async fn idle_means_no_call_and_no_stream_not_no_process(engine: Engine) -> Resu
     Ok(())
 }
 
-fn refused(answer: std::result::Result<impl std::fmt::Debug, ErrorBody>) -> ErrorCode {
-    match answer {
-        Err(body) => body.error_code,
-        Ok(answer) => panic!("expected a refusal, got {answer:?}"),
-    }
-}
-
 async fn the_pool_is_never_promised_past_its_size(engine: Engine) -> Result<()> {
     // A capacity of a few hundred MiB of the real pool.
     let pool = pool_bytes(sbx_tests::temp_data_dir()?.path())?;
@@ -467,41 +377,17 @@ async fn the_pool_is_never_promised_past_its_size(engine: Engine) -> Result<()> 
     let ratio = format!("{ratio:.6}");
     let server = Server::start_with(engine, &["--disk-overcommit", &ratio]).await?;
     let client = server.client();
-    let first = create(&client, serde_json::json!({"disk_mb": 400}))
-        .await?
-        .sandbox
-        .id;
-    let too_much = call::<CreatedSandbox>(
-        &client,
-        Method::POST,
-        "/v1/sandboxes",
-        Some(serde_json::json!({"disk_mb": 400})),
-    )
-    .await?;
+    let first = create(&client, Some(400), None).await?;
+    let too_much = create(&client, Some(400), None).await;
     assert_eq!(refused(too_much), ErrorCode::InsufficientStorage);
-    let fork = call::<ForkResult>(
-        &client,
-        Method::POST,
-        &format!("/v1/sandboxes/{first}/fork"),
-        Some(serde_json::json!({})),
-    )
-    .await?;
+    let fork = client.fork_sandbox(&first, 1).await;
     assert_eq!(refused(fork), ErrorCode::InsufficientStorage);
     // Stopped, it holds only what it wrote: room for another.
-    post(&client, &first, "stop").await?;
-    let second = create(&client, serde_json::json!({"disk_mb": 400}))
-        .await?
-        .sandbox
-        .id;
-    let start = call::<Sandbox>(
-        &client,
-        Method::POST,
-        &format!("/v1/sandboxes/{first}/start"),
-        None,
-    )
-    .await?;
+    client.stop_sandbox(&first).await?;
+    let second = create(&client, Some(400), None).await?;
+    let start = client.start_sandbox(&first).await;
     assert_eq!(refused(start), ErrorCode::InsufficientStorage);
-    let info: sbx_api::ServerInfo = ok(&client, Method::GET, "/v1/info", None).await?;
+    let info = client.info().await?;
     assert!(
         info.storage.promised_bytes >= 400 << 20,
         "{:?}",
@@ -510,7 +396,7 @@ async fn the_pool_is_never_promised_past_its_size(engine: Engine) -> Result<()> 
     let metrics = client.metrics().await?;
     assert!(metrics.contains("sbx_storage_promised_bytes "), "{metrics}");
     client.delete_sandbox(&second).await?;
-    post(&client, &first, "start").await?;
+    client.start_sandbox(&first).await?;
     Ok(())
 }
 
@@ -530,14 +416,8 @@ fn pool_bytes(path: &std::path::Path) -> Result<u64> {
 async fn a_full_disk_does_not_fail_its_neighbours_writes(engine: Engine) -> Result<()> {
     let server = Server::start_with(engine, &["--disk-overcommit", "1"]).await?;
     let client = server.client();
-    let filler = create(&client, serde_json::json!({"disk_mb": 128}))
-        .await?
-        .sandbox
-        .id;
-    let neighbour = create(&client, serde_json::json!({"disk_mb": 128}))
-        .await?
-        .sandbox
-        .id;
+    let filler = create(&client, Some(128), None).await?;
+    let neighbour = create(&client, Some(128), None).await?;
     let fill = {
         let client = client.clone();
         let filler = filler.clone();

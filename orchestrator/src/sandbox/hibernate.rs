@@ -114,14 +114,6 @@ impl Manager {
         self.get(id).await
     }
 
-    /// The error of a call that the sandbox's state does not allow.
-    pub(crate) fn wrong_state(&self, id: &str, state: SandboxState) -> SandboxError {
-        SandboxError::WrongState {
-            id: id.to_owned(),
-            state: state.as_str(),
-        }
-    }
-
     pub(crate) async fn stop_locked(&self, id: &str, reason: String) -> Result<(), SandboxError> {
         let state = self.record(id).await?.sandbox.state;
         if state == SandboxState::Stopped {

@@ -3,7 +3,7 @@
 //! of things, in milliseconds. That the disk survives is the end-to-end
 //! suites' to show, on the real runtimes.
 
-use super::manager_tests::{by_client, fixture, fixture_with};
+use super::manager_tests::{by_client, fixture, fixture_with, Fixture};
 use super::*;
 use crate::runtime::fake::Start;
 use futures_util::StreamExt;
@@ -23,6 +23,25 @@ async fn events_of(manager: &Arc<Manager>, id: &str) -> Vec<Event> {
         .map(|event| event.expect("event"))
         .collect()
         .await
+}
+
+/// The stored state of `id`; None once its record is gone.
+fn state_of(f: &Fixture, id: &str) -> Option<SandboxState> {
+    f.store
+        .get(id)
+        .expect("get")
+        .map(|record| record.sandbox.state)
+}
+
+/// Waits (a bounded while) until `id`'s stored state is `expected`.
+async fn state_becomes(f: &Fixture, id: &str, expected: Option<SandboxState>) {
+    for _ in 0..200 {
+        if state_of(f, id) == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(state_of(f, id), expected, "{id} never got there");
 }
 
 fn kinds(events: &[Event]) -> Vec<EventKind> {
@@ -189,35 +208,16 @@ async fn timeouts_stop_or_pause_as_the_lifecycle_says() {
         });
         ids.push(f.manager.create(request).await.expect("created").id);
     }
-    let mut wanted = [SandboxState::Stopped, SandboxState::Paused];
-    let mut order: Vec<SandboxState> = ids
-        .iter()
-        .map(|id| f.store.get(id).expect("get").expect("stored").sandbox.state)
-        .collect();
-    for _ in 0..200 {
-        order = ids
-            .iter()
-            .map(|id| f.store.get(id).expect("get").expect("stored").sandbox.state)
-            .collect();
-        if order == wanted {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(order, wanted);
+    state_becomes(&f, &ids[0], Some(SandboxState::Stopped)).await;
+    state_becomes(&f, &ids[1], Some(SandboxState::Paused)).await;
     assert!(f.runtime.is_paused(&ids[1]));
     let stopped = f.manager.get(&ids[0]).await.expect("get");
     assert_eq!(stopped.state, SandboxState::Stopped);
     // Started again, it has its timeout again from now.
     let started = f.manager.start_stopped(&ids[0]).await.expect("started");
     assert!(started.expires_at.expect("a timeout") > Utc::now());
-    wanted = [SandboxState::Running, SandboxState::Paused];
-    assert_eq!(
-        ids.iter()
-            .map(|id| f.store.get(id).expect("get").expect("stored").sandbox.state)
-            .collect::<Vec<_>>(),
-        wanted
-    );
+    assert_eq!(state_of(&f, &ids[0]), Some(SandboxState::Running));
+    assert_eq!(state_of(&f, &ids[1]), Some(SandboxState::Paused));
 }
 
 #[tokio::test]
@@ -234,16 +234,7 @@ async fn idleness_ends_a_sandbox_only_while_nothing_uses_it() {
     let unused = f.manager.create(idle).await.expect("created").id;
     let stream = f.manager.in_use(&used);
     assert_eq!(f.manager.get(&used).await.expect("get").idle_since, None);
-    for _ in 0..200 {
-        if f.manager.get(&unused).await.expect("get").state == SandboxState::Stopped {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        f.manager.get(&unused).await.expect("get").state,
-        SandboxState::Stopped
-    );
+    state_becomes(&f, &unused, Some(SandboxState::Stopped)).await;
     let stopped = &events_of(&f.manager, &unused).await[2];
     assert_eq!(stopped.reason.as_deref(), Some("idle"));
     assert_eq!(
@@ -259,16 +250,7 @@ async fn idleness_ends_a_sandbox_only_while_nothing_uses_it() {
         .expect("get")
         .idle_since
         .is_some());
-    for _ in 0..200 {
-        if f.manager.get(&used).await.expect("get").state == SandboxState::Stopped {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        f.manager.get(&used).await.expect("get").state,
-        SandboxState::Stopped
-    );
+    state_becomes(&f, &used, Some(SandboxState::Stopped)).await;
 }
 
 #[tokio::test]
@@ -304,13 +286,7 @@ async fn set_timeout_moves_the_deadline_and_ended_records_go_after_retention() {
         .await
         .expect("created")
         .id;
-    for _ in 0..200 {
-        if f.store.get(&policy).expect("get").is_none() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(f.store.get(&policy).expect("get").is_none(), "purged");
+    state_becomes(&f, &policy, None).await;
 }
 
 #[tokio::test]
