@@ -615,7 +615,72 @@ async fn replaced_sockets_steer_nothing(engine: Engine) -> Result<()> {
     Ok(())
 }
 
+/// Snapshots, forks, stops, starts and restores copy and remount a
+/// sandbox's disk on the host. A sandbox that fills its filesystem with
+/// traps (symlinks to host paths, a FIFO with a reader, a writer that never
+/// stops) steers none of it: every operation finishes, the host's files
+/// are untouched, and a copy's symlinks still resolve inside the copy.
+async fn a_hostile_filesystem_steers_no_lifecycle_copy(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let client = server.client();
+    let request = CreateSandboxRequest {
+        disk_mb: Some(256),
+        ..CreateSandboxRequest::default()
+    };
+    let id = client.create_sandbox(&request).await?.id;
+    let marker = std::env::temp_dir().join(format!("sbx-breakout-{:016x}", rand::random::<u64>()));
+    let shadow = std::fs::read("/etc/shadow")?;
+    let traps = format!(
+        "ln -s /etc/shadow /workspace/shadow && ln -s {marker} /workspace/escape && \
+         ln -s / /workspace/root && ln -s /var/lib/sbx /workspace/data && mkfifo /workspace/fifo && \
+         (cat /workspace/fifo > /dev/null &) && \
+         (while :; do date >> /workspace/busy; done > /dev/null 2>&1 &)",
+        marker = marker.display()
+    );
+    let planted = exec(&client.sandbox(&id), ExecRequest::shell(traps)).await?;
+    assert_eq!(planted.exit_code, 0, "{planted:?}");
+    let bounded = Duration::from_secs(60);
+    let steps = async {
+        client.create_snapshot(&id, "traps").await?;
+        let forks = client.fork_sandbox(&id, 1).await?;
+        let fork = forks[0].sandbox.as_ref().context("the fork succeeds")?;
+        client.pause_sandbox(&id).await?;
+        client.resume_sandbox(&id).await?;
+        client.stop_sandbox(&id).await?;
+        client.start_sandbox(&id).await?;
+        client.restore_sandbox(&id, "traps").await?;
+        anyhow::Ok(fork.sandbox.id.clone())
+    };
+    let fork = tokio::time::timeout(bounded, steps)
+        .await
+        .context("the operations finish")??;
+    for sandbox in [&id, &fork] {
+        let wrote = exec(
+            &client.sandbox(sandbox),
+            ExecRequest::shell("echo pwned > /workspace/escape && readlink /workspace/shadow"),
+        )
+        .await?;
+        assert_eq!(wrote.stdout, "/etc/shadow\n", "{wrote:?}");
+    }
+    assert!(
+        !marker.exists(),
+        "a write through a copied symlink reached the host"
+    );
+    assert_eq!(
+        std::fs::read("/etc/shadow")?,
+        shadow,
+        "the host file is untouched"
+    );
+    let snapshots: Vec<String> = std::fs::read_dir(server.data_dir().join("snapshots"))?
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(snapshots, ["traps.img"]);
+    Ok(())
+}
+
 sbx_tests::on_every_runtime!(
+    a_hostile_filesystem_steers_no_lifecycle_copy,
     the_run_dir_is_not_storage,
     replaced_sockets_steer_nothing,
     privileged_operations_are_refused,

@@ -334,6 +334,14 @@ impl Manager {
             .ok_or_else(|| SandboxError::NotFound(id.to_owned()))
     }
 
+    /// The error of a call that the sandbox's state does not allow.
+    pub(crate) fn wrong_state(&self, id: &str, state: SandboxState) -> SandboxError {
+        SandboxError::WrongState {
+            id: id.to_owned(),
+            state: state.as_str(),
+        }
+    }
+
     /// Applies `transition` to `id` if the lifecycle table allows it now.
     async fn transition(&self, id: &str, transition: Transition) -> Result<bool, SandboxError> {
         if transition.to() != SandboxState::Running {
@@ -641,17 +649,9 @@ impl Manager {
                 })?;
             self.serving.insert(&id);
             tracing::info!(%id, "pooled sandbox claimed");
-            // The pooled sandbox's image build, which the claim keeps.
-            let key = id.clone();
-            let image = self
-                .db(move |store| store.get(&key))
-                .await?
-                .map(|record| record.sandbox.image)
-                .unwrap_or_else(|| requested.image.clone());
             return Ok(Some(Sandbox {
                 id,
                 state: SandboxState::Running,
-                image,
                 ..requested.clone()
             }));
         }
@@ -849,6 +849,14 @@ impl Manager {
             return Err(self.wrong_state(id, state));
         }
         let keep_record = matches!(reason, EndReason::Policy(_));
+        if keep_record {
+            // Before the teardown: a recovery that finds the record
+            // `deleting` keeps it (see `recover`), and nobody reads a
+            // `deleted` record without its reason.
+            let (key, text) = (id.to_owned(), reason.text());
+            self.db(move |store| store.set_ended(&key, &text, Utc::now()))
+                .await?;
+        }
         if let Err(err) = self.bounded_teardown(id, keep_record).await {
             self.transition(id, Transition::TeardownFailed).await?;
             return Err(err);
@@ -856,7 +864,9 @@ impl Manager {
         if keep_record {
             self.transition(id, Transition::Ended).await?;
         }
-        self.ended(id, &reason.text(), EventKind::Deleted).await?;
+        self.events
+            .emit(id, EventKind::Deleted, Detail::reason(reason.text()))
+            .await;
         self.metrics.deleted(started.elapsed());
         tracing::info!(%id, reason = %reason.text(), "sandbox deleted");
         Ok(())
@@ -891,10 +901,7 @@ impl Manager {
                 .await?
             {
                 let reason = self.not_serving(id).await;
-                return Err(reason.unwrap_or(SandboxError::WrongState {
-                    id: id.to_owned(),
-                    state: SandboxState::Running.as_str(),
-                }));
+                return Err(reason.unwrap_or(self.wrong_state(id, SandboxState::Running)));
             }
             let attached =
                 self.egress
@@ -1004,10 +1011,7 @@ impl Manager {
         match self.record(id).await {
             Err(err) => Some(err),
             Ok(record) if record.sandbox.state != SandboxState::Running => {
-                Some(SandboxError::WrongState {
-                    id: id.to_owned(),
-                    state: record.sandbox.state.as_str(),
-                })
+                Some(self.wrong_state(id, record.sandbox.state))
             }
             Ok(_) => None,
         }
@@ -1022,10 +1026,7 @@ impl Manager {
             return err;
         }
         match self.mark_failed_if_dead(id).await {
-            Ok(true) => SandboxError::WrongState {
-                id: id.to_owned(),
-                state: SandboxState::Failed.as_str(),
-            },
+            Ok(true) => self.wrong_state(id, SandboxState::Failed),
             Ok(false) => SandboxError::AgentUnavailable {
                 id: id.to_owned(),
                 reason,
