@@ -155,6 +155,38 @@ impl YoukiRuntime {
     }
 }
 
+/// Kills what is left in the container's cgroups without a recorded init:
+/// a server killed while its helper was building the container leaves the
+/// half-made init there (waiting on a channel to the dead helper), which
+/// keeps libcontainer from removing the cgroups. Bounded: it waits at most
+/// `KILL_WAIT` for them to go.
+async fn kill_stragglers(id: &str) {
+    let procs: Vec<PathBuf> = tenant::youki_container_cgroups(id)
+        .into_iter()
+        .map(|cgroup| cgroup.join("cgroup.procs"))
+        .collect();
+    let deadline = Instant::now() + KILL_WAIT;
+    loop {
+        let pids: Vec<i32> = procs
+            .iter()
+            .filter_map(|path| std::fs::read_to_string(path).ok())
+            .flat_map(|text| {
+                text.lines()
+                    .filter_map(|line| line.trim().parse().ok())
+                    .collect::<Vec<i32>>()
+            })
+            .collect();
+        if pids.is_empty() || Instant::now() >= deadline {
+            return;
+        }
+        tracing::info!(%id, ?pids, "killing what a half-made container left");
+        for pid in pids {
+            process::signal(pid, libc::SIGKILL);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[async_trait]
 impl Runtime for YoukiRuntime {
     fn name(&self) -> &'static str {
@@ -244,6 +276,7 @@ impl Runtime for YoukiRuntime {
             }
             self.stop_init(pid).await?;
         }
+        kill_stragglers(id).await;
         // Empty once the init is gone (its pid namespace went with it), and
         // in the way of libcontainer's removal of the container's cgroups.
         tenant::remove(&tenant::youki_container_cgroups(id))?;
