@@ -25,6 +25,22 @@ async fn events_of(manager: &Arc<Manager>, id: &str) -> Vec<Event> {
         .await
 }
 
+/// Waits (a bounded while) for an event of `kind` about `id`. An
+/// operation's event goes out once the runtime has done it; its state
+/// changes before (a paused sandbox refuses calls while it freezes).
+async fn event_arrives(manager: &Arc<Manager>, id: &str, kind: EventKind) {
+    let mut events = Box::pin(manager.events(Some(id.to_owned()), 0, true));
+    let arrived = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = events.next().await {
+            if event.expect("event").kind == kind {
+                return;
+            }
+        }
+        panic!("the events of {id} ended before {kind:?}");
+    });
+    arrived.await.expect("the event arrives");
+}
+
 /// The stored state of `id`; None once its record is gone.
 fn state_of(f: &Fixture, id: &str) -> Option<SandboxState> {
     f.store
@@ -173,7 +189,7 @@ async fn a_timeout_warns_then_deletes_and_the_record_says_why() {
     });
     let sandbox = f.manager.create(short).await.expect("created");
     let expires = sandbox.expires_at.expect("a timeout");
-    f.states_become(&[SandboxState::Deleted]).await;
+    event_arrives(&f.manager, &sandbox.id, EventKind::Deleted).await;
     assert!(Utc::now() >= expires, "not before its time");
     let ended = f.manager.get(&sandbox.id).await.expect("still answered");
     assert_eq!(ended.state, SandboxState::Deleted);
@@ -208,8 +224,9 @@ async fn timeouts_stop_or_pause_as_the_lifecycle_says() {
         });
         ids.push(f.manager.create(request).await.expect("created").id);
     }
-    state_becomes(&f, &ids[0], Some(SandboxState::Stopped)).await;
-    state_becomes(&f, &ids[1], Some(SandboxState::Paused)).await;
+    event_arrives(&f.manager, &ids[0], EventKind::Stopped).await;
+    event_arrives(&f.manager, &ids[1], EventKind::Paused).await;
+    assert_eq!(state_of(&f, &ids[1]), Some(SandboxState::Paused));
     assert!(f.runtime.is_paused(&ids[1]));
     let stopped = f.manager.get(&ids[0]).await.expect("get");
     assert_eq!(stopped.state, SandboxState::Stopped);
@@ -234,7 +251,7 @@ async fn idleness_ends_a_sandbox_only_while_nothing_uses_it() {
     let unused = f.manager.create(idle).await.expect("created").id;
     let stream = f.manager.in_use(&used);
     assert_eq!(f.manager.get(&used).await.expect("get").idle_since, None);
-    state_becomes(&f, &unused, Some(SandboxState::Stopped)).await;
+    event_arrives(&f.manager, &unused, EventKind::Stopped).await;
     let stopped = &events_of(&f.manager, &unused).await[2];
     assert_eq!(stopped.reason.as_deref(), Some("idle"));
     assert_eq!(
