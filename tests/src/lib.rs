@@ -50,6 +50,21 @@ pub fn agent_pid(engine: Engine, sandbox_id: &str) -> Option<u32> {
     })
 }
 
+/// The cgroups youki made for `sandbox_id`, in every hierarchy (v1
+/// controllers and the unified one). Under Docker the engine owns its
+/// containers' cgroups, named by container id, and this is empty.
+pub fn youki_cgroups(sandbox_id: &str) -> Vec<PathBuf> {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return Vec::new();
+    };
+    hierarchies
+        .flatten()
+        .map(|hierarchy| hierarchy.path().join("sbx").join(sandbox_id))
+        .chain([PathBuf::from("/sys/fs/cgroup/sbx").join(sandbox_id)])
+        .filter(|dir| dir.is_dir())
+        .collect()
+}
+
 /// The host directory of a sandbox's tenant cgroup (where its commands
 /// run) in the v1 `controller` hierarchy, found through its agent.
 pub fn tenant_cgroup(engine: Engine, sandbox_id: &str, controller: &str) -> Option<PathBuf> {

@@ -312,4 +312,203 @@ async fn clients_that_hang_up_strand_nothing_and_are_audited_once(engine: Engine
     Ok(())
 }
 
-sbx_tests::on_every_runtime!(clients_that_hang_up_strand_nothing_and_are_audited_once);
+/// The stdout of `script` in `id`; an error if it cannot run. A failing
+/// command's stdout is still returned (`cat` of a missing file prints the
+/// others).
+async fn sh(client: &Client, id: &str, script: &str) -> Result<String> {
+    let result = client
+        .exec(id, &sbx_api::ExecRequest::shell(script.to_owned()))
+        .await?;
+    Ok(result.stdout)
+}
+
+/// The records, oldest first, of the calls since `after` but the test's
+/// own execs (its probes).
+async fn lifecycle_calls_since(client: &Client, after: u64) -> Result<Vec<AuditRecord>> {
+    let mut records: Vec<AuditRecord> = calls_since(client, after)
+        .await?
+        .into_iter()
+        .filter(|r| !r.route.ends_with("/exec"))
+        .collect();
+    records.sort_by_key(|r| r.seq);
+    Ok(records)
+}
+
+/// The state of `id`, if it can be read.
+async fn state_of(client: &Client, id: &str) -> Option<SandboxState> {
+    client.get_sandbox(id).await.ok().map(|s| s.state)
+}
+
+/// Stop, start, snapshot, fork and restore whose clients hang up once the
+/// server is seen at work on them: each goes on to the end, is recorded
+/// once, and leaves nothing half-done on the host.
+async fn lifecycle_calls_whose_client_hangs_up_finish(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let client = server.client();
+    let id = server.new_sandbox().await?;
+    sh(&client, &id, "echo kept > /workspace/kept").await?;
+    let snapshots_dir = server.data_dir().join("snapshots");
+    let before = newest_seq(&client).await?;
+    let path = |op: &str| format!("/v1/sandboxes/{id}/{op}");
+    let in_state = |wanted: fn(Option<SandboxState>) -> bool| {
+        let (client, id) = (client.clone(), id.clone());
+        async move { eventually(SETTLE, || async { wanted(state_of(&client, &id).await) }).await }
+    };
+
+    // Each wait is for something that, once true, stays true: the server
+    // started (and may have finished) the call.
+    let stop_working = in_state(|state| state != Some(SandboxState::Running));
+    send_and_hang_up(
+        &server,
+        "POST",
+        &path("stop"),
+        b"",
+        HangUp::WhileWorking,
+        stop_working,
+    )
+    .await?;
+    ensure!(
+        in_state(|state| state == Some(SandboxState::Stopped)).await,
+        "the stop goes on"
+    );
+    let start_working = in_state(|state| state != Some(SandboxState::Stopped));
+    send_and_hang_up(
+        &server,
+        "POST",
+        &path("start"),
+        b"",
+        HangUp::WhileWorking,
+        start_working,
+    )
+    .await?;
+    ensure!(
+        in_state(|state| state == Some(SandboxState::Running)).await,
+        "the start goes on"
+    );
+    let snapshot_working = eventually(SETTLE, || async {
+        std::fs::read_dir(&snapshots_dir).is_ok_and(|mut entries| {
+            entries
+                .any(|entry| entry.is_ok_and(|e| e.file_name().to_string_lossy().contains("hung")))
+        })
+    });
+    let body = br#"{"name":"hung"}"#;
+    send_and_hang_up(
+        &server,
+        "POST",
+        &path("snapshots"),
+        body,
+        HangUp::WhileWorking,
+        snapshot_working,
+    )
+    .await?;
+    ensure!(
+        eventually(SETTLE, || async {
+            client
+                .list_snapshots()
+                .await
+                .is_ok_and(|list| list.iter().any(|s| s.name == "hung"))
+        })
+        .await,
+        "the snapshot is made"
+    );
+    let forks_working = eventually(SETTLE, || async {
+        client
+            .list_sandboxes()
+            .await
+            .is_ok_and(|list| list.len() > 1)
+    });
+    send_and_hang_up(
+        &server,
+        "POST",
+        &path("fork"),
+        br#"{"count":2}"#,
+        HangUp::WhileWorking,
+        forks_working,
+    )
+    .await?;
+    ensure!(
+        eventually(SETTLE, || async {
+            client.list_sandboxes().await.is_ok_and(|list| {
+                list.len() == 3 && list.iter().all(|s| s.state == SandboxState::Running)
+            })
+        })
+        .await,
+        "the forks start"
+    );
+    sh(&client, &id, "echo after > /workspace/after").await?;
+    let restore_working = eventually(SETTLE, || async {
+        sh(&client, &id, "cat /workspace/after")
+            .await
+            .is_ok_and(|out| out.is_empty())
+    });
+    send_and_hang_up(
+        &server,
+        "POST",
+        &path("restore"),
+        br#"{"snapshot":"hung"}"#,
+        HangUp::WhileWorking,
+        restore_working,
+    )
+    .await?;
+
+    // Settled: three sandboxes running, the source restored, every fork a
+    // copy, and one record per call.
+    let settled_all = eventually(SETTLE, || async {
+        client.list_sandboxes().await.is_ok_and(|list| {
+            list.len() == 3 && list.iter().all(|s| s.state == SandboxState::Running)
+        }) && lifecycle_calls_since(&client, before)
+            .await
+            .is_ok_and(|records| records.len() >= 5)
+    })
+    .await;
+    let records = lifecycle_calls_since(&client, before).await?;
+    ensure!(
+        settled_all,
+        "not settled: {:#?}; records: {records:#?}",
+        client.list_sandboxes().await?
+    );
+    let routes: Vec<String> = records.iter().map(template).collect();
+    assert_eq!(
+        routes,
+        [
+            "/v1/sandboxes/{id}/stop",
+            "/v1/sandboxes/{id}/start",
+            "/v1/sandboxes/{id}/snapshots",
+            "/v1/sandboxes/{id}/fork",
+            "/v1/sandboxes/{id}/restore",
+        ],
+        "one record per call: {records:#?}"
+    );
+    for record in &records {
+        assert!(
+            record.status == CLIENT_CLOSED_REQUEST || [200, 201].contains(&record.status),
+            "{record:?}"
+        );
+        assert!(record.request_id.is_some(), "{record:?}");
+    }
+    // A fork outlasts the server's noticing its client left.
+    assert!(
+        records.iter().any(|r| r.status == CLIENT_CLOSED_REQUEST),
+        "no call noticed its client leave: {records:#?}"
+    );
+    for listed in client.list_sandboxes().await? {
+        let files = sh(&client, &listed.id, "cat /workspace/kept /workspace/after").await;
+        assert_eq!(files.ok().as_deref(), Some("kept\n"), "{listed:?}");
+    }
+
+    for listed in client.list_sandboxes().await? {
+        client.delete_sandbox(&listed.id).await?;
+    }
+    client.delete_snapshot("hung").await?;
+    assert_eq!(
+        traces_on_the_host(engine, server.data_dir())?,
+        BTreeSet::new(),
+        "no orphan container or directory"
+    );
+    Ok(())
+}
+
+sbx_tests::on_every_runtime!(
+    clients_that_hang_up_strand_nothing_and_are_audited_once,
+    lifecycle_calls_whose_client_hangs_up_finish
+);

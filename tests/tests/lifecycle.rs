@@ -177,9 +177,14 @@ struct Held {
     containers: BTreeSet<String>,
     disks: BTreeSet<String>,
     snapshot_files: BTreeSet<String>,
+    /// Sandboxes (of those known) that have cgroups; youki only, where sbx
+    /// makes and removes them.
+    cgroups: BTreeSet<String>,
 }
 
-fn held(engine: Engine, server: &Server) -> Result<Held> {
+/// What the host holds for `server`; `known` are sandbox ids the test has
+/// seen, which may have no directory left.
+fn held(engine: Engine, server: &Server, known: &[&str]) -> Result<Held> {
     let data_dir = server.data_dir();
     let dirs: BTreeSet<String> = std::fs::read_dir(data_dir.join("sandboxes"))?
         .flatten()
@@ -198,13 +203,20 @@ fn held(engine: Engine, server: &Server) -> Result<Held> {
         }
     }
     Ok(Held {
-        dirs,
         containers,
         disks: attached_disks(data_dir)?,
         snapshot_files: std::fs::read_dir(data_dir.join("snapshots"))?
             .flatten()
             .map(|entry| entry.file_name().to_string_lossy().into_owned())
             .collect(),
+        cgroups: dirs
+            .iter()
+            .map(String::as_str)
+            .chain(known.iter().copied())
+            .filter(|id| !sbx_tests::youki_cgroups(id).is_empty())
+            .map(str::to_owned)
+            .collect(),
+        dirs,
     })
 }
 
@@ -257,14 +269,18 @@ async fn a_server_killed_mid_operation_leaves_a_consistent_sandbox(engine: Engin
             .filter(|s| s.state != SandboxState::Stopped)
             .map(|s| s.id.clone())
             .collect();
-        let host = held(engine, &second)?;
+        let host = held(engine, &second, &[&id])?;
         assert_eq!(
             host,
             Held {
                 dirs: ids.clone(),
                 containers: running.clone(),
-                disks: running,
+                disks: running.clone(),
                 snapshot_files: names.iter().map(|name| format!("{name}.img")).collect(),
+                cgroups: match engine {
+                    Engine::Youki => running,
+                    Engine::Docker => BTreeSet::new(),
+                },
             },
             "{operation}: what the host holds is what the store says"
         );

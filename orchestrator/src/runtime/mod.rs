@@ -19,6 +19,7 @@ pub mod youki;
 mod disk;
 #[cfg(test)]
 pub(crate) mod fake;
+mod freezer;
 pub mod helper;
 mod idmap;
 mod in_helper;

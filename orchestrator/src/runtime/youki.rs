@@ -14,6 +14,7 @@
 //! Both mounts are made by the helper and exist only in the sandbox's mount
 //! namespace, never in the host's (see [`super::helper`] for why).
 
+use super::freezer::Freezer;
 use super::helper::{Helper, Request};
 use super::spec::IdMap;
 use super::{
@@ -21,8 +22,7 @@ use super::{
     RuntimeError, SandboxDir,
 };
 use async_trait::async_trait;
-use libcgroups::common::{create_cgroup_manager, CgroupConfig, CgroupManager, FreezerState};
-use libcontainer::container::{Container, ContainerStatus};
+use libcontainer::container::Container;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -87,45 +87,16 @@ impl YoukiRuntime {
         .flatten()
     }
 
-    /// Freezes (or thaws) the container's cgroup, and records the state
-    /// as libcontainer does. A thaw writes the cgroup whatever the record
-    /// says: a server killed between freezing and recording leaves a frozen
-    /// container recorded as running, which libcontainer's `resume` would
-    /// refuse to thaw.
+    /// Freezes (or thaws) the sandbox's cgroup (see [`Freezer`] for why
+    /// not through libcontainer).
     async fn freezer(&self, id: &str, frozen: bool) -> Result<(), RuntimeError> {
-        let root = self.container_root(id);
-        let key = id.to_owned();
+        let freezer = Freezer::of_sandbox(id);
         tokio::task::spawn_blocking(move || {
-            let libcontainer = |source| RuntimeError::Libcontainer {
-                id: key.clone(),
-                source: Box::new(source),
-            };
-            let mut container = Container::load(root).map_err(libcontainer)?;
             if frozen {
-                return container.pause().map_err(libcontainer);
+                freezer.freeze()
+            } else {
+                freezer.thaw()
             }
-            let manager = create_cgroup_manager(CgroupConfig {
-                cgroup_path: container.spec().map_err(libcontainer)?.cgroup_path,
-                systemd_cgroup: container.systemd(),
-                container_name: key.clone(),
-            })
-            .map_err(|err| RuntimeError::Engine {
-                context: format!("the cgroups of sandbox {key}"),
-                message: err.to_string(),
-            })?;
-            manager
-                .freeze(FreezerState::Thawed)
-                .map_err(|err| RuntimeError::Engine {
-                    context: format!("thawing sandbox {key}"),
-                    message: err.to_string(),
-                })?;
-            if container.status() == ContainerStatus::Paused {
-                container
-                    .set_status(ContainerStatus::Running)
-                    .save()
-                    .map_err(libcontainer)?;
-            }
-            Ok(())
         })
         .await
         .map_err(|err| RuntimeError::Engine {

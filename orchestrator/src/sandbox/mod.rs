@@ -558,20 +558,8 @@ impl Manager {
         Ok((record, image_rootfs))
     }
 
-    /// Records and starts the sandbox `record` describes; on failure
-    /// nothing of it is left.
-    async fn launch(
-        &self,
-        record: SandboxRecord,
-        image_rootfs: PathBuf,
-        keep_disk: bool,
-    ) -> Result<Sandbox, SandboxError> {
-        let inserted = record.clone();
-        self.db(move |store| store.insert(&inserted)).await?;
-        self.launch_inserted(record, image_rootfs, keep_disk).await
-    }
-
-    /// [`Self::launch`] of a record already stored.
+    /// Starts the sandbox `record` describes, already stored as
+    /// `creating`; on failure nothing of it is left.
     async fn launch_inserted(
         &self,
         record: SandboxRecord,

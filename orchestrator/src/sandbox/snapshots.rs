@@ -13,7 +13,11 @@
 //! - **snapshot**: the disk copied to `<data-dir>/snapshots/<name>.img`,
 //!   recorded once complete. It pins the image build the disk sits on.
 //! - **create from a snapshot**, and **fork**: new sandboxes whose disks
-//!   are copies, started with `keep_disk`.
+//!   are copies, started with `keep_disk`. A fork of N freezes its source
+//!   for one copy, into the first fork's directory; the other forks copy
+//!   that disk (not in use yet, so consistent) and each starts as soon as
+//!   its copy is there, the first last. The source is frozen for about
+//!   10 ms however many forks, and copies overlap starts.
 //! - **restore**: the sandbox stopped, its disk replaced by a copy of the
 //!   snapshot's (an atomic rename), and started again if it was running:
 //!   the same id, token, limits and policy, on the snapshot's files.
@@ -164,42 +168,66 @@ impl Manager {
     ) -> Result<Vec<Result<Sandbox, SandboxError>>, SandboxError> {
         let (manager, id) = (Arc::clone(self), id.to_owned());
         super::detached(async move {
-            let copies = {
+            let (records, build) = {
                 let _op = manager.ops.lock(&id).await;
-                manager.copy_for_forks(&id, count).await?
+                manager.prepare_forks(&id, count).await?
             };
-            let launches = copies.into_iter().map(|(record, build)| {
-                let manager = Arc::clone(&manager);
-                async move { manager.launch(record, build, true).await }
-            });
-            let outcomes = futures_util::future::join_all(launches).await;
-            for fork in outcomes.iter().flatten() {
-                manager
-                    .events
-                    .emit(&id, EventKind::Forked, Detail::about(&fork.id))
-                    .await;
+            // The first fork's disk is the consistent copy; the others are
+            // copied from it, each fork starting as soon as its disk is
+            // there, and the first last (nothing copies from a disk in use).
+            let first_disk = manager.dir(&records[0].sandbox.id).disk_image();
+            let mut launches = Vec::with_capacity(records.len());
+            let mut records = records.into_iter();
+            let first = records.next().expect("at least one fork");
+            for record in records {
+                let disk = manager.dir(&record.sandbox.id).disk_image();
+                let copied = manager.copy_file(&first_disk, &disk).await;
+                launches.push(tokio::spawn(Arc::clone(&manager).launch_fork(
+                    record,
+                    build.clone(),
+                    copied,
+                )));
+            }
+            launches.insert(
+                0,
+                tokio::spawn(Arc::clone(&manager).launch_fork(first, build, Ok(()))),
+            );
+            let mut outcomes = Vec::with_capacity(launches.len());
+            for launch in launches {
+                let outcome = launch.await.map_err(|err| SandboxError::Io {
+                    context: "a fork's start".into(),
+                    source: std::io::Error::other(err.to_string()),
+                })?;
+                if let Ok(fork) = &outcome {
+                    manager
+                        .events
+                        .emit(&id, EventKind::Forked, Detail::about(&fork.id))
+                        .await;
+                }
+                outcomes.push(outcome);
             }
             Ok(outcomes)
         })
         .await
     }
 
-    /// The records of `count` forks of `id`, each with its disk copied
-    /// into its directory, and the image build they start on.
-    async fn copy_for_forks(
+    /// Admits and records `count` forks of `id` (as `creating`, so that a
+    /// server killed from here on leaves records that recovery cleans up)
+    /// and copies the source's disk, consistently, into the first fork's
+    /// directory. Returns the records and the image build they start on.
+    async fn prepare_forks(
         &self,
         id: &str,
         count: u32,
-    ) -> Result<Vec<(SandboxRecord, PathBuf)>, SandboxError> {
+    ) -> Result<(Vec<SandboxRecord>, PathBuf), SandboxError> {
+        if count == 0 {
+            return Err(SandboxError::InvalidRequest(
+                "a fork of no sandboxes".into(),
+            ));
+        }
         let source = self.record(id).await?;
         let disk_mb = self.copyable(&source)?;
         let build = self.image_build(&source)?;
-        let _admission = self.admissions.lock().await;
-        self.admit(
-            &format!("{count} forks"),
-            (disk_mb << 20).saturating_mul(u64::from(count)),
-        )
-        .await?;
         let records: Vec<SandboxRecord> = (0..count)
             .map(|_| {
                 let mut record = source.clone();
@@ -214,22 +242,59 @@ impl Manager {
                 record
             })
             .collect();
-        let disks: Vec<PathBuf> = records
-            .iter()
-            .map(|record| self.dir(&record.sandbox.id).disk_image())
-            .collect();
-        for disk in &disks {
-            let dir = disk.parent().expect("a disk image is in its sandbox's dir");
-            std::fs::create_dir_all(dir).map_err(|source| SandboxError::Io {
-                context: format!("cannot create {}", dir.display()),
-                source,
-            })?;
+        {
+            let _admission = self.admissions.lock().await;
+            self.admit(
+                &format!("{count} forks"),
+                (disk_mb << 20).saturating_mul(u64::from(count)),
+            )
+            .await?;
+            let inserted = records.clone();
+            self.db(move |store| inserted.iter().try_for_each(|record| store.insert(record)))
+                .await?;
         }
-        self.copy_consistent(&source, &disks).await?;
-        Ok(records
-            .into_iter()
-            .map(|record| (record, build.clone()))
-            .collect())
+        let prepared = async {
+            for record in &records {
+                let dir = self.dir(&record.sandbox.id);
+                let dir = dir.path();
+                std::fs::create_dir_all(dir).map_err(|source| SandboxError::Io {
+                    context: format!("cannot create {}", dir.display()),
+                    source,
+                })?;
+            }
+            self.copy_consistent(&source, &[self.dir(&records[0].sandbox.id).disk_image()])
+                .await
+        }
+        .await;
+        if let Err(err) = prepared {
+            for record in &records {
+                if let Err(cleanup) = self.bounded_teardown(&record.sandbox.id, false).await {
+                    tracing::error!(id = %record.sandbox.id, error = %cleanup, "cannot clean up a fork");
+                }
+            }
+            return Err(err);
+        }
+        Ok((records, build))
+    }
+
+    /// Starts a fork whose disk was `copied` (or cleans it up if it was
+    /// not): each fork's outcome is its own.
+    async fn launch_fork(
+        self: Arc<Self>,
+        record: SandboxRecord,
+        build: PathBuf,
+        copied: Result<(), SandboxError>,
+    ) -> Result<Sandbox, SandboxError> {
+        if let Err(err) = copied {
+            let id = &record.sandbox.id;
+            if let Err(cleanup) = self.bounded_teardown(id, false).await {
+                tracing::error!(%id, error = %cleanup, "cannot clean up a fork");
+                self.transition(id, super::Transition::TeardownFailed)
+                    .await?;
+            }
+            return Err(err);
+        }
+        self.launch_inserted(record, build, true).await
     }
 
     /// Rolls `id` back to `snapshot` in place (see the module docs).
