@@ -309,7 +309,8 @@ pub struct Event {
     pub sandbox_id: String,
     pub kind: EventKind,
     /// Why: for `deleted`, `stopped`, `paused` and `failed`, e.g.
-    /// `timeout`, `idle`, `deleted by <identity>`, `agent died`.
+    /// `timeout`, `idle`, `deleted by <identity>`, `oom`, `agent died`,
+    /// `server recovery`, `server recovery failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// For `snapshot` and `restored`, the snapshot; for `forked`, the new

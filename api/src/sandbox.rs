@@ -202,7 +202,7 @@ pub struct Sandbox {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_since: Option<DateTime<Utc>>,
     /// Why it ended or failed: `timeout`, `idle`, `oom`, `agent died`,
-    /// `server recovery`.
+    /// `server recovery`, `server recovery failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_reason: Option<String>,
 }

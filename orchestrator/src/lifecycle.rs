@@ -12,6 +12,7 @@
 //!   running, paused, stopped, failed ──delete──► deleting ──ended──► deleted
 //!   creating, deleting, stopping, starting ──teardown failed──► failed
 //!   running, paused ──died──► failed
+//!   any but stopped, failed, deleted ──recovery failed──► failed
 //! ```
 //!
 //! A sandbox enters the store as `creating` and leaves it by removal (a
@@ -60,11 +61,14 @@ pub enum Transition {
     Started,
     /// Torn down, but kept listed with why it ended (a timeout's delete).
     Ended,
+    /// A restarted server could not settle the sandbox (its container
+    /// would not go, or could not be asked about); a delete tries again.
+    RecoveryFailed,
 }
 
 impl Transition {
     /// Every transition, for tests and docs.
-    pub const ALL: [Transition; 11] = [
+    pub const ALL: [Transition; 12] = [
         Transition::Ready,
         Transition::Died,
         Transition::Delete,
@@ -76,6 +80,7 @@ impl Transition {
         Transition::Start,
         Transition::Started,
         Transition::Ended,
+        Transition::RecoveryFailed,
     ];
 
     /// The table: the states this transition may start from, and its end.
@@ -92,6 +97,10 @@ impl Transition {
             Transition::Start => (&[Stopped], Starting),
             Transition::Started => (&[Starting], Running),
             Transition::Ended => (&[Deleting], Deleted),
+            Transition::RecoveryFailed => (
+                &[Creating, Deleting, Stopping, Starting, Running, Paused],
+                Failed,
+            ),
         }
     }
 
@@ -142,6 +151,12 @@ mod tests {
                 (Stopped, Starting),
                 (Starting, Running),
                 (Deleting, Deleted),
+                (Creating, Failed),
+                (Deleting, Failed),
+                (Stopping, Failed),
+                (Starting, Failed),
+                (Running, Failed),
+                (Paused, Failed),
             ]
         );
         // Nothing returns to `creating`, and nothing leaves `deleted` but

@@ -22,6 +22,7 @@ sbx_tests::on_every_runtime!(
     idle_means_no_call_and_no_stream_not_no_process,
     the_pool_is_never_promised_past_its_size,
     a_full_disk_does_not_fail_its_neighbours_writes,
+    a_sandbox_the_oom_killer_ends_says_oom,
 );
 
 /// The error code of a call the server refused.
@@ -468,5 +469,83 @@ async fn a_full_disk_does_not_fail_its_neighbours_writes(engine: Engine) -> Resu
         written,
         "the neighbour's bytes are whole"
     );
+    Ok(())
+}
+
+/// The OOM killer takes the agent itself: a hog moved (from the host) out
+/// of the tenant cgroup into the sandbox's own, where the agent lives,
+/// fills it, and the agent is made the victim. (A sandbox's own commands
+/// cannot do this: the tenant cgroup holds them, and its kills are its
+/// own; see the breakout suite.) The sandbox then ends as `oom`, where an
+/// agent killed otherwise ends as `agent died`.
+async fn a_sandbox_the_oom_killer_ends_says_oom(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let client = server.client();
+    let id = client
+        .create_sandbox(&CreateSandboxRequest {
+            memory_mb: Some(64),
+            ..CreateSandboxRequest::default()
+        })
+        .await?
+        .id;
+    let tenant = sbx_tests::tenant_cgroup(engine, &id, "memory").context("tenant cgroup")?;
+    let own = tenant.parent().context("the sandbox's cgroup")?.to_owned();
+    let agent = sbx_tests::agent_pid(engine, &id).context("the agent")?;
+    // The hog waits until it is moved, then grows without bound.
+    sh(
+        &client,
+        &id,
+        "(while [ ! -e /tmp/moved ]; do sleep 0.05; done; exec tail /dev/zero) \
+         >/dev/null 2>&1 &",
+    )
+    .await?;
+    let hogs = std::fs::read_to_string(tenant.join("cgroup.procs"))?;
+    ensure_some(&hogs, "the hog in the tenant cgroup")?;
+    for pid in hogs.lines() {
+        // A `sleep` of the wait loop may be gone already.
+        let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000");
+        let _ = std::fs::write(own.join("cgroup.procs"), pid);
+    }
+    std::fs::write(format!("/proc/{agent}/oom_score_adj"), "1000")?;
+    sh(&client, &id, "touch /tmp/moved").await?;
+
+    let ended = sbx_tests::eventually(Duration::from_secs(30), || async {
+        client
+            .get_sandbox(&id)
+            .await
+            .is_ok_and(|s| s.state == SandboxState::Failed)
+    })
+    .await;
+    let sandbox = client.get_sandbox(&id).await?;
+    assert!(ended, "the agent was never killed: {sandbox:?}");
+    assert_eq!(sandbox.ended_reason.as_deref(), Some("oom"), "{sandbox:?}");
+    client.delete_sandbox(&id).await?;
+
+    // An agent killed by a signal is not an OOM.
+    let id = client
+        .create_sandbox(&CreateSandboxRequest::default())
+        .await?
+        .id;
+    let agent = sbx_tests::agent_pid(engine, &id).context("the agent")?;
+    // SAFETY: a plain kill(2) of a pid this test just looked up.
+    unsafe { libc::kill(agent as i32, libc::SIGKILL) };
+    let ended = sbx_tests::eventually(Duration::from_secs(30), || async {
+        client
+            .get_sandbox(&id)
+            .await
+            .is_ok_and(|s| s.state == SandboxState::Failed)
+    })
+    .await;
+    let sandbox = client.get_sandbox(&id).await?;
+    assert!(ended, "{sandbox:?}");
+    assert_eq!(sandbox.ended_reason.as_deref(), Some("agent died"));
+    client.delete_sandbox(&id).await?;
+    Ok(())
+}
+
+fn ensure_some(text: &str, what: &str) -> Result<()> {
+    if text.trim().is_empty() {
+        bail!("no {what}");
+    }
     Ok(())
 }

@@ -402,6 +402,16 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn oom_killed(&self, id: &str) -> bool {
+        self.docker
+            .inspect_container(&container_name(id), None)
+            .await
+            .ok()
+            .and_then(|inspect| inspect.state)
+            .and_then(|state| state.oom_killed)
+            .unwrap_or(false)
+    }
+
     async fn init_pid(&self, id: &str) -> Result<Option<i32>, RuntimeError> {
         match self
             .docker

@@ -39,6 +39,10 @@ struct State {
     removed: Vec<String>,
     /// Ids whose "container" is frozen.
     paused: std::collections::HashSet<String>,
+    /// Ids the OOM killer ended.
+    oom_killed: std::collections::HashSet<String>,
+    /// Ids whose `remove` fails, as an engine that will not let go.
+    stuck: std::collections::HashSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +74,22 @@ impl FakeRuntime {
     pub(crate) fn kill(&self, id: &str) {
         if let Some(Some(agent)) = self.state().running.remove(id) {
             agent.abort();
+        }
+    }
+
+    /// Kills a container as the OOM killer would.
+    pub(crate) fn kill_by_oom(&self, id: &str) {
+        self.kill(id);
+        self.state().oom_killed.insert(id.to_owned());
+    }
+
+    /// Makes `remove` of `id` fail (`false`: succeed again).
+    pub(crate) fn set_stuck(&self, id: &str, stuck: bool) {
+        let mut state = self.state();
+        if stuck {
+            state.stuck.insert(id.to_owned());
+        } else {
+            state.stuck.remove(id);
         }
     }
 
@@ -167,6 +187,12 @@ impl Runtime for FakeRuntime {
 
     async fn remove(&self, id: &str, _dir: &SandboxDir) -> Result<(), RuntimeError> {
         let mut state = self.state();
+        if state.stuck.contains(id) {
+            return Err(RuntimeError::Engine {
+                context: format!("removing {id}"),
+                message: "the engine will not let go".into(),
+            });
+        }
         state.removed.push(id.to_owned());
         state.paused.remove(id);
         if let Some(Some(agent)) = state.running.remove(id) {
@@ -185,6 +211,10 @@ impl Runtime for FakeRuntime {
             .running
             .contains_key(id)
             .then(|| std::process::id() as i32))
+    }
+
+    async fn oom_killed(&self, id: &str) -> bool {
+        self.state().oom_killed.contains(id)
     }
 
     async fn pause(&self, id: &str) -> Result<(), RuntimeError> {

@@ -231,6 +231,13 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// The host pid of the sandbox's init (its agent), if it runs.
     async fn init_pid(&self, id: &str) -> Result<Option<i32>, RuntimeError>;
 
+    /// Whether the kernel's OOM killer has killed a process charged to the
+    /// sandbox's own cgroup: the one that holds its agent, above the
+    /// tenant cgroup its commands run in. Asked of a sandbox found dead,
+    /// to say it ran out of memory rather than that its agent died. False
+    /// where it cannot tell.
+    async fn oom_killed(&self, id: &str) -> bool;
+
     /// Freezes every process of the sandbox, the agent included; memory
     /// stays.
     async fn pause(&self, id: &str) -> Result<(), RuntimeError>;

@@ -24,7 +24,7 @@ use super::{
 use async_trait::async_trait;
 use libcontainer::container::Container;
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -131,6 +131,32 @@ impl YoukiRuntime {
 /// half-made init there (waiting on a channel to the dead helper), which
 /// keeps libcontainer from removing the cgroups. Bounded: it waits at most
 /// `KILL_WAIT` for them to go.
+/// The OOM kills the kernel counted in the memory cgroup at `cgroup` (a
+/// path like `/sbx/<id>`): `memory.oom_control` under v1, where the count
+/// is the cgroup's own (a kill in its tenant child is the child's), or
+/// `memory.events` under v2. 0 where neither can be read.
+fn oom_kills(cgroup: &Path) -> u64 {
+    let relative = cgroup.strip_prefix("/").unwrap_or(cgroup);
+    let root = Path::new("/sys/fs/cgroup");
+    [
+        root.join("memory")
+            .join(relative)
+            .join("memory.oom_control"),
+        root.join(relative).join("memory.events"),
+    ]
+    .iter()
+    .find_map(|file| std::fs::read_to_string(file).ok())
+    .map_or(0, |text| oom_kill_count(&text))
+}
+
+/// The `oom_kill N` line of a memory cgroup's counters.
+fn oom_kill_count(text: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix("oom_kill "))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 async fn kill_stragglers(id: &str) {
     let procs: Vec<PathBuf> = tenant::youki_container_cgroups(id)
         .into_iter()
@@ -288,6 +314,13 @@ impl Runtime for YoukiRuntime {
             .filter(|&pid| process::is_alive(pid)))
     }
 
+    async fn oom_killed(&self, id: &str) -> bool {
+        let id = id.to_owned();
+        tokio::task::spawn_blocking(move || oom_kills(&spec::cgroup_path(&id)) > 0)
+            .await
+            .unwrap_or(false)
+    }
+
     async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
         self.freezer(id, true).await
     }
@@ -306,5 +339,20 @@ impl Runtime for YoukiRuntime {
             .filter(|entry| entry.path().is_dir())
             .map(|entry| entry.file_name().to_string_lossy().into_owned())
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_oom_kill_count_of_either_hierarchy() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        let v2 = "low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(oom_kill_count(v1), 2);
+        assert_eq!(oom_kill_count(v2), 1);
+        assert_eq!(oom_kill_count("oom_kill_disable 0\n"), 0);
+        assert_eq!(oom_kills(Path::new("/sbx/no-such-sandbox")), 0);
     }
 }

@@ -344,6 +344,40 @@ async fn recovery_settles_an_interrupted_stop_or_start_as_stopped() {
 }
 
 #[tokio::test]
+async fn a_sandbox_recovery_cannot_settle_is_failed_and_the_rest_recover() {
+    let f = fixture();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let id = f
+            .manager
+            .create(CreateSandboxRequest::default())
+            .await
+            .expect("created")
+            .id;
+        assert!(f.store.transition(&id, Transition::Stop).expect("stop"));
+        ids.push(id);
+    }
+    f.runtime.set_stuck(&ids[0], true);
+    f.manager.recover().await.expect("the server comes up");
+    assert_eq!(state_of(&f, &ids[1]), Some(SandboxState::Stopped));
+    let stuck = f.manager.get(&ids[0]).await.expect("listed");
+    assert_eq!(stuck.state, SandboxState::Failed);
+    assert_eq!(
+        stuck.ended_reason.as_deref(),
+        Some("server recovery failed")
+    );
+    let events = events_of(&f.manager, &ids[0]).await;
+    assert_eq!(events.last().map(|e| e.kind), Some(EventKind::Failed));
+    // Once the engine lets go, a delete finishes the job.
+    f.runtime.set_stuck(&ids[0], false);
+    f.manager
+        .delete(&ids[0], by_client())
+        .await
+        .expect("deleted");
+    assert_eq!(state_of(&f, &ids[0]), None);
+}
+
+#[tokio::test]
 async fn a_follower_gets_the_history_then_live_events_and_ends_at_shutdown() {
     let f = fixture();
     let id = f

@@ -230,10 +230,9 @@ async fn a_dead_container_is_reported_failed_and_can_be_deleted() {
         .expect("created")
         .id;
     f.runtime.kill(&id);
-    assert_eq!(
-        f.manager.get(&id).await.expect("get").state,
-        SandboxState::Failed
-    );
+    let dead = f.manager.get(&id).await.expect("get");
+    assert_eq!(dead.state, SandboxState::Failed);
+    assert_eq!(dead.ended_reason.as_deref(), Some("agent died"));
     assert!(matches!(
         f.manager.agent(&id).await,
         Err(SandboxError::WrongState {
@@ -243,6 +242,21 @@ async fn a_dead_container_is_reported_failed_and_can_be_deleted() {
     ));
     f.manager.delete(&id, by_client()).await.expect("deleted");
     assert!(f.states().is_empty());
+}
+
+#[tokio::test]
+async fn a_sandbox_the_oom_killer_ended_says_so() {
+    let f = fixture();
+    let id = f
+        .manager
+        .create(CreateSandboxRequest::default())
+        .await
+        .expect("created")
+        .id;
+    f.runtime.kill_by_oom(&id);
+    let dead = f.manager.get(&id).await.expect("get");
+    assert_eq!(dead.state, SandboxState::Failed);
+    assert_eq!(dead.ended_reason.as_deref(), Some("oom"));
 }
 
 #[tokio::test]

@@ -398,10 +398,22 @@ impl Manager {
             return Ok(false);
         }
         if self.transition(id, Transition::Died).await? {
-            tracing::warn!(%id, "the sandbox's container died; marked failed");
-            self.ended(id, "agent died", EventKind::Failed).await?;
+            let reason = self.death_reason(id, "agent died").await;
+            tracing::warn!(%id, %reason, "the sandbox's container died; marked failed");
+            self.ended(id, reason, EventKind::Failed).await?;
         }
         Ok(true)
+    }
+
+    /// Why a sandbox found dead died: `oom` when the OOM killer took a
+    /// process of its own cgroup (its agent, beside the tenant cgroup),
+    /// else `otherwise`.
+    async fn death_reason(&self, id: &str, otherwise: &'static str) -> &'static str {
+        if self.runtime.oom_killed(id).await {
+            "oom"
+        } else {
+            otherwise
+        }
     }
 
     /// What the metrics' gauges report, read now: the store's count of
@@ -1030,77 +1042,20 @@ impl Manager {
     /// are torn down; directories the store does not know are removed.
     pub async fn recover(&self) -> Result<(), SandboxError> {
         for record in self.db(|store| store.list()).await? {
-            let id = record.sandbox.id;
-            if record.pooled {
-                // Cheaper to start afresh than to check: nobody holds it.
-                self.teardown(&id).await?;
+            let (id, pooled) = (record.sandbox.id.clone(), record.pooled);
+            let Err(err) = self.recover_one(record).await else {
+                continue;
+            };
+            // One sandbox the host will not settle must not keep the
+            // server from serving all the others.
+            tracing::error!(%id, error = %err, "cannot recover the sandbox; marked failed");
+            if pooled {
+                // Nobody holds it; the next start tries again.
                 continue;
             }
-            match record.sandbox.state {
-                SandboxState::Creating => {
-                    tracing::info!(%id, "removing a sandbox whose create was interrupted");
-                    self.teardown(&id).await?;
-                }
-                SandboxState::Deleting => {
-                    tracing::info!(%id, "finishing the teardown of an interrupted sandbox");
-                    let keep_record = record.ended_at.is_some();
-                    self.teardown_keeping(&id, keep_record).await?;
-                    if keep_record {
-                        self.transition(&id, Transition::Ended).await?;
-                    }
-                }
-                SandboxState::Stopping | SandboxState::Starting => {
-                    // Either way the disk is whole: settle as stopped.
-                    tracing::info!(%id, "settling an interrupted stop or start as stopped");
-                    self.runtime
-                        .remove(&id, &self.dir(&id))
-                        .await
-                        .map_err(|source| SandboxError::Runtime {
-                            id: id.clone(),
-                            source,
-                        })?;
-                    self.transition(&id, Transition::Halted).await?;
-                    self.events
-                        .emit(&id, EventKind::Stopped, Detail::reason("server recovery"))
-                        .await;
-                }
-                SandboxState::Running | SandboxState::Paused => {
-                    let alive = self.runtime.is_running(&id).await.map_err(|source| {
-                        SandboxError::Runtime {
-                            id: id.clone(),
-                            source,
-                        }
-                    })?;
-                    if alive && record.sandbox.state == SandboxState::Running {
-                        // A copy (snapshot, fork) freezes a running sandbox
-                        // for its instant; a server killed in that instant
-                        // leaves it frozen.
-                        if let Err(err) = self.runtime.resume(&id).await {
-                            tracing::warn!(%id, error = %err, "cannot thaw an adopted sandbox");
-                        }
-                    }
-                    if alive && self.dir(&id).agent_socket().exists() {
-                        // A sandbox without its proxy still runs; its relay
-                        // answers 503 until it is deleted.
-                        let socket = self.dir(&id).egress_socket();
-                        let owner = self.runtime.isolation().host_root_uid;
-                        let network = &record.sandbox.network;
-                        if let Err(err) = self.egress.attach(&id, &socket, network, owner) {
-                            tracing::error!(%id, error = %err, "cannot restore the egress proxy");
-                        }
-                        if record.sandbox.state == SandboxState::Running {
-                            self.serving.insert(&id);
-                        }
-                        self.activity.reset(&id);
-                        tracing::info!(%id, state = record.sandbox.state.as_str(), "adopted sandbox");
-                    } else {
-                        tracing::warn!(%id, "sandbox died while the orchestrator was down");
-                        self.transition(&id, Transition::Died).await?;
-                        self.ended(&id, "server recovery", EventKind::Failed)
-                            .await?;
-                    }
-                }
-                SandboxState::Stopped | SandboxState::Failed | SandboxState::Deleted => {}
+            if self.transition(&id, Transition::RecoveryFailed).await? {
+                self.ended(&id, "server recovery failed", EventKind::Failed)
+                    .await?;
             }
         }
         // Containers and directories that no record owns: left by a crash
@@ -1117,6 +1072,85 @@ impl Manager {
             .collect();
         self.remove_orphans(directories).await?;
         self.remove_orphan_snapshots().await
+    }
+
+    /// Settles one sandbox found in the store at recovery (see
+    /// [`Self::recover`]).
+    async fn recover_one(&self, record: SandboxRecord) -> Result<(), SandboxError> {
+        let id = record.sandbox.id;
+        if record.pooled {
+            // Cheaper to start afresh than to check: nobody holds it.
+            return self.teardown(&id).await;
+        }
+        match record.sandbox.state {
+            SandboxState::Creating => {
+                tracing::info!(%id, "removing a sandbox whose create was interrupted");
+                self.teardown(&id).await?;
+            }
+            SandboxState::Deleting => {
+                tracing::info!(%id, "finishing the teardown of an interrupted sandbox");
+                let keep_record = record.ended_at.is_some();
+                self.teardown_keeping(&id, keep_record).await?;
+                if keep_record {
+                    self.transition(&id, Transition::Ended).await?;
+                }
+            }
+            SandboxState::Stopping | SandboxState::Starting => {
+                // Either way the disk is whole: settle as stopped.
+                tracing::info!(%id, "settling an interrupted stop or start as stopped");
+                self.runtime
+                    .remove(&id, &self.dir(&id))
+                    .await
+                    .map_err(|source| SandboxError::Runtime {
+                        id: id.clone(),
+                        source,
+                    })?;
+                self.transition(&id, Transition::Halted).await?;
+                self.events
+                    .emit(&id, EventKind::Stopped, Detail::reason("server recovery"))
+                    .await;
+            }
+            SandboxState::Running | SandboxState::Paused => {
+                let alive =
+                    self.runtime
+                        .is_running(&id)
+                        .await
+                        .map_err(|source| SandboxError::Runtime {
+                            id: id.clone(),
+                            source,
+                        })?;
+                if alive && record.sandbox.state == SandboxState::Running {
+                    // A copy (snapshot, fork) freezes a running sandbox
+                    // for its instant; a server killed in that instant
+                    // leaves it frozen.
+                    if let Err(err) = self.runtime.resume(&id).await {
+                        tracing::warn!(%id, error = %err, "cannot thaw an adopted sandbox");
+                    }
+                }
+                if alive && self.dir(&id).agent_socket().exists() {
+                    // A sandbox without its proxy still runs; its relay
+                    // answers 503 until it is deleted.
+                    let socket = self.dir(&id).egress_socket();
+                    let owner = self.runtime.isolation().host_root_uid;
+                    let network = &record.sandbox.network;
+                    if let Err(err) = self.egress.attach(&id, &socket, network, owner) {
+                        tracing::error!(%id, error = %err, "cannot restore the egress proxy");
+                    }
+                    if record.sandbox.state == SandboxState::Running {
+                        self.serving.insert(&id);
+                    }
+                    self.activity.reset(&id);
+                    tracing::info!(%id, state = record.sandbox.state.as_str(), "adopted sandbox");
+                } else {
+                    tracing::warn!(%id, "sandbox died while the orchestrator was down");
+                    self.transition(&id, Transition::Died).await?;
+                    let reason = self.death_reason(&id, "server recovery").await;
+                    self.ended(&id, reason, EventKind::Failed).await?;
+                }
+            }
+            SandboxState::Stopped | SandboxState::Failed | SandboxState::Deleted => {}
+        }
+        Ok(())
     }
 
     /// Removes snapshot files no record owns (a crash between the copy and
