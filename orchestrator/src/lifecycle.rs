@@ -12,7 +12,7 @@
 //!   running, paused, stopped, failed ──delete──► deleting ──ended──► deleted
 //!   creating, deleting, stopping, starting ──teardown failed──► failed
 //!   running, paused ──died──► failed
-//!   any but stopped, failed, deleted ──recovery failed──► failed
+//!   any but failed, deleted ──recovery failed──► failed
 //! ```
 //!
 //! A sandbox enters the store as `creating` and leaves it by removal (a
@@ -98,7 +98,9 @@ impl Transition {
             Transition::Started => (&[Starting], Running),
             Transition::Ended => (&[Deleting], Deleted),
             Transition::RecoveryFailed => (
-                &[Creating, Deleting, Stopping, Starting, Running, Paused],
+                &[
+                    Creating, Deleting, Stopping, Starting, Running, Paused, Stopped,
+                ],
                 Failed,
             ),
         }
@@ -157,6 +159,7 @@ mod tests {
                 (Starting, Failed),
                 (Running, Failed),
                 (Paused, Failed),
+                (Stopped, Failed),
             ]
         );
         // Nothing returns to `creating`, and nothing leaves `deleted` but

@@ -174,6 +174,9 @@ const MIGRATIONS: &[&str] = &[
          at          TEXT
      );
      CREATE INDEX events_by_sandbox ON events (sandbox_id, seq);",
+    // A restore between recording its new disk source and renaming the new
+    // disk into place: the staged file's name in the sandbox's directory.
+    "ALTER TABLE sandboxes ADD COLUMN restoring TEXT",
 ];
 
 /// Every column, in the order `read_row` reads them.
@@ -293,18 +296,49 @@ impl Store {
 
     /// Points a sandbox at another disk's image (a restore from a snapshot
     /// of another image, or of another size).
+    /// Records a restore's new disk source, and `staged`, the file (in the
+    /// sandbox's directory) that becomes its disk: until
+    /// [`Store::finish_restore`], recovery completes the rename (see
+    /// `Manager::recover`).
     pub fn set_disk_source(
         &self,
         id: &str,
         image: &str,
         image_build: &Path,
         disk_mb: u64,
+        staged: &str,
     ) -> Result<(), StoreError> {
         self.conn().execute(
-            "UPDATE sandboxes SET image = ?2, image_build = ?3, disk_mb = ?4 WHERE id = ?1",
-            params![id, image, image_build.to_string_lossy(), disk_mb as i64],
+            "UPDATE sandboxes SET image = ?2, image_build = ?3, disk_mb = ?4, restoring = ?5 \
+             WHERE id = ?1",
+            params![
+                id,
+                image,
+                image_build.to_string_lossy(),
+                disk_mb as i64,
+                staged
+            ],
         )?;
         Ok(())
+    }
+
+    /// The staged disk is in place: nothing of the restore is left to do.
+    pub fn finish_restore(&self, id: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE sandboxes SET restoring = NULL WHERE id = ?1",
+            params![id],
+        )?;
+        Ok(())
+    }
+
+    /// Sandboxes whose restore was recorded but maybe not renamed into
+    /// place: (id, staged file name).
+    pub fn unfinished_restores(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = self.conn();
+        let mut statement =
+            conn.prepare_cached("SELECT id, restoring FROM sandboxes WHERE restoring IS NOT NULL")?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Hands a running pooled sandbox to a client: it takes the claim's

@@ -8,6 +8,7 @@ use super::*;
 use crate::runtime::fake::Start;
 use futures_util::StreamExt;
 use sbx_api::{Event, LifecycleRequest};
+use std::path::Path;
 
 fn with_lifecycle(lifecycle: LifecycleRequest) -> CreateSandboxRequest {
     CreateSandboxRequest {
@@ -375,6 +376,56 @@ async fn a_sandbox_recovery_cannot_settle_is_failed_and_the_rest_recover() {
         .await
         .expect("deleted");
     assert_eq!(state_of(&f, &ids[0]), None);
+}
+
+#[tokio::test]
+async fn recovery_finishes_a_restore_the_server_was_killed_in() {
+    let f = fixture();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let id = f
+            .manager
+            .create(CreateSandboxRequest::default())
+            .await
+            .expect("created")
+            .id;
+        f.manager.stop(&id, "test".into()).await.expect("stopped");
+        ids.push(id);
+    }
+    // Killed between recording the new source and the rename (ids[0]),
+    // and between the rename and recording it done (ids[1]).
+    for (n, id) in ids.iter().enumerate() {
+        let disk = f.manager.dir(id).disk_image();
+        std::fs::write(&disk, "old").expect("disk");
+        let staged = format!(".disk.img.{n}.tmp");
+        if n == 0 {
+            std::fs::write(disk.with_file_name(&staged), "restored").expect("staged");
+        } else {
+            std::fs::write(&disk, "restored").expect("renamed");
+        }
+        let build = Path::new("/builds/other");
+        f.store
+            .set_disk_source(id, "other", build, 64, &staged)
+            .expect("recorded");
+    }
+    f.manager.recover().await.expect("recovered");
+    assert!(f.store.unfinished_restores().expect("read").is_empty());
+    for id in &ids {
+        let disk = f.manager.dir(id).disk_image();
+        assert_eq!(std::fs::read_to_string(&disk).expect("disk"), "restored");
+        let listed: Vec<_> = std::fs::read_dir(disk.parent().expect("dir"))
+            .expect("dir")
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".tmp"))
+            .collect();
+        assert!(listed.is_empty(), "{listed:?}");
+        let sandbox = f.manager.get(id).await.expect("get");
+        assert_eq!(
+            (sandbox.image.as_str(), sandbox.state),
+            ("other", SandboxState::Stopped)
+        );
+    }
 }
 
 #[tokio::test]

@@ -1041,13 +1041,26 @@ impl Manager {
     /// that died are marked `failed`; ones caught mid-create or mid-delete
     /// are torn down; directories the store does not know are removed.
     pub async fn recover(&self) -> Result<(), SandboxError> {
+        for (id, staged) in self.db(|store| store.unfinished_restores()).await? {
+            tracing::info!(%id, "finishing an interrupted restore");
+            // The store names a file in the sandbox's own directory.
+            let staging = self.dir(&id).disk_image().with_file_name(staged);
+            if let Err(err) = self.finish_restore(&id, &staging).await {
+                tracing::error!(%id, error = %err, "cannot finish a restore; marked failed");
+                if self.transition(&id, Transition::RecoveryFailed).await? {
+                    self.ended(&id, "server recovery failed", EventKind::Failed)
+                        .await?;
+                }
+            }
+        }
         for record in self.db(|store| store.list()).await? {
             let (id, pooled) = (record.sandbox.id.clone(), record.pooled);
             let Err(err) = self.recover_one(record).await else {
                 continue;
             };
             // One sandbox the host will not settle must not keep the
-            // server from serving all the others.
+            // server from serving all the others. (A failed one is left as
+            // it is: a delete retries.)
             tracing::error!(%id, error = %err, "cannot recover the sandbox; marked failed");
             if pooled {
                 // Nobody holds it; the next start tries again.

@@ -322,19 +322,21 @@ impl Manager {
             let staging = staging_path(&disk);
             let from = snapshot_image(&manager.config.snapshots_dir, &snapshot);
             manager.copy_file(&from, &staging).await?;
+            // The new source is recorded with the staged disk's name, then
+            // the disk renamed into place: a server killed between the two
+            // finishes the rename at recovery, so the record and the disk
+            // never disagree (a restore may change the image).
             let (key, image, build, disk_mb) = (
                 id.clone(),
                 snapshot.image.clone(),
                 snapshot.image_build.clone(),
                 snapshot.disk_mb,
             );
+            let staged = file_name(&staging);
             manager
-                .db(move |store| store.set_disk_source(&key, &image, &build, disk_mb))
+                .db(move |store| store.set_disk_source(&key, &image, &build, disk_mb, &staged))
                 .await?;
-            std::fs::rename(&staging, &disk).map_err(|source| SandboxError::Io {
-                context: format!("cannot rename {} to {}", staging.display(), disk.display()),
-                source,
-            })?;
+            manager.finish_restore(&id, &staging).await?;
             if was != SandboxState::Stopped {
                 manager.start_locked(&id).await?;
             }
@@ -346,6 +348,30 @@ impl Manager {
             manager.get(&id).await
         })
         .await
+    }
+
+    /// Renames a restore's staged disk into place, if it is not already,
+    /// and records that the restore is done. Run by the restore, and again
+    /// at recovery for one that a killed server left half-done.
+    pub(super) async fn finish_restore(
+        &self,
+        id: &str,
+        staging: &Path,
+    ) -> Result<(), SandboxError> {
+        let disk = self.dir(id).disk_image();
+        match std::fs::rename(staging, &disk) {
+            Ok(()) => {}
+            // Renamed before the server was killed.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(SandboxError::Io {
+                    context: format!("cannot rename {} to {}", staging.display(), disk.display()),
+                    source,
+                })
+            }
+        }
+        let key = id.to_owned();
+        self.db(move |store| store.finish_restore(&key)).await
     }
 
     /// The record and disk of a new sandbox made from `snapshot`, for
@@ -449,12 +475,16 @@ impl Manager {
     }
 }
 
+/// The last part of `path`.
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// A name beside `target` to copy into before renaming over it.
 fn staging_path(target: &Path) -> PathBuf {
-    let name = target
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = file_name(target);
     target.with_file_name(format!(".{name}.{:08x}.tmp", rand::random::<u32>()))
 }
 
