@@ -40,7 +40,8 @@ pub use info::{IsolationInfo, RuntimeInfo, ServerInfo, StorageInfo};
 pub use lifecycle::{
     validate_snapshot_name, CreateSnapshotRequest, Event, EventKind, EventsQuery, ForkOutcome,
     ForkRequest, ForkResult, Lifecycle, LifecycleRequest, OnTimeout, RestoreRequest,
-    SetTimeoutRequest, Snapshot, SnapshotList, SnapshotPath, MAX_FORKS, MAX_LIFETIME_S,
+    SandboxEventsQuery, SetTimeoutRequest, Snapshot, SnapshotList, SnapshotPath, MAX_FORKS,
+    MAX_LIFETIME_S,
 };
 pub use network::{
     normalize_host, EgressRule, HostPattern, NetworkPolicy, UpdateSandboxRequest, MAX_EGRESS_RULES,

@@ -345,12 +345,37 @@ pub struct EventsQuery {
 
 impl EventsQuery {
     pub fn validate(&self) -> Result<(), String> {
-        match self.since {
-            Some(seq) if seq > MAX_EVENT_SEQ => {
-                Err(format!("since {seq} is out of range (0..={MAX_EVENT_SEQ})"))
-            }
-            _ => Ok(()),
+        validate_since(self.since)
+    }
+}
+
+/// `GET /v1/sandboxes/{id}/events` query: the sandbox is the route's, so
+/// a token bound to it may read them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxEventsQuery {
+    /// Only events after this `seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
+    pub since: Option<u64>,
+    /// Keep the stream open and send new events as they happen.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+impl SandboxEventsQuery {
+    pub fn validate(&self) -> Result<(), String> {
+        validate_since(self.since)
+    }
+}
+
+fn validate_since(since: Option<u64>) -> Result<(), String> {
+    match since {
+        Some(seq) if seq > MAX_EVENT_SEQ => {
+            Err(format!("since {seq} is out of range (0..={MAX_EVENT_SEQ})"))
         }
+        _ => Ok(()),
     }
 }
 

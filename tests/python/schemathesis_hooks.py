@@ -4,13 +4,13 @@
   `application/octet-stream`: the agent must refuse what is not a tar.
 - NDJSON answers (an exec stream, process logs, lifecycle events) are read
   line by line, and every line is validated against the spec's schema for
-  it here (`ExecEvent`, or `Event` for `/v1/events`); schemathesis then
+  it here (`ExecEvent`, or `Event` for the lifecycle events); schemathesis then
   checks the first line itself as the answer's body. An event stream may
   be empty (a sandbox with no events), and then there is no line to check:
   schemathesis is handed `NO_EVENTS`, a well-formed event that stands for
   none, since it checks every 200 body against the line's schema. An exec
   stream may not be empty.
-- `GET /v1/events` is never asked to `follow`: a followed stream stays open
+- Lifecycle events are never asked to `follow`: a followed stream stays open
   until the server stops, which would hang the run, not test anything.
 - A fork's `count` is brought down to 1 or 2: each is a real sandbox.
 - Timeouts (a create's lifecycle, `POST …/timeout`) are brought up to at
@@ -45,6 +45,7 @@ NO_EVENTS = {
     "sandbox_id": "",
     "kind": "created",
 }
+FOLLOWABLE = {("GET", "/v1/events"), ("GET", "/v1/sandboxes/{id}/events")}
 MIN_DISK_MB = 64
 MAX_DISK_MB = 16 * 1024 * 1024
 
@@ -54,7 +55,7 @@ schemathesis.serializer.alias("application/x-tar", "application/octet-stream")
 @schemathesis.deserializer("application/x-ndjson")
 def ndjson_events(ctx, response):
     events = [json.loads(line) for line in response.content.splitlines() if line.strip()]
-    lifecycle = response.request.url.split("?")[0].endswith("/v1/events")
+    lifecycle = response.request.url.split("?")[0].endswith("/events")
     if lifecycle and not events:
         return NO_EVENTS
     if not events:
@@ -70,7 +71,7 @@ def before_call(context, case, **kwargs):
     """Every phase's requests pass here (`map_body` misses the coverage
     phase's boundary values, such as a timeout of one second)."""
     route = (case.operation.method.upper(), case.operation.path)
-    if route == ("GET", "/v1/events") and isinstance(case.query, dict):
+    if route in FOLLOWABLE and isinstance(case.query, dict):
         if str(case.query.get("follow")).lower() == "true":
             case.query["follow"] = "false"
     if isinstance(case.body, dict):

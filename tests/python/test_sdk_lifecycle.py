@@ -226,7 +226,7 @@ def test_events_report_the_lifecycle_in_order(server, client):
         assert times == sorted(times) and times[0].tzinfo is not None
         # The server-wide stream has them too; `since` skips what came before.
         created = next(event for event in events if event.kind == "created")
-        assert created.seq in {event.seq for event in client.events(sandbox=sb.id)}
+        assert created.seq in {event.seq for event in client.events()}
         later = list(sb.events(since=created.seq))
         assert [event.kind for event in later if event.kind in wanted] == wanted[1:]
         assert all(event.seq > created.seq for event in later)
@@ -282,6 +282,18 @@ def test_a_sandbox_token_cannot_change_its_lifecycle(server, sandbox):
             with pytest.raises(sbx.Forbidden):
                 call()
     assert sandbox.get_info().state == "running"
+
+
+def test_a_sandbox_token_reads_its_own_events_only(server, client, sandbox):
+    with sbx.Sandbox.create(client=client) as neighbour:
+        with sbx.Sandbox.connect(sandbox.id, url=server.url, token=sandbox.token) as own:
+            events = list(own.events())
+            assert events and events[0].kind == "created"
+            assert {event.sandbox_id for event in events} == {sandbox.id}
+            with pytest.raises(sbx.Forbidden):
+                list(own.client.events())
+            with pytest.raises(sbx.Forbidden):
+                list(own.client.events(sandbox=neighbour.id))
 
 
 @pytest.mark.anyio
@@ -421,9 +433,11 @@ def test_fork_outcomes_and_events_decode():
 
     request = _core.events("a", 7, True, sbx.DEFAULT)
     assert (request.path, request.params) == (
-        "/v1/events",
-        {"follow": "true", "sandbox": "a", "since": "7"},
+        "/v1/sandboxes/a/events",
+        {"follow": "true", "since": "7"},
     )
+    everything = _core.events(None, None, False, sbx.DEFAULT)
+    assert (everything.path, everything.params) == ("/v1/events", {"follow": "false"})
     assert request.timeout_for(60.0).read is None
 
 

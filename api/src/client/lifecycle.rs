@@ -8,7 +8,7 @@ use super::stream::LifecycleEvents;
 use super::{Client, ClientError, NO_BODY};
 use crate::{
     CreateSnapshotRequest, EventsQuery, ForkOutcome, ForkRequest, ForkResult, RestoreRequest,
-    Sandbox, SetTimeoutRequest, Snapshot, SnapshotList, NDJSON,
+    Sandbox, SandboxEventsQuery, SetTimeoutRequest, Snapshot, SnapshotList, NDJSON,
 };
 use bytes::Bytes;
 use http::{header, Method, Request};
@@ -117,14 +117,33 @@ impl Client {
     /// `GET /v1/events`: the events so far, oldest first, and with
     /// `follow` the ones that happen from then on.
     pub async fn events(&self, query: &EventsQuery) -> Result<LifecycleEvents, ClientError> {
+        self.event_stream("/v1/events", query).await
+    }
+
+    /// `GET /v1/sandboxes/{id}/events`: one sandbox's events, readable
+    /// with a token bound to it.
+    pub async fn sandbox_events(
+        &self,
+        id: &str,
+        query: &SandboxEventsQuery,
+    ) -> Result<LifecycleEvents, ClientError> {
+        self.event_stream(&format!("/v1/sandboxes/{id}/events"), query)
+            .await
+    }
+
+    async fn event_stream(
+        &self,
+        route: &str,
+        query: &impl serde::Serialize,
+    ) -> Result<LifecycleEvents, ClientError> {
         let query = serde_urlencoded::to_string(query).map_err(|err| ClientError::Unexpected {
             status: 0,
             text: format!("cannot encode query: {err}"),
         })?;
         let path = if query.is_empty() {
-            "/v1/events".to_owned()
+            route.to_owned()
         } else {
-            format!("/v1/events?{query}")
+            format!("{route}?{query}")
         };
         let request = Request::get(&path)
             .header(header::ACCEPT, NDJSON)

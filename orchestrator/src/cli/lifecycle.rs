@@ -11,7 +11,7 @@ use super::{CliError, ConnArgs, OnTimeoutArg};
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand};
 use sbx_api::client::ClientError;
-use sbx_api::{EventsQuery, LifecycleRequest};
+use sbx_api::{EventsQuery, LifecycleRequest, SandboxEventsQuery};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -237,12 +237,22 @@ pub async fn run(command: LifecycleCommand) -> Result<ExitCode, CliError> {
             since,
             follow,
         } => {
-            let query = EventsQuery {
-                sandbox,
-                since,
-                follow,
+            let client = conn.client()?;
+            // One sandbox's under its own route: a token bound to it works.
+            let mut events = match sandbox {
+                Some(id) => {
+                    let query = SandboxEventsQuery { since, follow };
+                    client.sandbox_events(&id, &query).await?
+                }
+                None => {
+                    let query = EventsQuery {
+                        sandbox: None,
+                        since,
+                        follow,
+                    };
+                    client.events(&query).await?
+                }
             };
-            let mut events = conn.client()?.events(&query).await?;
             while let Some(event) = events.next().await? {
                 let line = serde_json::to_string(&event).map_err(ClientError::Decode)?;
                 let mut stdout = std::io::stdout().lock();

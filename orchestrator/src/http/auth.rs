@@ -92,6 +92,7 @@ pub fn requirement(method: &Method, route: &str) -> Requirement {
         }
         ("/v1/snapshots/{name}", &Method::DELETE) => scope(Scope::SandboxesDelete, false),
         ("/v1/events", &Method::GET) => scope(Scope::SandboxesRead, false),
+        ("/v1/sandboxes/{id}/events", &Method::GET) => scope(Scope::SandboxesRead, true),
         (route, _) if route.starts_with("/v1/sandboxes/{id}/") => scope(Scope::SandboxesExec, true),
         ("/v1/tokens" | "/v1/tokens/{id}", _) => scope(Scope::TokensAdmin, false),
         ("/v1/audit", &Method::GET) => scope(Scope::AuditRead, false),

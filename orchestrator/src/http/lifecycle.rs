@@ -20,8 +20,8 @@ use axum::{Extension, Json};
 use futures_util::StreamExt;
 use sbx_api::{
     CreateSnapshotRequest, CreatedSandbox, EventsQuery, ForkOutcome, ForkRequest, ForkResult,
-    RestoreRequest, Sandbox, SandboxPath, SetTimeoutRequest, Snapshot, SnapshotList, SnapshotPath,
-    NDJSON,
+    RestoreRequest, Sandbox, SandboxEventsQuery, SandboxPath, SetTimeoutRequest, Snapshot,
+    SnapshotList, SnapshotPath, NDJSON,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -282,13 +282,47 @@ pub async fn events(
     ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Response, ApiError> {
     query.validate().map_err(ApiError::invalid)?;
+    Ok(ndjson_events(
+        &state,
+        query.sandbox,
+        query.since,
+        query.follow,
+    ))
+}
+
+/// Stream one sandbox's lifecycle events.
+///
+/// As `GET /v1/events?sandbox={id}`, but under the sandbox's route, so a
+/// token bound to the sandbox may read them (a coding agent inside can see
+/// its `expiring` warning). The events of a sandbox that is gone are still
+/// answered, for as long as they are kept.
+#[utoipa::path(get, path = "/sandboxes/{id}/events", tag = "lifecycle",
+    operation_id = "list_sandbox_events",
+    params(SandboxPath, SandboxEventsQuery),
+    responses((status = 200, description = "One Event per line",
+        content((sbx_api::Event = "application/x-ndjson")))))]
+pub async fn sandbox_events(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<SandboxEventsQuery>,
+) -> Result<Response, ApiError> {
+    query.validate().map_err(ApiError::invalid)?;
+    Ok(ndjson_events(&state, Some(id), query.since, query.follow))
+}
+
+fn ndjson_events(
+    state: &AppState,
+    sandbox: Option<String>,
+    since: Option<u64>,
+    follow: bool,
+) -> Response {
     let stream = state
         .manager
-        .events(query.sandbox, query.since.unwrap_or(0), query.follow)
+        .events(sandbox, since.unwrap_or(0), follow)
         .map(|event| {
             let mut line = serde_json::to_vec(&event?).map_err(std::io::Error::other)?;
             line.push(b'\n');
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(line)
         });
-    Ok(([(CONTENT_TYPE, NDJSON)], Body::from_stream(stream)).into_response())
+    ([(CONTENT_TYPE, NDJSON)], Body::from_stream(stream)).into_response()
 }

@@ -98,6 +98,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(lifecycle::list_snapshots))
         .routes(routes!(lifecycle::get_snapshot, lifecycle::delete_snapshot))
         .routes(routes!(lifecycle::events))
+        .routes(routes!(lifecycle::sandbox_events))
         .merge(bridged::routes())
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::revoke))

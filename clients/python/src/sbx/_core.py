@@ -480,15 +480,15 @@ def restore(
 def events(
     sandbox: Optional[str], since: Optional[int], follow: bool, request_timeout: TimeoutArg
 ) -> Request:
-    """``GET /v1/events``: NDJSON, live with ``follow`` (no read timeout then)."""
+    """``GET /v1/events``, or ``GET /v1/sandboxes/{id}/events`` for one
+    sandbox's (which a token bound to that sandbox may read): NDJSON, live
+    with ``follow`` (no read timeout then)."""
     params = {"follow": "true" if follow else "false"}
-    if sandbox is not None:
-        params["sandbox"] = sandbox
     if since is not None:
         params["since"] = str(int(since))
     return Request(
         "GET",
-        "/v1/events",
+        "/v1/events" if sandbox is None else sandbox_path(sandbox, "/events"),
         params=params,
         headers={"accept": NDJSON},
         timeout=request_timeout,
