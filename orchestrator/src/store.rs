@@ -449,6 +449,31 @@ impl Store {
         Ok(counts)
     }
 
+    /// Every sandbox with a disk: (id, state, disk_mb). What the storage
+    /// accounting reads per admission, without decoding whole records.
+    pub fn disks(&self) -> Result<Vec<(String, SandboxState, u64)>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare_cached("SELECT id, state, disk_mb FROM sandboxes WHERE disk_mb IS NOT NULL")?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut disks = Vec::new();
+        for row in rows {
+            let (id, state, disk_mb) = row?;
+            let state = SandboxState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+                id: id.clone(),
+                reason: format!("unknown state {state:?}"),
+            })?;
+            disks.push((id, state, u64::try_from(disk_mb).unwrap_or(0)));
+        }
+        Ok(disks)
+    }
+
     pub fn list(&self) -> Result<Vec<SandboxRecord>, StoreError> {
         let conn = self.conn();
         let mut statement = conn.prepare_cached(&format!(

@@ -54,7 +54,7 @@ fn can_grow(state: SandboxState) -> bool {
 impl Manager {
     /// Reads the pool and adds up the promises, off the async workers.
     pub async fn storage(&self) -> Result<Storage, SandboxError> {
-        let records = self.db(|store| store.list()).await?;
+        let disks = self.db(|store| store.disks()).await?;
         let snapshots = self.db(|store| store.list_snapshots()).await?;
         let sandboxes_dir = self.config.sandboxes_dir.clone();
         let snapshots_dir = self.config.snapshots_dir.clone();
@@ -68,15 +68,14 @@ impl Manager {
             let block = pool.fragment_size();
             let pool_bytes = pool.blocks() * block;
             let used_bytes = pool_bytes.saturating_sub(pool.blocks_free() * block);
-            let sandboxes: u64 = records
+            let sandboxes: u64 = disks
                 .iter()
-                .filter_map(|record| {
-                    let disk = record.sandbox.disk_mb? << 20;
-                    Some(if can_grow(record.sandbox.state) {
-                        disk
+                .map(|(id, state, disk_mb)| {
+                    if can_grow(*state) {
+                        disk_mb << 20
                     } else {
-                        allocated(&sandboxes_dir.join(&record.sandbox.id).join("disk.img"))
-                    })
+                        allocated(&sandboxes_dir.join(id).join("disk.img"))
+                    }
                 })
                 .sum();
             let held: u64 = snapshots
