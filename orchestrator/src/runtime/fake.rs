@@ -43,6 +43,9 @@ struct State {
     oom_killed: std::collections::HashSet<String>,
     /// Ids whose `remove` fails, as an engine that will not let go.
     stuck: std::collections::HashSet<String>,
+    /// Whether sandboxes may ask for `disk_mb` (the disk image is the
+    /// test's to write: the fake mounts nothing).
+    disks: bool,
 }
 
 #[derive(Debug, Default)]
@@ -75,6 +78,11 @@ impl FakeRuntime {
         if let Some(Some(agent)) = self.state().running.remove(id) {
             agent.abort();
         }
+    }
+
+    /// Lets sandboxes have disks, so that they can be copied.
+    pub(crate) fn allow_disks(&self) {
+        self.state().disks = true;
     }
 
     /// Kills a container as the OOM killer would.
@@ -151,7 +159,11 @@ impl Runtime for FakeRuntime {
     fn isolation(&self) -> Isolation {
         Isolation {
             host_root_uid: Some(nix::unistd::geteuid().as_raw()),
-            disk_quota: Err("the fake runtime has no disks".into()),
+            disk_quota: if self.state().disks {
+                Ok(())
+            } else {
+                Err("the fake runtime has no disks".into())
+            },
             user_namespace_note: None,
         }
     }

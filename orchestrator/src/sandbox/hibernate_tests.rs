@@ -429,6 +429,42 @@ async fn recovery_finishes_a_restore_the_server_was_killed_in() {
 }
 
 #[tokio::test]
+async fn forks_start_on_copies_of_the_source_disk_and_a_failed_copy_leaves_nothing() {
+    let f = fixture();
+    f.runtime.allow_disks();
+    let request = CreateSandboxRequest {
+        disk_mb: Some(64),
+        ..CreateSandboxRequest::default()
+    };
+    let source = f.manager.create(request).await.expect("created").id;
+    // Without its disk image the consistent copy fails: no fork is left.
+    assert!(f.manager.fork(&source, 3).await.is_err());
+    assert_eq!(f.states(), [SandboxState::Running]);
+    assert_eq!(f.dirs(), 1, "only the source's directory");
+
+    std::fs::write(f.manager.dir(&source).disk_image(), "the source's files").expect("disk");
+    let outcomes = f.manager.fork(&source, 3).await.expect("forked");
+    assert_eq!(outcomes.len(), 3);
+    for outcome in &outcomes {
+        let fork = outcome.as_ref().expect("each fork starts");
+        assert_eq!(fork.state, SandboxState::Running);
+        let disk = f.manager.dir(&fork.id).disk_image();
+        assert_eq!(
+            std::fs::read_to_string(disk).expect("copied"),
+            "the source's files"
+        );
+    }
+    assert!(!f.runtime.is_paused(&source), "the source runs on");
+    let forked = events_of(&f.manager, &source)
+        .await
+        .into_iter()
+        .filter(|event| event.kind == EventKind::Forked)
+        .count();
+    assert_eq!(forked, 3);
+    assert_eq!(f.states(), [SandboxState::Running; 4]);
+}
+
+#[tokio::test]
 async fn a_follower_gets_the_history_then_live_events_and_ends_at_shutdown() {
     let f = fixture();
     let id = f

@@ -242,7 +242,7 @@ impl Manager {
                 record
             })
             .collect();
-        {
+        let inserted = {
             let _admission = self.admissions.lock().await;
             self.admit(
                 &format!("{count} forks"),
@@ -251,9 +251,10 @@ impl Manager {
             .await?;
             let inserted = records.clone();
             self.db(move |store| inserted.iter().try_for_each(|record| store.insert(record)))
-                .await?;
-        }
+                .await
+        };
         let prepared = async {
+            inserted?;
             for record in &records {
                 let dir = self.dir(&record.sandbox.id);
                 let dir = dir.path();
