@@ -260,6 +260,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     let sweeper = tokio::spawn(sweep_orphans(Arc::clone(&manager), config.orphan_sweep));
     let filler = tokio::spawn(Arc::clone(&manager).keep_pool_full());
     let lifetimes = tokio::spawn(Arc::clone(&manager).enforce_lifetimes());
+    let deaths = tokio::spawn(Arc::clone(&manager).record_deaths());
     let detached = tokio_util::task::TaskTracker::new();
     let state = AppState {
         manager: Arc::clone(&manager),
@@ -282,6 +283,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     detached.wait().await;
     sweeper.abort();
     lifetimes.abort();
+    deaths.abort();
     // The filler ends after the launch it is in, so that nothing pooled
     // is still being made when the pool is drained (see `close_pool`).
     manager.close_pool();

@@ -397,15 +397,28 @@ impl Store {
     /// (or the sandbox is not stored).
     pub fn transition(&self, id: &str, transition: Transition) -> Result<bool, StoreError> {
         let (from, to) = transition.rule();
-        let states: Vec<&str> = from.iter().map(|state| state.as_str()).collect();
         let changed = self.conn().execute(
             "UPDATE sandboxes SET state = ?2 WHERE id = ?1 \
              AND state IN (SELECT value FROM json_each(?3))",
-            params![
-                id,
-                to.as_str(),
-                serde_json::to_string(&states).expect("a list of strings always serializes")
-            ],
+            params![id, to.as_str(), state_list(from)],
+        )?;
+        Ok(changed > 0)
+    }
+
+    /// [`Store::transition`] to an end (`failed`), with why and when in the
+    /// same update: no reader sees the end without its reason.
+    pub fn transition_ended(
+        &self,
+        id: &str,
+        transition: Transition,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let (from, to) = transition.rule();
+        let changed = self.conn().execute(
+            "UPDATE sandboxes SET state = ?2, ended_reason = ?4, ended_at = ?5 WHERE id = ?1 \
+             AND state IN (SELECT value FROM json_each(?3))",
+            params![id, to.as_str(), state_list(from), reason, at.to_rfc3339()],
         )?;
         Ok(changed > 0)
     }
@@ -711,6 +724,12 @@ fn parse_time(text: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
 
 fn network_json(network: &NetworkPolicy) -> String {
     serde_json::to_string(network).expect("a list of strings always serializes")
+}
+
+/// `states` as the JSON list the transitions' `json_each` reads.
+fn state_list(states: &[SandboxState]) -> String {
+    let names: Vec<&str> = states.iter().map(|state| state.as_str()).collect();
+    serde_json::to_string(&names).expect("a list of strings always serializes")
 }
 
 fn read_row(row: &Row<'_>) -> rusqlite::Result<Result<SandboxRecord, StoreError>> {

@@ -23,6 +23,7 @@ sbx_tests::on_every_runtime!(
     the_pool_is_never_promised_past_its_size,
     a_full_disk_does_not_fail_its_neighbours_writes,
     a_sandbox_the_oom_killer_ends_says_oom,
+    a_death_is_reported_without_anyone_asking,
 );
 
 /// The error code of a call the server refused.
@@ -547,5 +548,40 @@ fn ensure_some(text: &str, what: &str) -> Result<()> {
     if text.trim().is_empty() {
         bail!("no {what}");
     }
+    Ok(())
+}
+
+/// A follower of a sandbox's events hears of its death when it happens,
+/// though nothing calls the sandbox: the server watches every init.
+async fn a_death_is_reported_without_anyone_asking(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let client = server.client();
+    let id = client
+        .create_sandbox(&CreateSandboxRequest::default())
+        .await?
+        .id;
+    let follow = sbx_api::SandboxEventsQuery {
+        since: None,
+        follow: true,
+    };
+    let mut events = client.sandbox_events(&id, &follow).await?;
+    let agent = sbx_tests::agent_pid(engine, &id).context("the agent")?;
+    // SAFETY: a plain kill(2) of a pid this test just looked up.
+    unsafe { libc::kill(agent as i32, libc::SIGKILL) };
+    let failed = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(event) = events.next().await? {
+            if event.kind == sbx_api::EventKind::Failed {
+                return Ok::<_, ClientError>(Some(event));
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .context("no `failed` event within 30 s")??
+    .context("the stream ended without a `failed` event")?;
+    assert_eq!(failed.reason.as_deref(), Some("agent died"), "{failed:?}");
+    let sandbox = client.get_sandbox(&id).await?;
+    assert_eq!(sandbox.state, SandboxState::Failed);
+    client.delete_sandbox(&id).await?;
     Ok(())
 }

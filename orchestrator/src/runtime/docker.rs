@@ -29,7 +29,7 @@
 //! present one never is.
 
 use super::{
-    disk, resolve_image, spec, tenant, ContainerSpec, Disks, Isolation, Limits, Runtime,
+    disk, process, resolve_image, spec, tenant, ContainerSpec, Disks, Isolation, Limits, Runtime,
     RuntimeError, SandboxDir,
 };
 use async_trait::async_trait;
@@ -52,6 +52,9 @@ const LABEL_INSTANCE: &str = "sbx.instance";
 const AGENT_LOG_MAX_SIZE: &str = "1m";
 /// Seconds the agent gets between SIGTERM and SIGKILL on delete.
 const STOP_GRACE_SECS: i32 = 2;
+/// How long the engine may take to see a container's init exit after the
+/// kernel has (it learns through containerd, a few milliseconds later).
+const EXIT_NOTICE: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug)]
 pub struct DockerRuntime {
@@ -400,6 +403,23 @@ impl Runtime for DockerRuntime {
             Err(err) if is_not_found(&err) => Ok(false),
             Err(err) => Err(docker_error(format!("cannot inspect sandbox {id}"))(err)),
         }
+    }
+
+    /// The init's pidfd, then the engine's own view: until the engine has
+    /// seen the exit, it still calls the container running.
+    async fn exited(&self, id: &str) -> Result<(), RuntimeError> {
+        if let Some(pid) = self.init_pid(id).await? {
+            process::exited(pid)
+                .await
+                .map_err(RuntimeError::io(format!("cannot watch pid {pid}")))?;
+        }
+        let noticed = std::time::Instant::now() + EXIT_NOTICE;
+        let mut pause = std::time::Duration::from_millis(5);
+        while self.is_running(id).await? && std::time::Instant::now() < noticed {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(500));
+        }
+        Ok(())
     }
 
     async fn oom_killed(&self, id: &str) -> bool {

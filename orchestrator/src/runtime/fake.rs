@@ -12,7 +12,7 @@ use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use std::collections::{HashMap, VecDeque};
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::AbortHandle;
 
@@ -43,9 +43,24 @@ struct State {
     oom_killed: std::collections::HashSet<String>,
     /// Ids whose `remove` fails, as an engine that will not let go.
     stuck: std::collections::HashSet<String>,
+    /// Woken when a "container" is killed (see `Runtime::exited`).
+    deaths: HashMap<String, Arc<tokio::sync::Notify>>,
     /// Whether sandboxes may ask for `disk_mb` (the disk image is the
     /// test's to write: the fake mounts nothing).
     disks: bool,
+}
+
+impl State {
+    fn death(&mut self, id: &str) -> Arc<tokio::sync::Notify> {
+        Arc::clone(self.deaths.entry(id.to_owned()).or_default())
+    }
+
+    /// Wakes whoever waits for `id`'s init to exit.
+    fn died(&mut self, id: &str) {
+        if let Some(death) = self.deaths.remove(id) {
+            death.notify_one();
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -75,9 +90,11 @@ impl FakeRuntime {
 
     /// Kills a container underneath the manager, as a crash would.
     pub(crate) fn kill(&self, id: &str) {
-        if let Some(Some(agent)) = self.state().running.remove(id) {
+        let mut state = self.state();
+        if let Some(Some(agent)) = state.running.remove(id) {
             agent.abort();
         }
+        state.died(id);
     }
 
     /// Lets sandboxes have disks, so that they can be copied.
@@ -206,6 +223,7 @@ impl Runtime for FakeRuntime {
             });
         }
         state.removed.push(id.to_owned());
+        state.died(id);
         state.paused.remove(id);
         if let Some(Some(agent)) = state.running.remove(id) {
             agent.abort();
@@ -223,6 +241,18 @@ impl Runtime for FakeRuntime {
             .running
             .contains_key(id)
             .then(|| std::process::id() as i32))
+    }
+
+    async fn exited(&self, id: &str) -> Result<(), RuntimeError> {
+        let death = {
+            let mut state = self.state();
+            if !state.running.contains_key(id) {
+                return Ok(());
+            }
+            state.death(id)
+        };
+        death.notified().await;
+        Ok(())
     }
 
     async fn oom_killed(&self, id: &str) -> bool {

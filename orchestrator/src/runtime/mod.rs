@@ -231,6 +231,18 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// The host pid of the sandbox's init (its agent), if it runs.
     async fn init_pid(&self, id: &str) -> Result<Option<i32>, RuntimeError>;
 
+    /// Resolves once the sandbox's init exits (at once if it is not
+    /// running): a pidfd on its host pid, which both runtimes' inits have
+    /// (the engine runs on this host).
+    async fn exited(&self, id: &str) -> Result<(), RuntimeError> {
+        let Some(pid) = self.init_pid(id).await? else {
+            return Ok(());
+        };
+        process::exited(pid)
+            .await
+            .map_err(RuntimeError::io(format!("cannot watch pid {pid}")))
+    }
+
     /// Whether the kernel's OOM killer has killed a process charged to the
     /// sandbox's own cgroup: the one that holds its agent, above the
     /// tenant cgroup its commands run in. Asked of a sandbox found dead,

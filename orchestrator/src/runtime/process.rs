@@ -36,18 +36,23 @@ fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 
 /// Waits until `pid` exits or `timeout` passes; true when it exited.
 pub(crate) async fn wait_exit(pid: i32, timeout: Duration) -> io::Result<bool> {
+    match tokio::time::timeout(timeout, exited(pid)).await {
+        Ok(exited) => exited.map(|()| true),
+        Err(_) => Ok(!is_alive(pid)),
+    }
+}
+
+/// Resolves once `pid` exits (at once if it is gone already).
+pub(crate) async fn exited(pid: i32) -> io::Result<()> {
     let pidfd = match pidfd_open(pid) {
         Ok(fd) => fd,
-        Err(err) if err.raw_os_error() == Some(libc::ESRCH) => return Ok(true),
+        Err(err) if err.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
         Err(err) => return Err(err),
     };
     // SAFETY: the AsyncFd owns the pidfd, so the fd stays open and is not
     // reused for as long as it is registered.
     let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }?;
-    match tokio::time::timeout(timeout, pidfd.readable()).await {
-        Ok(ready) => ready.map(|_| true),
-        Err(_) => Ok(!is_alive(pid)),
-    }
+    pidfd.readable().await.map(drop)
 }
 
 pub(crate) fn signal(pid: i32, signal: libc::c_int) {

@@ -201,6 +201,7 @@ impl Manager {
         }
         self.renew_after_wake(&record.sandbox).await?;
         self.serving.insert(id);
+        self.deaths.watch(&self.runtime, id);
         tracing::info!(%id, "sandbox started");
         self.events
             .emit(id, EventKind::Started, Detail::default())

@@ -465,6 +465,44 @@ async fn forks_start_on_copies_of_the_source_disk_and_a_failed_copy_leaves_nothi
 }
 
 #[tokio::test]
+async fn a_death_is_recorded_when_it_happens_and_a_stop_is_not_one() {
+    let f = fixture();
+    tokio::spawn(Arc::clone(&f.manager).record_deaths());
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let request = CreateSandboxRequest::default();
+        ids.push(f.manager.create(request).await.expect("created").id);
+    }
+    // Stopped and started again: the new init is watched, the old one's
+    // exit was not a death.
+    f.manager
+        .stop(&ids[1], "test".into())
+        .await
+        .expect("stopped");
+    f.manager.start_stopped(&ids[1]).await.expect("started");
+    f.runtime.kill(&ids[1]);
+    f.runtime.kill(&ids[0]);
+    for id in &ids {
+        event_arrives(&f.manager, id, EventKind::Failed).await;
+        assert_eq!(state_of(&f, id), Some(SandboxState::Failed));
+    }
+    let reasons: Vec<_> = events_of(&f.manager, &ids[1])
+        .await
+        .into_iter()
+        .map(|event| (event.kind, event.reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (EventKind::Created, None),
+            (EventKind::Stopped, Some("test".into())),
+            (EventKind::Started, None),
+            (EventKind::Failed, Some("agent died".into())),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_follower_gets_the_history_then_live_events_and_ends_at_shutdown() {
     let f = fixture();
     let id = f

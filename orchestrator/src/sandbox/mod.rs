@@ -38,6 +38,7 @@
 //! ([`storage`]).
 
 mod activity;
+mod deaths;
 mod events;
 mod handoff;
 mod hibernate;
@@ -206,6 +207,8 @@ pub struct Manager {
     admissions: tokio::sync::Mutex<()>,
     /// Cancelled when the server stops: event streams that follow end.
     following: tokio_util::sync::CancellationToken,
+    /// Every running sandbox's init, watched (see [`deaths`]).
+    deaths: deaths::Deaths,
 }
 
 /// Why a sandbox is deleted.
@@ -276,6 +279,7 @@ impl Manager {
             ops: hibernate::OpLocks::default(),
             admissions: tokio::sync::Mutex::new(()),
             following: tokio_util::sync::CancellationToken::new(),
+            deaths: deaths::Deaths::default(),
             disks,
             store,
             runtime,
@@ -397,12 +401,32 @@ impl Manager {
         if alive {
             return Ok(false);
         }
-        if self.transition(id, Transition::Died).await? {
-            let reason = self.death_reason(id, "agent died").await;
+        let reason = self.death_reason(id, "agent died").await;
+        if self.fail(id, Transition::Died, reason).await? {
             tracing::warn!(%id, %reason, "the sandbox's container died; marked failed");
-            self.ended(id, reason, EventKind::Failed).await?;
         }
         Ok(true)
+    }
+
+    /// Takes `transition` to `failed` with `reason`, in one update, and
+    /// reports it; false when the sandbox was in no state to take it.
+    async fn fail(
+        &self,
+        id: &str,
+        transition: Transition,
+        reason: &'static str,
+    ) -> Result<bool, SandboxError> {
+        self.serving.remove(id);
+        let key = id.to_owned();
+        let failed = self
+            .db(move |store| store.transition_ended(&key, transition, reason, Utc::now()))
+            .await?;
+        if failed {
+            self.events
+                .emit(id, EventKind::Failed, Detail::reason(reason))
+                .await;
+        }
+        Ok(failed)
     }
 
     /// Why a sandbox found dead died: `oom` when the OOM killer took a
@@ -440,15 +464,6 @@ impl Manager {
             .filter(|record| !record.pooled)
             .map(|record| self.with_idle(record.sandbox))
             .collect())
-    }
-
-    /// Records why `id` ended (or failed) and reports it.
-    async fn ended(&self, id: &str, reason: &str, kind: EventKind) -> Result<(), SandboxError> {
-        let (key, text) = (id.to_owned(), reason.to_owned());
-        self.db(move |store| store.set_ended(&key, &text, Utc::now()))
-            .await?;
-        self.events.emit(id, kind, Detail::reason(reason)).await;
-        Ok(())
     }
 
     /// Drops what the manager keeps in memory of a sandbox that is gone.
@@ -600,6 +615,7 @@ impl Manager {
                 sandbox.state = SandboxState::Running;
                 if !record.pooled {
                     self.serving.insert(&id);
+                    self.deaths.watch(&self.runtime, &id);
                     self.created(&sandbox).await;
                 }
                 tracing::info!(%id, image = %sandbox.image, pooled = record.pooled, "sandbox running");
@@ -648,6 +664,7 @@ impl Manager {
                     source,
                 })?;
             self.serving.insert(&id);
+            self.deaths.watch(&self.runtime, &id);
             tracing::info!(%id, "pooled sandbox claimed");
             return Ok(Some(Sandbox {
                 id,
@@ -1047,10 +1064,8 @@ impl Manager {
             let staging = self.dir(&id).disk_image().with_file_name(staged);
             if let Err(err) = self.finish_restore(&id, &staging).await {
                 tracing::error!(%id, error = %err, "cannot finish a restore; marked failed");
-                if self.transition(&id, Transition::RecoveryFailed).await? {
-                    self.ended(&id, "server recovery failed", EventKind::Failed)
-                        .await?;
-                }
+                self.fail(&id, Transition::RecoveryFailed, "server recovery failed")
+                    .await?;
             }
         }
         for record in self.db(|store| store.list()).await? {
@@ -1066,10 +1081,8 @@ impl Manager {
                 // Nobody holds it; the next start tries again.
                 continue;
             }
-            if self.transition(&id, Transition::RecoveryFailed).await? {
-                self.ended(&id, "server recovery failed", EventKind::Failed)
-                    .await?;
-            }
+            self.fail(&id, Transition::RecoveryFailed, "server recovery failed")
+                .await?;
         }
         // Containers and directories that no record owns: left by a crash
         // between creating them and recording the sandbox. They are ours
@@ -1152,13 +1165,13 @@ impl Manager {
                     if record.sandbox.state == SandboxState::Running {
                         self.serving.insert(&id);
                     }
+                    self.deaths.watch(&self.runtime, &id);
                     self.activity.reset(&id);
                     tracing::info!(%id, state = record.sandbox.state.as_str(), "adopted sandbox");
                 } else {
                     tracing::warn!(%id, "sandbox died while the orchestrator was down");
-                    self.transition(&id, Transition::Died).await?;
                     let reason = self.death_reason(&id, "server recovery").await;
-                    self.ended(&id, reason, EventKind::Failed).await?;
+                    self.fail(&id, Transition::Died, reason).await?;
                 }
             }
             SandboxState::Stopped | SandboxState::Failed | SandboxState::Deleted => {}
