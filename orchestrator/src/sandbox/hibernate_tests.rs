@@ -402,6 +402,8 @@ async fn recovery_finishes_a_restore_the_server_was_killed_in() {
             std::fs::write(disk.with_file_name(&staged), "restored").expect("staged");
         } else {
             std::fs::write(&disk, "restored").expect("renamed");
+            // And a copy killed before anything was recorded.
+            std::fs::write(disk.with_file_name(".disk.img.0badc0de.tmp"), "half").expect("w");
         }
         let build = Path::new("/builds/other");
         f.store

@@ -1100,10 +1100,28 @@ impl Manager {
         self.remove_orphan_snapshots().await
     }
 
+    /// Removes the copies a killed server left half-made in `id`'s
+    /// directory (a restore's staged disk; those whose rename was recorded
+    /// are finished before this runs). Best effort: they are only space.
+    fn remove_staged_copies(&self, id: &str) {
+        let disk = self.dir(id).disk_image();
+        let Ok(entries) = std::fs::read_dir(self.dir(id).path()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if snapshots::is_staging_name(&disk, &name) {
+                tracing::info!(%id, file = %name, "removing a copy a killed server left");
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
     /// Settles one sandbox found in the store at recovery (see
     /// [`Self::recover`]).
     async fn recover_one(&self, record: SandboxRecord) -> Result<(), SandboxError> {
         let id = record.sandbox.id;
+        self.remove_staged_copies(&id);
         if record.pooled {
             // Cheaper to start afresh than to check: nobody holds it.
             return self.teardown(&id).await;

@@ -489,6 +489,12 @@ fn staging_path(target: &Path) -> PathBuf {
     target.with_file_name(format!(".{name}.{:08x}.tmp", rand::random::<u32>()))
 }
 
+/// Whether `name` (beside `target`) is one of [`staging_path`]'s.
+pub(super) fn is_staging_name(target: &Path, name: &str) -> bool {
+    name.strip_prefix(&format!(".{}.", file_name(target)))
+        .is_some_and(|rest| rest.ends_with(".tmp"))
+}
+
 /// Flushes what a sandbox wrote to its filesystem down to its disk image:
 /// `syncfs` on the root of its init (an overlay, whose sync reaches the
 /// upper layer on the disk). Opened through `/proc/<pid>/root`, the root
