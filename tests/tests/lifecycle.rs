@@ -510,14 +510,7 @@ async fn a_sandbox_the_oom_killer_ends_says_oom(engine: Engine) -> Result<()> {
     std::fs::write(format!("/proc/{agent}/oom_score_adj"), "1000")?;
     sh(&client, &id, "touch /tmp/moved").await?;
 
-    let ended = sbx_tests::eventually(Duration::from_secs(30), || async {
-        client
-            .get_sandbox(&id)
-            .await
-            .is_ok_and(|s| s.state == SandboxState::Failed)
-    })
-    .await;
-    let sandbox = client.get_sandbox(&id).await?;
+    let (ended, sandbox) = failed(&client, &id).await?;
     assert!(ended, "the agent was never killed: {sandbox:?}");
     assert_eq!(sandbox.ended_reason.as_deref(), Some("oom"), "{sandbox:?}");
     client.delete_sandbox(&id).await?;
@@ -527,20 +520,31 @@ async fn a_sandbox_the_oom_killer_ends_says_oom(engine: Engine) -> Result<()> {
         .create_sandbox(&CreateSandboxRequest::default())
         .await?
         .id;
-    let agent = sbx_tests::agent_pid(engine, &id).context("the agent")?;
-    // SAFETY: a plain kill(2) of a pid this test just looked up.
-    unsafe { libc::kill(agent as i32, libc::SIGKILL) };
+    kill_agent(engine, &id)?;
+    let (ended, sandbox) = failed(&client, &id).await?;
+    assert!(ended, "{sandbox:?}");
+    assert_eq!(sandbox.ended_reason.as_deref(), Some("agent died"));
+    client.delete_sandbox(&id).await?;
+    Ok(())
+}
+
+/// Whether `id` became `failed` within 30 s, and the sandbox as it is.
+async fn failed(client: &Client, id: &str) -> Result<(bool, sbx_api::Sandbox)> {
     let ended = sbx_tests::eventually(Duration::from_secs(30), || async {
         client
-            .get_sandbox(&id)
+            .get_sandbox(id)
             .await
             .is_ok_and(|s| s.state == SandboxState::Failed)
     })
     .await;
-    let sandbox = client.get_sandbox(&id).await?;
-    assert!(ended, "{sandbox:?}");
-    assert_eq!(sandbox.ended_reason.as_deref(), Some("agent died"));
-    client.delete_sandbox(&id).await?;
+    Ok((ended, client.get_sandbox(id).await?))
+}
+
+/// SIGKILLs the sandbox's agent from the host, as a crash would.
+fn kill_agent(engine: Engine, id: &str) -> Result<()> {
+    let agent = sbx_tests::agent_pid(engine, id).context("the agent")?;
+    // SAFETY: a plain kill(2) of a pid just looked up.
+    unsafe { libc::kill(agent as i32, libc::SIGKILL) };
     Ok(())
 }
 
@@ -565,9 +569,7 @@ async fn a_death_is_reported_without_anyone_asking(engine: Engine) -> Result<()>
         follow: true,
     };
     let mut events = client.sandbox_events(&id, &follow).await?;
-    let agent = sbx_tests::agent_pid(engine, &id).context("the agent")?;
-    // SAFETY: a plain kill(2) of a pid this test just looked up.
-    unsafe { libc::kill(agent as i32, libc::SIGKILL) };
+    kill_agent(engine, &id)?;
     let failed = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(event) = events.next().await? {
             if event.kind == sbx_api::EventKind::Failed {

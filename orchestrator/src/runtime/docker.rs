@@ -29,7 +29,7 @@
 //! present one never is.
 
 use super::{
-    disk, process, resolve_image, spec, tenant, ContainerSpec, Disks, Isolation, Limits, Runtime,
+    disk, resolve_image, spec, tenant, ContainerSpec, Disks, Isolation, Limits, Runtime,
     RuntimeError, SandboxDir,
 };
 use async_trait::async_trait;
@@ -408,11 +408,7 @@ impl Runtime for DockerRuntime {
     /// The init's pidfd, then the engine's own view: until the engine has
     /// seen the exit, it still calls the container running.
     async fn exited(&self, id: &str) -> Result<(), RuntimeError> {
-        if let Some(pid) = self.init_pid(id).await? {
-            process::exited(pid)
-                .await
-                .map_err(RuntimeError::io(format!("cannot watch pid {pid}")))?;
-        }
+        super::init_exited(self.init_pid(id).await?).await?;
         let noticed = std::time::Instant::now() + EXIT_NOTICE;
         let mut pause = std::time::Duration::from_millis(5);
         while self.is_running(id).await? && std::time::Instant::now() < noticed {

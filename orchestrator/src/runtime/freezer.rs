@@ -17,12 +17,11 @@
 //! anything the sandbox can write; a sandbox cannot rename its cgroup (the
 //! hierarchy is not mounted writable inside).
 
+use super::tenant::CGROUP_ROOT;
 use super::RuntimeError;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Where the cgroup hierarchies are mounted.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// How long the freezing of every task may take before the freeze is
 /// undone. Tasks in uninterruptible sleep (I/O on a slow disk) delay it.
 const FREEZE_LIMIT: Duration = Duration::from_secs(5);

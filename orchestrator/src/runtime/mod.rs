@@ -63,6 +63,16 @@ impl RuntimeError {
     }
 }
 
+/// Resolves once the init `pid` exits (at once without one).
+async fn init_exited(pid: Option<i32>) -> Result<(), RuntimeError> {
+    let Some(pid) = pid else {
+        return Ok(());
+    };
+    process::exited(pid)
+        .await
+        .map_err(RuntimeError::io(format!("cannot watch pid {pid}")))
+}
+
 /// The image build an image's rootfs path points at now. Pinning the
 /// resolved path means a later rebuild (which repoints the image's symlink)
 /// never changes a running sandbox's lower layer, and names the build.
@@ -235,12 +245,7 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// running): a pidfd on its host pid, which both runtimes' inits have
     /// (the engine runs on this host).
     async fn exited(&self, id: &str) -> Result<(), RuntimeError> {
-        let Some(pid) = self.init_pid(id).await? else {
-            return Ok(());
-        };
-        process::exited(pid)
-            .await
-            .map_err(RuntimeError::io(format!("cannot watch pid {pid}")))
+        init_exited(self.init_pid(id).await?).await
     }
 
     /// Whether the kernel's OOM killer has killed a process charged to the

@@ -31,8 +31,8 @@ use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-/// Where the v1 hierarchies are mounted.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// Where the cgroup hierarchies are mounted.
+pub(super) const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The child cgroup that holds the sandbox's commands.
 const TENANT: &str = "tenant";
 

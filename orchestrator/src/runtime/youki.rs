@@ -137,7 +137,7 @@ impl YoukiRuntime {
 /// `memory.events` under v2. 0 where neither can be read.
 fn oom_kills(cgroup: &Path) -> u64 {
     let relative = cgroup.strip_prefix("/").unwrap_or(cgroup);
-    let root = Path::new("/sys/fs/cgroup");
+    let root = Path::new(tenant::CGROUP_ROOT);
     [
         root.join("memory")
             .join(relative)

@@ -244,10 +244,7 @@ impl Manager {
         self.runtime
             .resume(id)
             .await
-            .map_err(|source| SandboxError::Runtime {
-                id: id.to_owned(),
-                source,
-            })?;
+            .map_err(SandboxError::runtime(id))?;
         if !self.transition(id, Transition::Resume).await? {
             let state = self.record(id).await?.sandbox.state;
             return Err(self.wrong_state(id, state));
@@ -323,10 +320,8 @@ impl Manager {
                     .images_dir
                     .join(&record.sandbox.image)
                     .join("rootfs");
-                crate::runtime::resolve_image(&rootfs).map_err(|source| SandboxError::Runtime {
-                    id: record.sandbox.id.clone(),
-                    source,
-                })
+                crate::runtime::resolve_image(&rootfs)
+                    .map_err(SandboxError::runtime(&record.sandbox.id))
             }
         }
     }

@@ -103,12 +103,7 @@ async fn a_stopped_sandbox_keeps_its_record_and_dir_and_starts_again() {
 #[tokio::test]
 async fn a_start_that_fails_leaves_the_sandbox_stopped() {
     let f = fixture();
-    let id = f
-        .manager
-        .create(CreateSandboxRequest::default())
-        .await
-        .expect("created")
-        .id;
+    let id = f.new_sandbox().await;
     f.manager.stop(&id, "test".into()).await.expect("stopped");
     f.runtime.script([Start::Fail]);
     f.manager.start_stopped(&id).await.expect_err("fails");
@@ -277,12 +272,7 @@ async fn set_timeout_moves_the_deadline_and_ended_records_go_after_retention() {
         fast_lifetimes(config);
         config.retention = Duration::ZERO;
     });
-    let id = f
-        .manager
-        .create(CreateSandboxRequest::default())
-        .await
-        .expect("created")
-        .id;
+    let id = f.new_sandbox().await;
     let later = f.manager.set_timeout(&id, 3600).await.expect("extended");
     assert_eq!(later.lifecycle.timeout_s, Some(3600));
     let at = later.expires_at.expect("a deadline");
@@ -310,18 +300,8 @@ async fn set_timeout_moves_the_deadline_and_ended_records_go_after_retention() {
 #[tokio::test]
 async fn recovery_settles_an_interrupted_stop_or_start_as_stopped() {
     let f = fixture();
-    let stopping = f
-        .manager
-        .create(CreateSandboxRequest::default())
-        .await
-        .expect("created")
-        .id;
-    let starting = f
-        .manager
-        .create(CreateSandboxRequest::default())
-        .await
-        .expect("created")
-        .id;
+    let stopping = f.new_sandbox().await;
+    let starting = f.new_sandbox().await;
     f.manager
         .stop(&starting, "test".into())
         .await
@@ -349,12 +329,7 @@ async fn a_sandbox_recovery_cannot_settle_is_failed_and_the_rest_recover() {
     let f = fixture();
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let id = f
-            .manager
-            .create(CreateSandboxRequest::default())
-            .await
-            .expect("created")
-            .id;
+        let id = f.new_sandbox().await;
         assert!(f.store.transition(&id, Transition::Stop).expect("stop"));
         ids.push(id);
     }
@@ -383,12 +358,7 @@ async fn recovery_finishes_a_restore_the_server_was_killed_in() {
     let f = fixture();
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let id = f
-            .manager
-            .create(CreateSandboxRequest::default())
-            .await
-            .expect("created")
-            .id;
+        let id = f.new_sandbox().await;
         f.manager.stop(&id, "test".into()).await.expect("stopped");
         ids.push(id);
     }
@@ -472,8 +442,7 @@ async fn a_death_is_recorded_when_it_happens_and_a_stop_is_not_one() {
     tokio::spawn(Arc::clone(&f.manager).record_deaths());
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let request = CreateSandboxRequest::default();
-        ids.push(f.manager.create(request).await.expect("created").id);
+        ids.push(f.new_sandbox().await);
     }
     // Stopped and started again: the new init is watched, the old one's
     // exit was not a death.
@@ -507,12 +476,7 @@ async fn a_death_is_recorded_when_it_happens_and_a_stop_is_not_one() {
 #[tokio::test]
 async fn a_follower_gets_the_history_then_live_events_and_ends_at_shutdown() {
     let f = fixture();
-    let id = f
-        .manager
-        .create(CreateSandboxRequest::default())
-        .await
-        .expect("created")
-        .id;
+    let id = f.new_sandbox().await;
     let mut follower = Box::pin(f.manager.events(Some(id.clone()), 0, true));
     let first = follower.next().await.expect("an event").expect("ok");
     assert_eq!(first.kind, EventKind::Created);

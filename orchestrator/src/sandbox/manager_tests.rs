@@ -55,6 +55,15 @@ pub(super) fn fixture() -> Fixture {
 }
 
 impl Fixture {
+    /// A new default sandbox's id.
+    pub(super) async fn new_sandbox(&self) -> String {
+        self.manager
+            .create(CreateSandboxRequest::default())
+            .await
+            .expect("created")
+            .id
+    }
+
     pub(super) fn states(&self) -> Vec<SandboxState> {
         self.store
             .list()
@@ -146,12 +155,7 @@ async fn a_create_whose_caller_left_still_finishes() {
 #[tokio::test]
 async fn a_delete_whose_caller_left_still_finishes() {
     let f = fixture();
-    let id = f
-        .manager
-        .create(CreateSandboxRequest::default())
-        .await
-        .expect("created")
-        .id;
+    let id = f.new_sandbox().await;
     let delete = f.manager.delete(&id, by_client());
     // Dropped at its first await: the work was already handed to a task.
     drop(tokio::time::timeout(Duration::from_micros(1), delete).await);
@@ -162,12 +166,7 @@ async fn a_delete_whose_caller_left_still_finishes() {
 #[tokio::test]
 async fn of_two_racing_deletes_one_wins() {
     let f = fixture();
-    let id = f
-        .manager
-        .create(CreateSandboxRequest::default())
-        .await
-        .expect("created")
-        .id;
+    let id = f.new_sandbox().await;
     let (first, second) = tokio::join!(
         f.manager.delete(&id, by_client()),
         f.manager.delete(&id, by_client())
@@ -223,12 +222,7 @@ async fn a_sandbox_being_created_cannot_be_deleted_yet() {
 #[tokio::test]
 async fn a_dead_container_is_reported_failed_and_can_be_deleted() {
     let f = fixture();
-    let id = f
-        .manager
-        .create(CreateSandboxRequest::default())
-        .await
-        .expect("created")
-        .id;
+    let id = f.new_sandbox().await;
     f.runtime.kill(&id);
     let dead = f.manager.get(&id).await.expect("get");
     assert_eq!(dead.state, SandboxState::Failed);
@@ -247,12 +241,7 @@ async fn a_dead_container_is_reported_failed_and_can_be_deleted() {
 #[tokio::test]
 async fn a_sandbox_the_oom_killer_ended_says_so() {
     let f = fixture();
-    let id = f
-        .manager
-        .create(CreateSandboxRequest::default())
-        .await
-        .expect("created")
-        .id;
+    let id = f.new_sandbox().await;
     f.runtime.kill_by_oom(&id);
     let dead = f.manager.get(&id).await.expect("get");
     assert_eq!(dead.state, SandboxState::Failed);

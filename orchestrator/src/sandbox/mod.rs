@@ -114,6 +114,16 @@ pub enum SandboxError {
     },
 }
 
+impl SandboxError {
+    /// Wraps a runtime error of sandbox `id` (for `map_err`).
+    fn runtime(id: &str) -> impl FnOnce(RuntimeError) -> SandboxError + '_ {
+        move |source| SandboxError::Runtime {
+            id: id.to_owned(),
+            source,
+        }
+    }
+}
+
 /// Defaults and fixed paths the manager works with.
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -394,10 +404,7 @@ impl Manager {
             .runtime
             .is_running(id)
             .await
-            .map_err(|source| SandboxError::Runtime {
-                id: id.to_owned(),
-                source,
-            })?;
+            .map_err(SandboxError::runtime(id))?;
         if alive {
             return Ok(false);
         }
@@ -802,18 +809,12 @@ impl Manager {
         self.runtime
             .start(&spec)
             .await
-            .map_err(|source| SandboxError::Runtime {
-                id: id.clone(),
-                source,
-            })?;
+            .map_err(SandboxError::runtime(id))?;
         let tenant = self
             .runtime
             .tenant_cgroups(id, &spec.limits)
             .await
-            .map_err(|source| SandboxError::Runtime {
-                id: id.clone(),
-                source,
-            })?;
+            .map_err(SandboxError::runtime(id))?;
         let container_started = started.elapsed();
         let ready = agent
             .hand_over(self.config.ready_timeout, &tenant)
@@ -963,10 +964,7 @@ impl Manager {
         self.runtime
             .remove(id, &dir)
             .await
-            .map_err(|source| SandboxError::Runtime {
-                id: id.to_owned(),
-                source,
-            })?;
+            .map_err(SandboxError::runtime(id))?;
         // A tree the sandbox wrote (its layer, without a disk): removed off
         // the async workers, and without following its symlinks (std's
         // remove_dir_all never does).
@@ -1145,24 +1143,18 @@ impl Manager {
                 self.runtime
                     .remove(&id, &self.dir(&id))
                     .await
-                    .map_err(|source| SandboxError::Runtime {
-                        id: id.clone(),
-                        source,
-                    })?;
+                    .map_err(SandboxError::runtime(&id))?;
                 self.transition(&id, Transition::Halted).await?;
                 self.events
                     .emit(&id, EventKind::Stopped, Detail::reason("server recovery"))
                     .await;
             }
             SandboxState::Running | SandboxState::Paused => {
-                let alive =
-                    self.runtime
-                        .is_running(&id)
-                        .await
-                        .map_err(|source| SandboxError::Runtime {
-                            id: id.clone(),
-                            source,
-                        })?;
+                let alive = self
+                    .runtime
+                    .is_running(&id)
+                    .await
+                    .map_err(SandboxError::runtime(&id))?;
                 if alive && record.sandbox.state == SandboxState::Running {
                     // A copy (snapshot, fork) freezes a running sandbox
                     // for its instant; a server killed in that instant

@@ -426,18 +426,21 @@ impl Manager {
         targets: &[PathBuf],
     ) -> Result<(), SandboxError> {
         let id = &record.sandbox.id;
-        let runtime_error = |source| SandboxError::Runtime {
-            id: id.clone(),
-            source,
-        };
         let running = record.sandbox.state == SandboxState::Running;
         let mounted = record.sandbox.state != SandboxState::Stopped;
         if running {
-            self.runtime.pause(id).await.map_err(runtime_error)?;
+            self.runtime
+                .pause(id)
+                .await
+                .map_err(SandboxError::runtime(id))?;
         }
         let copied = async {
             if mounted {
-                let pid = self.runtime.init_pid(id).await.map_err(runtime_error)?;
+                let pid = self
+                    .runtime
+                    .init_pid(id)
+                    .await
+                    .map_err(SandboxError::runtime(id))?;
                 let pid = pid.ok_or_else(|| self.wrong_state(id, SandboxState::Failed))?;
                 sync_root_filesystem(pid).await?;
             }
@@ -449,7 +452,10 @@ impl Manager {
         }
         .await;
         if running {
-            self.runtime.resume(id).await.map_err(runtime_error)?;
+            self.runtime
+                .resume(id)
+                .await
+                .map_err(SandboxError::runtime(id))?;
         }
         if copied.is_err() {
             for target in targets {
