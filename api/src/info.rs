@@ -14,8 +14,10 @@ pub struct ServerInfo {
 /// The storage pool, and what has been promised out of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StorageInfo {
-    /// `reflink`: snapshots, forks and restores clone a disk in place, in
-    /// milliseconds whatever its size; `copy`: they copy its bytes.
+    /// `subvolume`: snapshots, forks and restores snapshot a disk's btrfs
+    /// subvolume, in milliseconds whatever it holds; `reflink`: they clone
+    /// its image, in time that grows with how fragmented it is; `copy`:
+    /// they copy its bytes.
     pub snapshot_method: String,
     /// The pool's size.
     pub pool_bytes: u64,

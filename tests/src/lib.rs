@@ -216,7 +216,7 @@ macro_rules! on_every_runtime {
 /// stopped) the path is relative to the pool's root (`/tests/<dir>/…`
 /// rather than `/var/lib/sbx/tests/<dir>/…`), and a deleted file has
 /// " (deleted)" appended. So the data dir is recognised by its own name,
-/// followed by `sandboxes/<id>/disk.img`.
+/// followed by `sandboxes/<id>/disk/disk.img`.
 pub fn attached_disks(data_dir: &Path) -> Result<std::collections::BTreeSet<String>> {
     let name = data_dir.file_name().context("a data dir has a name")?;
     let mut ids = std::collections::BTreeSet::new();
@@ -226,8 +226,12 @@ pub fn attached_disks(data_dir: &Path) -> Result<std::collections::BTreeSet<Stri
         };
         let file = file.trim_end_matches('\n').trim_end_matches(" (deleted)");
         let parts: Vec<&std::ffi::OsStr> = Path::new(file).iter().collect();
-        for window in parts.windows(4) {
-            if window[0] == name && window[1] == "sandboxes" && window[3] == "disk.img" {
+        for window in parts.windows(5) {
+            if window[0] == name
+                && window[1] == "sandboxes"
+                && window[3] == "disk"
+                && window[4] == "disk.img"
+            {
                 ids.insert(window[2].to_string_lossy().into_owned());
             }
         }

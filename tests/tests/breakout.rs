@@ -675,7 +675,7 @@ async fn a_hostile_filesystem_steers_no_lifecycle_copy(engine: Engine) -> Result
         .flatten()
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(snapshots, ["traps.img"]);
+    assert_eq!(snapshots, ["traps"]);
     Ok(())
 }
 

@@ -34,12 +34,7 @@ pub async fn info(State(state): State<AppState>) -> Result<Json<ServerInfo>, Api
     Ok(Json(ServerInfo {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         storage: StorageInfo {
-            snapshot_method: if state.manager.disks_reflink() {
-                "reflink"
-            } else {
-                "copy"
-            }
-            .to_owned(),
+            snapshot_method: state.manager.snapshot_method().to_owned(),
             pool_bytes: storage.pool_bytes,
             used_bytes: storage.used_bytes,
             promised_bytes: storage.promised_bytes,

@@ -27,7 +27,7 @@
 //! what sandboxes can take from the host; were the pool full, a write
 //! inside a sandbox would fail with EIO rather than ENOSPC.
 
-use super::RuntimeError;
+use super::{volume, RuntimeError};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -41,6 +41,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 const MOUNT_OPTIONS: &str = "noinit_itable,discard";
 /// The size of the disk the start-up probe makes (and keeps as a template).
 const PROBE_BYTES: u64 = 64 << 20;
+/// The name of the image in a disk volume ([`super::volume`]).
+pub const IMAGE: &str = "disk.img";
 /// How many templates (so distinct disk sizes) are kept formatted.
 const TEMPLATES_KEPT: usize = 8;
 /// What a mount point may hold to be carried over onto its disk (see
@@ -92,6 +94,9 @@ pub struct Disks {
     /// Cleared when cloning a template fails: the data dir's filesystem
     /// cannot, so every disk is formatted instead.
     clones: AtomicBool,
+    /// Whether each disk's volume is a btrfs subvolume (see
+    /// [`super::volume`]); cleared where making one fails.
+    subvolumes: AtomicBool,
 }
 
 impl Disks {
@@ -102,6 +107,7 @@ impl Disks {
             templates,
             usable: Ok(()),
             clones: AtomicBool::new(true),
+            subvolumes: AtomicBool::new(true),
         };
         let scratch = disks
             .templates
@@ -117,8 +123,12 @@ impl Disks {
         let _ = unmount(&mountpoint);
         if tried.is_ok() {
             let cloned = clone_file(&scratch.join("disk.img"), &scratch.join("clone.img"));
-            if cloned.as_ref().is_err_and(cannot_clone_here) {
+            if cloned.as_ref().is_err_and(unsupported_here) {
                 disks.clones.store(false, Ordering::Relaxed);
+            }
+            let subvolume = scratch.join("volume");
+            if volume::create_subvolume(&subvolume).is_err() {
+                disks.subvolumes.store(false, Ordering::Relaxed);
             }
         }
         let _ = fs::remove_dir_all(&scratch);
@@ -128,10 +138,65 @@ impl Disks {
         disks
     }
 
-    /// Whether a disk is copied by reflink here (in a millisecond, sharing
-    /// its blocks until either side writes them) rather than byte by byte.
-    pub fn reflinks(&self) -> bool {
+    /// How a disk volume is copied here: `subvolume` (a snapshot, in
+    /// milliseconds whatever it holds), `reflink` (a clone of the image, in
+    /// time per extent), or `copy` (its bytes). The first two share blocks
+    /// until either side writes them.
+    pub fn copy_method(&self) -> &'static str {
+        if self.subvolumes.load(Ordering::Relaxed) {
+            "subvolume"
+        } else if self.reflinks() {
+            "reflink"
+        } else {
+            "copy"
+        }
+    }
+
+    /// Whether a disk image is cloned by reflink here rather than copied
+    /// byte by byte.
+    fn reflinks(&self) -> bool {
         self.clones.load(Ordering::Relaxed)
+    }
+
+    /// Makes `dir` a new, empty disk volume: a btrfs subvolume where the
+    /// pool is btrfs, else a directory.
+    pub fn new_volume(&self, dir: &Path) -> Result<(), RuntimeError> {
+        if self.subvolumes.load(Ordering::Relaxed) {
+            match volume::create_subvolume(dir) {
+                Ok(()) => return Ok(()),
+                Err(err) if unsupported_here(&err) => {
+                    tracing::info!(%err, "cannot make subvolumes here; disk volumes are directories");
+                    self.subvolumes.store(false, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    return Err(RuntimeError::Io {
+                        context: format!("cannot create the subvolume {}", dir.display()),
+                        source: err,
+                    })
+                }
+            }
+        }
+        fs::create_dir(dir).map_err(RuntimeError::io(format!("cannot create {}", dir.display())))
+    }
+
+    /// Copies the disk volume `from` to `to` (which must not exist): a
+    /// snapshot of its subvolume (milliseconds, whatever it holds), else a
+    /// copy of its image ([`Self::copy_image`]). `from` must not be written
+    /// meanwhile (a stopped or frozen sandbox's disk, or a snapshot's). A
+    /// failed copy leaves nothing at `to`.
+    pub fn copy_volume(&self, from: &Path, to: &Path) -> Result<(), RuntimeError> {
+        if volume::is_subvolume(from) {
+            return volume::snapshot_subvolume(from, to).map_err(RuntimeError::io(format!(
+                "cannot snapshot {} to {}",
+                from.display(),
+                to.display()
+            )));
+        }
+        self.new_volume(to)?;
+        self.copy_image(&from.join(IMAGE), &to.join(IMAGE))
+            .inspect_err(|_| {
+                let _ = fs::remove_dir_all(to);
+            })
     }
 
     /// Copies the disk image `from` to `to` (which must not exist): a
@@ -142,7 +207,7 @@ impl Disks {
         if self.reflinks() {
             match clone_file(from, to) {
                 Ok(()) => return Ok(()),
-                Err(err) if cannot_clone_here(&err) => {}
+                Err(err) if unsupported_here(&err) => {}
                 Err(err) => {
                     return Err(RuntimeError::Io {
                         context: format!("cannot clone {} to {}", from.display(), to.display()),
@@ -186,13 +251,17 @@ impl Disks {
     }
 
     /// A new disk image at `image`: a clone of the size's template, or
-    /// formatted in place where cloning does not work.
+    /// formatted in place where cloning does not work. Its directory is
+    /// made a volume ([`Self::new_volume`]) unless it exists.
     pub(crate) fn create_image(&self, image: &Path, bytes: u64) -> Result<(), RuntimeError> {
+        if let Some(dir) = image.parent().filter(|dir| !dir.exists()) {
+            self.new_volume(dir)?;
+        }
         if self.clones.load(Ordering::Relaxed) {
             let template = self.template(bytes)?;
             match clone_file(&template, image) {
                 Ok(()) => return Ok(()),
-                Err(err) if cannot_clone_here(&err) => {
+                Err(err) if unsupported_here(&err) => {
                     tracing::info!(%err, "cannot clone disk templates here; formatting each disk");
                     self.clones.store(false, Ordering::Relaxed);
                 }
@@ -249,8 +318,9 @@ impl Disks {
     }
 }
 
-/// Whether a failed clone means the filesystem cannot clone at all.
-fn cannot_clone_here(err: &std::io::Error) -> bool {
+/// Whether a failed clone (or subvolume create) means the filesystem
+/// cannot do it at all.
+fn unsupported_here(err: &std::io::Error) -> bool {
     matches!(
         err.raw_os_error(),
         Some(libc::EOPNOTSUPP | libc::EXDEV | libc::EINVAL | libc::ENOTTY | libc::ENOSYS)

@@ -29,8 +29,9 @@ mod process;
 mod seccomp;
 mod spec;
 mod tenant;
+mod volume;
 
-pub use disk::Disks;
+pub use disk::{Disks, IMAGE as DISK_IMAGE};
 
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -112,9 +113,15 @@ impl SandboxDir {
         self.0.join("layer")
     }
 
+    /// The volume holding the sandbox's disk image ([`Disks::new_volume`]):
+    /// what snapshots, forks and restores copy.
+    pub fn disk_volume(&self) -> PathBuf {
+        self.0.join("disk")
+    }
+
     /// The sandbox's disk image ([`Disks`]), on both runtimes.
     pub fn disk_image(&self) -> PathBuf {
-        self.0.join("disk.img")
+        self.disk_volume().join(disk::IMAGE)
     }
 
     /// The agent's listening socket. The orchestrator binds it here, in a

@@ -353,27 +353,46 @@ async fn a_sandbox_recovery_cannot_settle_is_failed_and_the_rest_recover() {
     assert_eq!(state_of(&f, &ids[0]), None);
 }
 
+/// Makes `volume` a disk volume whose image holds `contents`.
+fn volume_holding(volume: &Path, contents: &str) {
+    std::fs::create_dir_all(volume).expect("volume");
+    std::fs::write(volume.join(crate::runtime::DISK_IMAGE), contents).expect("image");
+}
+
 #[tokio::test]
 async fn recovery_finishes_a_restore_the_server_was_killed_in() {
     let f = fixture();
     let mut ids = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let id = f.new_sandbox().await;
         f.manager.stop(&id, "test".into()).await.expect("stopped");
         ids.push(id);
     }
-    // Killed between recording the new source and the rename (ids[0]),
-    // and between the rename and recording it done (ids[1]).
+    // Killed after recording the new source: before either rename
+    // (ids[0]), between moving the old disk aside and the staged one into
+    // place (ids[1]), and after both, before recording it done (ids[2]).
     for (n, id) in ids.iter().enumerate() {
-        let disk = f.manager.dir(id).disk_image();
-        std::fs::write(&disk, "old").expect("disk");
-        let staged = format!(".disk.img.{n}.tmp");
-        if n == 0 {
-            std::fs::write(disk.with_file_name(&staged), "restored").expect("staged");
-        } else {
-            std::fs::write(&disk, "restored").expect("renamed");
-            // And a copy killed before anything was recorded.
-            std::fs::write(disk.with_file_name(".disk.img.0badc0de.tmp"), "half").expect("w");
+        let disk = f.manager.dir(id).disk_volume();
+        let staged = format!(".disk.{n}.tmp");
+        let (staging, aside) = (
+            disk.with_file_name(&staged),
+            disk.with_file_name(format!(".disk.{n}.replaced.tmp")),
+        );
+        match n {
+            0 => {
+                volume_holding(&disk, "old");
+                volume_holding(&staging, "restored");
+            }
+            1 => {
+                volume_holding(&aside, "old");
+                volume_holding(&staging, "restored");
+            }
+            _ => {
+                volume_holding(&aside, "old");
+                volume_holding(&disk, "restored");
+                // And a copy killed before anything was recorded.
+                volume_holding(&disk.with_file_name(".disk.0badc0de.tmp"), "half");
+            }
         }
         let build = Path::new("/builds/other");
         f.store
@@ -383,9 +402,12 @@ async fn recovery_finishes_a_restore_the_server_was_killed_in() {
     f.manager.recover().await.expect("recovered");
     assert!(f.store.unfinished_restores().expect("read").is_empty());
     for id in &ids {
-        let disk = f.manager.dir(id).disk_image();
-        assert_eq!(std::fs::read_to_string(&disk).expect("disk"), "restored");
-        let listed: Vec<_> = std::fs::read_dir(disk.parent().expect("dir"))
+        let dir = f.manager.dir(id);
+        assert_eq!(
+            std::fs::read_to_string(dir.disk_image()).expect("disk"),
+            "restored"
+        );
+        let listed: Vec<_> = std::fs::read_dir(dir.path())
             .expect("dir")
             .flatten()
             .map(|entry| entry.file_name().to_string_lossy().into_owned())
@@ -414,7 +436,7 @@ async fn forks_start_on_copies_of_the_source_disk_and_a_failed_copy_leaves_nothi
     assert_eq!(f.states(), [SandboxState::Running]);
     assert_eq!(f.dirs(), 1, "only the source's directory");
 
-    std::fs::write(f.manager.dir(&source).disk_image(), "the source's files").expect("disk");
+    volume_holding(&f.manager.dir(&source).disk_volume(), "the source's files");
     let outcomes = f.manager.fork(&source, 3).await.expect("forked");
     assert_eq!(outcomes.len(), 3);
     for outcome in &outcomes {

@@ -44,6 +44,7 @@ mod handoff;
 mod hibernate;
 #[cfg(test)]
 mod hibernate_tests;
+mod legacy;
 mod lifetime;
 #[cfg(test)]
 mod manager_tests;
@@ -310,9 +311,10 @@ impl Manager {
         self.runtime.as_ref()
     }
 
-    /// Whether disks are copied by reflink here (`GET /v1/info`).
-    pub fn disks_reflink(&self) -> bool {
-        self.disks.reflinks()
+    /// How disks are copied here (`GET /v1/info`, see
+    /// [`Disks::copy_method`]).
+    pub fn snapshot_method(&self) -> &'static str {
+        self.disks.copy_method()
     }
 
     fn dir(&self, id: &str) -> SandboxDir {
@@ -1056,10 +1058,11 @@ impl Manager {
     /// that died are marked `failed`; ones caught mid-create or mid-delete
     /// are torn down; directories the store does not know are removed.
     pub async fn recover(&self) -> Result<(), SandboxError> {
+        self.adopt_legacy_disks()?;
         for (id, staged) in self.db(|store| store.unfinished_restores()).await? {
             tracing::info!(%id, "finishing an interrupted restore");
             // The store names a file in the sandbox's own directory.
-            let staging = self.dir(&id).disk_image().with_file_name(staged);
+            let staging = self.dir(&id).disk_volume().with_file_name(staged);
             if let Err(err) = self.finish_restore(&id, &staging).await {
                 tracing::error!(%id, error = %err, "cannot finish a restore; marked failed");
                 self.fail(&id, Transition::RecoveryFailed, "server recovery failed")
@@ -1102,7 +1105,7 @@ impl Manager {
     /// directory (a restore's staged disk; those whose rename was recorded
     /// are finished before this runs). Best effort: they are only space.
     fn remove_staged_copies(&self, id: &str) {
-        let disk = self.dir(id).disk_image();
+        let disk = self.dir(id).disk_volume();
         let Ok(entries) = std::fs::read_dir(self.dir(id).path()) else {
             return;
         };
@@ -1110,7 +1113,7 @@ impl Manager {
             let name = entry.file_name().to_string_lossy().into_owned();
             if snapshots::is_staging_name(&disk, &name) {
                 tracing::info!(%id, file = %name, "removing a copy a killed server left");
-                let _ = std::fs::remove_file(entry.path());
+                snapshots::remove_volume(&entry.path());
             }
         }
     }
@@ -1189,14 +1192,14 @@ impl Manager {
         Ok(())
     }
 
-    /// Removes snapshot files no record owns (a crash between the copy and
-    /// the record), and records whose file is missing (a crash between the
-    /// record and the rename).
+    /// Removes snapshot volumes no record owns (a crash between the copy
+    /// and the record), and records whose disk is missing (a crash between
+    /// the record and the rename).
     async fn remove_orphan_snapshots(&self) -> Result<(), SandboxError> {
         let snapshots = self.db(|store| store.list_snapshots()).await?;
         let owned: std::collections::HashSet<PathBuf> = snapshots
             .iter()
-            .map(|snapshot| storage::snapshot_image(&self.config.snapshots_dir, snapshot))
+            .map(|snapshot| storage::snapshot_volume(&self.config.snapshots_dir, snapshot))
             .collect();
         for snapshot in &snapshots {
             if !storage::snapshot_image(&self.config.snapshots_dir, snapshot).exists() {
@@ -1212,8 +1215,8 @@ impl Manager {
             })?;
         for entry in listing.flatten() {
             if !owned.contains(&entry.path()) {
-                tracing::info!(file = %entry.path().display(), "removing an orphaned snapshot file");
-                let _ = std::fs::remove_file(entry.path());
+                tracing::info!(path = %entry.path().display(), "removing an orphaned snapshot");
+                snapshots::remove_volume(&entry.path());
             }
         }
         Ok(())

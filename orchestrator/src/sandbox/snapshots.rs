@@ -1,16 +1,17 @@
 //! Snapshots, fork, restore, and sandboxes made from a snapshot.
 //!
 //! What a sandbox is, beyond its record, is its disk: an image file holding
-//! its writable layer ([`crate::runtime::Disks`]). So each of these is a
-//! copy of that file, and a reflink on the btrfs pool: milliseconds,
-//! whatever the disk holds, sharing blocks until either side writes them.
+//! its writable layer ([`crate::runtime::Disks`]), alone in a volume of its
+//! own. So each of these is a copy of that volume, and on the btrfs pool a
+//! snapshot of its subvolume: milliseconds, whatever the disk holds,
+//! sharing blocks until either side writes them.
 //!
 //! A copy is consistent: a running sandbox is frozen for the instant of
 //! the copy (its processes write nothing), and its filesystem synced first
 //! (what they wrote reaches the image file). A stopped sandbox's disk is not
 //! mounted, so it is copied as it is.
 //!
-//! - **snapshot**: the disk copied to `<data-dir>/snapshots/<name>.img`,
+//! - **snapshot**: the disk copied to `<data-dir>/snapshots/<name>/`,
 //!   recorded once complete. It pins the image build the disk sits on.
 //! - **create from a snapshot**, and **fork**: new sandboxes whose disks
 //!   are copies, started with `keep_disk`. A fork of N freezes its source
@@ -19,11 +20,12 @@
 //!   its copy is there, the first last. The source is frozen for about
 //!   10 ms however many forks, and copies overlap starts.
 //! - **restore**: the sandbox stopped, its disk replaced by a copy of the
-//!   snapshot's (an atomic rename), and started again if it was running:
-//!   the same id, token, limits and policy, on the snapshot's files.
+//!   snapshot's (copied aside, then renamed into place), and started again
+//!   if it was running: the same id, token, limits and policy, on the
+//!   snapshot's files.
 
 use super::events::Detail;
-use super::storage::{allocated, snapshot_image};
+use super::storage::{allocated, snapshot_image, snapshot_volume};
 use super::{new_id, Manager, SandboxError};
 use crate::store::{SandboxRecord, SnapshotRecord};
 use chrono::Utc;
@@ -74,7 +76,7 @@ impl Manager {
             disk_mb,
             created_at: Utc::now(),
         };
-        let target = snapshot_image(&self.config.snapshots_dir, &snapshot);
+        let target = snapshot_volume(&self.config.snapshots_dir, &snapshot);
         let staging = staging_path(&target);
         let _admission = self.admissions.lock().await;
         let disk = self.dir(id).disk_image();
@@ -89,7 +91,7 @@ impl Manager {
             Ok(true)
         };
         if !self.db(finish).await? {
-            let _ = std::fs::remove_file(&staging);
+            remove_volume(&staging);
             return Err(SandboxError::Conflict(format!(
                 "a snapshot named {name} exists"
             )));
@@ -125,13 +127,7 @@ impl Manager {
         if !self.db(move |store| store.remove_snapshot(&key)).await? {
             return Err(SandboxError::SnapshotNotFound(name.to_owned()));
         }
-        let image = snapshot_image(&self.config.snapshots_dir, &snapshot);
-        match std::fs::remove_file(&image) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-                tracing::warn!(snapshot = %name, error = %err, "cannot remove a snapshot's disk");
-            }
-            _ => {}
-        }
+        remove_volume(&snapshot_volume(&self.config.snapshots_dir, &snapshot));
         tracing::info!(snapshot = %name, "snapshot deleted");
         Ok(())
     }
@@ -175,13 +171,13 @@ impl Manager {
             // The first fork's disk is the consistent copy; the others are
             // copied from it, each fork starting as soon as its disk is
             // there, and the first last (nothing copies from a disk in use).
-            let first_disk = manager.dir(&records[0].sandbox.id).disk_image();
+            let first_disk = manager.dir(&records[0].sandbox.id).disk_volume();
             let mut launches = Vec::with_capacity(records.len());
             let mut records = records.into_iter();
             let first = records.next().expect("at least one fork");
             for record in records {
-                let disk = manager.dir(&record.sandbox.id).disk_image();
-                let copied = manager.copy_file(&first_disk, &disk).await;
+                let disk = manager.dir(&record.sandbox.id).disk_volume();
+                let copied = manager.copy_volume(&first_disk, &disk).await;
                 launches.push(tokio::spawn(Arc::clone(&manager).launch_fork(
                     record,
                     build.clone(),
@@ -263,7 +259,7 @@ impl Manager {
                     source,
                 })?;
             }
-            self.copy_consistent(&source, &[self.dir(&records[0].sandbox.id).disk_image()])
+            self.copy_consistent(&source, &[self.dir(&records[0].sandbox.id).disk_volume()])
                 .await
         }
         .await;
@@ -319,10 +315,10 @@ impl Manager {
             }
             let why = format!("restoring snapshot {name}");
             manager.stop_locked(&id, why).await?;
-            let disk = manager.dir(&id).disk_image();
+            let disk = manager.dir(&id).disk_volume();
             let staging = staging_path(&disk);
-            let from = snapshot_image(&manager.config.snapshots_dir, &snapshot);
-            manager.copy_file(&from, &staging).await?;
+            let from = snapshot_volume(&manager.config.snapshots_dir, &snapshot);
+            manager.copy_volume(&from, &staging).await?;
             // The new source is recorded with the staged disk's name, then
             // the disk renamed into place: a server killed between the two
             // finishes the rename at recovery, so the record and the disk
@@ -351,28 +347,40 @@ impl Manager {
         .await
     }
 
-    /// Renames a restore's staged disk into place, if it is not already,
-    /// and records that the restore is done. Run by the restore, and again
-    /// at recovery for one that a killed server left half-done.
+    /// Moves a restore's staged disk into place, if it is not already,
+    /// records that the restore is done, and removes the disk it replaced.
+    /// Run by the restore, and again at recovery for one that a killed
+    /// server left half-done.
+    ///
+    /// A volume cannot be renamed over another, so the old one is first
+    /// renamed aside (to a staging name too): while the staged volume is
+    /// there, the volume in place, if any, is the old one; once it is
+    /// gone, the restore is in place. Each step is one rename, and every
+    /// point between them leaves a state this finishes from.
     pub(super) async fn finish_restore(
         &self,
         id: &str,
         staging: &Path,
     ) -> Result<(), SandboxError> {
-        let disk = self.dir(id).disk_image();
-        match std::fs::rename(staging, &disk) {
-            Ok(()) => {}
-            // Renamed before the server was killed.
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(SandboxError::Io {
-                    context: format!("cannot rename {} to {}", staging.display(), disk.display()),
-                    source,
-                })
+        let disk = self.dir(id).disk_volume();
+        let replaced = replaced_path(staging);
+        let rename = |from: &Path, to: &Path| {
+            std::fs::rename(from, to).map_err(|source| SandboxError::Io {
+                context: format!("cannot rename {} to {}", from.display(), to.display()),
+                source,
+            })
+        };
+        if staging.exists() {
+            if disk.exists() {
+                rename(&disk, &replaced)?;
             }
+            rename(staging, &disk)?;
         }
         let key = id.to_owned();
-        self.db(move |store| store.finish_restore(&key)).await
+        self.db(move |store| store.finish_restore(&key)).await?;
+        let removed = tokio::task::spawn_blocking(move || remove_volume(&replaced));
+        let _ = removed.await;
+        Ok(())
     }
 
     /// The record and disk of a new sandbox made from `snapshot`, for
@@ -386,14 +394,13 @@ impl Manager {
         record.sandbox.image = snapshot.image.clone();
         record.sandbox.disk_mb = Some(snapshot.disk_mb);
         record.image_build = Some(snapshot.image_build.clone());
-        let disk = self.dir(&record.sandbox.id).disk_image();
-        let dir = disk.parent().expect("a disk image is in its sandbox's dir");
-        std::fs::create_dir_all(dir).map_err(|source| SandboxError::Io {
-            context: format!("cannot create {}", dir.display()),
+        let dir = self.dir(&record.sandbox.id);
+        std::fs::create_dir_all(dir.path()).map_err(|source| SandboxError::Io {
+            context: format!("cannot create {}", dir.path().display()),
             source,
         })?;
-        let from = snapshot_image(&self.config.snapshots_dir, &snapshot);
-        self.copy_file(&from, &disk).await?;
+        let from = snapshot_volume(&self.config.snapshots_dir, &snapshot);
+        self.copy_volume(&from, &dir.disk_volume()).await?;
         Ok(snapshot.image_build)
     }
 
@@ -444,9 +451,9 @@ impl Manager {
                 let pid = pid.ok_or_else(|| self.wrong_state(id, SandboxState::Failed))?;
                 sync_root_filesystem(pid).await?;
             }
-            let disk = self.dir(id).disk_image();
+            let disk = self.dir(id).disk_volume();
             for target in targets {
-                self.copy_file(&disk, target).await?;
+                self.copy_volume(&disk, target).await?;
             }
             Ok::<_, SandboxError>(())
         }
@@ -459,17 +466,20 @@ impl Manager {
         }
         if copied.is_err() {
             for target in targets {
-                let _ = std::fs::remove_file(target);
+                remove_volume(target);
             }
         }
         copied
     }
 
-    async fn copy_file(&self, from: &Path, to: &Path) -> Result<(), SandboxError> {
+    /// Copies the disk volume `from` to `to`
+    /// ([`crate::runtime::Disks::copy_volume`]), off
+    /// the async workers.
+    async fn copy_volume(&self, from: &Path, to: &Path) -> Result<(), SandboxError> {
         let disks = Arc::clone(&self.disks);
         let (from, to) = (from.to_owned(), to.to_owned());
         let context = format!("copying {}", from.display());
-        tokio::task::spawn_blocking(move || disks.copy_image(&from, &to))
+        tokio::task::spawn_blocking(move || disks.copy_volume(&from, &to))
             .await
             .map_err(|err| SandboxError::Io {
                 context,
@@ -493,6 +503,32 @@ fn file_name(path: &Path) -> String {
 fn staging_path(target: &Path) -> PathBuf {
     let name = file_name(target);
     target.with_file_name(format!(".{name}.{:08x}.tmp", rand::random::<u32>()))
+}
+
+/// Where [`Manager::finish_restore`] moves the disk that `staging`
+/// replaces: a staging name too, so that recovery removes it if the
+/// restore cannot.
+fn replaced_path(staging: &Path) -> PathBuf {
+    let name = file_name(staging);
+    let stem = name.strip_suffix(".tmp").unwrap_or(&name);
+    staging.with_file_name(format!("{stem}.replaced.tmp"))
+}
+
+/// Removes a disk volume (a subvolume goes with `rmdir` once empty, which
+/// `remove_dir_all` does last), or a file left where one was expected.
+/// Best effort: what it cannot remove is only space, and logged.
+pub(super) fn remove_volume(path: &Path) {
+    let removed = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(err) => Err(err),
+    };
+    match removed {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(path = %path.display(), error = %err, "cannot remove a disk volume");
+        }
+        _ => {}
+    }
 }
 
 /// Whether `name` (beside `target`) is one of [`staging_path`]'s.

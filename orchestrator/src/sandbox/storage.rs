@@ -19,10 +19,11 @@
 //! data dir's filesystem, which this server is assumed to have to itself.
 
 use super::{Manager, SandboxError};
+use crate::runtime::{SandboxDir, DISK_IMAGE as IMAGE};
 use crate::store::SnapshotRecord;
 use sbx_api::SandboxState;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The pool's size and use, and what is promised out of it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -74,7 +75,7 @@ impl Manager {
                     if can_grow(*state) {
                         disk_mb << 20
                     } else {
-                        allocated(&sandboxes_dir.join(id).join("disk.img"))
+                        allocated(&SandboxDir::new(sandboxes_dir.join(id)).disk_image())
                     }
                 })
                 .sum();
@@ -119,10 +120,13 @@ impl Manager {
     }
 }
 
-/// Where a snapshot's disk image lives.
-pub(crate) fn snapshot_image(
-    snapshots_dir: &Path,
-    snapshot: &SnapshotRecord,
-) -> std::path::PathBuf {
-    snapshots_dir.join(format!("{}.img", snapshot.name))
+/// The disk volume ([`crate::runtime::Disks::new_volume`]) a snapshot is:
+/// `<data-dir>/snapshots/<name>/`.
+pub(crate) fn snapshot_volume(snapshots_dir: &Path, snapshot: &SnapshotRecord) -> PathBuf {
+    snapshots_dir.join(&snapshot.name)
+}
+
+/// A snapshot's disk image, in its volume.
+pub(crate) fn snapshot_image(snapshots_dir: &Path, snapshot: &SnapshotRecord) -> PathBuf {
+    snapshot_volume(snapshots_dir, snapshot).join(IMAGE)
 }
