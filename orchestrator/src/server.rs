@@ -215,10 +215,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
                 .map_err(io_error("cannot read or create the instance id"))?;
             Arc::new(DockerRuntime::connect(instance, Arc::clone(&disks)).await?)
         }
-        _ => Arc::new(YoukiRuntime::new(
-            data_dir.join("youki"),
-            Arc::clone(&disks),
-        )?),
+        _ => Arc::new(YoukiRuntime::new(data_dir.join("youki"), Arc::clone(&disks)).await?),
     };
     let resolver = Resolver::with_overrides(config.egress_resolve);
     if resolver.has_overrides() {

@@ -248,10 +248,12 @@ pub fn traces_on_the_host(engine: Engine, data_dir: &Path) -> Result<BTreeSet<St
         .collect();
     match engine {
         Engine::Youki => {
+            // A directory per container; beside them, the helper's lock.
             if let Ok(entries) = std::fs::read_dir(data_dir.join("youki")) {
                 ids.extend(
                     entries
                         .flatten()
+                        .filter(|entry| entry.path().is_dir())
                         .map(|entry| entry.file_name().to_string_lossy().into_owned()),
                 );
             }

@@ -175,7 +175,11 @@ enum Command {
     /// Internal: the single-threaded process that runs libcontainer for
     /// `sbx serve` (see runtime::helper).
     #[command(name = "__youki-helper", hide = true)]
-    YoukiHelper,
+    YoukiHelper {
+        /// The server's helper lock, an inherited descriptor.
+        #[arg(long)]
+        lock_fd: Option<i32>,
+    },
     /// Mint, list and revoke API tokens
     Token {
         #[command(subcommand)]
@@ -397,8 +401,8 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     // The helper must stay single-threaded: no async runtime for it.
-    if matches!(cli.command, Command::YoukiHelper) {
-        return crate::runtime::helper::serve_requests();
+    if let Command::YoukiHelper { lock_fd } = cli.command {
+        return crate::runtime::helper::serve_requests(lock_fd);
     }
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -626,7 +630,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             policy::audit(args).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::YoukiHelper => Ok(crate::runtime::helper::serve_requests()),
+        Command::YoukiHelper { lock_fd } => Ok(crate::runtime::helper::serve_requests(lock_fd)),
         Command::Mcp { conn } => {
             crate::mcp::relay_stdio(&conn.url, conn.token()?).await?;
             Ok(ExitCode::SUCCESS)

@@ -82,6 +82,23 @@
 //! requests already queued have run, and the driver kills and reaps the
 //! helper.
 //!
+//! ## One helper per data dir, even across a server's death
+//!
+//! A helper whose server was killed still finishes the call it was
+//! running: a start goes on to mount a disk, make the container and start
+//! it, and only then finds the pipe gone. A server restarted meanwhile
+//! would recover that sandbox while the old helper is half-way through
+//! making it: tear down a directory the helper is still writing into, or
+//! declare a container gone that appears a moment later, its disk
+//! attached. So the helper holds a lock, an exclusive `flock` on
+//! `helper.lock` in the state root, which the server takes before it
+//! starts its helper and hands down as an open descriptor: it is released
+//! only when the server and every helper it started are gone. A server
+//! that starts waits for it ([`lock`]), so recovery sees only what the old
+//! helper finished. The helper marks the descriptor close-on-exec, so no
+//! container's process keeps it. Two servers on one data dir are refused
+//! the same way.
+//!
 //! The protocol is private to one binary talking to itself, so its types
 //! live here rather than in `sbx-api`.
 
@@ -89,9 +106,12 @@ use super::{RuntimeError, SandboxDir};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot};
@@ -105,6 +125,12 @@ pub const HELPER_SUBCOMMAND: &str = "__youki-helper";
 /// anything but a helper stuck for good (on a lock, say), which would
 /// otherwise stall every later create and delete.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// The lock the helpers of the server on a data dir hold, in the state
+/// root (see the module docs).
+const LOCK_FILE: &str = "helper.lock";
+/// How long a starting server waits for that lock: the helper of a killed
+/// server finishes its last call within [`REPLY_TIMEOUT`], or is stuck.
+const LOCK_WAIT: Duration = Duration::from_secs(65);
 /// The delay before replacing a helper that broke before answering a call,
 /// doubled for every further one that does.
 const RESPAWN_BACKOFF: Duration = Duration::from_millis(100);
@@ -168,7 +194,15 @@ impl Reply {
 }
 
 /// The helper's main loop: one call per stdin line, one reply per line.
-pub fn serve_requests() -> std::process::ExitCode {
+/// `lock_fd` is the server's lock ([`lock`]), held until this exits.
+pub fn serve_requests(lock_fd: Option<RawFd>) -> std::process::ExitCode {
+    if let Some(fd) = lock_fd {
+        // SAFETY: F_SETFD on a descriptor number changes only its flags.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+            eprintln!("sbx youki helper: no lock descriptor {fd}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     if let Err(err) = private_mount_namespace() {
         // Without it, sandbox mounts would land in (and could propagate
         // through) the host's namespace: refuse to run instead.
@@ -318,14 +352,80 @@ impl Timing {
     };
 }
 
+/// Takes the lock of the helpers of `state_root` (see the module docs),
+/// waiting while a helper of a killed server finishes its last call.
+pub(crate) async fn lock(state_root: &Path) -> Result<OwnedFd, RuntimeError> {
+    lock_within(state_root, LOCK_WAIT).await
+}
+
+async fn lock_within(state_root: &Path, wait: Duration) -> Result<OwnedFd, RuntimeError> {
+    let path = state_root.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(RuntimeError::io(format!("cannot open {}", path.display())))?;
+    let started = Instant::now();
+    let mut said = false;
+    loop {
+        // SAFETY: flock on an open descriptor; LOCK_NB never blocks.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(file.into());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(RuntimeError::Io {
+                context: format!("cannot lock {}", path.display()),
+                source: err,
+            });
+        }
+        if started.elapsed() >= wait {
+            return Err(RuntimeError::Engine {
+                context: "youki helper".into(),
+                message: format!(
+                    "{} is still locked after {} s: another sbx server runs on this data dir, \
+                     or the helper of one that was killed is stuck",
+                    path.display(),
+                    wait.as_secs()
+                ),
+            });
+        }
+        if !std::mem::replace(&mut said, true) {
+            tracing::info!(
+                "waiting for the youki helper of a killed server to finish its last call"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 impl Helper {
-    /// Starts the helper (`sbx __youki-helper`) and its driver. Must be
-    /// called within a tokio runtime.
-    pub(crate) fn spawn() -> Result<Self, RuntimeError> {
+    /// Starts the helper (`sbx __youki-helper`) and its driver, handing it
+    /// `lock` ([`lock`]); every helper the driver starts later gets it
+    /// too. Must be called within a tokio runtime.
+    pub(crate) fn spawn(lock: OwnedFd) -> Result<Self, RuntimeError> {
         let exe =
             std::env::current_exe().map_err(RuntimeError::io("cannot find the sbx executable"))?;
         let mut command = std::process::Command::new(exe);
-        command.arg(HELPER_SUBCOMMAND);
+        let fd = lock.as_raw_fd();
+        command
+            .arg(HELPER_SUBCOMMAND)
+            .arg("--lock-fd")
+            .arg(fd.to_string());
+        // The closure owns the lock: it lives as long as the command the
+        // driver restarts helpers from.
+        let lock = Arc::new(lock);
+        // SAFETY: between fork and exec the closure makes one fcntl call,
+        // which is async-signal-safe, on the child's own descriptor table.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::fcntl(lock.as_raw_fd(), libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         Self::start(command, Timing::SERVER)
     }
 
@@ -751,6 +851,25 @@ mod tests {
             assert!(Instant::now() < deadline, "timed out waiting until {what}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn the_helper_lock_is_one_holders_at_a_time_and_goes_with_it() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let held = lock_within(root.path(), Duration::ZERO)
+            .await
+            .expect("free");
+        let refused = lock_within(root.path(), Duration::from_millis(50)).await;
+        let message = refused.expect_err("held").to_string();
+        assert!(message.contains("still locked"), "{message}");
+        // A helper holds the same lock through an inherited descriptor.
+        let inherited = held.try_clone().expect("dup");
+        drop(held);
+        assert!(lock_within(root.path(), Duration::ZERO).await.is_err());
+        drop(inherited);
+        lock_within(root.path(), Duration::ZERO)
+            .await
+            .expect("free once every holder is gone");
     }
 
     #[tokio::test]

@@ -53,14 +53,18 @@ impl YoukiRuntime {
     /// `state_root` holds libcontainer's per-container state; it must be an
     /// absolute path because libcontainer changes the process's cwd.
     /// `disks` makes the sandboxes' disks, where they work here.
-    pub fn new(state_root: PathBuf, disks: Arc<Disks>) -> Result<Self, RuntimeError> {
+    ///
+    /// Waits for the helper of a server killed on this data dir to finish
+    /// (see [`super::helper`]).
+    pub async fn new(state_root: PathBuf, disks: Arc<Disks>) -> Result<Self, RuntimeError> {
         std::fs::create_dir_all(&state_root).map_err(RuntimeError::io(format!(
             "cannot create {}",
             state_root.display()
         )))?;
+        let lock = super::helper::lock(&state_root).await?;
         Ok(Self {
             state_root,
-            helper: Helper::spawn()?,
+            helper: Helper::spawn(lock)?,
             disks,
         })
     }
