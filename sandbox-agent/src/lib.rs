@@ -36,6 +36,7 @@ pub mod exec;
 pub mod files;
 pub mod fs_safe;
 pub mod handoff;
+pub mod hosts;
 pub mod kill_all;
 pub mod process;
 pub mod processes;
@@ -48,7 +49,7 @@ pub mod user;
 pub use error::AgentError;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,6 +115,10 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     let listener = match &config.listen {
         Listen::Path(path) => server::listen_ready(path)?,
         Listen::Handoff(path) => {
+            // In a sandbox, and before any of its code runs.
+            if let Err(err) = hosts::ensure_localhost(Path::new("/etc/hosts")) {
+                tracing::warn!(%err, "cannot make localhost resolve");
+            }
             let received = handoff::receive(path)?;
             process::set_tenant_cgroups(received.tenant_cgroups);
             received.listener
