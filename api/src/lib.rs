@@ -76,5 +76,8 @@ pub const EGRESS_PROXY_LISTEN: &str = "127.0.0.1:3128";
 pub const EGRESS_SOCKET_PATH: &str = "/.sbx/run/egress.sock";
 /// Where the agent binary is bind-mounted inside a sandbox.
 pub const AGENT_BINARY_PATH: &str = "/.sbx/sandbox-agent";
+/// The CA bundle of Debian-family images, which `sbx serve
+/// --trust-host-ca` mounts the host's over (read-only).
+pub const CA_BUNDLE_PATH: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The default working directory of every command run in a sandbox.
 pub const WORKSPACE_DIR: &str = "/workspace";

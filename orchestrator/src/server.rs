@@ -33,6 +33,8 @@ pub enum ServeError {
     AgentBinaryNotFound(String),
     #[error("sbx serve needs root (namespaces, cgroups, mounts and the data dir)")]
     NotRoot,
+    #[error("{0}")]
+    Config(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -106,6 +108,29 @@ pub struct ServeConfig {
     pub retention: Duration,
     /// How far promised disk space may exceed the pool.
     pub disk_overcommit: f64,
+    /// A CA bundle every sandbox trusts instead of its image's.
+    pub trust_host_ca: Option<PathBuf>,
+}
+
+/// The CA bundle at `path`, resolved, once it is known to hold a PEM
+/// certificate: a wrong path must fail the start, not every TLS call in
+/// every sandbox.
+fn ca_bundle(path: &Path) -> Result<PathBuf, ServeError> {
+    let resolved = path.canonicalize().map_err(io_error(format!(
+        "cannot find the CA bundle {}",
+        path.display()
+    )))?;
+    let pem = std::fs::read_to_string(&resolved).map_err(io_error(format!(
+        "cannot read the CA bundle {}",
+        resolved.display()
+    )))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(ServeError::Config(format!(
+            "{} holds no PEM certificate",
+            resolved.display()
+        )));
+    }
+    Ok(resolved)
 }
 
 /// Where the agent binary is: the explicit path, or beside this executable.
@@ -199,6 +224,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         expiring_warning: config.expiring_warning,
         retention: config.retention,
         disk_overcommit: config.disk_overcommit,
+        ca_bundle: config.trust_host_ca.as_deref().map(ca_bundle).transpose()?,
         ..ManagerConfig::new(&data_dir, images_dir.clone(), agent_binary.clone())
     };
     let audit = AuditLog::start(Arc::clone(&store), config.audit_log.as_deref())?;

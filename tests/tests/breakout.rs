@@ -679,8 +679,89 @@ async fn a_hostile_filesystem_steers_no_lifecycle_copy(engine: Engine) -> Result
     Ok(())
 }
 
+/// Sandboxes that turn the CA bundle's directory into a symlink, on a
+/// server that does not mount the bundle, stop, and are started again once
+/// the server trusts the host's CA (`--trust-host-ca`): the bundle is
+/// mounted where the symlink leads inside the sandbox, or the start fails,
+/// but nothing is written on the host: not the bundle, not the sandbox's
+/// run dir (a host directory mounted inside), not the host's own
+/// certificates.
+async fn a_symlinked_ca_path_steers_no_host_write(engine: Engine) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::copy("/etc/ssl/certs/ca-certificates.crt", &bundle)?;
+    let pem = std::fs::read(&bundle)?;
+    let host_certs = || -> Result<Vec<_>> {
+        let mut names: Vec<_> = std::fs::read_dir("/etc/ssl/certs")?
+            .flatten()
+            .map(|entry| entry.file_name())
+            .collect();
+        names.sort();
+        Ok(names)
+    };
+    let before = host_certs()?;
+    let targets = [
+        "/.sbx/run",
+        "/.sbx",
+        "/proc/self/root/etc/ssl/certs",
+        "/../../../etc/ssl/certs",
+    ];
+    let mut first = Server::start(engine).await?;
+    let client = first.client();
+    let mut planted = Vec::new();
+    for target in targets {
+        let id = first.new_sandbox().await?;
+        let made = exec(
+            &client.sandbox(&id),
+            ExecRequest::shell(format!(
+                "rm -rf /etc/ssl/certs && ln -s {target} /etc/ssl/certs"
+            )),
+        )
+        .await?;
+        assert_eq!(made.exit_code, 0, "{made:?}");
+        client.stop_sandbox(&id).await?;
+        planted.push((target, id));
+    }
+    let data_dir = first
+        .take_data_dir()
+        .context("the harness owns a temp dir")?;
+    first.kill();
+    let trusting = Server::start_on_with(
+        engine,
+        data_dir.path(),
+        &["--trust-host-ca", &bundle.to_string_lossy()],
+    )
+    .await?;
+    let client = trusting.client();
+    for (target, id) in &planted {
+        // Started or refused: either way the sandbox's own business.
+        let _ = client.start_sandbox(id).await;
+        let run_dir = data_dir.path().join("sandboxes").join(id).join("run");
+        let in_run_dir: Vec<_> = std::fs::read_dir(&run_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.contains("ca-certificates"))
+            .collect();
+        assert!(
+            in_run_dir.is_empty(),
+            "{target}: {in_run_dir:?} in the run dir"
+        );
+    }
+    drop(trusting);
+    assert_eq!(std::fs::read(&bundle)?, pem, "the bundle is untouched");
+    assert_eq!(
+        host_certs()?,
+        before,
+        "the host's certificates are untouched"
+    );
+    Ok(())
+}
+
 sbx_tests::on_every_runtime!(
     a_hostile_filesystem_steers_no_lifecycle_copy,
+    a_symlinked_ca_path_steers_no_host_write,
     the_run_dir_is_not_storage,
     replaced_sockets_steer_nothing,
     privileged_operations_are_refused,

@@ -266,6 +266,13 @@ struct ServeArgs {
     /// sandboxes fill their disks
     #[arg(long, env = "SBX_DISK_OVERCOMMIT", default_value_t = 1.0, value_parser = parse_overcommit)]
     disk_overcommit: f64,
+    /// Make every sandbox trust the host's CA bundle (FILE; by default
+    /// /etc/ssl/certs/ca-certificates.crt), mounted read-only over the
+    /// image's and named in SSL_CERT_FILE, REQUESTS_CA_BUNDLE, PIP_CERT and
+    /// NODE_EXTRA_CA_CERTS: pip, npm, git and curl then work through a
+    /// TLS-intercepting proxy that the host trusts
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "/etc/ssl/certs/ca-certificates.crt")]
+    trust_host_ca: Option<PathBuf>,
     /// TEST ONLY: HOST=IP makes the egress proxy resolve HOST to IP without
     /// DNS and without refusing loopback; repeatable
     #[arg(long, value_name = "HOST=IP", value_parser = parse_resolve, hide = true)]
@@ -442,6 +449,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 expiring_warning: Duration::from_secs(args.expiring_warning),
                 retention: Duration::from_secs(args.retention),
                 disk_overcommit: args.disk_overcommit,
+                trust_host_ca: args.trust_host_ca,
             })
             .await?;
             Ok(ExitCode::SUCCESS)

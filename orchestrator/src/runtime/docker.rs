@@ -230,20 +230,28 @@ impl DockerRuntime {
         let limits = container.limits.container();
         let memory = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
         let open_files = i64::try_from(spec::open_files_limit()).unwrap_or(1024);
+        let mut binds = vec![
+            format!(
+                "{}:{}:ro",
+                container.agent_binary.display(),
+                sbx_api::AGENT_BINARY_PATH
+            ),
+            // Read-only: see `SandboxDir::run_dir`.
+            format!(
+                "{}:{}:ro",
+                container.dir.run_dir().display(),
+                sbx_api::RUN_DIR
+            ),
+        ];
+        if let Some(bundle) = &container.ca_bundle {
+            binds.push(format!(
+                "{}:{}:ro",
+                bundle.display(),
+                sbx_api::CA_BUNDLE_PATH
+            ));
+        }
         let host_config = HostConfig {
-            binds: Some(vec![
-                format!(
-                    "{}:{}:ro",
-                    container.agent_binary.display(),
-                    sbx_api::AGENT_BINARY_PATH
-                ),
-                // Read-only: see `SandboxDir::run_dir`.
-                format!(
-                    "{}:{}:ro",
-                    container.dir.run_dir().display(),
-                    sbx_api::RUN_DIR
-                ),
-            ]),
+            binds: Some(binds),
             network_mode: Some("none".into()),
             memory: Some(memory),
             // Equal to the memory limit: no swap on top of it.

@@ -203,6 +203,9 @@ pub struct ContainerSpec {
     pub agent_binary: PathBuf,
     /// Environment of the agent process (and so the base of every exec).
     pub agent_env: BTreeMap<String, String>,
+    /// A host CA bundle to mount read-only over the image's
+    /// (`sbx_api::CA_BUNDLE_PATH`), when the server trusts the host's.
+    pub ca_bundle: Option<PathBuf>,
     pub limits: Limits,
     /// The sandbox's disk image already holds its writable layer (a start
     /// after a stop, a fork, a create from a snapshot): mount it as it is.

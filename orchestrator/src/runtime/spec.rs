@@ -189,6 +189,23 @@ pub(crate) fn build(spec: &ContainerSpec, id_map: Option<IdMap>) -> Result<Spec,
             .build()
             .map_err(invalid)?,
     );
+    if let Some(bundle) = &spec.ca_bundle {
+        mounts.push(
+            MountBuilder::default()
+                .destination(sbx_api::CA_BUNDLE_PATH)
+                .typ("bind")
+                .source(bundle)
+                .options(vec![
+                    "bind".into(),
+                    "ro".into(),
+                    "nosuid".into(),
+                    "nodev".into(),
+                    "noexec".into(),
+                ])
+                .build()
+                .map_err(invalid)?,
+        );
+    }
     mounts.push(
         MountBuilder::default()
             .destination(sbx_api::RUN_DIR)
@@ -246,7 +263,29 @@ mod tests {
                 disk_bytes: None,
             },
             keep_disk: false,
+            ca_bundle: None,
         }
+    }
+
+    #[test]
+    fn a_trusted_host_ca_bundle_is_mounted_read_only_over_the_images() {
+        let bundle = |spec: &ContainerSpec| {
+            let oci = build(spec, None).expect("valid spec");
+            oci.mounts()
+                .as_ref()
+                .expect("mounts")
+                .iter()
+                .find(|mount| mount.destination() == std::path::Path::new(sbx_api::CA_BUNDLE_PATH))
+                .map(|mount| (mount.source().clone(), mount.options().clone()))
+        };
+        assert_eq!(bundle(&container_spec()), None);
+        let trusting = ContainerSpec {
+            ca_bundle: Some("/etc/ssl/certs/ca-certificates.crt".into()),
+            ..container_spec()
+        };
+        let (source, options) = bundle(&trusting).expect("mounted");
+        assert_eq!(source.as_deref(), trusting.ca_bundle.as_deref());
+        assert!(options.expect("options").contains(&"ro".to_owned()));
     }
 
     #[test]

@@ -164,6 +164,9 @@ pub struct ManagerConfig {
     pub disk_overcommit: f64,
     /// How often timeouts are checked.
     pub lifetime_tick: Duration,
+    /// The host CA bundle every sandbox trusts instead of its image's
+    /// (`sbx serve --trust-host-ca`).
+    pub ca_bundle: Option<PathBuf>,
 }
 
 impl ManagerConfig {
@@ -191,6 +194,7 @@ impl ManagerConfig {
             retention: Duration::from_secs(24 * 3600),
             disk_overcommit: 1.0,
             lifetime_tick: Duration::from_millis(500),
+            ca_bundle: None,
         }
     }
 }
@@ -260,6 +264,16 @@ fn new_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
+/// The variables that point TLS clients which do not read the system
+/// bundle at a CA file: Python's `ssl` and OpenSSL, `requests`, pip (which
+/// carries its own bundle), and Node (likewise).
+const CA_BUNDLE_ENV: [&str; 4] = [
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "PIP_CERT",
+    "NODE_EXTRA_CA_CERTS",
+];
+
 /// Environment of the agent process: the sandbox env travels as `SBX_ENV_*`
 /// so the agent can tell it apart from its own settings.
 fn agent_env(env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
@@ -315,6 +329,21 @@ impl Manager {
     /// [`Disks::copy_method`]).
     pub fn snapshot_method(&self) -> &'static str {
         self.disks.copy_method()
+    }
+
+    /// A sandbox's environment as its processes see it: `env` from its
+    /// create, over the server's defaults (the CA variables, when the
+    /// server trusts the host's bundle).
+    fn sandbox_env(&self, env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut full: BTreeMap<String, String> = match &self.config.ca_bundle {
+            Some(_) => CA_BUNDLE_ENV
+                .iter()
+                .map(|name| (name.to_string(), sbx_api::CA_BUNDLE_PATH.to_owned()))
+                .collect(),
+            None => BTreeMap::new(),
+        };
+        full.extend(env.iter().map(|(key, value)| (key.clone(), value.clone())));
+        full
     }
 
     fn dir(&self, id: &str) -> SandboxDir {
@@ -798,7 +827,8 @@ impl Manager {
             image_rootfs,
             dir: dir.clone(),
             agent_binary: self.config.agent_binary.clone(),
-            agent_env: agent_env(&record.env),
+            agent_env: agent_env(&self.sandbox_env(&record.env)),
+            ca_bundle: self.config.ca_bundle.clone(),
             limits: Limits {
                 memory_bytes: record.sandbox.memory_mb << 20,
                 cpus: record.sandbox.cpus,
