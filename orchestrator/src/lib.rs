@@ -24,6 +24,7 @@ pub mod bridge;
 pub mod cli;
 pub mod egress;
 pub mod http;
+pub mod images;
 pub mod lifecycle;
 pub mod mcp;
 pub mod metrics;
