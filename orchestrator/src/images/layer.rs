@@ -19,6 +19,7 @@
 //! symlink at it. A name with a `..` component, or none at all, fails the
 //! layer: a well-formed layer has neither.
 
+use super::ImageError;
 use nix::fcntl::AtFlags;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fchmod, fchmodat, fstatat, mkdirat, mknodat, FchmodatFlags, Mode, SFlag};
@@ -36,33 +37,6 @@ const WHITEOUT: &str = ".wh.";
 /// The name that makes its directory opaque.
 const OPAQUE: &str = ".wh..wh..opq";
 
-#[derive(Debug, thiserror::Error)]
-pub enum LayerError {
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
-    /// The layer names a path no well-formed layer does.
-    #[error("layer entry {path:?}: {reason}")]
-    BadEntry { path: String, reason: String },
-}
-
-impl LayerError {
-    fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
-        let context = context.into();
-        move |source| Self::Io { context, source }
-    }
-
-    fn errno(context: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> Self {
-        let context = context.into();
-        move |errno| Self::Io {
-            context,
-            source: errno.into(),
-        }
-    }
-}
-
 /// What applying a layer did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
@@ -73,13 +47,13 @@ pub struct Applied {
 }
 
 /// Applies the layer `tar` (uncompressed) onto the directory `root`.
-pub fn apply(tar: impl Read, root: &Path) -> Result<Applied, LayerError> {
+pub fn apply(tar: impl Read, root: &Path) -> Result<Applied, ImageError> {
     let root_fd = nix::fcntl::open(
         root,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .map_err(LayerError::errno(format!("cannot open {}", root.display())))?;
+    .map_err(ImageError::errno(format!("cannot open {}", root.display())))?;
     // SAFETY: `open` returned a new descriptor that nothing else owns.
     let root_fd = unsafe { OwnedFd::from_raw_fd(root_fd) };
     let mut layer = Layer {
@@ -90,9 +64,9 @@ pub fn apply(tar: impl Read, root: &Path) -> Result<Applied, LayerError> {
     let mut archive = tar::Archive::new(tar);
     let entries = archive
         .entries()
-        .map_err(LayerError::io("cannot read the layer"))?;
+        .map_err(ImageError::io("cannot read the layer"))?;
     for entry in entries {
-        let entry = entry.map_err(LayerError::io("cannot read the layer"))?;
+        let entry = entry.map_err(ImageError::io("cannot read the layer"))?;
         layer.apply_entry(entry)?;
     }
     Ok(layer.applied)
@@ -107,14 +81,14 @@ struct Layer {
 }
 
 /// `path` (from a tar header) as a relative path of normal components.
-fn entry_path(raw: &Path) -> Result<PathBuf, LayerError> {
+fn entry_path(raw: &Path) -> Result<PathBuf, ImageError> {
     let mut clean = PathBuf::new();
     for component in raw.components() {
         match component {
             Component::Normal(name) => clean.push(name),
             Component::RootDir | Component::CurDir => {}
             Component::ParentDir | Component::Prefix(_) => {
-                return Err(LayerError::BadEntry {
+                return Err(ImageError::BadEntry {
                     path: raw.display().to_string(),
                     reason: "a '..' component".into(),
                 })
@@ -125,10 +99,10 @@ fn entry_path(raw: &Path) -> Result<PathBuf, LayerError> {
 }
 
 impl Layer {
-    fn apply_entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), LayerError> {
+    fn apply_entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), ImageError> {
         let raw = entry
             .path()
-            .map_err(LayerError::io("a layer entry's path"))?
+            .map_err(ImageError::io("a layer entry's path"))?
             .into_owned();
         let path = entry_path(&raw)?;
         let Some(name) = path.file_name().map(OsStr::to_owned) else {
@@ -147,7 +121,7 @@ impl Layer {
             // `.wh..` and `.wh...` would name the directory itself or its
             // parent, which `..` could take out of the root.
             if matches!(hidden, "" | "." | "..") {
-                return Err(LayerError::BadEntry {
+                return Err(ImageError::BadEntry {
                     path: path.display().to_string(),
                     reason: "a whiteout of no name".into(),
                 });
@@ -163,17 +137,17 @@ impl Layer {
         let uid = Uid::from_raw(
             header
                 .uid()
-                .map_err(LayerError::io(context("the owner of")))? as u32,
+                .map_err(ImageError::io(context("the owner of")))? as u32,
         );
         let gid = Gid::from_raw(
             header
                 .gid()
-                .map_err(LayerError::io(context("the group of")))? as u32,
+                .map_err(ImageError::io(context("the group of")))? as u32,
         );
         let mode = Mode::from_bits_truncate(
             header
                 .mode()
-                .map_err(LayerError::io(context("the mode of")))?
+                .map_err(ImageError::io(context("the mode of")))?
                 & 0o7777,
         );
         if kind.is_character_special() || kind.is_block_special() {
@@ -198,24 +172,24 @@ impl Layer {
                     name.as_os_str(),
                     Mode::from_bits_truncate(0o755),
                 )
-                .map_err(LayerError::errno(context("cannot make")))?;
+                .map_err(ImageError::errno(context("cannot make")))?;
             }
             let dir = open_at(&parent, &name, OFlag::O_RDONLY | OFlag::O_DIRECTORY, &path)?;
             fchown(dir.as_raw_fd(), Some(uid), Some(gid))
-                .map_err(LayerError::errno(context("cannot chown")))?;
-            fchmod(dir.as_raw_fd(), mode).map_err(LayerError::errno(context("cannot chmod")))?;
+                .map_err(ImageError::errno(context("cannot chown")))?;
+            fchmod(dir.as_raw_fd(), mode).map_err(ImageError::errno(context("cannot chmod")))?;
         } else {
             remove_at(&parent, &name, &path)?;
             if kind.is_symlink() {
                 let target = entry
                     .link_name()
-                    .map_err(LayerError::io(context("the target of")))?
-                    .ok_or_else(|| LayerError::BadEntry {
+                    .map_err(ImageError::io(context("the target of")))?
+                    .ok_or_else(|| ImageError::BadEntry {
                         path: path.display().to_string(),
                         reason: "a symlink without a target".into(),
                     })?;
                 nix::unistd::symlinkat(target.as_ref(), Some(parent.as_raw_fd()), name.as_os_str())
-                    .map_err(LayerError::errno(context("cannot make the symlink")))?;
+                    .map_err(ImageError::errno(context("cannot make the symlink")))?;
                 fchownat(
                     Some(parent.as_raw_fd()),
                     name.as_os_str(),
@@ -223,7 +197,7 @@ impl Layer {
                     Some(gid),
                     AtFlags::AT_SYMLINK_NOFOLLOW,
                 )
-                .map_err(LayerError::errno(context("cannot chown")))?;
+                .map_err(ImageError::errno(context("cannot chown")))?;
             } else if kind.is_hard_link() {
                 self.hard_link(&entry, &parent, &name, &path)?;
             } else if kind.is_fifo() {
@@ -234,7 +208,7 @@ impl Layer {
                     mode,
                     0,
                 )
-                .map_err(LayerError::errno(context("cannot make the FIFO")))?;
+                .map_err(ImageError::errno(context("cannot make the FIFO")))?;
                 fchownat(
                     Some(parent.as_raw_fd()),
                     name.as_os_str(),
@@ -242,14 +216,14 @@ impl Layer {
                     Some(gid),
                     AtFlags::AT_SYMLINK_NOFOLLOW,
                 )
-                .map_err(LayerError::errno(context("cannot chown")))?;
+                .map_err(ImageError::errno(context("cannot chown")))?;
                 fchmodat(
                     Some(parent.as_raw_fd()),
                     name.as_os_str(),
                     mode,
                     FchmodatFlags::FollowSymlink,
                 )
-                .map_err(LayerError::errno(context("cannot chmod")))?;
+                .map_err(ImageError::errno(context("cannot chmod")))?;
             } else if kind.is_file() || kind.is_contiguous() {
                 let file = open_at(
                     &parent,
@@ -259,12 +233,12 @@ impl Layer {
                 )?;
                 let mut file = File::from(file);
                 std::io::copy(&mut entry, &mut file)
-                    .map_err(LayerError::io(context("cannot write")))?;
+                    .map_err(ImageError::io(context("cannot write")))?;
                 // chown clears set-id bits: the mode goes last.
                 fchown(file.as_raw_fd(), Some(uid), Some(gid))
-                    .map_err(LayerError::errno(context("cannot chown")))?;
+                    .map_err(ImageError::errno(context("cannot chown")))?;
                 fchmod(file.as_raw_fd(), mode)
-                    .map_err(LayerError::errno(context("cannot chmod")))?;
+                    .map_err(ImageError::errno(context("cannot chmod")))?;
                 if let Ok(mtime) = header.mtime() {
                     let time = nix::sys::time::TimeSpec::new(mtime as i64, 0);
                     let _ = nix::sys::stat::futimens(file.as_raw_fd(), &time, &time);
@@ -282,12 +256,12 @@ impl Layer {
 
     /// The directory `rel` (relative to the root, resolved inside it),
     /// made with its missing parents (root-owned, 0755) if absent.
-    fn dir(&self, rel: &Path) -> Result<OwnedFd, LayerError> {
+    fn dir(&self, rel: &Path) -> Result<OwnedFd, ImageError> {
         if rel.as_os_str().is_empty() {
             return self
                 .root
                 .try_clone()
-                .map_err(LayerError::io("cannot duplicate the root"));
+                .map_err(ImageError::io("cannot duplicate the root"));
         }
         let how = OpenHow::new()
             .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
@@ -305,14 +279,14 @@ impl Layer {
                 ) {
                     Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
                     Err(errno) => {
-                        return Err(LayerError::errno(format!("cannot make {}", rel.display()))(
+                        return Err(ImageError::errno(format!("cannot make {}", rel.display()))(
                             errno,
                         ))
                     }
                 }
                 open_at(&parent, name, OFlag::O_PATH | OFlag::O_DIRECTORY, rel)
             }
-            Err(errno) => Err(LayerError::errno(format!("cannot open {}", rel.display()))(
+            Err(errno) => Err(ImageError::errno(format!("cannot open {}", rel.display()))(
                 errno,
             )),
         }
@@ -320,7 +294,7 @@ impl Layer {
 
     /// Removes what the layers below put in `dir` (at `rel`): everything
     /// in it that this layer has not made.
-    fn clear_below(&mut self, dir: &OwnedFd, rel: &Path) -> Result<(), LayerError> {
+    fn clear_below(&mut self, dir: &OwnedFd, rel: &Path) -> Result<(), ImageError> {
         let listed = open_at(
             dir,
             OsStr::new("."),
@@ -346,14 +320,14 @@ impl Layer {
         parent: &OwnedFd,
         name: &OsStr,
         path: &Path,
-    ) -> Result<(), LayerError> {
-        let bad = |reason: &str| LayerError::BadEntry {
+    ) -> Result<(), ImageError> {
+        let bad = |reason: &str| ImageError::BadEntry {
             path: path.display().to_string(),
             reason: reason.into(),
         };
         let target = entry
             .link_name()
-            .map_err(LayerError::io(format!("the target of {}", path.display())))?
+            .map_err(ImageError::io(format!("the target of {}", path.display())))?
             .ok_or_else(|| bad("a hard link without a target"))?;
         let target = entry_path(&target)?;
         let how = OpenHow::new()
@@ -381,7 +355,7 @@ impl Layer {
             )
         };
         if linked != 0 {
-            return Err(LayerError::io(format!("cannot link {}", path.display()))(
+            return Err(ImageError::io(format!("cannot link {}", path.display()))(
                 std::io::Error::last_os_error(),
             ));
         }
@@ -390,26 +364,26 @@ impl Layer {
 }
 
 /// Opens `name` in `dir` without following a symlink at it.
-fn open_at(dir: &OwnedFd, name: &OsStr, flags: OFlag, path: &Path) -> Result<OwnedFd, LayerError> {
+fn open_at(dir: &OwnedFd, name: &OsStr, flags: OFlag, path: &Path) -> Result<OwnedFd, ImageError> {
     let fd = nix::fcntl::openat(
         Some(dir.as_raw_fd()),
         name,
         flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::from_bits_truncate(0o600),
     )
-    .map_err(LayerError::errno(format!("cannot open {}", path.display())))?;
+    .map_err(ImageError::errno(format!("cannot open {}", path.display())))?;
     // SAFETY: a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Removes `name` from `dir`, a directory with all it holds; nothing if it
 /// is not there.
-fn remove_at(dir: &OwnedFd, name: &OsStr, path: &Path) -> Result<(), LayerError> {
+fn remove_at(dir: &OwnedFd, name: &OsStr, path: &Path) -> Result<(), ImageError> {
     match unlinkat(Some(dir.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(nix::errno::Errno::ENOENT) => return Ok(()),
         Err(nix::errno::Errno::EISDIR) => {}
         Err(errno) => {
-            return Err(LayerError::errno(format!(
+            return Err(ImageError::errno(format!(
                 "cannot remove {}",
                 path.display()
             ))(errno))
@@ -418,20 +392,20 @@ fn remove_at(dir: &OwnedFd, name: &OsStr, path: &Path) -> Result<(), LayerError>
     let inner = open_at(dir, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY, path)?;
     let listed = inner
         .try_clone()
-        .map_err(LayerError::io("cannot duplicate a descriptor"))?;
+        .map_err(ImageError::io("cannot duplicate a descriptor"))?;
     let names = names_in(listed, path)?;
     for child in names {
         remove_at(&inner, &child, &path.join(&child))?;
     }
-    unlinkat(Some(dir.as_raw_fd()), name, UnlinkatFlags::RemoveDir).map_err(LayerError::errno(
+    unlinkat(Some(dir.as_raw_fd()), name, UnlinkatFlags::RemoveDir).map_err(ImageError::errno(
         format!("cannot remove {}", path.display()),
     ))
 }
 
 /// The names in the directory `dir` (at `path`), but `.` and `..`.
-fn names_in(dir: OwnedFd, path: &Path) -> Result<Vec<OsString>, LayerError> {
+fn names_in(dir: OwnedFd, path: &Path) -> Result<Vec<OsString>, ImageError> {
     let mut listing = nix::dir::Dir::from(dir)
-        .map_err(LayerError::errno(format!("cannot list {}", path.display())))?;
+        .map_err(ImageError::errno(format!("cannot list {}", path.display())))?;
     Ok(listing
         .iter()
         .flatten()
@@ -443,46 +417,8 @@ fn names_in(dir: OwnedFd, path: &Path) -> Result<Vec<OsString>, LayerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::images::test_tar::{layer, Kind};
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-
-    enum Kind<'a> {
-        Dir,
-        File(&'a str),
-        Symlink(&'a str),
-        HardLink(&'a str),
-        Fifo,
-        CharDevice,
-    }
-
-    /// A tar of `entries` as (path, kind, uid, mode), written byte by byte
-    /// into the headers: a hostile layer's names need not be ones the tar
-    /// crate would write.
-    fn layer(entries: &[(&str, Kind<'_>, u64, u32)]) -> Vec<u8> {
-        let mut builder = tar::Builder::new(Vec::new());
-        for (path, kind, uid, mode) in entries {
-            let mut header = tar::Header::new_old();
-            let (entry_type, data, link) = match kind {
-                Kind::Dir => (tar::EntryType::Directory, "", ""),
-                Kind::File(data) => (tar::EntryType::Regular, *data, ""),
-                Kind::Symlink(target) => (tar::EntryType::Symlink, "", *target),
-                Kind::HardLink(target) => (tar::EntryType::Link, "", *target),
-                Kind::Fifo => (tar::EntryType::Fifo, "", ""),
-                Kind::CharDevice => (tar::EntryType::Char, "", ""),
-            };
-            let old = header.as_old_mut();
-            old.name[..path.len()].copy_from_slice(path.as_bytes());
-            old.linkname[..link.len()].copy_from_slice(link.as_bytes());
-            header.set_entry_type(entry_type);
-            header.set_size(data.len() as u64);
-            header.set_uid(*uid);
-            header.set_gid(*uid);
-            header.set_mode(*mode);
-            header.set_mtime(1_700_000_000);
-            header.set_cksum();
-            builder.append(&header, data.as_bytes()).expect("append");
-        }
-        builder.into_inner().expect("tar")
-    }
 
     fn read(path: &Path) -> String {
         std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
@@ -614,7 +550,7 @@ mod tests {
         ] {
             let failed = apply(hostile.as_slice(), &root);
             assert!(
-                matches!(failed, Err(LayerError::BadEntry { .. })),
+                matches!(failed, Err(ImageError::BadEntry { .. })),
                 "{failed:?}"
             );
         }

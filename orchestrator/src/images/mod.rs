@@ -1,8 +1,47 @@
 //! Images users bring (issue #15): OCI archives and registry pulls, applied
 //! layer by layer into root filesystems that sandboxes start from.
 //!
-//! So far: [`layer`], applying one layer with the OCI layer semantics,
-//! confined to the root it builds. The layer store, the import and pull
-//! routes and the image records build on it.
+//! So far, the pieces an import is made of, not yet wired to a route:
+//! - [`archive`]: `docker save` output and OCI layouts, unpacked and
+//!   verified;
+//! - [`layer`]: one layer applied with the OCI semantics, confined to the
+//!   root it builds;
+//! - [`store`]: layers stored by chain, each a snapshot of the one below.
 
+pub mod archive;
 pub mod layer;
+pub mod store;
+#[cfg(test)]
+mod test_tar;
+
+/// What goes wrong reading, checking or applying an image.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    /// A layer names a path no well-formed layer does.
+    #[error("layer entry {path:?}: {reason}")]
+    BadEntry { path: String, reason: String },
+    /// The archive or a layer is not an image sbx reads: corrupt (a digest
+    /// that does not match), malformed, or in a form not supported.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ImageError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+
+    pub(crate) fn errno(context: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> Self {
+        let context = context.into();
+        move |errno| Self::Io {
+            context,
+            source: errno.into(),
+        }
+    }
+}

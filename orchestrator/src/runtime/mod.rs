@@ -29,7 +29,7 @@ mod process;
 mod seccomp;
 mod spec;
 mod tenant;
-mod volume;
+pub(crate) mod volume;
 
 pub use disk::{Disks, IMAGE as DISK_IMAGE};
 

@@ -1,0 +1,481 @@
+//! The layer store: every layer chain an image is built of, applied once
+//! and shared between the images that have it.
+//!
+//! A chain is a layer with everything below it, named as OCI names it: the
+//! chain id of the bottom layer is its diff id, and of each layer above,
+//! `sha256("<chain id below> <diff id>")`. The store keeps, per chain, the
+//! merged root filesystem: `<store>/<hex>/rootfs`. A chain is made from the
+//! one below it: on the btrfs pool a snapshot of its subvolume (shared
+//! blocks, milliseconds) with the layer applied on top, so an image that
+//! adds one layer to another costs one layer; elsewhere a copy
+//! (`cp --reflink=auto`). Each is made at a staging name and renamed into
+//! place once complete, so a chain that exists is whole; and its layer is
+//! checked against its diff id as it is applied.
+
+use super::archive::{Compression, LayerBlob};
+use super::layer::{self, Applied};
+use super::ImageError;
+use crate::runtime::volume;
+use sha2::{Digest as _, Sha256};
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The chain id of `diff_id` on top of the chain `below`.
+pub fn chain_id(below: Option<&str>, diff_id: &str) -> String {
+    match below {
+        None => diff_id.to_owned(),
+        Some(below) => format!(
+            "sha256:{:x}",
+            Sha256::digest(format!("{below} {diff_id}").as_bytes())
+        ),
+    }
+}
+
+/// Where chains are kept, and how they are copied there.
+#[derive(Debug, Clone)]
+pub struct LayerStore {
+    dir: PathBuf,
+    /// Chains are btrfs subvolumes, snapshotted one from another.
+    subvolumes: bool,
+}
+
+/// Reads through to `inner` while hashing what it read.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buffer)?;
+        self.hasher.update(&buffer[..read]);
+        Ok(read)
+    }
+}
+
+impl LayerStore {
+    /// The store at `dir`; `subvolumes` when `dir` is on btrfs and
+    /// subvolumes can be made there ([`crate::runtime::Disks::copy_method`]).
+    pub fn new(dir: PathBuf, subvolumes: bool) -> Self {
+        Self { dir, subvolumes }
+    }
+
+    /// The root filesystem of the chain `chain_id`, if it is stored.
+    pub fn rootfs(&self, chain_id: &str) -> Option<PathBuf> {
+        let rootfs = self.chain_dir(chain_id).join("rootfs");
+        rootfs.is_dir().then_some(rootfs)
+    }
+
+    fn chain_dir(&self, chain_id: &str) -> PathBuf {
+        self.dir
+            .join(chain_id.strip_prefix("sha256:").unwrap_or(chain_id))
+    }
+
+    /// Makes every chain of `layers` (bottom first) that is not stored yet,
+    /// and returns the top chain's id. Returns the devices the layers held
+    /// and that were skipped.
+    pub fn build(&self, layers: &[LayerBlob]) -> Result<(String, Vec<String>), ImageError> {
+        std::fs::create_dir_all(&self.dir).map_err(ImageError::io(format!(
+            "cannot make {}",
+            self.dir.display()
+        )))?;
+        let mut below: Option<String> = None;
+        let mut skipped = Vec::new();
+        for blob in layers {
+            let chain = chain_id(below.as_deref(), &blob.diff_id);
+            if self.rootfs(&chain).is_none() {
+                let applied = self.make_chain(below.as_deref(), &chain, blob)?;
+                skipped.extend(applied.skipped_devices);
+            }
+            below = Some(chain);
+        }
+        let top = below.ok_or_else(|| ImageError::Invalid("an image of no layers".into()))?;
+        Ok((top, skipped))
+    }
+
+    /// Makes the chain `chain`: a copy of `below` (or an empty root) with
+    /// `blob` applied, at a staging name, renamed into place when whole.
+    fn make_chain(
+        &self,
+        below: Option<&str>,
+        chain: &str,
+        blob: &LayerBlob,
+    ) -> Result<Applied, ImageError> {
+        let target = self.chain_dir(chain);
+        let staging = target.with_file_name(format!(
+            ".{}.{:08x}.tmp",
+            target.file_name().unwrap_or_default().to_string_lossy(),
+            rand::random::<u32>()
+        ));
+        let made = self
+            .copy_below(below, &staging)
+            .and_then(|()| apply_checked(blob, &staging.join("rootfs")))
+            .and_then(|applied| {
+                std::fs::rename(&staging, &target).map_err(ImageError::io(format!(
+                    "cannot rename {} to {}",
+                    staging.display(),
+                    target.display()
+                )))?;
+                Ok(applied)
+            });
+        if made.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        made
+    }
+
+    /// Makes `staging` hold a `rootfs/` that is a copy of the chain
+    /// `below`'s, or empty.
+    fn copy_below(&self, below: Option<&str>, staging: &Path) -> Result<(), ImageError> {
+        let io = |what: &str| ImageError::io(format!("cannot {what} {}", staging.display()));
+        match below {
+            Some(below) if self.subvolumes => {
+                volume::snapshot_subvolume(&self.chain_dir(below), staging)
+                    .map_err(io("snapshot into"))
+            }
+            Some(below) => {
+                std::fs::create_dir(staging).map_err(io("make"))?;
+                let from = self.chain_dir(below).join("rootfs");
+                let output = Command::new("cp")
+                    .args(["-a", "--reflink=auto", "--"])
+                    .arg(&from)
+                    .arg(staging.join("rootfs"))
+                    .output()
+                    .map_err(ImageError::io("cannot run cp"))?;
+                if !output.status.success() {
+                    return Err(ImageError::Invalid(format!(
+                        "cannot copy {}: {}",
+                        from.display(),
+                        String::from_utf8_lossy(&output.stderr).trim()
+                    )));
+                }
+                Ok(())
+            }
+            None => {
+                if self.subvolumes {
+                    volume::create_subvolume(staging).map_err(io("make the subvolume"))?;
+                } else {
+                    std::fs::create_dir(staging).map_err(io("make"))?;
+                }
+                std::fs::create_dir(staging.join("rootfs")).map_err(io("make the root in"))
+            }
+        }
+    }
+}
+
+/// Applies `blob` onto `rootfs`, checking that the uncompressed tar is the
+/// one its diff id names.
+fn apply_checked(blob: &LayerBlob, rootfs: &Path) -> Result<Applied, ImageError> {
+    let file = BufReader::new(File::open(&blob.path).map_err(ImageError::io(format!(
+        "cannot read {}",
+        blob.path.display()
+    )))?);
+    let decompressed: Box<dyn Read> = match blob.compression {
+        Compression::None => Box::new(file),
+        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(file)),
+        Compression::Zstd => {
+            return Err(ImageError::Invalid(format!(
+                "layer {} is zstd-compressed, which sbx does not read yet",
+                blob.diff_id
+            )))
+        }
+    };
+    let mut reader = Hashing {
+        inner: decompressed,
+        hasher: Sha256::new(),
+    };
+    let applied = layer::apply(&mut reader, rootfs)?;
+    // What follows the tar's end marker is part of the blob too.
+    std::io::copy(&mut reader, &mut std::io::sink()).map_err(ImageError::io(format!(
+        "cannot read {}",
+        blob.path.display()
+    )))?;
+    let actual = format!("sha256:{:x}", reader.hasher.finalize());
+    if actual != blob.diff_id {
+        return Err(ImageError::Invalid(format!(
+            "layer {} holds {actual}: the image is corrupt",
+            blob.diff_id
+        )));
+    }
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::archive;
+    use crate::images::test_tar::{files, layer, Kind};
+    use std::io::Write;
+
+    fn sha256(data: &[u8]) -> String {
+        format!("sha256:{:x}", Sha256::digest(data))
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(data).expect("gzip");
+        encoder.finish().expect("gzip")
+    }
+
+    fn config(layers: &[&[u8]]) -> Vec<u8> {
+        let diff_ids: Vec<String> = layers.iter().map(|layer| sha256(layer)).collect();
+        serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Env": ["GREETING=hi"], "WorkingDir": "/app", "User": "1000"},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }))
+        .expect("json")
+    }
+
+    /// `docker save` output for an image of `layers` (uncompressed).
+    fn docker_save(layers: &[&[u8]]) -> Vec<u8> {
+        let names: Vec<String> = (0..layers.len())
+            .map(|n| format!("l{n}/layer.tar"))
+            .collect();
+        let manifest = serde_json::to_vec(&serde_json::json!([
+            {"Config": "config.json", "RepoTags": ["demo:saved"], "Layers": names}
+        ]))
+        .expect("json");
+        let config = config(layers);
+        let mut entries: Vec<(&str, &[u8])> =
+            vec![("manifest.json", &manifest), ("config.json", &config)];
+        for (name, data) in names.iter().zip(layers) {
+            entries.push((name, data));
+        }
+        files(&entries)
+    }
+
+    /// An OCI layout for an image of `layers`, gzipped.
+    fn oci_layout(layers: &[&[u8]]) -> Vec<u8> {
+        let config = config(layers);
+        let zipped: Vec<Vec<u8>> = layers.iter().map(|layer| gzip(layer)).collect();
+        let descriptor = |media: &str, data: &[u8]| serde_json::json!({"mediaType": media, "digest": sha256(data), "size": data.len()});
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
+            "layers": zipped
+                .iter()
+                .map(|blob| descriptor("application/vnd.oci.image.layer.v1.tar+gzip", blob))
+                .collect::<Vec<_>>(),
+        }))
+        .expect("json");
+        let mut index = descriptor("application/vnd.oci.image.manifest.v1+json", &manifest);
+        index["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "demo:oci"});
+        let index =
+            serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [index]}))
+                .expect("json");
+        let blob_name = |data: &[u8]| format!("blobs/sha256/{}", &sha256(data)[7..]);
+        let mut named: Vec<(String, Vec<u8>)> = vec![
+            (
+                "oci-layout".into(),
+                br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+            ),
+            ("index.json".into(), index),
+            (blob_name(&manifest), manifest.clone()),
+            (blob_name(&config), config.clone()),
+        ];
+        for blob in zipped {
+            named.push((blob_name(&blob), blob));
+        }
+        let entries: Vec<(&str, &[u8])> = named
+            .iter()
+            .map(|(name, data)| (name.as_str(), data.as_slice()))
+            .collect();
+        files(&entries)
+    }
+
+    fn base_layer() -> Vec<u8> {
+        layer(&[
+            ("app/", Kind::Dir, 0, 0o755),
+            ("app/old", Kind::File("old"), 0, 0o644),
+            ("etc/motd", Kind::File("hi"), 0, 0o644),
+        ])
+    }
+
+    fn upper_layer(file: &str) -> Vec<u8> {
+        layer(&[
+            ("app/.wh.old", Kind::File(""), 0, 0o644),
+            (file, Kind::File("new"), 1000, 0o644),
+        ])
+    }
+
+    /// A scratch dir, and whether chains are subvolumes in it: on the
+    /// btrfs pool when the test scripts name it (`SBX_TEST_DATA_ROOT`),
+    /// so that both ways of copying a chain are run.
+    fn scratch() -> (tempfile::TempDir, bool) {
+        let dir = match std::env::var_os("SBX_TEST_DATA_ROOT") {
+            Some(root) => {
+                std::fs::create_dir_all(&root).expect("test data root");
+                tempfile::tempdir_in(root).expect("tempdir")
+            }
+            None => tempfile::tempdir().expect("tempdir"),
+        };
+        let probe = dir.path().join("probe");
+        let subvolumes = volume::create_subvolume(&probe).is_ok();
+        let _ = std::fs::remove_dir(&probe);
+        (dir, subvolumes)
+    }
+
+    fn chains(store: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(store)
+            .expect("store")
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn docker_save_and_an_oci_layout_build_one_shared_chain() {
+        let (dir, subvolumes) = scratch();
+        let store = LayerStore::new(dir.path().join("layers"), subvolumes);
+        let (base, upper) = (base_layer(), upper_layer("app/new"));
+
+        let staging = dir.path().join("saved");
+        std::fs::create_dir(&staging).expect("staging");
+        let saved =
+            archive::unpack(docker_save(&[&base, &upper]).as_slice(), &staging).expect("unpacked");
+        assert_eq!(saved.names, ["demo:saved"]);
+        let env = saved
+            .config
+            .config()
+            .as_ref()
+            .and_then(|config| config.env().clone());
+        assert_eq!(env, Some(vec!["GREETING=hi".to_owned()]));
+        let (top, skipped) = store.build(&saved.layers).expect("built");
+        assert!(skipped.is_empty());
+        let rootfs = store.rootfs(&top).expect("stored");
+        assert_eq!(
+            std::fs::read_to_string(rootfs.join("app/new")).expect("new"),
+            "new"
+        );
+        assert!(!rootfs.join("app/old").exists(), "whited out");
+        assert_eq!(
+            std::fs::read_to_string(rootfs.join("etc/motd")).expect("motd"),
+            "hi"
+        );
+        assert_eq!(chains(&dir.path().join("layers")).len(), 2);
+
+        // The same layers, gzipped in an OCI layout: the same chains.
+        let staging = dir.path().join("oci");
+        std::fs::create_dir(&staging).expect("staging");
+        let oci =
+            archive::unpack(oci_layout(&[&base, &upper]).as_slice(), &staging).expect("unpacked");
+        assert_eq!(oci.names, ["demo:oci"]);
+        assert_eq!(oci.layers[0].compression, archive::Compression::Gzip);
+        assert_eq!(store.build(&oci.layers).expect("built").0, top);
+        assert_eq!(
+            chains(&dir.path().join("layers")).len(),
+            2,
+            "nothing made twice"
+        );
+
+        // Another image on the same base adds one chain.
+        let other = upper_layer("app/other");
+        let staging = dir.path().join("other");
+        std::fs::create_dir(&staging).expect("staging");
+        let image =
+            archive::unpack(docker_save(&[&base, &other]).as_slice(), &staging).expect("unpacked");
+        let (other_top, _) = store.build(&image.layers).expect("built");
+        assert_eq!(chains(&dir.path().join("layers")).len(), 3);
+        let other_root = store.rootfs(&other_top).expect("stored");
+        assert!(other_root.join("app/other").exists());
+        assert!(
+            !other_root.join("app/new").exists(),
+            "chains do not share writes"
+        );
+        for chain in chains(&dir.path().join("layers")) {
+            let chain = dir.path().join("layers").join(chain);
+            assert_eq!(
+                volume::is_subvolume(&chain),
+                subvolumes,
+                "{}",
+                chain.display()
+            );
+        }
+    }
+
+    #[test]
+    fn corrupt_and_hostile_archives_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (base, upper) = (base_layer(), upper_layer("app/new"));
+        let mut n = 0;
+        let mut unpack = |tar: Vec<u8>| {
+            n += 1;
+            let staging = dir.path().join(format!("staging-{n}"));
+            std::fs::create_dir(&staging).expect("staging");
+            archive::unpack(tar.as_slice(), &staging)
+        };
+        // A layer that is not the one its config names.
+        let mut tampered = upper.clone();
+        tampered[600] ^= 1;
+        let saved = docker_save(&[&base, &upper]);
+        let swapped = {
+            let manifest = serde_json::to_vec(&serde_json::json!([
+                {"Config": "config.json", "Layers": ["l0/layer.tar", "l1/layer.tar"]}
+            ]))
+            .expect("json");
+            files(&[
+                ("manifest.json", &manifest),
+                ("config.json", &config(&[&base, &upper])),
+                ("l0/layer.tar", &base),
+                ("l1/layer.tar", &tampered),
+            ])
+        };
+        assert!(unpack(saved).is_ok());
+        let refusals = [
+            unpack(swapped),
+            // A blob whose bytes are not its digest's.
+            unpack({
+                let mut layout = oci_layout(&[&base]);
+                let blob = gzip(&base);
+                let at = layout
+                    .windows(blob.len())
+                    .position(|window| window == blob.as_slice())
+                    .expect("the blob is in the layout");
+                layout[at + blob.len() / 2] ^= 1;
+                layout
+            }),
+            // Names out of the staging dir, in the tar or in the manifest.
+            unpack(files(&[("../escaped", b"x")])),
+            unpack(files(&[(
+                "manifest.json",
+                br#"[{"Config": "../../etc/passwd", "Layers": []}]"#,
+            )])),
+            unpack(files(&[("nothing.txt", b"x")])),
+        ];
+        for refused in refusals {
+            assert!(
+                matches!(refused, Err(ImageError::Invalid(_))),
+                "{refused:?}"
+            );
+        }
+        let outside: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| !name.starts_with("staging-"))
+            .collect();
+        assert!(outside.is_empty(), "{outside:?}");
+        // A gzipped layer that is not what its diff id says fails the build.
+        let store = LayerStore::new(dir.path().join("layers"), false);
+        let staging = dir.path().join("staging-built");
+        std::fs::create_dir(&staging).expect("staging");
+        let mut image =
+            archive::unpack(oci_layout(&[&base]).as_slice(), &staging).expect("unpacked");
+        image.layers[0].diff_id = sha256(b"another layer");
+        assert!(matches!(
+            store.build(&image.layers),
+            Err(ImageError::Invalid(_))
+        ));
+        assert!(
+            chains(&dir.path().join("layers")).is_empty(),
+            "no half-made chain"
+        );
+    }
+}
