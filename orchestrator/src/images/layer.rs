@@ -190,14 +190,7 @@ impl Layer {
                     })?;
                 nix::unistd::symlinkat(target.as_ref(), Some(parent.as_raw_fd()), name.as_os_str())
                     .map_err(ImageError::errno(context("cannot make the symlink")))?;
-                fchownat(
-                    Some(parent.as_raw_fd()),
-                    name.as_os_str(),
-                    Some(uid),
-                    Some(gid),
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(ImageError::errno(context("cannot chown")))?;
+                chown_at(&parent, &name, uid, gid, &path)?;
             } else if kind.is_hard_link() {
                 self.hard_link(&entry, &parent, &name, &path)?;
             } else if kind.is_fifo() {
@@ -209,14 +202,7 @@ impl Layer {
                     0,
                 )
                 .map_err(ImageError::errno(context("cannot make the FIFO")))?;
-                fchownat(
-                    Some(parent.as_raw_fd()),
-                    name.as_os_str(),
-                    Some(uid),
-                    Some(gid),
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(ImageError::errno(context("cannot chown")))?;
+                chown_at(&parent, &name, uid, gid, &path)?;
                 fchmodat(
                     Some(parent.as_raw_fd()),
                     name.as_os_str(),
@@ -400,6 +386,27 @@ fn remove_at(dir: &OwnedFd, name: &OsStr, path: &Path) -> Result<(), ImageError>
     unlinkat(Some(dir.as_raw_fd()), name, UnlinkatFlags::RemoveDir).map_err(ImageError::errno(
         format!("cannot remove {}", path.display()),
     ))
+}
+
+/// Sets the owner of `name` in `dir`, or of the link itself if it is one.
+fn chown_at(
+    dir: &OwnedFd,
+    name: &OsStr,
+    uid: Uid,
+    gid: Gid,
+    path: &Path,
+) -> Result<(), ImageError> {
+    fchownat(
+        Some(dir.as_raw_fd()),
+        name,
+        Some(uid),
+        Some(gid),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(ImageError::errno(format!(
+        "cannot chown {}",
+        path.display()
+    )))
 }
 
 /// The names in the directory `dir` (at `path`), but `.` and `..`.

@@ -15,7 +15,7 @@ use oci_spec::runtime::{
     RootBuilder, Spec,
 };
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Docker's default capability set minus `NET_RAW` and `MKNOD`: enough for
 /// root inside to own files, switch users and bind low ports; nothing that
@@ -176,52 +176,21 @@ pub(crate) fn build(spec: &ContainerSpec, id_map: Option<IdMap>) -> Result<Spec,
 
     let mut mounts = oci_spec::runtime::get_default_mounts();
     mounts.push(
-        MountBuilder::default()
-            .destination(sbx_api::AGENT_BINARY_PATH)
-            .typ("bind")
-            .source(&spec.agent_binary)
-            .options(vec![
-                "bind".into(),
-                "ro".into(),
-                "nosuid".into(),
-                "nodev".into(),
-            ])
-            .build()
-            .map_err(invalid)?,
+        read_only_bind(
+            sbx_api::AGENT_BINARY_PATH,
+            &spec.agent_binary,
+            Exec::Allowed,
+        )
+        .map_err(invalid)?,
     );
     if let Some(bundle) = &spec.ca_bundle {
-        mounts.push(
-            MountBuilder::default()
-                .destination(sbx_api::CA_BUNDLE_PATH)
-                .typ("bind")
-                .source(bundle)
-                .options(vec![
-                    "bind".into(),
-                    "ro".into(),
-                    "nosuid".into(),
-                    "nodev".into(),
-                    "noexec".into(),
-                ])
-                .build()
-                .map_err(invalid)?,
-        );
+        mounts
+            .push(read_only_bind(sbx_api::CA_BUNDLE_PATH, bundle, Exec::Refused).map_err(invalid)?);
     }
+    // The sandbox connects to the sockets here; it must not be able to
+    // replace them or store anything on the host.
     mounts.push(
-        MountBuilder::default()
-            .destination(sbx_api::RUN_DIR)
-            .typ("bind")
-            .source(spec.dir.run_dir())
-            .options(vec![
-                "bind".into(),
-                // The sandbox connects to the sockets here; it must not be
-                // able to replace them or store anything on the host.
-                "ro".into(),
-                "nosuid".into(),
-                "nodev".into(),
-                "noexec".into(),
-            ])
-            .build()
-            .map_err(invalid)?,
+        read_only_bind(sbx_api::RUN_DIR, &spec.dir.run_dir(), Exec::Refused).map_err(invalid)?,
     );
 
     let mut oci = Spec::default();
@@ -237,6 +206,31 @@ pub(crate) fn build(spec: &ContainerSpec, id_map: Option<IdMap>) -> Result<Spec,
         .set_mounts(Some(mounts))
         .set_linux(Some(linux));
     Ok(oci)
+}
+
+/// Whether what a bind mount shows may be executed.
+enum Exec {
+    Allowed,
+    Refused,
+}
+
+/// A read-only bind mount of the host's `source` at `destination`, with
+/// neither set-id programs nor devices.
+fn read_only_bind(
+    destination: &str,
+    source: &Path,
+    exec: Exec,
+) -> Result<oci_spec::runtime::Mount, oci_spec::OciSpecError> {
+    let mut options = vec!["bind", "ro", "nosuid", "nodev"];
+    if matches!(exec, Exec::Refused) {
+        options.push("noexec");
+    }
+    MountBuilder::default()
+        .destination(destination)
+        .typ("bind")
+        .source(source)
+        .options(options.into_iter().map(String::from).collect::<Vec<_>>())
+        .build()
 }
 
 pub(crate) fn hostname(id: &str) -> String {
