@@ -110,7 +110,7 @@ impl ExecRequest {
 }
 
 /// `user` is a name (`[a-z_][a-z0-9_.-]*`) or `uid[:gid]`.
-pub(crate) fn validate_user(user: &str) -> Result<(), String> {
+pub fn validate_user(user: &str) -> Result<(), String> {
     let numeric = |part: &str| {
         !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) && part.parse::<u32>().is_ok()
     };

@@ -14,6 +14,7 @@ mod error;
 mod exec;
 mod files;
 mod handoff;
+mod image;
 mod info;
 mod lifecycle;
 mod network;
@@ -30,12 +31,18 @@ pub use audit::{
 };
 pub use body::from_json_object;
 pub use error::{ErrorBody, ErrorCode, REQUEST_ID_HEADER};
-pub use exec::{ExecEvent, ExecRequest, ExecResult, DEFAULT_OUTPUT_CAP, MAX_TIMEOUT_MS, NDJSON};
+pub use exec::{
+    validate_user, ExecEvent, ExecRequest, ExecResult, DEFAULT_OUTPUT_CAP, MAX_TIMEOUT_MS, NDJSON,
+};
 pub use files::{
     parse_mode, validate_path, ArchiveSummary, FileInfo, FileList, FileQuery, FileType,
     MkdirRequest, MoveRequest, MAX_LIST_DEPTH,
 };
 pub use handoff::{Handoff, HANDOFF_MAX_FDS};
+pub use image::{
+    Image, ImageConfig, ImageList, ImagePath, ImageSource, ImportImageQuery,
+    MAX_IMAGE_ARCHIVE_BYTES,
+};
 pub use info::{IsolationInfo, RuntimeInfo, ServerInfo, StorageInfo};
 pub use lifecycle::{
     validate_snapshot_name, CreateSnapshotRequest, Event, EventKind, EventsQuery, ForkOutcome,

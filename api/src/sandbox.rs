@@ -19,9 +19,14 @@ pub const MAX_DISK_MB: u64 = 16 * 1024 * 1024;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSandboxRequest {
-    /// The image's name; `base` when absent.
+    /// The image's name (`GET /v1/images`): `[registry/]repository[:tag]
+    /// [@digest]`, `:latest` when it has neither tag nor digest; `base`
+    /// when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")]
+    #[schema(
+        pattern = r"^[A-Za-z0-9_][A-Za-z0-9._:@-]*(/[A-Za-z0-9_:@-][A-Za-z0-9._:@-]*)*$",
+        max_length = 512
+    )]
     pub image: Option<String>,
     /// Memory limit in MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,12 +74,17 @@ impl CreateSandboxRequest {
     /// Range and shape checks; the message names the offending field.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(image) = &self.image {
+            // The characters of the reference grammar; the server checks
+            // the grammar itself.
             let valid = !image.is_empty()
-                && image.len() <= 128
+                && image.len() <= 512
                 && image
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-                && !image.starts_with('.');
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:/@".contains(&b))
+                && image.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                && image
+                    .split('/')
+                    .all(|part| !part.is_empty() && !part.starts_with('.'));
             if !valid {
                 return Err(format!("image {image:?} is not a valid image name"));
             }
@@ -241,7 +251,11 @@ mod tests {
             r#"{"disk_mb":1}"#,
             r#"{"disk_mb":1000000000000}"#,
             r#"{"image":"../etc"}"#,
-            r#"{"image":"a/b"}"#,
+            r#"{"image":"/abs"}"#,
+            r#"{"image":"a/../b"}"#,
+            r#"{"image":"a//b"}"#,
+            r#"{"image":"a b"}"#,
+            r#"{"image":"-a"}"#,
             r#"{"image":""}"#,
             r#"{"network":{"egress":["https://github.com"]}}"#,
             r#"{"network":{"egress":["*"]}}"#,

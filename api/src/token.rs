@@ -67,10 +67,17 @@ pub enum Scope {
     /// latencies, never a sandbox id).
     #[serde(rename = "metrics:read")]
     MetricsRead,
+    /// `GET /v1/images` and `GET /v1/images/{name}`.
+    #[serde(rename = "images:read")]
+    ImagesRead,
+    /// Import and delete images: they are the server's, shared by every
+    /// sandbox, and take its disk.
+    #[serde(rename = "images:write")]
+    ImagesWrite,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 9] = [
+    pub const ALL: [Scope; 11] = [
         Scope::SandboxesCreate,
         Scope::SandboxesRead,
         Scope::SandboxesDelete,
@@ -80,6 +87,8 @@ impl Scope {
         Scope::TokensAdmin,
         Scope::AuditRead,
         Scope::MetricsRead,
+        Scope::ImagesRead,
+        Scope::ImagesWrite,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -93,6 +102,8 @@ impl Scope {
             Scope::TokensAdmin => "tokens:admin",
             Scope::AuditRead => "audit:read",
             Scope::MetricsRead => "metrics:read",
+            Scope::ImagesRead => "images:read",
+            Scope::ImagesWrite => "images:write",
         }
     }
 

@@ -138,8 +138,9 @@ proptest! {
         prop_assert!(request.cpus.is_none_or(|c| c.is_finite() && c > 0.0 && c <= MAX_CPUS));
         prop_assert!(request.disk_mb.is_none_or(|mb| (MIN_DISK_MB..=MAX_DISK_MB).contains(&mb)));
         if let Some(image) = &request.image {
-            prop_assert!(!image.is_empty() && !image.starts_with('.'));
-            prop_assert!(!image.contains(['/', '\0']));
+            // Names with slashes are references; no part of one can walk.
+            prop_assert!(!image.is_empty() && !image.contains('\0'));
+            prop_assert!(image.split('/').all(|part| !part.is_empty() && !part.starts_with('.')));
         }
     }
 

@@ -30,10 +30,19 @@ fn create_bounds_are_the_validated_ones() {
         ..CreateSandboxRequest::default()
     };
     let pattern = property(&schema, "image")["pattern"].clone();
-    assert_eq!(pattern, r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$");
-    assert!(request(&"a".repeat(128)).validate().is_ok());
-    assert!(request(&"a".repeat(129)).validate().is_err());
-    assert!(request(".hidden").validate().is_err());
+    assert_eq!(
+        pattern,
+        r"^[A-Za-z0-9_][A-Za-z0-9._:@-]*(/[A-Za-z0-9_:@-][A-Za-z0-9._:@-]*)*$"
+    );
+    assert_eq!(property(&schema, "image")["maxLength"], 512);
+    assert!(request(&"a".repeat(512)).validate().is_ok());
+    assert!(request(&"a".repeat(513)).validate().is_err());
+    for refused in [".hidden", "a/.b", "a//b", "/a", "-a", "a b"] {
+        assert!(request(refused).validate().is_err(), "{refused}");
+    }
+    assert!(request("localhost:5000/team/app:v1@sha256:00")
+        .validate()
+        .is_ok());
 }
 
 #[test]

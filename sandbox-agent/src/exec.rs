@@ -74,7 +74,12 @@ pub(crate) fn command_spec(
         .as_ref()
         .map_or_else(|| agent.config.workdir.clone(), PathBuf::from);
     check_cwd(&cwd)?;
-    let identity = request.user.as_deref().map(Identity::resolve).transpose()?;
+    let identity = request
+        .user
+        .as_deref()
+        .or(agent.config.default_user.as_deref())
+        .map(Identity::resolve)
+        .transpose()?;
     let user_env = identity.as_ref().map(Identity::env).unwrap_or_default();
     Ok(CommandSpec {
         argv,

@@ -78,6 +78,9 @@ pub struct Config {
     pub listen: Listen,
     /// The default cwd of commands (`sbx_api::WORKSPACE_DIR` in a sandbox).
     pub workdir: PathBuf,
+    /// The default user of commands (the image's `User`); root when
+    /// `None`.
+    pub default_user: Option<String>,
     /// The sandbox's base environment, from `SBX_ENV_*` variables (see
     /// [`env::base_env_from_vars`]). The proxy variables that point at
     /// the egress relay come first; these override them.
@@ -118,6 +121,10 @@ pub fn run(config: Config) -> Result<(), AgentError> {
             // In a sandbox, and before any of its code runs.
             if let Err(err) = hosts::ensure_localhost(Path::new("/etc/hosts")) {
                 tracing::warn!(%err, "cannot make localhost resolve");
+            }
+            // An image's WorkingDir need not exist in it, as with Docker.
+            if let Err(err) = std::fs::create_dir_all(&config.workdir) {
+                tracing::warn!(%err, workdir = %config.workdir.display(), "cannot make the working dir");
             }
             let received = handoff::receive(path)?;
             process::set_tenant_cgroups(received.tenant_cgroups);

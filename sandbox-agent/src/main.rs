@@ -1,4 +1,4 @@
-//! `sandbox-agent [--socket PATH | --handoff PATH] [--workdir DIR]
+//! `sandbox-agent [--socket PATH | --handoff PATH] [--workdir DIR] [--user USER]
 //! [--egress-listen ADDR] [--egress-socket PATH]`: parses arguments, sets up logging to stderr and
 //! hands over to the library.
 
@@ -25,6 +25,9 @@ struct Args {
     /// Default working directory of commands.
     #[arg(long, env = "SBX_AGENT_WORKDIR", default_value = sbx_api::WORKSPACE_DIR)]
     workdir: PathBuf,
+    /// Default user of commands (a name or `uid[:gid]`); root when unset.
+    #[arg(long, env = "SBX_AGENT_USER")]
+    user: Option<String>,
     /// Where the egress relay listens for the sandbox's HTTP(S) proxy
     /// clients (port 0: any free port, for tests on a host).
     #[arg(long, env = "SBX_AGENT_EGRESS_LISTEN", default_value = sbx_api::EGRESS_PROXY_LISTEN)]
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
             None => Listen::Path(args.socket),
         },
         workdir: args.workdir,
+        default_user: args.user,
         base_env: base_env_from_vars(std::env::vars_os()),
         egress: RelayConfig {
             listen: args.egress_listen,

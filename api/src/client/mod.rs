@@ -6,6 +6,7 @@
 //! opens its own connection: on loopback and Unix sockets that costs tens of
 //! microseconds, and it keeps the client free of pool state.
 
+mod images;
 mod lifecycle;
 mod policy;
 mod sandbox;

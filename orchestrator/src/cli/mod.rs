@@ -7,6 +7,7 @@
 //! the machine that runs `sbx serve`.
 
 mod cp;
+mod image;
 mod lifecycle;
 mod policy;
 
@@ -184,6 +185,11 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: policy::TokenCommand,
+    },
+    /// Import, list, inspect and delete images
+    Image {
+        #[command(subcommand)]
+        command: image::ImageCommand,
     },
     /// Show the audit trail of API calls, oldest first
     Audit(policy::AuditArgs),
@@ -632,6 +638,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Token { command } => {
             policy::token(command).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Image { command } => {
+            image::run(command).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(args) => {

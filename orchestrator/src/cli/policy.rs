@@ -15,8 +15,9 @@ pub enum TokenCommand {
         #[arg(long)]
         name: String,
         /// sandboxes:create, sandboxes:read, sandboxes:delete,
-        /// sandboxes:exec, tokens:admin, audit:read or metrics:read;
-        /// repeatable
+        /// sandboxes:exec, sandboxes:network, sandboxes:lifecycle,
+        /// tokens:admin, audit:read, metrics:read, images:read or
+        /// images:write; repeatable
         #[arg(long = "scope", required = true)]
         scopes: Vec<Scope>,
         /// Lifetime in seconds (default: no expiry)

@@ -94,6 +94,10 @@ pub fn requirement(method: &Method, route: &str) -> Requirement {
         ("/v1/events", &Method::GET) => scope(Scope::SandboxesRead, false),
         ("/v1/sandboxes/{id}/events", &Method::GET) => scope(Scope::SandboxesRead, true),
         (route, _) if route.starts_with("/v1/sandboxes/{id}/") => scope(Scope::SandboxesExec, true),
+        ("/v1/images" | "/v1/images/{name}", &Method::GET) => scope(Scope::ImagesRead, false),
+        ("/v1/images/import", &Method::POST) | ("/v1/images/{name}", &Method::DELETE) => {
+            scope(Scope::ImagesWrite, false)
+        }
         ("/v1/tokens" | "/v1/tokens/{id}", _) => scope(Scope::TokensAdmin, false),
         ("/v1/audit", &Method::GET) => scope(Scope::AuditRead, false),
         ("/metrics", &Method::GET) => scope(Scope::MetricsRead, false),
@@ -243,6 +247,22 @@ mod tests {
             ),
             (Method::GET, "/v1/audit", scope(Scope::AuditRead, false)),
             (Method::GET, "/metrics", scope(Scope::MetricsRead, false)),
+            (Method::GET, "/v1/images", scope(Scope::ImagesRead, false)),
+            (
+                Method::GET,
+                "/v1/images/{name}",
+                scope(Scope::ImagesRead, false),
+            ),
+            (
+                Method::POST,
+                "/v1/images/import",
+                scope(Scope::ImagesWrite, false),
+            ),
+            (
+                Method::DELETE,
+                "/v1/images/{name}",
+                scope(Scope::ImagesWrite, false),
+            ),
             (Method::POST, "/mcp", Requirement::Authenticated),
             (Method::POST, "/metrics", Requirement::EveryScope),
             (Method::GET, "/v1/something-new", Requirement::EveryScope),

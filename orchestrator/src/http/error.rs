@@ -21,6 +21,7 @@
 use super::request_id::RequestId;
 use crate::audit::AuditError;
 use crate::egress::EgressError;
+use crate::images::ImageError;
 use crate::sandbox::SandboxError;
 use crate::tokens::TokenError;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
@@ -120,6 +121,11 @@ impl From<SandboxError> for ApiError {
             | SandboxError::SnapshotNotFound(_) => ErrorCode::NotFound,
             SandboxError::WrongState { .. } | SandboxError::Conflict(_) => ErrorCode::Conflict,
             SandboxError::InsufficientStorage(_) => ErrorCode::InsufficientStorage,
+            SandboxError::TooLarge(_) => ErrorCode::PayloadTooLarge,
+            SandboxError::Image(ImageError::Invalid(_) | ImageError::BadEntry { .. }) => {
+                ErrorCode::InvalidRequest
+            }
+            SandboxError::Image(ImageError::Io { .. }) => return Self::internal(err),
             SandboxError::Egress {
                 source: EgressError::InvalidPolicy(_),
                 ..

@@ -21,6 +21,7 @@ mod bridged;
 mod detached;
 mod error;
 mod extract;
+mod images;
 mod lifecycle;
 mod metrics;
 mod openapi;
@@ -99,6 +100,9 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(lifecycle::get_snapshot, lifecycle::delete_snapshot))
         .routes(routes!(lifecycle::events))
         .routes(routes!(lifecycle::sandbox_events))
+        .routes(routes!(images::list))
+        .routes(routes!(images::import))
+        .routes(routes!(images::get, images::delete))
         .merge(bridged::routes())
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::revoke))

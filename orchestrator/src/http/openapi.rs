@@ -56,6 +56,7 @@ const ERROR_RESPONSE: &str = "Error";
         (name = "exec", description = "Run a command to completion"),
         (name = "processes", description = "Background processes, their logs, stdin and signals"),
         (name = "files", description = "Files, directories and tar archives inside a sandbox"),
+        (name = "images", description = "Images sandboxes are made from: import, list, delete"),
         (name = "tokens", description = "Scoped API tokens"),
         (name = "audit", description = "The audit trail: one record per call"),
         (name = "server", description = "The server itself"),
@@ -206,6 +207,13 @@ fn add_errors(operation: &mut Operation, method: &Method, path: &str) {
         // A token, or the sandbox a new token is to be bound to; a
         // snapshot.
         statuses.push(404);
+    }
+    if path == "/v1/images/{name}" {
+        // No such image; one a sandbox or snapshot is made from.
+        statuses.push(404);
+        if method == Method::DELETE {
+            statuses.push(409);
+        }
     }
     if method == Method::POST && PROMISES_DISK.contains(&path) {
         // The storage pool cannot back what the call would promise.

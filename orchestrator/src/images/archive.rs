@@ -74,11 +74,12 @@ pub fn unpack(tar: impl Read, staging: &Path) -> Result<Archive, ImageError> {
 /// not plain and relative, and anything but files and directories.
 fn extract(tar: impl Read, staging: &Path) -> Result<(), ImageError> {
     let mut archive = tar::Archive::new(tar);
-    let entries = archive
-        .entries()
-        .map_err(ImageError::io("cannot read the archive"))?;
+    // The archive is a file of ours by now: what cannot be read of it is
+    // malformed.
+    let malformed = |err: std::io::Error| invalid(format!("not a tar archive: {err}"));
+    let entries = archive.entries().map_err(malformed)?;
     for entry in entries {
-        let mut entry = entry.map_err(ImageError::io("cannot read the archive"))?;
+        let mut entry = entry.map_err(malformed)?;
         let raw = entry
             .path()
             .map_err(ImageError::io("an archive entry's name"))?

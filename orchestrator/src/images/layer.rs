@@ -62,11 +62,13 @@ pub fn apply(tar: impl Read, root: &Path) -> Result<Applied, ImageError> {
         applied: Applied::default(),
     };
     let mut archive = tar::Archive::new(tar);
-    let entries = archive
-        .entries()
-        .map_err(ImageError::io("cannot read the layer"))?;
+    // A layer that does not parse is malformed (its blob, a file of ours,
+    // was read whole to check its digest).
+    let malformed =
+        |err: std::io::Error| ImageError::Invalid(format!("a layer is not a tar: {err}"));
+    let entries = archive.entries().map_err(malformed)?;
     for entry in entries {
-        let entry = entry.map_err(ImageError::io("cannot read the layer"))?;
+        let entry = entry.map_err(malformed)?;
         layer.apply_entry(entry)?;
     }
     Ok(layer.applied)
@@ -270,7 +272,14 @@ impl Layer {
                         ))
                     }
                 }
-                open_at(&parent, name, OFlag::O_PATH | OFlag::O_DIRECTORY, rel)
+                // Made now, or a name already there that is no directory:
+                // a link to a directory the layers do not hold.
+                open_at(&parent, name, OFlag::O_PATH | OFlag::O_DIRECTORY, rel).map_err(|_| {
+                    ImageError::BadEntry {
+                        path: rel.display().to_string(),
+                        reason: "not a directory, nor a link to one in the image".into(),
+                    }
+                })
             }
             Err(errno) => Err(ImageError::errno(format!("cannot open {}", rel.display()))(
                 errno,

@@ -1,7 +1,8 @@
 //! Images users bring (issue #15): OCI archives and registry pulls, applied
 //! layer by layer into root filesystems that sandboxes start from.
 //!
-//! So far, the pieces an import is made of, not yet wired to a route:
+//! - [`reference`]: image names, and the directory each is kept under;
+//! - [`catalog`]: the images dir: names, builds, imports and collection;
 //! - [`archive`]: `docker save` output and OCI layouts, unpacked and
 //!   verified;
 //! - [`layer`]: one layer applied with the OCI semantics, confined to the
@@ -9,7 +10,9 @@
 //! - [`store`]: layers stored by chain, each a snapshot of the one below.
 
 pub mod archive;
+pub mod catalog;
 pub mod layer;
+pub mod reference;
 pub mod store;
 #[cfg(test)]
 mod test_tar;

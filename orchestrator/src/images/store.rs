@@ -22,6 +22,10 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Beside a chain's `rootfs`: the devices its layer held, one per line,
+/// so that an image built on a chain already stored still reports them.
+const SKIPPED_DEVICES: &str = "skipped-devices";
+
 /// The chain id of `diff_id` on top of the chain `below`.
 pub fn chain_id(below: Option<&str>, diff_id: &str) -> String {
     match below {
@@ -86,9 +90,10 @@ impl LayerStore {
         for blob in layers {
             let chain = chain_id(below.as_deref(), &blob.diff_id);
             if self.rootfs(&chain).is_none() {
-                let applied = self.make_chain(below.as_deref(), &chain, blob)?;
-                skipped.extend(applied.skipped_devices);
+                self.make_chain(below.as_deref(), &chain, blob)?;
             }
+            let noted = std::fs::read_to_string(self.chain_dir(&chain).join(SKIPPED_DEVICES));
+            skipped.extend(noted.unwrap_or_default().lines().map(str::to_owned));
             below = Some(chain);
         }
         let top = below.ok_or_else(|| ImageError::Invalid("an image of no layers".into()))?;
@@ -113,6 +118,13 @@ impl LayerStore {
             .copy_below(below, &staging)
             .and_then(|()| apply_checked(blob, &staging.join("rootfs")))
             .and_then(|applied| {
+                let noted: String = applied
+                    .skipped_devices
+                    .iter()
+                    .map(|device| format!("{device}\n"))
+                    .collect();
+                std::fs::write(staging.join(SKIPPED_DEVICES), noted)
+                    .map_err(ImageError::io("cannot note the skipped devices"))?;
                 std::fs::rename(&staging, &target).map_err(ImageError::io(format!(
                     "cannot rename {} to {}",
                     staging.display(),
@@ -131,28 +143,7 @@ impl LayerStore {
     fn copy_below(&self, below: Option<&str>, staging: &Path) -> Result<(), ImageError> {
         let io = |what: &str| ImageError::io(format!("cannot {what} {}", staging.display()));
         match below {
-            Some(below) if self.subvolumes => {
-                volume::snapshot_subvolume(&self.chain_dir(below), staging)
-                    .map_err(io("snapshot into"))
-            }
-            Some(below) => {
-                std::fs::create_dir(staging).map_err(io("make"))?;
-                let from = self.chain_dir(below).join("rootfs");
-                let output = Command::new("cp")
-                    .args(["-a", "--reflink=auto", "--"])
-                    .arg(&from)
-                    .arg(staging.join("rootfs"))
-                    .output()
-                    .map_err(ImageError::io("cannot run cp"))?;
-                if !output.status.success() {
-                    return Err(ImageError::Invalid(format!(
-                        "cannot copy {}: {}",
-                        from.display(),
-                        String::from_utf8_lossy(&output.stderr).trim()
-                    )));
-                }
-                Ok(())
-            }
+            Some(below) => self.copy_chain(below, staging),
             None => {
                 if self.subvolumes {
                     volume::create_subvolume(staging).map_err(io("make the subvolume"))?;
@@ -162,6 +153,74 @@ impl LayerStore {
                 std::fs::create_dir(staging.join("rootfs")).map_err(io("make the root in"))
             }
         }
+    }
+
+    /// Makes `to` (which must not exist) hold a `rootfs/` that is a copy of
+    /// the chain `chain`'s: a snapshot on btrfs, else a reflink copy where
+    /// the filesystem has them, else a copy.
+    pub fn copy_chain(&self, chain: &str, to: &Path) -> Result<(), ImageError> {
+        let io = |what: &str| ImageError::io(format!("cannot {what} {}", to.display()));
+        if self.subvolumes {
+            return volume::snapshot_subvolume(&self.chain_dir(chain), to)
+                .map_err(io("snapshot into"));
+        }
+        std::fs::create_dir(to).map_err(io("make"))?;
+        let from = self.chain_dir(chain).join("rootfs");
+        let output = Command::new("cp")
+            .args(["-a", "--reflink=auto", "--"])
+            .arg(&from)
+            .arg(to.join("rootfs"))
+            .output()
+            .map_err(ImageError::io("cannot run cp"))?;
+        if !output.status.success() {
+            return Err(ImageError::Invalid(format!(
+                "cannot copy {}: {}",
+                from.display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The ids of every chain stored (`sha256:<hex>`).
+    pub fn chains(&self) -> Result<Vec<String>, ImageError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => {
+                return Err(ImageError::Io {
+                    context: format!("cannot list {}", self.dir.display()),
+                    source: err,
+                })
+            }
+        };
+        Ok(entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .filter(|name| name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(|hex| format!("sha256:{hex}"))
+            .collect())
+    }
+
+    /// Removes the chain `chain`; images built on it keep their own copies.
+    pub fn remove_chain(&self, chain: &str) -> Result<(), ImageError> {
+        let dir = self.chain_dir(chain);
+        std::fs::remove_dir_all(&dir)
+            .map_err(ImageError::io(format!("cannot remove {}", dir.display())))
+    }
+
+    /// Ids of the chains of `diff_ids`, bottom first: the last is the
+    /// image's.
+    pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+        let mut below: Option<String> = None;
+        diff_ids
+            .iter()
+            .map(|diff_id| {
+                let chain = chain_id(below.as_deref(), diff_id);
+                below = Some(chain.clone());
+                chain
+            })
+            .collect()
     }
 }
 
@@ -206,87 +265,9 @@ fn apply_checked(blob: &LayerBlob, rootfs: &Path) -> Result<Applied, ImageError>
 mod tests {
     use super::*;
     use crate::images::archive;
-    use crate::images::test_tar::{files, layer, Kind};
-    use std::io::Write;
-
-    fn sha256(data: &[u8]) -> String {
-        format!("sha256:{:x}", Sha256::digest(data))
-    }
-
-    fn gzip(data: &[u8]) -> Vec<u8> {
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        encoder.write_all(data).expect("gzip");
-        encoder.finish().expect("gzip")
-    }
-
-    fn config(layers: &[&[u8]]) -> Vec<u8> {
-        let diff_ids: Vec<String> = layers.iter().map(|layer| sha256(layer)).collect();
-        serde_json::to_vec(&serde_json::json!({
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {"Env": ["GREETING=hi"], "WorkingDir": "/app", "User": "1000"},
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        }))
-        .expect("json")
-    }
-
-    /// `docker save` output for an image of `layers` (uncompressed).
-    fn docker_save(layers: &[&[u8]]) -> Vec<u8> {
-        let names: Vec<String> = (0..layers.len())
-            .map(|n| format!("l{n}/layer.tar"))
-            .collect();
-        let manifest = serde_json::to_vec(&serde_json::json!([
-            {"Config": "config.json", "RepoTags": ["demo:saved"], "Layers": names}
-        ]))
-        .expect("json");
-        let config = config(layers);
-        let mut entries: Vec<(&str, &[u8])> =
-            vec![("manifest.json", &manifest), ("config.json", &config)];
-        for (name, data) in names.iter().zip(layers) {
-            entries.push((name, data));
-        }
-        files(&entries)
-    }
-
-    /// An OCI layout for an image of `layers`, gzipped.
-    fn oci_layout(layers: &[&[u8]]) -> Vec<u8> {
-        let config = config(layers);
-        let zipped: Vec<Vec<u8>> = layers.iter().map(|layer| gzip(layer)).collect();
-        let descriptor = |media: &str, data: &[u8]| serde_json::json!({"mediaType": media, "digest": sha256(data), "size": data.len()});
-        let manifest = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
-            "layers": zipped
-                .iter()
-                .map(|blob| descriptor("application/vnd.oci.image.layer.v1.tar+gzip", blob))
-                .collect::<Vec<_>>(),
-        }))
-        .expect("json");
-        let mut index = descriptor("application/vnd.oci.image.manifest.v1+json", &manifest);
-        index["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "demo:oci"});
-        let index =
-            serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [index]}))
-                .expect("json");
-        let blob_name = |data: &[u8]| format!("blobs/sha256/{}", &sha256(data)[7..]);
-        let mut named: Vec<(String, Vec<u8>)> = vec![
-            (
-                "oci-layout".into(),
-                br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
-            ),
-            ("index.json".into(), index),
-            (blob_name(&manifest), manifest.clone()),
-            (blob_name(&config), config.clone()),
-        ];
-        for blob in zipped {
-            named.push((blob_name(&blob), blob));
-        }
-        let entries: Vec<(&str, &[u8])> = named
-            .iter()
-            .map(|(name, data)| (name.as_str(), data.as_slice()))
-            .collect();
-        files(&entries)
-    }
+    use crate::images::test_tar::{
+        config, docker_save, files, gzip, layer, oci_layout, scratch, sha256, Kind,
+    };
 
     fn base_layer() -> Vec<u8> {
         layer(&[
@@ -301,23 +282,6 @@ mod tests {
             ("app/.wh.old", Kind::File(""), 0, 0o644),
             (file, Kind::File("new"), 1000, 0o644),
         ])
-    }
-
-    /// A scratch dir, and whether chains are subvolumes in it: on the
-    /// btrfs pool when the test scripts name it (`SBX_TEST_DATA_ROOT`),
-    /// so that both ways of copying a chain are run.
-    fn scratch() -> (tempfile::TempDir, bool) {
-        let dir = match std::env::var_os("SBX_TEST_DATA_ROOT") {
-            Some(root) => {
-                std::fs::create_dir_all(&root).expect("test data root");
-                tempfile::tempdir_in(root).expect("tempdir")
-            }
-            None => tempfile::tempdir().expect("tempdir"),
-        };
-        let probe = dir.path().join("probe");
-        let subvolumes = volume::create_subvolume(&probe).is_ok();
-        let _ = std::fs::remove_dir(&probe);
-        (dir, subvolumes)
     }
 
     fn chains(store: &Path) -> Vec<String> {

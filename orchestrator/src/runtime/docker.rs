@@ -302,6 +302,11 @@ impl Runtime for DockerRuntime {
         "docker"
     }
 
+    async fn prepare_image(&self, image_rootfs: &Path) -> Result<(), RuntimeError> {
+        self.ensure_image(&image_tag(image_rootfs)?, image_rootfs)
+            .await
+    }
+
     fn version(&self) -> String {
         self.version.clone()
     }

@@ -224,6 +224,14 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// What this runtime enforces; fixed for the life of the runtime.
     fn isolation(&self) -> Isolation;
 
+    /// Readies the image build at `image_rootfs` (resolved) for fast
+    /// starts, once, when it is imported: the youki runtime makes its
+    /// user-namespace copy, Docker loads it into the engine. A start does
+    /// the same when it finds it not done.
+    async fn prepare_image(&self, _image_rootfs: &Path) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
     /// Creates and starts the container. Returns once the agent process runs;
     /// the caller waits for the agent's socket to know it is ready. On
     /// failure the caller cleans up with [`Runtime::remove`], which copes

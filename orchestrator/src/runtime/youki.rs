@@ -206,6 +206,16 @@ impl Runtime for YoukiRuntime {
         }
     }
 
+    async fn prepare_image(&self, image_rootfs: &Path) -> Result<(), RuntimeError> {
+        let image_rootfs = image_rootfs.to_owned();
+        tokio::task::spawn_blocking(move || idmap::shifted_image(&image_rootfs).map(drop))
+            .await
+            .map_err(|err| RuntimeError::Engine {
+                context: "preparing an image".into(),
+                message: err.to_string(),
+            })?
+    }
+
     async fn start(&self, container: &ContainerSpec) -> Result<(), RuntimeError> {
         let oci = spec::build(container, Some(ID_MAP))?;
         let dir = container.dir.clone();

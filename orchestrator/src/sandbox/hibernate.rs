@@ -314,15 +314,10 @@ impl Manager {
     ) -> Result<std::path::PathBuf, SandboxError> {
         match &record.image_build {
             Some(build) => Ok(build.clone()),
-            None => {
-                let rootfs = self
-                    .config
-                    .images_dir
-                    .join(&record.sandbox.image)
-                    .join("rootfs");
-                crate::runtime::resolve_image(&rootfs)
-                    .map_err(SandboxError::runtime(&record.sandbox.id))
-            }
+            None => self
+                .images
+                .rootfs(&record.sandbox.image)?
+                .ok_or_else(|| SandboxError::ImageNotFound(record.sandbox.image.clone())),
         }
     }
 }

@@ -44,6 +44,7 @@ mod handoff;
 mod hibernate;
 #[cfg(test)]
 mod hibernate_tests;
+mod images;
 mod legacy;
 mod lifetime;
 #[cfg(test)]
@@ -113,6 +114,10 @@ pub enum SandboxError {
         context: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    TooLarge(String),
+    #[error(transparent)]
+    Image(#[from] crate::images::ImageError),
 }
 
 impl SandboxError {
@@ -220,6 +225,8 @@ pub struct Manager {
     ops: hibernate::OpLocks,
     /// Held from a storage admission until what it admitted is recorded.
     admissions: tokio::sync::Mutex<()>,
+    /// The images dir: what `image` names.
+    images: Arc<crate::images::catalog::Images>,
     /// Cancelled when the server stops: event streams that follow end.
     following: tokio_util::sync::CancellationToken,
     /// Every running sandbox's init, watched (see [`deaths`]).
@@ -297,7 +304,9 @@ impl Manager {
                 source,
             })?;
         }
+        let images = Arc::new(crate::images::catalog::Images::open(&config.images_dir)?);
         Ok(Self {
+            images,
             events: events::Events::new(Arc::clone(&store)),
             activity: activity::Activity::default(),
             lifetime: lifetime::Lifetime::default(),
@@ -343,6 +352,27 @@ impl Manager {
             None => BTreeMap::new(),
         };
         full.extend(env.iter().map(|(key, value)| (key.clone(), value.clone())));
+        full
+    }
+
+    /// The agent's environment in a sandbox with `env` on the image build
+    /// at `image_rootfs`: the sandbox's env over its image's, and the
+    /// image's working dir and user as the defaults of every command.
+    fn agent_env(
+        &self,
+        env: &BTreeMap<String, String>,
+        image_rootfs: &Path,
+    ) -> BTreeMap<String, String> {
+        let defaults = crate::images::catalog::defaults_of(image_rootfs);
+        let mut merged = defaults.env;
+        merged.extend(env.iter().map(|(key, value)| (key.clone(), value.clone())));
+        let mut full = agent_env(&self.sandbox_env(&merged));
+        if let Some(dir) = defaults.working_dir {
+            full.insert("SBX_AGENT_WORKDIR".into(), dir);
+        }
+        if let Some(user) = defaults.user {
+            full.insert("SBX_AGENT_USER".into(), user);
+        }
         full
     }
 
@@ -572,16 +602,14 @@ impl Manager {
         let image = request
             .image
             .unwrap_or_else(|| sbx_api::DEFAULT_IMAGE.to_owned());
-        let image_rootfs = self.config.images_dir.join(&image).join("rootfs");
-        if !image_rootfs.is_dir() {
-            return Err(SandboxError::ImageNotFound(image));
-        }
-        let image_rootfs = crate::runtime::resolve_image(&image_rootfs).map_err(|source| {
-            SandboxError::Runtime {
-                id: "(new)".into(),
-                source,
+        let image_rootfs = match self.images.rootfs(&image) {
+            Ok(Some(rootfs)) => rootfs,
+            Ok(None) => return Err(SandboxError::ImageNotFound(image)),
+            Err(crate::images::ImageError::Invalid(reason)) => {
+                return Err(SandboxError::InvalidRequest(reason))
             }
-        })?;
+            Err(err) => return Err(err.into()),
+        };
         let disk_mb = match (request.disk_mb, self.runtime.isolation().disk_quota) {
             (requested, Ok(())) => Some(requested.unwrap_or(self.config.default_disk_mb)),
             (None, Err(_)) => None,
@@ -824,10 +852,10 @@ impl Manager {
             })?;
         let spec = ContainerSpec {
             id: id.clone(),
+            agent_env: self.agent_env(&record.env, &image_rootfs),
             image_rootfs,
             dir: dir.clone(),
             agent_binary: self.config.agent_binary.clone(),
-            agent_env: agent_env(&self.sandbox_env(&record.env)),
             ca_bundle: self.config.ca_bundle.clone(),
             limits: Limits {
                 memory_bytes: record.sandbox.memory_mb << 20,

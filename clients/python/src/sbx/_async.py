@@ -40,6 +40,8 @@ from ._core import (
     DEFAULT,
     Call,
     Command,
+    ImageArchive,
+    ImageRef,
     OutputCallback,
     Request,
     Seconds,
@@ -56,6 +58,7 @@ from .models import (
     ExecEvent,
     ExecResult,
     FileInfo,
+    ImageInfo,
     OnTimeout,
     ProcessInfo,
     SandboxEvent,
@@ -92,6 +95,7 @@ class AsyncClient:
         )
         self.tokens = AsyncTokens(self)
         self.snapshots = AsyncSnapshots(self)
+        self.images = AsyncImages(self)
 
     def __repr__(self) -> str:
         return f"AsyncClient(url={self.url!r})"
@@ -208,6 +212,33 @@ class AsyncSnapshots:
         await self._client._run(_core.delete_snapshot(name))
 
 
+class AsyncImages:
+    """See :class:`sbx.Images`."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def import_image(
+        self,
+        source: ImageArchive,
+        name: Optional[str] = None,
+        *,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> ImageInfo:
+        """See :meth:`sbx.Images.import_image`; a file is read in a worker thread."""
+        with _core.image_archive(source) as content:
+            return await self._client._run(_core.import_image(content, name, request_timeout))
+
+    async def list(self) -> builtins.list[ImageInfo]:
+        return await self._client._run(_core.list_images())
+
+    async def get(self, name: ImageRef) -> ImageInfo:
+        return await self._client._run(_core.get_image(name))
+
+    async def delete(self, name: ImageRef) -> None:
+        await self._client._run(_core.delete_image(name))
+
+
 async def _async_chunks(content: Any) -> AsyncIterator[bytes]:
     """Any body the sync API takes, as the async iterator httpx wants."""
     if hasattr(content, "__aiter__"):
@@ -292,7 +323,7 @@ class AsyncSandbox:
     def create(
         cls,
         *,
-        image: Optional[str] = None,
+        image: Optional[ImageRef] = None,
         memory_mb: Optional[int] = None,
         cpus: Optional[float] = None,
         disk_mb: Optional[int] = None,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import (
+    IO,
     Any,
     Callable,
     Dict,
@@ -100,6 +101,11 @@ SignalArg = Union[str, int, signals.Signals]
 Seconds = Union[int, float, timedelta]
 #: A snapshot, by name or as listed.
 SnapshotRef = Union[str, models.SnapshotInfo]
+#: An image, by name or as listed.
+ImageRef = Union[str, models.ImageInfo]
+#: What an image import sends: a tar's path, its bytes, or a binary file
+#: object (read from where it is, not rewound).
+ImageArchive = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
 
 
 # --- configuration ---------------------------------------------------------
@@ -294,6 +300,10 @@ def snapshot_name(snapshot: SnapshotRef) -> str:
     return snapshot.name if isinstance(snapshot, models.SnapshotInfo) else snapshot
 
 
+def image_name(image: ImageRef) -> str:
+    return image.name if isinstance(image, models.ImageInfo) else image
+
+
 def error_body(data: Any) -> ApiError:
     """The exception for an error body found inside a successful answer."""
     if not isinstance(data, dict) or not isinstance(data.get("error_code"), str):
@@ -331,7 +341,7 @@ def _created(data: Any) -> Created:
 
 def create_sandbox(
     *,
-    image: Optional[str],
+    image: Optional[ImageRef],
     memory_mb: Optional[int],
     cpus: Optional[float],
     disk_mb: Optional[int],
@@ -357,7 +367,7 @@ def create_sandbox(
     )
     body = _drop_none(
         {
-            "image": image,
+            "image": None if image is None else image_name(image),
             "memory_mb": memory_mb,
             "cpus": cpus,
             "disk_mb": disk_mb,
@@ -494,6 +504,61 @@ def events(
         timeout=request_timeout,
         unbounded_read=follow,
     )
+
+
+# images
+
+
+@contextlib.contextmanager
+def image_archive(source: ImageArchive) -> Iterator[Any]:
+    """The body of an image import: a path opened (and closed after the
+    call), bytes as they are, a file object to be read in chunks. Files are
+    streamed, never read whole."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as file:
+            yield file
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        yield bytes(source)
+    elif hasattr(source, "read"):
+        yield source
+    else:
+        kind = type(source).__name__
+        raise TypeError(f"an image archive is a path, bytes or a binary file, got {kind}")
+
+
+def import_image(
+    content: Any, name: Optional[str], request_timeout: TimeoutArg
+) -> Call[models.ImageInfo]:
+    """``POST /v1/images/import``: ``content`` from :func:`image_archive`."""
+    request = Request(
+        "POST",
+        "/v1/images/import",
+        params=_drop_none({"name": name}),
+        content=content,
+        headers={"content-type": "application/x-tar"},
+        timeout=request_timeout,
+    )
+    return Call(request, _json(models.ImageInfo.from_json))
+
+
+def image_path(name: ImageRef) -> str:
+    """A name holds ``/`` and ``:``; it travels as one segment, slashes encoded."""
+    return f"/v1/images/{quote(image_name(name), safe=':@')}"
+
+
+def list_images() -> Call[List[models.ImageInfo]]:
+    return Call(
+        Request("GET", "/v1/images"),
+        _json(lambda data: models.decode_list(data, "images", models.ImageInfo.from_json)),
+    )
+
+
+def get_image(name: ImageRef) -> Call[models.ImageInfo]:
+    return Call(Request("GET", image_path(name)), _json(models.ImageInfo.from_json))
+
+
+def delete_image(name: ImageRef) -> Call[None]:
+    return Call(Request("DELETE", image_path(name)), _nothing)
 
 
 # exec

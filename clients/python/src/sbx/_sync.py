@@ -32,6 +32,8 @@ from ._core import (
     DEFAULT,
     Call,
     Command,
+    ImageArchive,
+    ImageRef,
     OutputCallback,
     Request,
     Seconds,
@@ -48,6 +50,7 @@ from .models import (
     ExecEvent,
     ExecResult,
     FileInfo,
+    ImageInfo,
     OnTimeout,
     ProcessInfo,
     SandboxEvent,
@@ -89,6 +92,7 @@ class Client:
         )
         self.tokens = Tokens(self)
         self.snapshots = Snapshots(self)
+        self.images = Images(self)
 
     def __repr__(self) -> str:
         return f"Client(url={self.url!r})"
@@ -226,6 +230,48 @@ class Snapshots:
         self._client._run(_core.delete_snapshot(name))
 
 
+class Images:
+    """``/v1/images``: what sandboxes are made from (``image=`` in :meth:`Sandbox.create`).
+
+    Listing and reading need ``images:read``, importing and deleting
+    ``images:write``. Images are server-wide; ``base`` is the default one.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def import_image(
+        self,
+        source: ImageArchive,
+        name: Optional[str] = None,
+        *,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> ImageInfo:
+        """``POST /v1/images/import``: an image from a tar, ready when this returns.
+
+        ``source`` is ``docker save`` output or an OCI image layout tarball:
+        a path, bytes, or a binary file object (files are streamed, never
+        read whole). ``name`` (``[registry/]repository[:tag]``) defaults to
+        the one the archive gives it; ``:latest`` is added to a name without
+        a tag. The server checks every blob and applies every layer before
+        it answers, so a big image may need a longer ``request_timeout``.
+        """
+        with _core.image_archive(source) as content:
+            return self._client._run(_core.import_image(content, name, request_timeout))
+
+    def list(self) -> builtins.list[ImageInfo]:
+        return self._client._run(_core.list_images())
+
+    def get(self, name: ImageRef) -> ImageInfo:
+        """One image; a name without a tag means ``:latest`` (but ``base`` is ``base``)."""
+        return self._client._run(_core.get_image(name))
+
+    def delete(self, name: ImageRef) -> None:
+        """Deletes the image; :class:`~sbx.Conflict` while a sandbox or
+        snapshot is made from it, and for the default image."""
+        self._client._run(_core.delete_image(name))
+
+
 def _file_chunks(file: IO[bytes]) -> Iterator[bytes]:
     while True:
         chunk = file.read(_core.CHUNK)
@@ -281,7 +327,7 @@ class Sandbox:
     def create(
         cls,
         *,
-        image: Optional[str] = None,
+        image: Optional[ImageRef] = None,
         memory_mb: Optional[int] = None,
         cpus: Optional[float] = None,
         disk_mb: Optional[int] = None,
@@ -301,7 +347,8 @@ class Sandbox:
     ) -> Sandbox:
         """``POST /v1/sandboxes``: a new sandbox, running and ready for exec.
 
-        Every field is optional: ``image`` (default ``base``),
+        Every field is optional: ``image`` (a name or an
+        :class:`~sbx.ImageInfo`, default ``base``; see ``client.images``),
         ``memory_mb``, ``cpus``, ``disk_mb``, ``env`` (every command's
         environment), ``labels``, and ``egress``, the hosts its proxy may
         reach (``"pypi.org"``, ``"*.github.com"``, ``"host:443"``; none when

@@ -27,6 +27,9 @@ __all__ = [
     "Lifecycle",
     "SandboxInfo",
     "SnapshotInfo",
+    "ImageSource",
+    "ImageConfig",
+    "ImageInfo",
     "SandboxEvent",
     "ExecResult",
     "StartEvent",
@@ -74,6 +77,8 @@ EventKind = Literal[
     "deleted",
     "expiring",
 ]
+#: Where an image came from: built by the server's recipe, or imported.
+ImageSource = Literal["recipe", "import"]
 ProcessState = Literal["running", "exited"]
 FileType = Literal["file", "dir", "symlink", "other"]
 Scope = Literal[
@@ -86,6 +91,8 @@ Scope = Literal[
     "tokens:admin",
     "audit:read",
     "metrics:read",
+    "images:read",
+    "images:write",
 ]
 #: Every scope a token can hold (see the README's policy model).
 SCOPES: Tuple[Scope, ...] = (
@@ -98,6 +105,8 @@ SCOPES: Tuple[Scope, ...] = (
     "tokens:admin",
     "audit:read",
     "metrics:read",
+    "images:read",
+    "images:write",
 )
 
 T = TypeVar("T")
@@ -189,6 +198,10 @@ class _Fields:
     def str_list(self, key: str) -> List[str]:
         value = self._get(key, list, True) or []
         return [str(item) for item in value]
+
+    def opt_str_list(self, key: str) -> Optional[List[str]]:
+        value = self._get(key, list, True)
+        return None if value is None else [str(item) for item in value]
 
     def obj(self, key: str, decode: Callable[[Any], T]) -> T:
         return decode(self._get(key, dict, False))
@@ -295,6 +308,73 @@ class SnapshotInfo:
             disk_mb=f.integer("disk_mb"),
             created_at=f.moment("created_at"),
             size_bytes=f.integer("size_bytes"),
+        )
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """What an image's config says a container runs with.
+
+    ``env``, ``working_dir`` and ``user`` are the defaults of every sandbox
+    made from the image (a sandbox's own ``env`` wins); ``entrypoint`` and
+    ``cmd`` are kept for reference only, since the sandbox agent is always
+    PID 1.
+    """
+
+    #: ``NAME=value`` entries, in the image's order.
+    env: List[str] = field(default_factory=list)
+    working_dir: Optional[str] = None
+    #: A user name or ``uid[:gid]`` from the image's ``/etc/passwd``.
+    user: Optional[str] = None
+    entrypoint: Optional[List[str]] = None
+    cmd: Optional[List[str]] = None
+    labels: Dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> ImageConfig:
+        f = _Fields(data, "image config")
+        return cls(
+            env=f.str_list("env"),
+            working_dir=f.opt_text("working_dir"),
+            user=f.opt_text("user"),
+            entrypoint=f.opt_str_list("entrypoint"),
+            cmd=f.opt_str_list("cmd"),
+            labels=f.str_map("labels"),
+        )
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """An image sandboxes can be made from: ``image=`` in :meth:`~sbx.Sandbox.create`."""
+
+    #: ``[registry/]repository[:tag][@digest]``; ``base`` is the default image.
+    name: str
+    #: ``sha256:<hex>`` of the image config for imported images,
+    #: ``recipe:<hash>`` for recipe images.
+    id: str
+    source: ImageSource
+    created_at: datetime
+    #: Bytes of the files in its root filesystem (hard links counted once),
+    #: when known: recipe images do not say.
+    size_bytes: Optional[int] = None
+    #: How many layers it was built from (imported images).
+    layers: Optional[int] = None
+    config: ImageConfig = field(default_factory=ImageConfig)
+    #: Device nodes its layers held, which are never made (a sandbox has its own ``/dev``).
+    skipped_devices: List[str] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: Any) -> ImageInfo:
+        f = _Fields(data, "image")
+        return cls(
+            name=f.text("name"),
+            id=f.text("id"),
+            source=f.text("source"),  # type: ignore[arg-type]
+            created_at=f.moment("created_at"),
+            size_bytes=f.opt_integer("size_bytes"),
+            layers=f.opt_integer("layers"),
+            config=f.opt_obj("config", ImageConfig.from_json) or ImageConfig(),
+            skipped_devices=f.str_list("skipped_devices"),
         )
 
 

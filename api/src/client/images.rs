@@ -1,0 +1,82 @@
+//! Calls on the image routes: import an archive, list, inspect, delete.
+
+use super::{decode, Client, ClientError, NO_BODY};
+use crate::{Image, ImageList, ImportImageQuery};
+use bytes::Bytes;
+use http::{header, Method, Request};
+
+impl Client {
+    /// `POST /v1/images/import`: uploads `archive` (`docker save` output
+    /// or an OCI layout tar) as it is produced, and names the image `name`
+    /// or as the archive does.
+    pub async fn import_image<B>(
+        &self,
+        archive: B,
+        name: Option<&str>,
+    ) -> Result<Image, ClientError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let query = ImportImageQuery {
+            name: name.map(str::to_owned),
+        };
+        let query = serde_urlencoded::to_string(&query).map_err(|err| ClientError::Unexpected {
+            status: 0,
+            text: format!("cannot encode the query: {err}"),
+        })?;
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("/v1/images/import?{query}"))
+            .header(header::CONTENT_TYPE, "application/x-tar")
+            .body(archive)
+            .map_err(|err| ClientError::Unexpected {
+                status: 0,
+                text: format!("cannot build the import request: {err}"),
+            })?;
+        let response = self.send_request(request).await?;
+        decode(response, &self.endpoint.to_string()).await
+    }
+
+    /// `GET /v1/images`
+    pub async fn list_images(&self) -> Result<Vec<Image>, ClientError> {
+        let list: ImageList = self.call(Method::GET, "/v1/images", NO_BODY).await?;
+        Ok(list.images)
+    }
+
+    /// `GET /v1/images/{name}`
+    pub async fn get_image(&self, name: &str) -> Result<Image, ClientError> {
+        self.call(Method::GET, &image_path(name), NO_BODY).await
+    }
+
+    /// `DELETE /v1/images/{name}`
+    pub async fn delete_image(&self, name: &str) -> Result<(), ClientError> {
+        self.call(Method::DELETE, &image_path(name), NO_BODY).await
+    }
+}
+
+/// `/v1/images/{name}` with the name as one segment: its slashes (and
+/// anything else a path segment cannot hold) percent-encoded.
+fn image_path(name: &str) -> String {
+    let mut path = String::from("/v1/images/");
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~:@".contains(&byte) {
+            path.push(byte as char);
+        } else {
+            path.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn image_names_are_one_path_segment() {
+        assert_eq!(
+            super::image_path("localhost:5000/team/app:v1"),
+            "/v1/images/localhost:5000%2Fteam%2Fapp:v1"
+        );
+        assert_eq!(super::image_path("../x y"), "/v1/images/..%2Fx%20y");
+    }
+}

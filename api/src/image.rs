@@ -1,0 +1,95 @@
+//! Images: what `GET /v1/images` lists and `POST /v1/images/import` makes.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Where an image came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageSource {
+    /// Built on the server from a recipe in the repository
+    /// (`scripts/build-image`), like `base`.
+    Recipe,
+    /// Imported from an OCI image layout or `docker save` archive.
+    Import,
+}
+
+/// What an image's config says a container runs with. `env`,
+/// `working_dir` and `user` become the defaults of every sandbox made from
+/// the image (a sandbox's own `env` wins); `entrypoint` and `cmd` are kept
+/// for reference, since the sandbox agent is always PID 1.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImageConfig {
+    /// `NAME=value` entries, in the image's order.
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// A user name or `uid[:gid]` from the image's `/etc/passwd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One image sandboxes can be made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Image {
+    /// `[registry/]repository[:tag][@digest]`, what `image` in a create
+    /// request names. `base` is the default image.
+    pub name: String,
+    /// `sha256:<hex>` of the image config for imported images;
+    /// `recipe:<hash>` (the recipe's hash) for recipe images.
+    pub id: String,
+    pub source: ImageSource,
+    pub created_at: DateTime<Utc>,
+    /// Bytes of the files in its root filesystem (hard links counted
+    /// once), when known: recipe images do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// How many layers it was built from (imported images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<u32>,
+    #[serde(default)]
+    pub config: ImageConfig,
+    /// Device nodes the layers held, which are never made (a sandbox has
+    /// its own `/dev`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_devices: Vec<String>,
+}
+
+/// `GET /v1/images`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImageList {
+    pub images: Vec<Image>,
+}
+
+/// The path parameter of `/v1/images/{name}`: the image's name with its
+/// slashes percent-encoded (`localhost:5000%2Fapp:v1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ImagePath {
+    /// The image's name.
+    pub name: String,
+}
+
+/// The query of `POST /v1/images/import`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ImportImageQuery {
+    /// The name to give the image; by default the one the archive gives
+    /// it (`RepoTags`, or the index's `org.opencontainers.image.ref.name`
+    /// when that is a whole reference). `:latest` is added to a name
+    /// without a tag or digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// The most an import's body may hold: 16 GiB.
+pub const MAX_IMAGE_ARCHIVE_BYTES: u64 = 16 << 30;

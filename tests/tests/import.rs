@@ -1,0 +1,443 @@
+//! End to end: images users bring. An archive built here (`docker save`
+//! output, and the OCI layout `skopeo` converts it to) is imported over the
+//! API, a sandbox made from it sees its layers merged with OCI semantics
+//! and starts with its config's env, working dir and user; the image
+//! cannot be deleted while a sandbox uses it, and its files go after.
+//! Hostile archives write nothing outside the images dir.
+//!
+//! The images are small: busybox (static, from the host) and a few files.
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use sbx_api::client::{ClientError, SandboxClient};
+use sbx_api::{CreateSandboxRequest, ErrorCode, ExecRequest, Image, ImageSource};
+use sbx_tests::{Engine, Server};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BUSYBOX: &str = "/bin/busybox";
+
+enum Entry<'a> {
+    Dir(&'a str),
+    File(&'a str, &'a [u8], u32),
+    Symlink(&'a str, &'a str),
+    HardLink(&'a str, &'a str),
+    CharDevice(&'a str),
+}
+
+/// A layer tar of `entries`, owned by root, written header by header (so
+/// that hostile names go in as they are).
+fn layer(entries: &[Entry<'_>]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for entry in entries {
+        let mut header = tar::Header::new_gnu();
+        let (name, kind, data, link, mode): (&str, tar::EntryType, &[u8], &str, u32) = match entry {
+            Entry::Dir(name) => (name, tar::EntryType::Directory, b"", "", 0o755),
+            Entry::File(name, data, mode) => (name, tar::EntryType::Regular, data, "", *mode),
+            Entry::Symlink(name, target) => (name, tar::EntryType::Symlink, b"", target, 0o777),
+            Entry::HardLink(name, target) => (name, tar::EntryType::Link, b"", target, 0o644),
+            Entry::CharDevice(name) => (name, tar::EntryType::Char, b"", "", 0o666),
+        };
+        header.as_gnu_mut().expect("gnu").name[..name.len()].copy_from_slice(name.as_bytes());
+        header.as_gnu_mut().expect("gnu").linkname[..link.len()].copy_from_slice(link.as_bytes());
+        header.set_entry_type(kind);
+        header.set_size(data.len() as u64);
+        header.set_mode(mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(1_700_000_000);
+        header.set_cksum();
+        builder.append(&header, data).expect("append");
+    }
+    builder.into_inner().expect("tar")
+}
+
+fn sha256(data: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(data))
+}
+
+/// `docker save` output: `manifest.json`, the config, one `layer.tar` per
+/// layer, the image named `name`.
+fn docker_save(name: &str, layers: &[Vec<u8>], config: serde_json::Value) -> Vec<u8> {
+    let mut config = config;
+    config["rootfs"] = serde_json::json!({
+        "type": "layers",
+        "diff_ids": layers.iter().map(|layer| sha256(layer)).collect::<Vec<_>>(),
+    });
+    config["architecture"] = "amd64".into();
+    config["os"] = "linux".into();
+    let config = serde_json::to_vec(&config).expect("json");
+    let config_name = format!("{}.json", &sha256(&config)[7..]);
+    let layer_names: Vec<String> = layers
+        .iter()
+        .map(|layer| format!("{}/layer.tar", &sha256(layer)[7..]))
+        .collect();
+    let manifest = serde_json::to_vec(&serde_json::json!([
+        {"Config": config_name, "RepoTags": [name], "Layers": layer_names}
+    ]))
+    .expect("json");
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut add = |name: &str, data: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, name, data)
+            .expect("append");
+    };
+    add("manifest.json", &manifest);
+    add(&config_name, &config);
+    for (name, data) in layer_names.iter().zip(layers) {
+        add(name, data);
+    }
+    builder.into_inner().expect("tar")
+}
+
+/// The two layers of the test image. The lower one holds busybox and its
+/// applets, an account, files to delete, hide and link; the upper one
+/// deletes one file (a whiteout), replaces a directory's contents (an
+/// opaque dir) and a device node, which is skipped.
+fn test_layers() -> Result<Vec<Vec<u8>>> {
+    let busybox = std::fs::read(BUSYBOX).context("busybox-static (scripts/setup installs it)")?;
+    let lower = layer(&[
+        Entry::Dir("bin/"),
+        Entry::File("bin/busybox", &busybox, 0o755),
+        Entry::Symlink("bin/sh", "busybox"),
+        Entry::Dir("etc/"),
+        Entry::File(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+            0o644,
+        ),
+        Entry::File("etc/group", b"root:x:0:\napp:x:1000:\n", 0o644),
+        Entry::Dir("data/"),
+        Entry::File("data/keep", b"kept\n", 0o644),
+        Entry::File("data/gone", b"deleted above\n", 0o644),
+        Entry::HardLink("data/hard", "data/keep"),
+        Entry::Symlink("data/first", "second"),
+        Entry::Symlink("data/second", "/data/keep"),
+        Entry::Dir("data/dir/"),
+        Entry::File("data/dir/hidden", b"hidden by the opaque dir\n", 0o644),
+    ]);
+    let upper = layer(&[
+        Entry::File("data/.wh.gone", b"", 0o644),
+        Entry::Dir("data/dir/"),
+        Entry::File("data/dir/.wh..wh..opq", b"", 0o644),
+        Entry::File("data/dir/new", b"from the upper layer\n", 0o644),
+        Entry::CharDevice("dev-null"),
+    ]);
+    Ok(vec![lower, upper])
+}
+
+fn test_config() -> serde_json::Value {
+    serde_json::json!({"config": {
+        "Env": ["PATH=/bin", "GREETING=hello from the image"],
+        "WorkingDir": "/srv/app",
+        "User": "app",
+        "Cmd": ["/bin/sh"],
+        "Labels": {"org.example.test": "yes"},
+    }})
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{:08x}", rand::random::<u32>())
+}
+
+/// Converts the `docker save` archive at `from` to an OCI layout archive
+/// with skopeo, which names it `name`.
+fn skopeo_to_oci(from: &Path, to: &Path, name: &str) -> Result<()> {
+    let output = Command::new("skopeo")
+        .arg("copy")
+        .arg("--quiet")
+        .arg(format!("docker-archive:{}", from.display()))
+        .arg(format!("oci-archive:{}:{name}", to.display()))
+        .output()
+        .context("skopeo (scripts/setup installs it)")?;
+    if !output.status.success() {
+        bail!("skopeo: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(())
+}
+
+async fn import(
+    server: &Server,
+    archive: Vec<u8>,
+    name: Option<&str>,
+) -> Result<Image, ClientError> {
+    server
+        .client()
+        .import_image(Full::new(Bytes::from(archive)), name)
+        .await
+}
+
+async fn sh(sandbox: &SandboxClient<'_>, script: &str) -> Result<String> {
+    let result = sandbox.exec(&ExecRequest::shell(script)).await?;
+    if result.exit_code != 0 {
+        bail!(
+            "{script:?} exited {}: {}{}",
+            result.exit_code,
+            result.stdout,
+            result.stderr
+        );
+    }
+    Ok(result.stdout)
+}
+
+fn error_code(result: Result<impl std::fmt::Debug, ClientError>) -> Option<ErrorCode> {
+    match result {
+        Err(err) => err.api_error().map(|body| body.error_code),
+        Ok(value) => panic!("expected an error, got {value:?}"),
+    }
+}
+
+fn images_dir() -> PathBuf {
+    sbx_tests::required_env_path("SBX_TEST_IMAGES_DIR")
+}
+
+async fn an_imported_image_is_what_its_sandboxes_run(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let client = server.client();
+    let layers = test_layers()?;
+    let name = unique("localhost:5000/sbx-tests/import-");
+    let saved = docker_save(&format!("{name}:saved"), &layers, test_config());
+
+    let image = import(&server, saved.clone(), None).await?;
+    assert_eq!(
+        image.name,
+        format!("{name}:saved"),
+        "the archive's own name"
+    );
+    assert_eq!(image.source, ImageSource::Import);
+    assert_eq!(image.layers, Some(2));
+    assert_eq!(image.skipped_devices, ["dev-null"]);
+    assert_eq!(image.config.working_dir.as_deref(), Some("/srv/app"));
+    assert_eq!(image.config.cmd, Some(vec!["/bin/sh".to_owned()]));
+    assert_eq!(client.get_image(&image.name).await?, image);
+    let listed = client.list_images().await?;
+    assert!(listed.iter().any(|listed| listed == &image), "{listed:#?}");
+    assert!(listed.iter().any(
+        |listed| listed.name == sbx_api::DEFAULT_IMAGE && listed.source == ImageSource::Recipe
+    ));
+
+    // The same layers as an OCI layout skopeo wrote, under a given name.
+    let scratch = tempfile::tempdir()?;
+    let saved_path = scratch.path().join("saved.tar");
+    std::fs::write(&saved_path, &saved)?;
+    let oci_path = scratch.path().join("oci.tar");
+    skopeo_to_oci(&saved_path, &oci_path, "v1")?;
+    let oci = import(
+        &server,
+        std::fs::read(&oci_path)?,
+        Some(&format!("{name}-oci")),
+    )
+    .await?;
+    assert_eq!(
+        oci.name,
+        format!("{name}-oci:latest"),
+        "a bare name means :latest"
+    );
+    assert_eq!(oci.layers, Some(2));
+
+    for image in [&image, &oci] {
+        let created = client
+            .create_sandbox(&CreateSandboxRequest {
+                image: Some(image.name.clone()),
+                env: [("FROM_REQUEST".to_owned(), "yes".to_owned())].into(),
+                ..Default::default()
+            })
+            .await?;
+        let id = created.id;
+        let sandbox = client.sandbox(&id);
+        let facts = sh(
+            &sandbox,
+            "cat /data/keep; test ! -e /data/gone && echo gone; ls /data/dir; \
+             cat /data/first; stat -c %i /data/keep /data/hard | uniq | wc -l; \
+             echo \"$GREETING/$FROM_REQUEST\"; pwd; id -u",
+        )
+        .await
+        .with_context(|| server.log())?;
+        assert_eq!(
+            facts, "kept\ngone\nnew\nkept\n1\nhello from the image/yes\n/srv/app\n1000\n",
+            "{}: layers merged (whiteout, opaque dir, links), config defaults",
+            image.name
+        );
+        let as_root = sandbox
+            .exec(&ExecRequest {
+                user: Some("root".into()),
+                ..ExecRequest::shell("id -u")
+            })
+            .await?;
+        assert_eq!(as_root.stdout, "0\n", "a request's user beats the image's");
+
+        assert_eq!(
+            error_code(client.delete_image(&image.name).await),
+            Some(ErrorCode::Conflict),
+            "in use by a sandbox"
+        );
+        client.delete_sandbox(&id).await?;
+    }
+
+    let build = |image: &Image| -> Result<Option<PathBuf>> {
+        let link = images_dir().join(image.name.replace('/', "+"));
+        Ok(std::fs::canonicalize(link).ok())
+    };
+    let saved_build = build(&image)?.context("the image's build")?;
+    client.delete_image(&image.name).await?;
+    assert_eq!(
+        error_code(client.get_image(&image.name).await),
+        Some(ErrorCode::NotFound)
+    );
+    assert!(
+        !saved_build.exists(),
+        "its build is collected: {}",
+        saved_build.display()
+    );
+    client.delete_image(&oci.name).await?;
+    assert_eq!(
+        error_code(client.delete_image(sbx_api::DEFAULT_IMAGE).await),
+        Some(ErrorCode::Conflict),
+        "the default image stays"
+    );
+    Ok(())
+}
+
+async fn hostile_archives_write_nothing_outside_the_images_dir(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let client = server.client();
+    // Not under /tmp, which a sandbox may mount over.
+    let outside = sbx_tests::temp_data_dir()?;
+    let outside_text = outside.path().to_str().context("utf-8")?.to_owned();
+    let busybox = std::fs::read(BUSYBOX)?;
+    // The image holds a dir at the same path as the host's `outside`, so
+    // both links below lead somewhere inside it.
+    let mut dirs = Vec::new();
+    let mut prefix = String::new();
+    for component in outside_text.trim_start_matches('/').split('/') {
+        prefix.push_str(component);
+        prefix.push('/');
+        dirs.push(prefix.clone());
+    }
+    let mut entries: Vec<Entry<'_>> = vec![
+        Entry::Dir("bin/"),
+        Entry::File("bin/busybox", &busybox, 0o755),
+        Entry::Symlink("bin/sh", "busybox"),
+        // Absolute, and relative past the root: both resolve inside it.
+        Entry::Symlink("abs", &outside_text),
+        Entry::Symlink("up", "../../../../../../../.."),
+    ];
+    entries.extend(dirs.iter().map(|dir| Entry::Dir(dir)));
+    let base = layer(&entries);
+    let through_abs = "abs/written-abs".to_owned();
+    let through_up = format!("up{outside_text}/written-up");
+    let through_links = layer(&[
+        Entry::File(&through_abs, b"through an absolute link\n", 0o644),
+        Entry::File(&through_up, b"through a relative link\n", 0o644),
+    ]);
+    let name = unique("sbx-tests/links-");
+    let image = import(
+        &server,
+        docker_save(
+            &format!("{name}:v1"),
+            &[base.clone(), through_links],
+            serde_json::json!({}),
+        ),
+        None,
+    )
+    .await?;
+    let written: Vec<String> = std::fs::read_dir(outside.path())?
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        written.is_empty(),
+        "a layer wrote through a link to the host: {written:?}"
+    );
+    // What it wrote landed inside the image, where the links point there.
+    let created = client
+        .create_sandbox(&CreateSandboxRequest {
+            image: Some(image.name.clone()),
+            ..Default::default()
+        })
+        .await?;
+    let sandbox = client.sandbox(&created.id);
+    assert_eq!(
+        sh(
+            &sandbox,
+            &format!("cat {outside_text}/written-abs {outside_text}/written-up")
+        )
+        .await?,
+        "through an absolute link\nthrough a relative link\n"
+    );
+    client.delete_sandbox(&created.id).await?;
+    client.delete_image(&image.name).await?;
+
+    for (what, layer) in [
+        (
+            "a name with ..",
+            layer(&[Entry::File("../escaped", b"x", 0o644)]),
+        ),
+        (
+            "a hard link out of the root",
+            layer(&[Entry::HardLink("passwd", "/etc/passwd")]),
+        ),
+        (
+            "a hard link up and out",
+            layer(&[Entry::HardLink("passwd", "../../../../etc/passwd")]),
+        ),
+        (
+            "a write through a link to nothing",
+            layer(&[
+                Entry::Symlink("nowhere", "/no/such/dir"),
+                Entry::File("nowhere/file", b"x", 0o644),
+            ]),
+        ),
+    ] {
+        let name = unique("sbx-tests/hostile-");
+        let refused = import(
+            &server,
+            docker_save(
+                &format!("{name}:v1"),
+                &[base.clone(), layer],
+                serde_json::json!({}),
+            ),
+            None,
+        )
+        .await;
+        assert_eq!(
+            error_code(refused),
+            Some(ErrorCode::InvalidRequest),
+            "{what}"
+        );
+        assert_eq!(
+            error_code(client.get_image(&format!("{name}:v1")).await),
+            Some(ErrorCode::NotFound),
+            "{what}: no image left behind"
+        );
+    }
+    for (what, archive) in [
+        ("not a tar", b"not an archive at all".to_vec()),
+        (
+            "a tar of neither format",
+            layer(&[Entry::File("hello", b"hi", 0o644)]),
+        ),
+    ] {
+        let refused = import(&server, archive, Some("sbx-tests/garbage")).await;
+        assert_eq!(
+            error_code(refused),
+            Some(ErrorCode::InvalidRequest),
+            "{what}"
+        );
+    }
+    let images_parent = images_dir().parent().context("parent")?.to_owned();
+    assert!(!images_parent.join("escaped").exists());
+    assert!(!Path::new("/escaped").exists());
+    Ok(())
+}
+
+sbx_tests::on_every_runtime!(
+    an_imported_image_is_what_its_sandboxes_run,
+    hostile_archives_write_nothing_outside_the_images_dir,
+);
