@@ -44,6 +44,9 @@ ALL_TOOLS = {
     "delete_snapshot",
     "fork_sandbox",
     "restore_sandbox",
+    "list_images",
+    "get_image",
+    "delete_image",
 }
 SANDBOX_TOOLS = {
     "exec",
@@ -124,7 +127,10 @@ def test_initialize_lists_every_tool_with_a_valid_schema(server):
         Draft202012Validator.check_schema(tool.input_schema)
         assert tool.input_schema["type"] == "object", tool.name
         assert len(tool.description) > 40, tool.name
-        if tool.name not in {"create_sandbox", "list_sandboxes", "list_snapshots", "delete_snapshot"}:
+        if tool.name not in {
+            "create_sandbox", "list_sandboxes", "list_snapshots", "delete_snapshot",
+            "list_images", "get_image", "delete_image",
+        }:
             assert "sandbox_id" in tool.input_schema["required"], tool.name
     exec_tool = next(tool for tool in tools if tool.name == "exec")
     assert {"command", "timeout_seconds"} <= set(exec_tool.input_schema["properties"])
@@ -351,6 +357,42 @@ def test_snapshot_fork_restore_and_the_lifecycle(server, admin):
     finally:
         for id_ in [sandbox_id, *forks]:
             admin.delete(f"/v1/sandboxes/{id_}")
+
+
+def test_images_list_get_and_delete(server, admin):
+    listed = call(server, "list_images", {})
+    text = ok(listed)
+    names = {image["name"] for image in listed.structured_content["images"]}
+    assert "base" in names, listed.structured_content
+    assert re.search(r"^base  id \S+  source recipe  ", text, re.MULTILINE), text
+    create = next(tool for tool in run(server, lambda s: s.list_tools()).tools if tool.name == "create_sandbox")
+    assert "list_images" in create.description
+    assert "list_images" in create.input_schema["properties"]["image"]["description"]
+
+    got = call(server, "get_image", {"name": "base"})
+    assert ok(got).startswith("image base\n")
+    assert got.structured_content["name"] == "base"
+    assert got.structured_content["source"] == "recipe"
+    assert got.structured_content == admin.get("/v1/images/base").json()
+
+    # The default image is never deleted: the API's 409, as the tool's error.
+    refused = call(server, "delete_image", {"name": "base"})
+    assert error_code(refused) == "conflict"
+    assert "default image" in text_of(refused)
+    assert "base" in ok(call(server, "list_images", {}))
+
+    # A name is one path segment: slashes are encoded, not routes.
+    missing = call(server, "get_image", {"name": "localhost:5000/team/app:v1"})
+    assert error_code(missing) == "not_found"
+    assert "localhost:5000/team/app:v1" in text_of(missing)
+    assert error_code(call(server, "delete_image", {"name": "localhost:5000/no/such:v1"})) == "not_found"
+    assert error_code(call(server, "get_image", {"name": "../tokens"})) == "invalid_request"
+    records = admin.get("/v1/audit", params={"limit": 20}).json()["records"]
+    assert any(
+        r["route"] == "/v1/images/{name}" and r["method"] == "DELETE" and r["status"] == 409
+        and (r.get("summary") or "").startswith("mcp delete_image")
+        for r in records
+    ), records
 
 
 def test_errors_are_tool_errors_with_their_error_code(server, sandbox):

@@ -188,13 +188,14 @@ fn caller(context: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {
 }
 
 const INSTRUCTIONS: &str = "sbx runs Linux sandboxes (Debian with bash, git, python3, curl, \
-jq, ripgrep, make). Create one with create_sandbox (unless your token is bound to one), then \
-run commands with exec, read and change files with read_file, write_file and edit_file, and \
-run servers or long jobs with start_process. Paths are absolute; /workspace is the working \
-directory. A sandbox has no network unless set_egress allows hosts. Save its files with \
-snapshot_sandbox before a risky change and roll back with restore_sandbox; try alternatives \
-side by side with fork_sandbox. A sandbox is stopped or deleted when its timeout runs out or \
-it sits idle too long; extend_sandbox pushes its timeout back.";
+jq, ripgrep, make, or another image that list_images shows). Create one with create_sandbox \
+(unless your token is bound to one), then run commands with exec, read and change files with \
+read_file, write_file and edit_file, and run servers or long jobs with start_process. Paths \
+are absolute; /workspace is the working directory. A sandbox has no network unless set_egress \
+allows hosts. Save its files with snapshot_sandbox before a risky change and roll back with \
+restore_sandbox; try alternatives side by side with fork_sandbox. A sandbox is stopped or \
+deleted when its timeout runs out or it sits idle too long; extend_sandbox pushes its timeout \
+back.";
 
 impl ServerHandler for Mcp {
     fn get_info(&self) -> ServerConfig {

@@ -58,7 +58,7 @@ mod tests {
     fn the_admin_sees_every_tool() {
         let all: Vec<&str> = TOOLS.iter().map(|tool| tool.name).collect();
         assert_eq!(names(&Principal::admin()), all);
-        assert_eq!(all.len(), 22);
+        assert_eq!(all.len(), 25);
     }
 
     #[test]
@@ -109,6 +109,26 @@ mod tests {
             None,
         );
         assert!(!names(&everything_but_audit).contains(&"set_egress"));
+        assert!(!names(&everything_but_audit).contains(&"list_images"));
         assert!(names(&token(&[Scope::AuditRead], None)).is_empty());
+    }
+
+    #[test]
+    fn image_tools_go_to_tokens_with_the_image_scopes() {
+        assert_eq!(
+            names(&token(&[Scope::ImagesRead], None)),
+            ["list_images", "get_image"]
+        );
+        assert_eq!(names(&token(&[Scope::ImagesWrite], None)), ["delete_image"]);
+        assert_eq!(
+            names(&token(&[Scope::ImagesRead, Scope::ImagesWrite], None)),
+            ["list_images", "get_image", "delete_image"]
+        );
+        // Images are the server's, not a sandbox's: a bound token sees none.
+        let bound = token(
+            &[Scope::ImagesRead, Scope::ImagesWrite, Scope::SandboxesExec],
+            Some("aaaa"),
+        );
+        assert!(!names(&bound).iter().any(|name| name.contains("image")));
     }
 }

@@ -6,6 +6,7 @@
 //! tool that acts on one sandbox takes `sandbox_id`, except for a token
 //! bound to a sandbox, whose schema drops it (see [`ToolDef::describe`]).
 
+mod images;
 mod lifecycle;
 
 use super::rest::{read_bounded, Rest};
@@ -193,15 +194,18 @@ fn schema<T: JsonSchema + 'static>() -> Result<Arc<JsonObject>, String> {
 const SANDBOX: &str = "/v1/sandboxes/{id}";
 const EXEC: &str = "/v1/sandboxes/{id}/exec";
 const FILES: &str = "/v1/sandboxes/{id}/files";
+const IMAGES: &str = "/v1/images";
+const IMAGE: &str = "/v1/images/{name}";
 
 pub static TOOLS: &[ToolDef] = &[
     ToolDef {
         name: "create_sandbox",
         description: "Create a new Linux sandbox and return its id. A sandbox is an isolated \
 Debian machine with bash, git, python3, curl, jq, ripgrep and make, a writable /workspace \
-(the default working directory) and no network unless `egress` allows hosts. It is ready for \
-exec as soon as this returns (usually well under a second). Pass the returned sandbox_id to the \
-other tools, and delete the sandbox with delete_sandbox when the task is done.",
+(the default working directory) and no network unless `egress` allows hosts; `image` starts it \
+from another image instead of that default \"base\" (list_images shows the images' names). It \
+is ready for exec as soon as this returns (usually well under a second). Pass the returned \
+sandbox_id to the other tools, and delete the sandbox with delete_sandbox when the task is done.",
         schema: schema::<CreateSandboxArgs>,
         routes: &[(Method::POST, "/v1/sandboxes")],
         on_sandbox: false,
@@ -451,6 +455,41 @@ sandbox stays stopped). Background processes must be started again.",
         read_only: false,
         destructive: true,
     },
+    ToolDef {
+        name: "list_images",
+        description: "List the images sandboxes can be made from: name, id, where it came from \
+(a recipe built on the server, like the default \"base\", or an imported OCI/docker image), \
+size, creation time, and the defaults a sandbox made from it gets (env, working dir, user). \
+Pass a name as create_sandbox's `image`.",
+        schema: schema::<images::ListImagesArgs>,
+        routes: &[(Method::GET, IMAGES)],
+        on_sandbox: false,
+        read_only: true,
+        destructive: false,
+    },
+    ToolDef {
+        name: "get_image",
+        description: "Show one image by name (e.g. \"base\" or \"localhost:5000/team/app:v1\"; \
+a name without a tag means \":latest\"): its id, source, layers, size, creation time and \
+config: the env, working dir and user every sandbox made from it gets by default, and its \
+entrypoint, cmd and labels (kept for reference; nothing of them is run).",
+        schema: schema::<images::ImageArgs>,
+        routes: &[(Method::GET, IMAGE)],
+        on_sandbox: false,
+        read_only: true,
+        destructive: false,
+    },
+    ToolDef {
+        name: "delete_image",
+        description: "Delete an image and free its disk space (layers other images share \
+stay). Refused with a conflict while a sandbox or snapshot is made from it, and for the default \
+image \"base\". Sandboxes cannot be made from it afterwards. This cannot be undone.",
+        schema: schema::<images::ImageArgs>,
+        routes: &[(Method::DELETE, IMAGE)],
+        on_sandbox: false,
+        read_only: false,
+        destructive: true,
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static ToolDef> {
@@ -462,7 +501,7 @@ pub fn find(name: &str) -> Option<&'static ToolDef> {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateSandboxArgs {
-    /// Image to start from. Default "base" (Debian bookworm with bash, git, python3, curl, jq, ripgrep, make).
+    /// Image to start from, by name: list_images shows the names. Default "base" (Debian bookworm with bash, git, python3, curl, jq, ripgrep, make).
     #[serde(default)]
     image: Option<String>,
     /// Memory limit in MiB (default 512).
@@ -734,6 +773,12 @@ pub async fn call(
         "delete_snapshot" => lifecycle::delete_snapshot(rest, parse(tool, bound, arguments)?).await,
         "fork_sandbox" => lifecycle::fork(rest, parse(tool, bound, arguments)?).await,
         "restore_sandbox" => lifecycle::restore(rest, parse(tool, bound, arguments)?).await,
+        "list_images" => {
+            let _: images::ListImagesArgs = parse(tool, bound, arguments)?;
+            images::list_images(rest).await
+        }
+        "get_image" => images::get_image(rest, parse(tool, bound, arguments)?).await,
+        "delete_image" => images::delete_image(rest, parse(tool, bound, arguments)?).await,
         other => Err(ToolError::Internal(format!("tool {other} has no handler"))),
     }
 }
