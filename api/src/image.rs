@@ -93,3 +93,59 @@ pub struct ImportImageQuery {
 
 /// The most an import's body may hold: 16 GiB.
 pub const MAX_IMAGE_ARCHIVE_BYTES: u64 = 16 << 30;
+
+/// `POST /v1/images/pull`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PullImageRequest {
+    /// `registry[:port]/repository[:tag][@digest]`; `:latest` when it
+    /// has neither tag nor digest.
+    pub reference: String,
+    /// The name to give the image here; the reference by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Basic auth, which a registry with a token service also takes to
+    /// hand out its bearer tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// A bearer token the registry takes as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Plain HTTP to a registry that is not on loopback (loopback
+    /// registries are reached over plain HTTP anyway).
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+impl PullImageRequest {
+    /// Credentials come as a username with a password, or a token.
+    pub fn validate(&self) -> Result<(), String> {
+        match (&self.username, &self.password, &self.token) {
+            (None, None, _) | (Some(_), Some(_), None) => Ok(()),
+            (Some(_), None, _) | (None, Some(_), _) => {
+                Err("give username and password together".into())
+            }
+            (Some(_), Some(_), Some(_)) => Err("give a username and password, or a token".into()),
+        }
+    }
+}
+
+/// One line of `POST /v1/images/pull` with `Accept: application/x-ndjson`:
+/// progress as blobs arrive, then the image or the error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PullEvent {
+    /// Bytes of one blob (a layer, or the config) received so far.
+    Blob {
+        digest: String,
+        received: u64,
+        /// Its size, from the manifest.
+        size: u64,
+    },
+    /// The image is pulled and ready.
+    Done { image: Image },
+    /// The pull failed; nothing of it is left.
+    Error { error: crate::ErrorBody },
+}

@@ -6,6 +6,8 @@
 //! they are missing the tests fail with a hint: an e2e suite that skips
 //! itself would report green while testing nothing.
 
+pub mod registry;
+
 use anyhow::{bail, Context, Result};
 use sbx_api::client::Client;
 use std::collections::BTreeSet;
@@ -26,7 +28,7 @@ pub fn sbx_bin() -> PathBuf {
     required_env_path("SBX_BIN")
 }
 
-fn free_loopback_port() -> Result<u16> {
+pub fn free_loopback_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }

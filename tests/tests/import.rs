@@ -3,7 +3,10 @@
 //! API, a sandbox made from it sees its layers merged with OCI semantics
 //! and starts with its config's env, working dir and user; the image
 //! cannot be deleted while a sandbox uses it, and its files go after.
-//! Hostile archives write nothing outside the images dir.
+//! Hostile archives write nothing outside the images dir. Pulls come from
+//! a real registry on loopback (Debian's docker-registry), fed by skopeo:
+//! anonymous and with basic auth, by tag and by digest, a missing tag and
+//! a corrupt blob.
 //!
 //! The images are small: busybox (static, from the host) and a few files.
 
@@ -11,7 +14,10 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::Full;
 use sbx_api::client::{ClientError, SandboxClient};
-use sbx_api::{CreateSandboxRequest, ErrorCode, ExecRequest, Image, ImageSource};
+use sbx_api::{
+    CreateSandboxRequest, ErrorCode, ExecRequest, Image, ImageSource, PullEvent, PullImageRequest,
+};
+use sbx_tests::registry::Registry;
 use sbx_tests::{Engine, Server};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -437,7 +443,218 @@ async fn hostile_archives_write_nothing_outside_the_images_dir(engine: Engine) -
     Ok(())
 }
 
+/// Every event of a pull, and its outcome.
+async fn pull(
+    server: &Server,
+    request: &PullImageRequest,
+) -> Result<(Vec<PullEvent>, Result<Image, ErrorCode>)> {
+    let mut events = server.client().pull_image(request).await?;
+    let mut seen = Vec::new();
+    while let Some(event) = events.next().await? {
+        match event {
+            PullEvent::Done { image } => return Ok((seen, Ok(image))),
+            PullEvent::Error { error } => return Ok((seen, Err(error.error_code))),
+            blob => seen.push(blob),
+        }
+    }
+    bail!("the pull ended without an outcome")
+}
+
+fn pull_request(reference: &str) -> PullImageRequest {
+    PullImageRequest {
+        reference: reference.to_owned(),
+        ..PullImageRequest::default()
+    }
+}
+
+async fn images_pull_from_a_real_registry(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let client = server.client();
+    let scratch = sbx_tests::temp_data_dir()?;
+    let archive = scratch.path().join("saved.tar");
+    let mut layers = test_layers()?;
+    // A layer of this test's own, so no other test's blobs are shared.
+    let own = unique("own-");
+    layers.push(layer(&[Entry::File(
+        &format!("data/{own}"),
+        own.as_bytes(),
+        0o644,
+    )]));
+    std::fs::write(
+        &archive,
+        docker_save("sbx-tests/pulled:v1", &layers, test_config()),
+    )?;
+
+    // Anonymous.
+    let open = Registry::start(None)?;
+    open.push(&archive, "sbx-tests/app:v1")?;
+    let reference = format!("{}/sbx-tests/app:v1", open.addr);
+    let (progress, outcome) = pull(&server, &pull_request(&reference)).await?;
+    let image =
+        outcome.map_err(|code| anyhow::anyhow!("pull failed: {code:?}; {}", server.log()))?;
+    assert_eq!(image.name, reference, "named by its reference");
+    assert_eq!(image.layers, Some(3));
+    let finished: std::collections::BTreeSet<String> = progress
+        .iter()
+        .filter_map(|event| match event {
+            PullEvent::Blob {
+                digest,
+                received,
+                size,
+            } if received == size => Some(digest.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        finished.len(),
+        4,
+        "the config and three layers, each reported whole: {progress:#?}"
+    );
+    let created = client
+        .create_sandbox(&CreateSandboxRequest {
+            image: Some(image.name.clone()),
+            ..Default::default()
+        })
+        .await?;
+    let sandbox = client.sandbox(&created.id);
+    assert_eq!(
+        sh(
+            &sandbox,
+            &format!("ls /data/dir; cat /data/{own}; echo \"$GREETING\"")
+        )
+        .await?,
+        format!("new\n{own}hello from the image\n")
+    );
+    client.delete_sandbox(&created.id).await?;
+
+    // Missing tag, missing repository, a digest the registry does not have.
+    for missing in [
+        format!("{}/sbx-tests/app:v2", open.addr),
+        format!("{}/sbx-tests/nothing:v1", open.addr),
+        format!("{}/sbx-tests/app@sha256:{}", open.addr, "0".repeat(64)),
+    ] {
+        let (_, outcome) = pull(&server, &pull_request(&missing)).await?;
+        assert_eq!(outcome.err(), Some(ErrorCode::NotFound), "{missing}");
+    }
+    // By digest, under a name of its own.
+    let digest = skopeo_digest(&reference)?;
+    let by_digest = PullImageRequest {
+        name: Some(unique("sbx-tests/by-digest-")),
+        ..pull_request(&format!("{}/sbx-tests/app@{digest}", open.addr))
+    };
+    let (_, outcome) = pull(&server, &by_digest).await?;
+    let pinned = outcome.map_err(|code| anyhow::anyhow!("by digest: {code:?}"))?;
+    assert_eq!(pinned.id, image.id, "the same image");
+    client.delete_image(&pinned.name).await?;
+
+    // A blob the registry holds that is not what its digest says.
+    let corrupt_layer = layer(&[Entry::File("data/corrupt", unique("c-").as_bytes(), 0o644)]);
+    let corrupt_archive = scratch.path().join("corrupt.tar");
+    std::fs::write(
+        &corrupt_archive,
+        docker_save(
+            "sbx-tests/corrupt:v1",
+            &[layers[0].clone(), corrupt_layer.clone()],
+            test_config(),
+        ),
+    )?;
+    open.push(&corrupt_archive, "sbx-tests/corrupt:v1")?;
+    let stored = open.blob_path(&blob_digest(&open, "sbx-tests/corrupt:v1", 1)?);
+    let mut bytes = std::fs::read(&stored)?;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&stored, bytes)?;
+    let (_, outcome) = pull(
+        &server,
+        &pull_request(&format!("{}/sbx-tests/corrupt:v1", open.addr)),
+    )
+    .await?;
+    assert_eq!(
+        outcome.err(),
+        Some(ErrorCode::InvalidRequest),
+        "a corrupt blob"
+    );
+    assert_eq!(
+        error_code(
+            client
+                .get_image(&format!("{}/sbx-tests/corrupt:v1", open.addr))
+                .await
+        ),
+        Some(ErrorCode::NotFound),
+        "nothing of a failed pull is left"
+    );
+    client.delete_image(&image.name).await?;
+
+    // Basic auth.
+    let guarded = Registry::start(Some(("agent", "s3cret")))?;
+    guarded.push(&archive, "sbx-tests/private:v1")?;
+    let private = format!("{}/sbx-tests/private:v1", guarded.addr);
+    for (username, password) in [(None, None), (Some("agent"), Some("wrong"))] {
+        let request = PullImageRequest {
+            username: username.map(str::to_owned),
+            password: password.map(str::to_owned),
+            ..pull_request(&private)
+        };
+        let (_, outcome) = pull(&server, &request).await?;
+        assert_eq!(
+            outcome.err(),
+            Some(ErrorCode::InvalidRequest),
+            "{username:?}/{password:?}"
+        );
+    }
+    let request = PullImageRequest {
+        username: Some("agent".into()),
+        password: Some("s3cret".into()),
+        ..pull_request(&private)
+    };
+    let (_, outcome) = pull(&server, &request).await?;
+    let image =
+        outcome.map_err(|code| anyhow::anyhow!("with credentials: {code:?}; {}", server.log()))?;
+    assert!(
+        !server.log().contains("s3cret"),
+        "the password is never logged"
+    );
+    client.delete_image(&image.name).await?;
+    Ok(())
+}
+
+/// The digest of the manifest `reference` names, as skopeo reads it.
+fn skopeo_digest(reference: &str) -> Result<String> {
+    let output = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
+        .arg(format!("docker://{reference}"))
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "skopeo inspect: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+}
+
+/// The digest of layer `index` of `repository_tag` in `registry`, from
+/// its manifest as skopeo reads it.
+fn blob_digest(registry: &Registry, repository_tag: &str, index: usize) -> Result<String> {
+    let output = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--raw"])
+        .arg(format!("docker://{}/{repository_tag}", registry.addr))
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "skopeo inspect: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    manifest["layers"][index]["digest"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no such layer")
+}
+
 sbx_tests::on_every_runtime!(
     an_imported_image_is_what_its_sandboxes_run,
     hostile_archives_write_nothing_outside_the_images_dir,
+    images_pull_from_a_real_registry,
 );

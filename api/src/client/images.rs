@@ -1,9 +1,12 @@
-//! Calls on the image routes: import an archive, list, inspect, delete.
+//! Calls on the image routes: import an archive, pull from a registry,
+//! list, inspect, delete.
 
+use super::stream::PullEvents;
 use super::{decode, Client, ClientError, NO_BODY};
-use crate::{Image, ImageList, ImportImageQuery};
+use crate::{Image, ImageList, ImportImageQuery, PullImageRequest, NDJSON};
 use bytes::Bytes;
 use http::{header, Method, Request};
+use http_body_util::Full;
 
 impl Client {
     /// `POST /v1/images/import`: uploads `archive` (`docker save` output
@@ -36,6 +39,22 @@ impl Client {
             })?;
         let response = self.send_request(request).await?;
         decode(response, &self.endpoint.to_string()).await
+    }
+
+    /// `POST /v1/images/pull` with `Accept: application/x-ndjson`: each
+    /// blob's progress as it arrives, then `done` or `error`.
+    pub async fn pull_image(&self, request: &PullImageRequest) -> Result<PullEvents, ClientError> {
+        let body = Bytes::from(serde_json::to_vec(request)?);
+        let request = Request::post("/v1/images/pull")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, NDJSON)
+            .body(Full::new(body))
+            .map_err(|err| ClientError::Unexpected {
+                status: 0,
+                text: format!("cannot build the pull request: {err}"),
+            })?;
+        let response = self.send_request(request).await?;
+        Ok(PullEvents::new(self.streaming(response).await?))
     }
 
     /// `GET /v1/images`

@@ -68,6 +68,9 @@ pub type EventStream = NdjsonStream<ExecEvent>;
 /// An NDJSON stream of lifecycle [`Event`]s (`GET /v1/events`).
 pub type LifecycleEvents = NdjsonStream<Event>;
 
+/// An NDJSON stream of [`crate::PullEvent`]s (an image pull).
+pub type PullEvents = NdjsonStream<crate::PullEvent>;
+
 impl<T: DeserializeOwned> NdjsonStream<T> {
     pub(crate) fn new(bytes: ByteStream) -> Self {
         Self {

@@ -1,4 +1,4 @@
-//! `sbx image …`: import, list, inspect and remove images.
+//! `sbx image …`: import, pull, list, inspect and remove images.
 
 use super::{CliError, ConnArgs};
 use bytes::Bytes;
@@ -6,7 +6,10 @@ use clap::Subcommand;
 use futures_util::{StreamExt, TryStreamExt};
 use http_body_util::StreamBody;
 use hyper::body::Frame;
-use sbx_api::client::ClientError;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use sbx_api::client::{Client, ClientError};
+use sbx_api::{Image, PullEvent, PullImageRequest};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use tokio::io::AsyncRead;
 
@@ -21,6 +24,34 @@ pub enum ImageCommand {
         /// Name of the image (default: the name the archive gives it)
         #[arg(long, short = 't')]
         name: Option<String>,
+    },
+    /// Pull an image from an OCI registry, with a progress bar per blob
+    Pull {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// registry[:port]/repository[:tag][@digest]
+        reference: String,
+        /// Name of the image here (default: the reference)
+        #[arg(long, short = 't')]
+        name: Option<String>,
+        /// Registry user (the password comes from SBX_REGISTRY_PASSWORD
+        /// or, with --password-stdin, from stdin)
+        #[arg(long, short = 'u')]
+        username: Option<String>,
+        /// Read the registry password from stdin
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+        /// A bearer token for the registry (SBX_REGISTRY_TOKEN)
+        #[arg(
+            long,
+            env = "SBX_REGISTRY_TOKEN",
+            hide_env_values = true,
+            conflicts_with = "username"
+        )]
+        registry_token: Option<String>,
+        /// Plain HTTP to a registry that is not on loopback
+        #[arg(long)]
+        insecure: bool,
     },
     /// List images
     Ls {
@@ -68,6 +99,48 @@ pub async fn run(command: ImageCommand) -> Result<(), CliError> {
             }
             println!("{}", image.name);
         }
+        ImageCommand::Pull {
+            conn,
+            reference,
+            name,
+            username,
+            password_stdin,
+            registry_token,
+            insecure,
+        } => {
+            let password = match (&username, password_stdin) {
+                (None, _) => None,
+                (Some(_), true) => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .map_err(|source| CliError::Io {
+                            path: PathBuf::from("-"),
+                            source,
+                        })?;
+                    Some(line.trim_end_matches(['\r', '\n']).to_owned())
+                }
+                (Some(_), false) => Some(std::env::var("SBX_REGISTRY_PASSWORD").map_err(|_| {
+                    CliError::Usage(
+                        "--username needs a password: SBX_REGISTRY_PASSWORD or --password-stdin"
+                            .into(),
+                    )
+                })?),
+            };
+            let request = PullImageRequest {
+                reference,
+                name,
+                username,
+                password,
+                token: registry_token,
+                insecure,
+            };
+            let image = pull(&conn.client()?, &request).await?;
+            for device in &image.skipped_devices {
+                eprintln!("skipped device node {device}");
+            }
+            println!("{}", image.name);
+        }
         ImageCommand::Ls { conn } => {
             let images = conn.client()?.list_images().await?;
             println!(
@@ -105,6 +178,50 @@ pub async fn run(command: ImageCommand) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// Pulls, drawing a bar per blob on stderr as its bytes arrive.
+async fn pull(client: &Client, request: &PullImageRequest) -> Result<Image, CliError> {
+    let mut events = client.pull_image(request).await?;
+    let bars = MultiProgress::new();
+    let style = ProgressStyle::with_template(
+        "{prefix:>12} [{bar:30}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let mut blobs: HashMap<String, ProgressBar> = HashMap::new();
+    while let Some(event) = events.next().await? {
+        match event {
+            PullEvent::Blob {
+                digest,
+                received,
+                size,
+            } => {
+                let bar = blobs.entry(digest.clone()).or_insert_with(|| {
+                    let bar = bars.add(ProgressBar::new(size));
+                    bar.set_style(style.clone());
+                    let hex = digest.trim_start_matches("sha256:");
+                    bar.set_prefix(hex.get(..12).unwrap_or(hex).to_owned());
+                    bar
+                });
+                bar.set_position(received);
+                if received >= size {
+                    bar.finish();
+                }
+            }
+            PullEvent::Done { image } => return Ok(image),
+            PullEvent::Error { error } => {
+                return Err(ClientError::Api {
+                    status: error.error_code.http_status(),
+                    body: error,
+                }
+                .into())
+            }
+        }
+    }
+    Err(CliError::Usage(
+        "the server ended the pull without an outcome".into(),
+    ))
 }
 
 /// `1.5G`, `230M`, `12K`, `512B`.

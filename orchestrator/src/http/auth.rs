@@ -95,9 +95,8 @@ pub fn requirement(method: &Method, route: &str) -> Requirement {
         ("/v1/sandboxes/{id}/events", &Method::GET) => scope(Scope::SandboxesRead, true),
         (route, _) if route.starts_with("/v1/sandboxes/{id}/") => scope(Scope::SandboxesExec, true),
         ("/v1/images" | "/v1/images/{name}", &Method::GET) => scope(Scope::ImagesRead, false),
-        ("/v1/images/import", &Method::POST) | ("/v1/images/{name}", &Method::DELETE) => {
-            scope(Scope::ImagesWrite, false)
-        }
+        ("/v1/images/import" | "/v1/images/pull", &Method::POST)
+        | ("/v1/images/{name}", &Method::DELETE) => scope(Scope::ImagesWrite, false),
         ("/v1/tokens" | "/v1/tokens/{id}", _) => scope(Scope::TokensAdmin, false),
         ("/v1/audit", &Method::GET) => scope(Scope::AuditRead, false),
         ("/metrics", &Method::GET) => scope(Scope::MetricsRead, false),
@@ -261,6 +260,11 @@ mod tests {
             (
                 Method::DELETE,
                 "/v1/images/{name}",
+                scope(Scope::ImagesWrite, false),
+            ),
+            (
+                Method::POST,
+                "/v1/images/pull",
                 scope(Scope::ImagesWrite, false),
             ),
             (Method::POST, "/mcp", Requirement::Authenticated),

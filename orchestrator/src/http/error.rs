@@ -122,9 +122,11 @@ impl From<SandboxError> for ApiError {
             SandboxError::WrongState { .. } | SandboxError::Conflict(_) => ErrorCode::Conflict,
             SandboxError::InsufficientStorage(_) => ErrorCode::InsufficientStorage,
             SandboxError::TooLarge(_) => ErrorCode::PayloadTooLarge,
-            SandboxError::Image(ImageError::Invalid(_) | ImageError::BadEntry { .. }) => {
-                ErrorCode::InvalidRequest
-            }
+            SandboxError::Image(
+                ImageError::Invalid(_) | ImageError::BadEntry { .. } | ImageError::Registry(_),
+            ) => ErrorCode::InvalidRequest,
+            SandboxError::Image(ImageError::NotInRegistry(_)) => ErrorCode::NotFound,
+            SandboxError::Image(ImageError::Unreachable(_)) => ErrorCode::Unavailable,
             SandboxError::Image(ImageError::Io { .. }) => return Self::internal(err),
             SandboxError::Egress {
                 source: EgressError::InvalidPolicy(_),

@@ -1,4 +1,5 @@
-//! The image routes: import an archive, list, inspect and delete.
+//! The image routes: import an archive, pull from a registry, list,
+//! inspect and delete.
 //!
 //! An import's body is the archive itself, streamed to disk as it arrives
 //! (it may be gigabytes: the API's body limit does not apply). A name is a
@@ -8,14 +9,20 @@
 use super::audit_trail::Call;
 use super::detached::detached;
 use super::error::ApiError;
-use super::extract::{ApiPath, ApiQuery};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::request_id::carry;
 use super::AppState;
-use axum::body::Body;
+use crate::images::pull::BlobProgress;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use sbx_api::{Image, ImageList, ImagePath, ImportImageQuery};
+use futures_util::StreamExt;
+use sbx_api::{Image, ImageList, ImagePath, ImportImageQuery, PullEvent, PullImageRequest, NDJSON};
 use std::sync::Arc;
+use tokio::sync::mpsc;
 
 /// Import an image.
 ///
@@ -43,6 +50,80 @@ pub async fn import(
         .await?;
     call.summary(&image.name);
     Ok((StatusCode::CREATED, Json(image)))
+}
+
+/// Pull an image from a registry.
+///
+/// Over the OCI distribution API, anonymously, with a username and
+/// password (basic auth, which also gets a token service's bearer token)
+/// or with a bearer token. Plain HTTP only for a registry on loopback or
+/// one marked `insecure`. Every blob is checked against its digest. With
+/// `Accept: application/x-ndjson` the answer streams `PullEvent`s: each
+/// blob's progress, then `done` with the image or `error`.
+#[utoipa::path(post, path = "/images/pull", tag = "images", operation_id = "pull_image",
+    request_body = PullImageRequest,
+    responses(
+        (status = 201, body = Image),
+        (status = 200, description = "With Accept: application/x-ndjson, one PullEvent per line",
+            content((PullEvent = "application/x-ndjson")))))]
+pub async fn pull(
+    State(state): State<AppState>,
+    call: Call,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<PullImageRequest>,
+) -> Result<Response, ApiError> {
+    call.summary(&request.reference);
+    request.validate().map_err(ApiError::invalid)?;
+    let (progress, mut blobs) = mpsc::unbounded_channel::<BlobProgress>();
+    let manager = Arc::clone(&state.manager);
+    let tasks = state.detached.clone();
+    let pulled = move |call| async move {
+        detached(&tasks, call, |_| async move {
+            Ok(manager.pull_image(request, progress).await?)
+        })
+        .await
+    };
+    if !wants_ndjson(&headers) {
+        let image = pulled(call).await?;
+        return Ok((StatusCode::CREATED, Json(image)).into_response());
+    }
+    let (lines, mut body) = mpsc::unbounded_channel::<Bytes>();
+    tokio::spawn(carry(async move {
+        let forward_lines = lines.clone();
+        let forward = tokio::spawn(async move {
+            while let Some(blob) = blobs.recv().await {
+                let event = PullEvent::Blob {
+                    digest: blob.digest,
+                    received: blob.received,
+                    size: blob.size,
+                };
+                let _ = forward_lines.send(ndjson_line(&event));
+            }
+        });
+        let last = match pulled(call).await {
+            Ok(image) => PullEvent::Done { image },
+            Err(err) => PullEvent::Error { error: err.body() },
+        };
+        // The progress sender is gone with the pull: this ends.
+        let _ = forward.await;
+        let _ = lines.send(ndjson_line(&last));
+    }));
+    let stream = futures_util::stream::poll_fn(move |cx| body.poll_recv(cx))
+        .map(Ok::<_, std::convert::Infallible>);
+    Ok(([(CONTENT_TYPE, NDJSON)], Body::from_stream(stream)).into_response())
+}
+
+fn wants_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get(ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains(NDJSON))
+}
+
+fn ndjson_line(event: &PullEvent) -> Bytes {
+    let mut line = serde_json::to_vec(event).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
 }
 
 /// List images.

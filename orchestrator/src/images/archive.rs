@@ -59,6 +59,12 @@ pub struct Archive {
 /// and reads it.
 pub fn unpack(tar: impl Read, staging: &Path) -> Result<Archive, ImageError> {
     extract(tar, staging)?;
+    read(staging)
+}
+
+/// Reads and checks the image laid out in `staging`: an unpacked archive,
+/// or an OCI layout a registry pull wrote.
+pub fn read(staging: &Path) -> Result<Archive, ImageError> {
     if staging.join("index.json").is_file() && staging.join("oci-layout").is_file() {
         read_oci_layout(staging)
     } else if staging.join("manifest.json").is_file() {

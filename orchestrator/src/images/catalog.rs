@@ -355,8 +355,15 @@ impl Import {
         self.staging.join("body.tar")
     }
 
-    /// Unpacks and checks the archive, builds every chain it needs, and
-    /// publishes the image under `name` (or the archive's own name).
+    /// Where a pull writes the OCI layout it fetched, instead of a body.
+    pub fn layout_dir(&self) -> PathBuf {
+        self.staging.join("archive")
+    }
+
+    /// Checks the image (the archive at [`Import::body_path`], unpacked,
+    /// or else the layout at [`Import::layout_dir`]), builds every chain
+    /// it needs, and publishes it under `name` (or the archive's own
+    /// name).
     pub fn finish(self, name: Option<&str>) -> Result<Image, ImageError> {
         let images = Arc::clone(&self.images);
         let _building = images.lock(libc::LOCK_SH)?;
@@ -364,9 +371,16 @@ impl Import {
             .map(|name| Reference::parse(name).map(Reference::with_default_tag))
             .transpose()
             .map_err(ImageError::Invalid)?;
-        let body = File::open(self.body_path())
-            .map_err(ImageError::io("cannot read the uploaded archive"))?;
-        let unpacked = archive::unpack(io::BufReader::new(body), &self.staging.join("archive"))?;
+        let unpacked = match File::open(self.body_path()) {
+            Ok(body) => archive::unpack(io::BufReader::new(body), &self.layout_dir())?,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => archive::read(&self.layout_dir())?,
+            Err(err) => {
+                return Err(ImageError::Io {
+                    context: "cannot read the uploaded archive".into(),
+                    source: err,
+                })
+            }
+        };
         let reference = match given {
             Some(reference) => reference,
             None => archive_name(&unpacked.names)?,

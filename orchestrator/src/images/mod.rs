@@ -5,6 +5,7 @@
 //! - [`catalog`]: the images dir: names, builds, imports and collection;
 //! - [`archive`]: `docker save` output and OCI layouts, unpacked and
 //!   verified;
+//! - [`pull`]: a registry's image fetched as an OCI layout;
 //! - [`layer`]: one layer applied with the OCI semantics, confined to the
 //!   root it builds;
 //! - [`store`]: layers stored by chain, each a snapshot of the one below.
@@ -12,6 +13,7 @@
 pub mod archive;
 pub mod catalog;
 pub mod layer;
+pub mod pull;
 pub mod reference;
 pub mod store;
 #[cfg(test)]
@@ -32,6 +34,16 @@ pub enum ImageError {
     /// that does not match), malformed, or in a form not supported.
     #[error("{0}")]
     Invalid(String),
+    /// The registry has no such repository, tag or digest.
+    #[error("{0}")]
+    NotInRegistry(String),
+    /// The registry refused the pull (credentials, anything it answers
+    /// that is not a missing image).
+    #[error("{0}")]
+    Registry(String),
+    /// The registry could not be reached.
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 impl ImageError {

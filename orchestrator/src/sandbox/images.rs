@@ -1,5 +1,5 @@
-//! The manager's side of images: importing one (and readying it on the
-//! runtime), listing, and deleting one that nothing uses.
+//! The manager's side of images: importing or pulling one (and readying
+//! it on the runtime), listing, and deleting one that nothing uses.
 //!
 //! An import is prepared on the runtime before it answers (the youki
 //! runtime's user-namespace copy, the Docker engine's own image), so the
@@ -7,11 +7,12 @@
 //! start never spends its timeout importing.
 
 use super::{detached, Manager, SandboxError};
-use crate::images::catalog::Images;
+use crate::images::catalog::{Images, Import};
+use crate::images::pull::{self, BlobProgress, Credentials};
 use crate::store::SandboxRecord;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use sbx_api::{Image, SandboxState, MAX_IMAGE_ARCHIVE_BYTES};
+use sbx_api::{Image, PullImageRequest, SandboxState, MAX_IMAGE_ARCHIVE_BYTES};
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,26 +39,62 @@ impl Manager {
         let import = blocking(move || images.begin_import().map_err(SandboxError::from)).await?;
         receive(body, &import.body_path()).await?;
         let manager = Arc::clone(self);
+        detached(async move { manager.publish(import, name).await }).await
+    }
+
+    /// Pulls `request.reference` from its registry, reporting each blob's
+    /// progress to `progress`. Runs to its end (or undoes itself) whether
+    /// or not the caller waits.
+    pub async fn pull_image(
+        self: &Arc<Self>,
+        request: PullImageRequest,
+        progress: tokio::sync::mpsc::UnboundedSender<BlobProgress>,
+    ) -> Result<Image, SandboxError> {
+        request.validate().map_err(SandboxError::InvalidRequest)?;
+        let credentials = match (request.username, request.password, request.token) {
+            (Some(username), Some(password), _) => Credentials::Basic { username, password },
+            (_, _, Some(token)) => Credentials::Bearer(token),
+            _ => Credentials::Anonymous,
+        };
+        let manager = Arc::clone(self);
         detached(async move {
-            let image =
-                blocking(move || import.finish(name.as_deref()).map_err(Into::into)).await?;
-            let rootfs = manager.images.rootfs(&image.name)?.ok_or_else(|| {
-                SandboxError::ImageNotFound(format!("{} (removed as it was imported)", image.name))
-            })?;
-            if let Err(err) = manager.runtime.prepare_image(&rootfs).await {
-                let images = Arc::clone(&manager.images);
-                let name = image.name.clone();
-                let _ = blocking(move || images.remove(&name).map_err(Into::into)).await;
-                return Err(SandboxError::Runtime {
-                    id: "(image import)".into(),
-                    source: err,
-                });
-            }
-            tracing::info!(image = %image.name, id = %image.id, "imported an image");
-            manager.collect_images().await;
-            Ok(image)
+            let images = Arc::clone(&manager.images);
+            let import =
+                blocking(move || images.begin_import().map_err(SandboxError::from)).await?;
+            let fetched = pull::fetch(
+                &request.reference,
+                credentials,
+                request.insecure,
+                &import.layout_dir(),
+                |blob| {
+                    let _ = progress.send(blob);
+                },
+            )
+            .await?;
+            let name = request.name.unwrap_or(fetched);
+            manager.publish(import, Some(name)).await
         })
         .await
+    }
+
+    /// Finishes `import` as `name` and readies it on the runtime.
+    async fn publish(&self, import: Import, name: Option<String>) -> Result<Image, SandboxError> {
+        let image = blocking(move || import.finish(name.as_deref()).map_err(Into::into)).await?;
+        let rootfs = self.images.rootfs(&image.name)?.ok_or_else(|| {
+            SandboxError::ImageNotFound(format!("{} (removed as it was imported)", image.name))
+        })?;
+        if let Err(err) = self.runtime.prepare_image(&rootfs).await {
+            let images = Arc::clone(&self.images);
+            let name = image.name.clone();
+            let _ = blocking(move || images.remove(&name).map_err(Into::into)).await;
+            return Err(SandboxError::Runtime {
+                id: "(image import)".into(),
+                source: err,
+            });
+        }
+        tracing::info!(image = %image.name, id = %image.id, "imported an image");
+        self.collect_images().await;
+        Ok(image)
     }
 
     pub async fn list_images(&self) -> Result<Vec<Image>, SandboxError> {
