@@ -43,6 +43,7 @@ from ._core import (
     ImageArchive,
     ImageRef,
     OutputCallback,
+    ProgressCallback,
     Request,
     Seconds,
     SignalArg,
@@ -228,6 +229,31 @@ class AsyncImages:
         """See :meth:`sbx.Images.import_image`; a file is read in a worker thread."""
         with _core.image_archive(source) as content:
             return await self._client._run(_core.import_image(content, name, request_timeout))
+
+    async def pull(
+        self,
+        reference: str,
+        *,
+        name: Optional[str] = None,
+        username: Optional[str] = None,
+        password: Optional[str] = None,
+        token: Optional[str] = None,
+        insecure: bool = False,
+        on_progress: Optional[ProgressCallback] = None,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> ImageInfo:
+        """See :meth:`sbx.Images.pull`; ``on_progress`` may be a coroutine function."""
+        request = _core.pull_image(
+            reference,
+            name=name,
+            username=username,
+            password=password,
+            token=token,
+            insecure=insecure,
+            request_timeout=request_timeout,
+        )
+        async with _AsyncPullStream(self._client, request, on_progress) as stream:
+            return await stream.wait()
 
     async def list(self) -> builtins.list[ImageInfo]:
         return await self._client._run(_core.list_images())
@@ -813,3 +839,30 @@ class AsyncSandboxEventStream(_AsyncStream):
                 yield event
         for event in decoder.finish():
             yield event
+
+
+class _AsyncPullStream(_AsyncStream):
+    """See :class:`sbx._sync._PullStream`."""
+
+    def __init__(
+        self, client: AsyncClient, request: Request, on_progress: Optional[ProgressCallback]
+    ) -> None:
+        super().__init__(client, request)
+        self._log = _core.PullLog(on_progress)
+
+    async def _observe(self, line: _core.PullLine) -> None:
+        callback = self._log.observe(line)
+        if callback is not None:
+            outcome = callback()
+            if inspect.isawaitable(outcome):
+                await outcome
+
+    async def wait(self) -> ImageInfo:
+        decoder = _core.pull_decoder()
+        async for chunk in self._chunks():
+            for line in decoder.feed(chunk):
+                await self._observe(line)
+        for line in decoder.finish():
+            await self._observe(line)
+        response = self._response
+        return self._log.result(None if response is None else response.headers.get("x-request-id"))

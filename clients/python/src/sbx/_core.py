@@ -541,6 +541,45 @@ def import_image(
     return Call(request, _json(models.ImageInfo.from_json))
 
 
+def pull_image(
+    reference: str,
+    *,
+    name: Optional[str],
+    username: Optional[str],
+    password: Optional[str],
+    token: Optional[str],
+    insecure: bool,
+    request_timeout: TimeoutArg,
+) -> Request:
+    """``POST /v1/images/pull``, streamed: progress lines, then the image or
+    the error. No read timeout unless ``request_timeout``: a pull takes as
+    long as the image needs, and the server is quiet while it applies the
+    layers."""
+    if (username is None) != (password is None):
+        raise ValueError("give username and password together")
+    if token is not None and username is not None:
+        raise ValueError("give a username and password, or a token, not both")
+    body = _drop_none(
+        {
+            "reference": reference,
+            "name": name,
+            "username": username,
+            "password": password,
+            "token": token,
+        }
+    )
+    if insecure:
+        body["insecure"] = True
+    return Request(
+        "POST",
+        "/v1/images/pull",
+        json=body,
+        headers={"accept": NDJSON},
+        timeout=request_timeout,
+        unbounded_read=True,
+    )
+
+
 def image_path(name: ImageRef) -> str:
     """A name holds ``/`` and ``:``; it travels as one segment, slashes encoded."""
     return f"/v1/images/{quote(image_name(name), safe=':@')}"
@@ -885,6 +924,68 @@ class NdjsonDecoder(LineDecoder[ExecEvent]):
 def sandbox_event_decoder() -> LineDecoder[models.SandboxEvent]:
     """The lines of ``GET /v1/events``."""
     return LineDecoder(models.SandboxEvent.from_json)
+
+
+#: One line of an image pull: a blob's progress, the image, the error, or
+#: ``None`` for a line of a type this SDK does not know (a newer server).
+PullLine = Union[models.PullProgress, models.ImageInfo, ApiError, None]
+
+
+def _pull_line(data: Any) -> PullLine:
+    kind = data.get("type") if isinstance(data, dict) else None
+    if not isinstance(kind, str):
+        raise ProtocolError(f"a pull line has no type: {data!r:.200}")
+    if kind == "blob":
+        return models.PullProgress.from_json(data)
+    if kind == "done":
+        return models.ImageInfo.from_json(data.get("image"))
+    if kind == "error":
+        return error_body(data.get("error"))
+    return None
+
+
+def pull_decoder() -> LineDecoder[PullLine]:
+    """The lines of ``POST /v1/images/pull`` with ``Accept: application/x-ndjson``."""
+    return LineDecoder(_pull_line)
+
+
+ProgressCallback = Callable[[models.PullProgress], Any]
+
+
+class PullLog:
+    """Follows an image pull's lines to its outcome."""
+
+    def __init__(self, on_progress: Optional[ProgressCallback]) -> None:
+        self.on_progress = on_progress
+        self.image: Optional[models.ImageInfo] = None
+        self.error: Optional[ApiError] = None
+
+    def observe(self, line: PullLine) -> Optional[Callable[[], Any]]:
+        """Records the line; returns the callback call it asks for, if any.
+        Only the first outcome counts."""
+        if self.image is not None or self.error is not None:
+            return None
+        if isinstance(line, models.PullProgress):
+            if self.on_progress is not None:
+                callback = self.on_progress
+                return lambda: callback(line)
+        elif isinstance(line, models.ImageInfo):
+            self.image = line
+        elif isinstance(line, ApiError):
+            self.error = line
+        return None
+
+    def result(self, request_id: Optional[str] = None) -> models.ImageInfo:
+        """The image, once the stream has ended; the error line raised as an
+        error answer with that body would be (``request_id``, the answer's
+        header, when the line has none)."""
+        if self.error is not None:
+            if self.error.request_id is None:
+                self.error.request_id = request_id
+            raise self.error
+        if self.image is None:
+            raise ProtocolError("the pull stream ended without the image or an error")
+        return self.image
 
 
 OutputCallback = Callable[[str], Any]

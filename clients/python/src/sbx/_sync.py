@@ -35,6 +35,7 @@ from ._core import (
     ImageArchive,
     ImageRef,
     OutputCallback,
+    ProgressCallback,
     Request,
     Seconds,
     SignalArg,
@@ -233,8 +234,8 @@ class Snapshots:
 class Images:
     """``/v1/images``: what sandboxes are made from (``image=`` in :meth:`Sandbox.create`).
 
-    Listing and reading need ``images:read``, importing and deleting
-    ``images:write``. Images are server-wide; ``base`` is the default one.
+    Listing and reading need ``images:read``, importing, pulling and
+    deleting ``images:write``. Images are server-wide; ``base`` is the default one.
     """
 
     def __init__(self, client: Client) -> None:
@@ -258,6 +259,46 @@ class Images:
         """
         with _core.image_archive(source) as content:
             return self._client._run(_core.import_image(content, name, request_timeout))
+
+    def pull(
+        self,
+        reference: str,
+        *,
+        name: Optional[str] = None,
+        username: Optional[str] = None,
+        password: Optional[str] = None,
+        token: Optional[str] = None,
+        insecure: bool = False,
+        on_progress: Optional[ProgressCallback] = None,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> ImageInfo:
+        """``POST /v1/images/pull``: an image from a registry, ready when this returns.
+
+        ``reference`` is ``registry[:port]/repository[:tag][@digest]``
+        (``:latest`` without tag or digest); ``name`` is the one to give the
+        image here, the reference by default. Anonymous, or ``username``
+        with ``password`` (basic auth, which also gets a token service's
+        bearer token), or a bearer ``token``: giving half a pair or both
+        kinds raises :class:`ValueError`. Plain HTTP only for a registry on
+        loopback or with ``insecure=True``. ``on_progress`` gets a
+        :class:`~sbx.PullProgress` as each blob arrives (about every MiB).
+        A failed pull raises the :class:`~sbx.ApiError` of its code
+        (:class:`~sbx.NotFound` for an image the registry lacks,
+        :class:`~sbx.Unavailable` for a registry out of reach) and leaves
+        nothing. There is no HTTP read timeout unless ``request_timeout``:
+        the server is quiet while it applies the layers.
+        """
+        request = _core.pull_image(
+            reference,
+            name=name,
+            username=username,
+            password=password,
+            token=token,
+            insecure=insecure,
+            request_timeout=request_timeout,
+        )
+        with _PullStream(self._client, request, on_progress) as stream:
+            return stream.wait()
 
     def list(self) -> builtins.list[ImageInfo]:
         return self._client._run(_core.list_images())
@@ -897,3 +938,28 @@ class SandboxEventStream(_Stream):
         for chunk in self._chunks():
             yield from decoder.feed(chunk)
         yield from decoder.finish()
+
+
+class _PullStream(_Stream):
+    """An image pull's lines, read to its outcome."""
+
+    def __init__(
+        self, client: Client, request: Request, on_progress: Optional[ProgressCallback]
+    ) -> None:
+        super().__init__(client, request)
+        self._log = _core.PullLog(on_progress)
+
+    def _observe(self, line: _core.PullLine) -> None:
+        callback = self._log.observe(line)
+        if callback is not None:
+            callback()
+
+    def wait(self) -> ImageInfo:
+        decoder = _core.pull_decoder()
+        for chunk in self._chunks():
+            for line in decoder.feed(chunk):
+                self._observe(line)
+        for line in decoder.finish():
+            self._observe(line)
+        response = self._response
+        return self._log.result(None if response is None else response.headers.get("x-request-id"))

@@ -30,6 +30,7 @@ __all__ = [
     "ImageSource",
     "ImageConfig",
     "ImageInfo",
+    "PullProgress",
     "SandboxEvent",
     "ExecResult",
     "StartEvent",
@@ -77,8 +78,9 @@ EventKind = Literal[
     "deleted",
     "expiring",
 ]
-#: Where an image came from: built by the server's recipe, or imported.
-ImageSource = Literal["recipe", "import"]
+#: Where an image came from: built by the server's recipe, imported from an
+#: archive, or pulled from a registry.
+ImageSource = Literal["recipe", "import", "pull"]
 ProcessState = Literal["running", "exited"]
 FileType = Literal["file", "dir", "symlink", "other"]
 Scope = Literal[
@@ -376,6 +378,23 @@ class ImageInfo:
             config=f.opt_obj("config", ImageConfig.from_json) or ImageConfig(),
             skipped_devices=f.str_list("skipped_devices"),
         )
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    """One blob of an image pull (a layer, or the config), as it arrives."""
+
+    #: ``sha256:<hex>``, as the image's manifest names it.
+    digest: str
+    #: Bytes of it received so far.
+    received: int
+    #: Its size, from the manifest: ``received == size`` once it is whole.
+    size: int
+
+    @classmethod
+    def from_json(cls, data: Any) -> PullProgress:
+        f = _Fields(data, "pull progress")
+        return cls(digest=f.text("digest"), received=f.integer("received"), size=f.integer("size"))
 
 
 @dataclass(frozen=True)
