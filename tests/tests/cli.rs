@@ -1,9 +1,11 @@
 //! End to end through the `sbx` binary itself: what a person types.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
+use sbx_tests::registry::Registry;
 use sbx_tests::{eventually, sbx_bin, Engine, Server};
+use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 fn sbx(server: &Server, args: &[&str]) -> Result<Output> {
@@ -409,10 +411,283 @@ async fn without_a_token_the_cli_is_refused(engine: Engine) -> Result<()> {
     Ok(())
 }
 
+/// `sbx` with `env` set on top of the server's, no registry credentials
+/// from the test's own environment, and `input` (if any) on its stdin.
+fn sbx_with(
+    server: &Server,
+    args: &[&str],
+    env: &[(&str, &str)],
+    input: Option<&[u8]>,
+) -> Result<Output> {
+    let mut child = Command::new(sbx_bin())
+        .args(args)
+        .env("SBX_URL", &server.url)
+        .env("SBX_TOKEN", &server.token)
+        .env_remove("SBX_REGISTRY_PASSWORD")
+        .env_remove("SBX_REGISTRY_TOKEN")
+        .envs(env.iter().copied())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let writer = match (input, child.stdin.take()) {
+        (Some(input), Some(mut stdin)) => {
+            let input = input.to_vec();
+            Some(std::thread::spawn(move || stdin.write_all(&input)))
+        }
+        _ => None,
+    };
+    let output = child.wait_with_output()?;
+    if let Some(writer) = writer {
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the stdin writer panicked"))?
+            .context("writing sbx's stdin")?;
+    }
+    Ok(output)
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn sha256(data: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(data))
+}
+
+/// `docker save` output of a one-layer image named `name`: busybox as
+/// `/bin/busybox`, `/bin/sh` and `/bin/cat`, and `/data/{file}` holding
+/// `content`.
+fn busybox_image(name: &str, file: &str, content: &[u8]) -> Result<Vec<u8>> {
+    let busybox =
+        std::fs::read("/bin/busybox").context("busybox-static (scripts/setup installs it)")?;
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>, mode| {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_size(data.len() as u64);
+        header.set_mode(mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(1_700_000_000);
+        if let Some(link) = link {
+            header.set_link_name(link)?;
+        }
+        header.set_cksum();
+        layer.append_data(&mut header, path, data)
+    };
+    add("bin/", tar::EntryType::Directory, b"", None, 0o755)?;
+    add(
+        "bin/busybox",
+        tar::EntryType::Regular,
+        &busybox,
+        None,
+        0o755,
+    )?;
+    for applet in ["bin/sh", "bin/cat"] {
+        add(applet, tar::EntryType::Symlink, b"", Some("busybox"), 0o777)?;
+    }
+    add("data/", tar::EntryType::Directory, b"", None, 0o755)?;
+    add(
+        &format!("data/{file}"),
+        tar::EntryType::Regular,
+        content,
+        None,
+        0o644,
+    )?;
+    let layer = layer.into_inner()?;
+
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]},
+    }))?;
+    let config_name = format!("{}.json", &sha256(&config)[7..]);
+    let layer_name = format!("{}/layer.tar", &sha256(&layer)[7..]);
+    let manifest = serde_json::to_vec(&serde_json::json!([
+        {"Config": config_name, "RepoTags": [name], "Layers": [layer_name]}
+    ]))?;
+    let mut saved = tar::Builder::new(Vec::new());
+    for (path, data) in [
+        ("manifest.json", &manifest[..]),
+        (&config_name[..], &config[..]),
+        (&layer_name[..], &layer[..]),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        saved.append_data(&mut header, path, data)?;
+    }
+    Ok(saved.into_inner()?)
+}
+
+/// The NAME column of `sbx image ls`.
+fn image_names(server: &Server) -> Result<Vec<String>> {
+    let listed = sbx(server, &["image", "ls"])?;
+    ensure!(listed.status.success(), "image ls failed: {listed:?}");
+    let text = stdout(&listed);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    ensure!(header.starts_with("NAME "), "image ls header: {header:?}");
+    Ok(lines
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect())
+}
+
+async fn images_from_the_cli(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let scratch = tempfile::tempdir()?;
+    let repository = format!("sbx-tests/cli-{:08x}", rand::random::<u32>());
+    let content = format!("imported by {repository}\n");
+
+    // From a file, and from stdin.
+    let name = format!("{repository}:v1");
+    let archive = scratch.path().join("saved.tar");
+    std::fs::write(
+        &archive,
+        busybox_image(
+            &format!("{repository}:in-archive"),
+            "file",
+            content.as_bytes(),
+        )?,
+    )?;
+    let path = archive.to_str().context("utf-8")?;
+    let imported = sbx(&server, &["image", "import", path, "-t", &name])?;
+    ensure!(
+        imported.status.success(),
+        "image import failed: {imported:?}"
+    );
+    assert_eq!(stdout(&imported), format!("{name}\n"), "prints the name");
+    let piped_name = format!("{repository}:stdin");
+    let piped_archive = busybox_image("sbx-tests/ignored:v1", "piped", b"from stdin\n")?;
+    let piped = sbx_with(
+        &server,
+        &["image", "import", "-", "--name", &piped_name],
+        &[],
+        Some(&piped_archive),
+    )?;
+    ensure!(piped.status.success(), "image import - failed: {piped:?}");
+    assert_eq!(stdout(&piped), format!("{piped_name}\n"));
+
+    let names = image_names(&server)?;
+    for listed in [&name, &piped_name, &"base".to_owned()] {
+        assert!(names.contains(listed), "image ls lacks {listed}: {names:?}");
+    }
+    let inspected = sbx(&server, &["image", "inspect", &name])?;
+    ensure!(
+        inspected.status.success(),
+        "image inspect failed: {inspected:?}"
+    );
+    let image: serde_json::Value = serde_json::from_slice(&inspected.stdout)?;
+    assert_eq!(image["name"], name.as_str(), "{image:#}");
+    assert_eq!(image["layers"], 1, "{image:#}");
+    assert_eq!(image["source"], "import", "{image:#}");
+    assert!(
+        image["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("sha256:")),
+        "{image:#}"
+    );
+
+    // A sandbox runs it, and holds it until it goes.
+    let created = sbx(&server, &["create", "--image", &name])?;
+    ensure!(created.status.success(), "create failed: {created:?}");
+    let id = stdout(&created).trim().to_owned();
+    let cat = sbx(&server, &["exec", &id, "--", "cat", "/data/file"])?;
+    ensure!(
+        cat.status.success(),
+        "exec failed: {cat:?}; {}",
+        server.log()
+    );
+    assert_eq!(stdout(&cat), content);
+    let held = sbx(&server, &["image", "rm", &name])?;
+    assert!(!held.status.success(), "image rm of a used image: {held:?}");
+    assert!(
+        stderr(&held).contains("conflict") && stderr(&held).contains(&id),
+        "says which sandbox uses it: {}",
+        stderr(&held)
+    );
+    assert_eq!(stdout(&held), "");
+    let removed = sbx(&server, &["rm", &id])?;
+    ensure!(removed.status.success(), "rm failed: {removed:?}");
+    let removed = sbx(&server, &["image", "rm", &name, &piped_name])?;
+    ensure!(removed.status.success(), "image rm failed: {removed:?}");
+    assert_eq!(stdout(&removed), format!("{name}\n{piped_name}\n"));
+    let gone = sbx(&server, &["image", "inspect", &name])?;
+    assert!(!gone.status.success(), "{gone:?}");
+    assert!(stderr(&gone).contains("not found"), "{}", stderr(&gone));
+    let names = image_names(&server)?;
+    assert!(
+        !names.contains(&name) && !names.contains(&piped_name),
+        "{names:?}"
+    );
+
+    // Pulls from a registry behind basic auth.
+    let registry = Registry::start(Some(("agent", "s3cret")))?;
+    registry.push(&archive, &format!("{repository}:v1"))?;
+    let reference = format!("{}/{repository}:v1", registry.addr);
+    let pull = ["image", "pull", reference.as_str(), "-u", "agent"];
+    let unsure = sbx_with(&server, &pull, &[], None)?;
+    assert_eq!(unsure.status.code(), Some(1), "no password: {unsure:?}");
+    assert!(
+        stderr(&unsure).contains("SBX_REGISTRY_PASSWORD"),
+        "{}",
+        stderr(&unsure)
+    );
+    let nothing = sbx(&server, &["image", "inspect", &reference])?;
+    assert!(!nothing.status.success(), "nothing pulled: {nothing:?}");
+
+    let pulled = sbx_with(&server, &pull, &[("SBX_REGISTRY_PASSWORD", "s3cret")], None)?;
+    ensure!(
+        pulled.status.success(),
+        "image pull failed: {pulled:?}; {}",
+        server.log()
+    );
+    assert_eq!(stdout(&pulled), format!("{reference}\n"), "prints the name");
+    let inspected = sbx(&server, &["image", "inspect", &reference])?;
+    let image: serde_json::Value = serde_json::from_slice(&inspected.stdout)?;
+    assert_eq!(image["name"], reference.as_str(), "{image:#}");
+    assert_eq!(image["layers"], 1, "{image:#}");
+
+    let renamed = format!("{repository}:pulled");
+    let from_stdin = sbx_with(
+        &server,
+        &[&pull[..], &["--password-stdin", "-t", &renamed]].concat(),
+        &[],
+        Some(b"s3cret\n"),
+    )?;
+    ensure!(
+        from_stdin.status.success(),
+        "image pull --password-stdin failed: {from_stdin:?}"
+    );
+    assert_eq!(stdout(&from_stdin), format!("{renamed}\n"));
+    assert!(
+        !server.log().contains("s3cret"),
+        "the password is never logged"
+    );
+
+    let removed = sbx(&server, &["image", "rm", &reference, &renamed])?;
+    ensure!(removed.status.success(), "image rm failed: {removed:?}");
+    let names = image_names(&server)?;
+    assert!(
+        !names.contains(&reference) && !names.contains(&renamed),
+        "{names:?}"
+    );
+    Ok(())
+}
+
 sbx_tests::on_every_runtime!(
     create_exec_ls_rm,
     background_processes_from_the_cli,
     cp_round_trips_a_100_mib_file_and_a_tree,
     lifecycle_from_the_cli,
     without_a_token_the_cli_is_refused,
+    images_from_the_cli,
 );
