@@ -13,6 +13,8 @@ pub enum ImageSource {
     Recipe,
     /// Imported from an OCI image layout or `docker save` archive.
     Import,
+    /// Pulled from a registry.
+    Pull,
 }
 
 /// What an image's config says a container runs with. `env`,

@@ -54,6 +54,13 @@ pub struct IsolationInfo {
     /// The default `disk_mb` of a sandbox created without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_disk_mb: Option<u64>,
+    /// How image files come to be owned by the sandbox's root in its user
+    /// namespace: `idmapped_mount` (the image is mounted with shifted
+    /// owners; nothing is copied) or `shifted_copy` (each image build is
+    /// copied once with shifted owners, when it is imported). Absent where
+    /// the engine does it itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_mapping: Option<String>,
     /// Why a protection above is missing, in words.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,

@@ -310,6 +310,72 @@ async fn an_imported_image_is_what_its_sandboxes_run(engine: Engine) -> Result<(
     Ok(())
 }
 
+/// youki mounts images idmapped where the kernel allows it (this one
+/// does), and copies them with shifted owners where told not to; both run
+/// an imported image the same. Docker's engine shifts its own.
+async fn images_are_idmapped_or_copied_and_say_which(engine: Engine) -> Result<()> {
+    let servers = match engine {
+        Engine::Youki => vec![
+            (Server::start(engine).await?, Some("idmapped_mount")),
+            (
+                Server::start_with_env(engine, &[("SBX_IDMAPPED_IMAGES", Path::new("off"))])
+                    .await?,
+                Some("shifted_copy"),
+            ),
+        ],
+        Engine::Docker => vec![(Server::start(engine).await?, None)],
+    };
+    let layers = test_layers()?;
+    for (server, expected) in servers {
+        let info = server.client().info().await?;
+        assert_eq!(info.runtime.isolation.image_mapping.as_deref(), expected);
+        if expected == Some("shifted_copy") {
+            assert!(
+                info.runtime
+                    .isolation
+                    .notes
+                    .iter()
+                    .any(|note| note.contains("SBX_IDMAPPED_IMAGES=off")),
+                "{:?}",
+                info.runtime.isolation.notes
+            );
+        }
+        let name = unique("sbx-tests/mapping-");
+        let image = import(
+            &server,
+            docker_save(&format!("{name}:v1"), &layers, test_config()),
+            None,
+        )
+        .await?;
+        let client = server.client();
+        let created = client
+            .create_sandbox(&CreateSandboxRequest {
+                image: Some(image.name.clone()),
+                ..Default::default()
+            })
+            .await?;
+        let sandbox = client.sandbox(&created.id);
+        let as_root = sandbox
+            .exec(&ExecRequest {
+                user: Some("root".into()),
+                ..ExecRequest::shell(
+                    "stat -c %u /data/keep; echo changed >> /data/keep && cat /data/keep; \
+                     touch /etc/new && stat -c %u /etc/new",
+                )
+            })
+            .await?;
+        assert_eq!(
+            (as_root.stdout.as_str(), as_root.exit_code),
+            ("0\nkept\nchanged\n0\n", 0),
+            "{expected:?}: root owns the image's files and can change them: {}",
+            as_root.stderr
+        );
+        client.delete_sandbox(&created.id).await?;
+        client.delete_image(&image.name).await?;
+    }
+    Ok(())
+}
+
 async fn hostile_archives_write_nothing_outside_the_images_dir(engine: Engine) -> Result<()> {
     let server = Server::start(engine).await?;
     let client = server.client();
@@ -493,6 +559,7 @@ async fn images_pull_from_a_real_registry(engine: Engine) -> Result<()> {
     let image =
         outcome.map_err(|code| anyhow::anyhow!("pull failed: {code:?}; {}", server.log()))?;
     assert_eq!(image.name, reference, "named by its reference");
+    assert_eq!(image.source, ImageSource::Pull);
     assert_eq!(image.layers, Some(3));
     let finished: std::collections::BTreeSet<String> = progress
         .iter()
@@ -657,4 +724,5 @@ sbx_tests::on_every_runtime!(
     an_imported_image_is_what_its_sandboxes_run,
     hostile_archives_write_nothing_outside_the_images_dir,
     images_pull_from_a_real_registry,
+    images_are_idmapped_or_copied_and_say_which,
 );

@@ -148,7 +148,10 @@ pub async fn run(command: ImageCommand) -> Result<(), CliError> {
                 "NAME", "ID", "SOURCE", "SIZE"
             );
             for image in images {
-                let id = image.id.trim_start_matches("sha256:");
+                let id = image
+                    .id
+                    .split_once(':')
+                    .map_or(image.id.as_str(), |(_, hash)| hash);
                 println!(
                     "{:<48} {:<20} {:<7} {:>10}  {}",
                     image.name,

@@ -26,9 +26,20 @@ use std::sync::Arc;
 pub async fn info(State(state): State<AppState>) -> Result<Json<ServerInfo>, ApiError> {
     let runtime = state.manager.runtime();
     let isolation = runtime.isolation();
+    let image_mapping = isolation
+        .image_mapping
+        .clone()
+        .map(|mapping| match mapping {
+            Ok(how) => (how, None),
+            Err(reason) => (
+                crate::runtime::IMAGES_SHIFTED_COPY,
+                Some(format!("images are copied with shifted owners: {reason}")),
+            ),
+        });
     let notes = [
         isolation.user_namespace_note.clone(),
         isolation.disk_quota.clone().err(),
+        image_mapping.as_ref().and_then(|(_, note)| note.clone()),
     ];
     let storage = state.manager.storage().await?;
     Ok(Json(ServerInfo {
@@ -51,6 +62,7 @@ pub async fn info(State(state): State<AppState>) -> Result<Json<ServerInfo>, Api
                     .disk_quota
                     .is_ok()
                     .then_some(state.manager.config().default_disk_mb),
+                image_mapping: image_mapping.map(|(how, _)| how.to_owned()),
                 notes: notes.into_iter().flatten().collect(),
             },
         },

@@ -71,6 +71,13 @@ struct BuildRecord {
     config: ImageConfig,
     #[serde(default)]
     skipped_devices: Vec<String>,
+    /// Imported, or pulled from a registry.
+    #[serde(default = "imported")]
+    source: ImageSource,
+}
+
+fn imported() -> ImageSource {
+    ImageSource::Import
 }
 
 /// What a sandbox made from an image starts with, unless it says
@@ -178,7 +185,7 @@ impl Images {
             Some(record) => Image {
                 name: link_name,
                 id: record.id,
-                source: ImageSource::Import,
+                source: record.source,
                 created_at: record.created_at,
                 size_bytes: Some(record.size_bytes),
                 layers: u32::try_from(record.diff_ids.len()).ok(),
@@ -371,9 +378,14 @@ impl Import {
             .map(|name| Reference::parse(name).map(Reference::with_default_tag))
             .transpose()
             .map_err(ImageError::Invalid)?;
-        let unpacked = match File::open(self.body_path()) {
-            Ok(body) => archive::unpack(io::BufReader::new(body), &self.layout_dir())?,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => archive::read(&self.layout_dir())?,
+        let (unpacked, source) = match File::open(self.body_path()) {
+            Ok(body) => (
+                archive::unpack(io::BufReader::new(body), &self.layout_dir())?,
+                ImageSource::Import,
+            ),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                (archive::read(&self.layout_dir())?, ImageSource::Pull)
+            }
             Err(err) => {
                 return Err(ImageError::Io {
                     context: "cannot read the uploaded archive".into(),
@@ -423,6 +435,7 @@ impl Import {
                             .collect(),
                     },
                     skipped_devices,
+                    source,
                 };
                 let json = serde_json::to_vec_pretty(&record).map_err(|err| {
                     ImageError::Invalid(format!("cannot record the image: {err}"))
@@ -453,7 +466,7 @@ impl Import {
         Ok(Image {
             name: reference.to_string(),
             id: record.id,
-            source: ImageSource::Import,
+            source: record.source,
             created_at: record.created_at,
             size_bytes: Some(record.size_bytes),
             layers: u32::try_from(record.diff_ids.len()).ok(),

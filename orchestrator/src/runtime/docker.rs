@@ -530,6 +530,8 @@ fn isolation_of(info: &bollard::models::SystemInfo, disks: Result<(), String>) -
         disks
     };
     Isolation {
+        // The engine shifts its own images (--userns-remap).
+        image_mapping: None,
         host_root_uid,
         user_namespace_note: host_root_uid.is_none().then(|| {
             "the docker engine runs without --userns-remap: root in a sandbox is root on \

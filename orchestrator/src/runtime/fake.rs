@@ -175,6 +175,7 @@ impl Runtime for FakeRuntime {
 
     fn isolation(&self) -> Isolation {
         Isolation {
+            image_mapping: None,
             host_root_uid: Some(nix::unistd::geteuid().as_raw()),
             disk_quota: if self.state().disks {
                 Ok(())

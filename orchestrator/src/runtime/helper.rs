@@ -154,11 +154,18 @@ pub(crate) enum Request {
         bundle: PathBuf,
         log: PathBuf,
         lower: PathBuf,
+        /// `lower` is the unshifted build: mount it idmapped (see
+        /// `idmapped`) rather than use it as it is.
+        #[serde(default)]
+        idmap_lower: bool,
         disk: bool,
         root_uid: Option<u32>,
     },
     /// Delete the (stopped) container and its cgroups.
     Delete { id: String, state_root: PathBuf },
+    /// Whether an overlay over an idmapped lower layer works, tried in
+    /// `scratch` (see `idmapped::probe`).
+    ProbeIdmap { scratch: PathBuf },
 }
 
 /// One line from the server: a request and the number the reply echoes.
@@ -275,6 +282,7 @@ fn run(request: Request) -> Result<(), RuntimeError> {
             bundle,
             log,
             lower,
+            idmap_lower,
             disk,
             root_uid,
         } => super::in_helper::mount_and_start(
@@ -282,9 +290,20 @@ fn run(request: Request) -> Result<(), RuntimeError> {
             &state_root,
             &SandboxDir::new(bundle),
             &log,
-            (&lower, disk, root_uid),
+            super::in_helper::Layers {
+                lower: &lower,
+                idmap_lower,
+                disk,
+                root_uid,
+            },
         ),
         Request::Delete { id, state_root } => super::in_helper::delete_container(&id, &state_root),
+        Request::ProbeIdmap { scratch } => {
+            super::idmapped::probe(&scratch).map_err(|reason| RuntimeError::Engine {
+                context: "idmapped image layers".into(),
+                message: reason,
+            })
+        }
     }
 }
 

@@ -31,20 +31,50 @@ pub(crate) fn mount_and_start(
     state_root: &Path,
     dir: &SandboxDir,
     log_path: &Path,
-    (lower, disk, root_uid): (&Path, bool, Option<u32>),
+    layers: Layers<'_>,
 ) -> Result<(), RuntimeError> {
     let started = Instant::now();
-    let mounted = if disk {
+    let mounted = if layers.disk {
         disk::mount_image(&dir.disk_image(), &dir.layer())
     } else {
         Ok(())
     }
-    .and_then(|()| overlay::mount_rootfs(dir, lower, root_uid));
+    .and_then(|()| mount_overlay(dir, &layers));
     let mounts = started.elapsed();
     let outcome = mounted.and_then(|()| create_and_start(id, state_root, dir.path(), log_path));
     let unmounted = overlay::unmount_rootfs(dir).and_then(|()| disk::unmount(&dir.layer()));
     tracing::debug!(%id, mounts_us = mounts.as_micros() as u64, "rootfs mounted");
     outcome.and(unmounted)
+}
+
+/// What a sandbox's root filesystem is made of.
+pub(crate) struct Layers<'a> {
+    /// The image build (resolved), or its shifted copy.
+    pub lower: &'a Path,
+    /// `lower` is the build itself, to be mounted idmapped.
+    pub idmap_lower: bool,
+    /// Mount the sandbox's disk under its layer.
+    pub disk: bool,
+    /// The host uid of the sandbox's root.
+    pub root_uid: Option<u32>,
+}
+
+/// Mounts the overlay of `layers.lower` (through an idmapped bind at
+/// `<sandbox dir>/lower`, detached again once the overlay holds its own
+/// clone of it, when asked).
+fn mount_overlay(dir: &SandboxDir, layers: &Layers<'_>) -> Result<(), RuntimeError> {
+    if !layers.idmap_lower {
+        return overlay::mount_rootfs(dir, layers.lower, layers.root_uid);
+    }
+    let mapped = dir.path().join("lower");
+    std::fs::create_dir_all(&mapped).map_err(RuntimeError::io(format!(
+        "cannot create {}",
+        mapped.display()
+    )))?;
+    super::idmapped::bind(layers.lower, &mapped)?;
+    let mounted = overlay::mount_rootfs(dir, &mapped, layers.root_uid);
+    let detached = super::idmapped::detach(&mapped);
+    mounted.and(detached)
 }
 
 /// Runs in the helper: clone the init, bring `lo` up in its network

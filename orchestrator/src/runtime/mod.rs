@@ -22,6 +22,7 @@ pub(crate) mod fake;
 mod freezer;
 pub mod helper;
 mod idmap;
+mod idmapped;
 mod in_helper;
 mod loopback;
 mod overlay;
@@ -190,7 +191,15 @@ pub struct Isolation {
     pub disk_quota: Result<(), String>,
     /// Why the user namespace is missing, when it is.
     pub user_namespace_note: Option<String>,
+    /// How images' owners are shifted into the user namespace, where sbx
+    /// does it: [`IMAGES_IDMAPPED`] or [`IMAGES_SHIFTED_COPY`] (and why).
+    pub image_mapping: Option<Result<&'static str, String>>,
 }
+
+/// Image builds are mounted idmapped: nothing is copied.
+pub const IMAGES_IDMAPPED: &str = "idmapped_mount";
+/// Each image build is copied once with its owners shifted.
+pub const IMAGES_SHIFTED_COPY: &str = "shifted_copy";
 
 /// What a runtime needs to start one sandbox.
 #[derive(Debug, Clone)]

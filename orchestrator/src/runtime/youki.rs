@@ -41,7 +41,14 @@ pub struct YoukiRuntime {
     state_root: PathBuf,
     helper: Helper,
     disks: Arc<Disks>,
+    /// `Ok`: image builds are mounted idmapped ([`super::idmapped`]);
+    /// else why each is copied with shifted owners ([`idmap`]).
+    idmapped_images: Result<(), String>,
 }
+
+/// Set to `off` to copy images with shifted owners even where idmapped
+/// mounts work (to compare, or to test the fallback).
+pub const IDMAPPED_IMAGES_ENV: &str = "SBX_IDMAPPED_IMAGES";
 
 /// The user namespace of every youki sandbox.
 const ID_MAP: IdMap = IdMap {
@@ -62,10 +69,24 @@ impl YoukiRuntime {
             state_root.display()
         )))?;
         let lock = super::helper::lock(&state_root).await?;
+        let helper = Helper::spawn(lock)?;
+        let idmapped_images = if std::env::var(IDMAPPED_IMAGES_ENV).is_ok_and(|v| v == "off") {
+            Err(format!("{IDMAPPED_IMAGES_ENV}=off"))
+        } else {
+            let scratch = state_root.join("idmap-probe");
+            helper
+                .call(&Request::ProbeIdmap { scratch })
+                .await
+                .map_err(|err| err.to_string())
+        };
+        if let Err(reason) = &idmapped_images {
+            tracing::info!(%reason, "images are copied with shifted owners, not mounted idmapped");
+        }
         Ok(Self {
             state_root,
-            helper: Helper::spawn(lock)?,
+            helper,
             disks,
+            idmapped_images,
         })
     }
 
@@ -200,6 +221,10 @@ impl Runtime for YoukiRuntime {
 
     fn isolation(&self) -> Isolation {
         Isolation {
+            image_mapping: Some(match &self.idmapped_images {
+                Ok(()) => Ok(super::IMAGES_IDMAPPED),
+                Err(reason) => Err(reason.clone()),
+            }),
             host_root_uid: Some(idmap::to_host(0)),
             disk_quota: self.disks.usable(),
             user_namespace_note: None,
@@ -207,6 +232,9 @@ impl Runtime for YoukiRuntime {
     }
 
     async fn prepare_image(&self, image_rootfs: &Path) -> Result<(), RuntimeError> {
+        if self.idmapped_images.is_ok() {
+            return Ok(());
+        }
         let image_rootfs = image_rootfs.to_owned();
         tokio::task::spawn_blocking(move || idmap::shifted_image(&image_rootfs).map(drop))
             .await
@@ -224,8 +252,13 @@ impl Runtime for YoukiRuntime {
         let disks = Arc::clone(&self.disks);
         let disk_bytes = container.limits.disk_bytes;
         let keep_disk = container.keep_disk;
+        let idmap_lower = self.idmapped_images.is_ok();
         let lower = tokio::task::spawn_blocking(move || {
-            let lower = idmap::shifted_image(&image_rootfs)?;
+            let lower = if idmap_lower {
+                image_rootfs
+            } else {
+                idmap::shifted_image(&image_rootfs)?
+            };
             let layer = dir.layer();
             std::fs::create_dir_all(&layer).map_err(RuntimeError::io(format!(
                 "cannot create {}",
@@ -254,6 +287,7 @@ impl Runtime for YoukiRuntime {
                 bundle: container.dir.path().to_owned(),
                 log: container.dir.agent_log(),
                 lower,
+                idmap_lower,
                 disk: disk_bytes.is_some(),
                 root_uid: Some(idmap::to_host(0)),
             })
