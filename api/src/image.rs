@@ -72,7 +72,9 @@ pub struct ImageList {
 }
 
 /// The path parameter of `/v1/images/{name}`: the image's name with its
-/// slashes percent-encoded (`localhost:5000%2Fapp:v1`).
+/// slashes percent-encoded (`localhost:5000%2Fapp:v1`); a name that is a
+/// sibling route's (`import`, `pull`) has its first letter encoded too
+/// (`%70ull`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct ImagePath {

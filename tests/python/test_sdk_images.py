@@ -539,6 +539,8 @@ def test_images_decode_with_and_without_their_optional_fields():
 
 def test_image_names_travel_as_one_path_segment():
     assert _core.image_path("base") == "/v1/images/base"
+    assert _core.image_path("pull") == "/v1/images/%70ull"
+    assert _core.image_path("import") == "/v1/images/%69mport"
     assert _core.image_path("localhost:5000/team/app:v1") == (
         "/v1/images/localhost:5000%2Fteam%2Fapp:v1"
     )

@@ -75,11 +75,14 @@ impl Client {
 }
 
 /// `/v1/images/{name}` with the name as one segment: its slashes (and
-/// anything else a path segment cannot hold) percent-encoded.
+/// anything else a path segment cannot hold) percent-encoded, and the
+/// first letter of a name that is a sibling route's (`import`, `pull`).
 fn image_path(name: &str) -> String {
     let mut path = String::from("/v1/images/");
-    for byte in name.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~:@".contains(&byte) {
+    let sibling = matches!(name, "import" | "pull");
+    for (at, byte) in name.bytes().enumerate() {
+        let plain = byte.is_ascii_alphanumeric() || b"-._~:@".contains(&byte);
+        if plain && !(sibling && at == 0) {
             path.push(byte as char);
         } else {
             path.push_str(&format!("%{byte:02X}"));
@@ -97,5 +100,7 @@ mod tests {
             "/v1/images/localhost:5000%2Fteam%2Fapp:v1"
         );
         assert_eq!(super::image_path("../x y"), "/v1/images/..%2Fx%20y");
+        assert_eq!(super::image_path("pull"), "/v1/images/%70ull");
+        assert_eq!(super::image_path("pull:v1"), "/v1/images/pull:v1");
     }
 }

@@ -580,9 +580,17 @@ def pull_image(
     )
 
 
+# Routes beside ``/v1/images/{name}`` that a bare name would land on.
+_IMAGE_ROUTES = ("import", "pull")
+
+
 def image_path(name: ImageRef) -> str:
-    """A name holds ``/`` and ``:``; it travels as one segment, slashes encoded."""
-    return f"/v1/images/{quote(image_name(name), safe=':@')}"
+    """A name holds ``/`` and ``:``; it travels as one segment, slashes encoded
+    (and the first letter too for a name that is a sibling route's)."""
+    segment = quote(image_name(name), safe=":@")
+    if segment in _IMAGE_ROUTES:
+        segment = f"%{ord(segment[0]):02X}{segment[1:]}"
+    return f"/v1/images/{segment}"
 
 
 def list_images() -> Call[List[models.ImageInfo]]:
