@@ -8,13 +8,18 @@
 //!
 //! Docker figures go through the `docker` CLI, which is how people use it:
 //! `docker run -d` + `docker exec` + `docker rm -f`.
+//!
+//! `--only import` runs the image import section alone (at the size
+//! `--quick` picks or the full one).
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::Full;
+use rand::RngCore as _;
 use sbx_api::client::Client;
 use sbx_api::{CreateSandboxRequest, ExecRequest};
 use sbx_tests::{tree_tar, Engine, Server};
+use sha2::{Digest as _, Sha256};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,6 +44,8 @@ struct Sizes {
     docker_commits: usize,
     /// Stopped sandboxes held at once for the memory figure.
     stopped: usize,
+    /// MiB of random file data in the image the import section makes.
+    import_mib: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -53,6 +60,7 @@ const FULL: Sizes = Sizes {
     forks: 3,
     docker_commits: 3,
     stopped: 500,
+    import_mib: 200,
 };
 
 const QUICK: Sizes = Sizes {
@@ -67,6 +75,7 @@ const QUICK: Sizes = Sizes {
     forks: 1,
     docker_commits: 1,
     stopped: 20,
+    import_mib: 20,
 };
 
 /// p50/p95/p99 of a set of samples.
@@ -852,6 +861,292 @@ fn remove_leftover_bench_containers() {
     }
 }
 
+/// A layer tar being written: entries owned by root, with a fixed mtime.
+struct LayerTar(tar::Builder<Vec<u8>>);
+
+impl LayerTar {
+    fn with_capacity(bytes: usize) -> Self {
+        Self(tar::Builder::new(Vec::with_capacity(bytes)))
+    }
+
+    fn header(kind: tar::EntryType, mode: u32, size: usize) -> tar::Header {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(mode);
+        header.set_size(size as u64);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(1_700_000_000);
+        header
+    }
+
+    fn dir(&mut self, path: &str) -> Result<()> {
+        let mut header = Self::header(tar::EntryType::Directory, 0o755, 0);
+        Ok(self.0.append_data(&mut header, path, std::io::empty())?)
+    }
+
+    fn file(&mut self, path: &str, data: &[u8], mode: u32) -> Result<()> {
+        let mut header = Self::header(tar::EntryType::Regular, mode, data.len());
+        Ok(self.0.append_data(&mut header, path, data)?)
+    }
+
+    fn symlink(&mut self, path: &str, target: &str) -> Result<()> {
+        let mut header = Self::header(tar::EntryType::Symlink, 0o777, 0);
+        Ok(self.0.append_link(&mut header, path, target)?)
+    }
+
+    fn finish(self) -> Result<Vec<u8>> {
+        Ok(self.0.into_inner()?)
+    }
+}
+
+/// `docker save` output for an image named `repo_tag` made of `layers`
+/// (bottom first): `manifest.json`, the config with the layers' diff ids,
+/// and one `<hex>/layer.tar` per layer.
+fn docker_save(repo_tag: &str, layers: &[Vec<u8>]) -> Result<Vec<u8>> {
+    let hex = |data: &[u8]| format!("{:x}", Sha256::digest(data));
+    let layer_hexes: Vec<String> = layers.iter().map(|layer| hex(layer)).collect();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+        "rootfs": {
+            "type": "layers",
+            "diff_ids": layer_hexes.iter().map(|hex| format!("sha256:{hex}")).collect::<Vec<_>>(),
+        },
+    }))?;
+    let config_name = format!("{}.json", hex(&config));
+    let layer_names: Vec<String> = layer_hexes
+        .iter()
+        .map(|hex| format!("{hex}/layer.tar"))
+        .collect();
+    let manifest = serde_json::to_vec(&serde_json::json!([
+        {"Config": config_name, "RepoTags": [repo_tag], "Layers": layer_names}
+    ]))?;
+    let total = layers.iter().map(Vec::len).sum::<usize>() + (1 << 20);
+    let mut archive = tar::Builder::new(Vec::with_capacity(total));
+    let mut add = |name: &str, data: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        archive.append_data(&mut header, name, data)
+    };
+    add("manifest.json", &manifest)?;
+    add(&config_name, &config)?;
+    for (name, layer) in layer_names.iter().zip(layers) {
+        add(name, layer)?;
+    }
+    Ok(archive.into_inner()?)
+}
+
+/// Layers of random data in the import section's image, above busybox.
+const IMPORT_DATA_LAYERS: usize = 3;
+/// Files in each of those layers.
+const IMPORT_FILES_PER_LAYER: usize = 4;
+
+/// The import section's image as `docker save` output: busybox (static,
+/// from the host) with its `sh` and an account in a bottom layer, then
+/// `mib` MiB of random (incompressible) data spread evenly over
+/// [`IMPORT_DATA_LAYERS`] layers of [`IMPORT_FILES_PER_LAYER`] files.
+fn import_archive(mib: usize) -> Result<Bytes> {
+    let busybox = std::fs::read("/bin/busybox").context("busybox-static (scripts/setup)")?;
+    let mut base = LayerTar::with_capacity(busybox.len() + (1 << 16));
+    base.dir("bin/")?;
+    base.file("bin/busybox", &busybox, 0o755)?;
+    base.symlink("bin/sh", "busybox")?;
+    base.dir("etc/")?;
+    base.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644)?;
+    base.file("etc/group", b"root:x:0:\n", 0o644)?;
+    let mut layers = vec![base.finish()?];
+    let file_bytes = mib * (1 << 20) / (IMPORT_DATA_LAYERS * IMPORT_FILES_PER_LAYER);
+    let mut rng = rand::rng();
+    for layer_index in 0..IMPORT_DATA_LAYERS {
+        let mut layer = LayerTar::with_capacity(IMPORT_FILES_PER_LAYER * (file_bytes + 1024));
+        let dir = format!("data/layer{layer_index}/");
+        layer.dir("data/")?;
+        layer.dir(&dir)?;
+        let mut data = vec![0u8; file_bytes];
+        for file in 0..IMPORT_FILES_PER_LAYER {
+            rng.fill_bytes(&mut data);
+            layer.file(&format!("{dir}file{file}.bin"), &data, 0o644)?;
+        }
+        layers.push(layer.finish()?);
+    }
+    Ok(Bytes::from(docker_save(
+        "sbx-bench/import:archive",
+        &layers,
+    )?))
+}
+
+/// What the import section measures on one server.
+struct ImportFigures {
+    import: Duration,
+    first_create: Duration,
+    first_exec: Duration,
+    import_to_exec: Duration,
+    second_create: Duration,
+    reimport: Duration,
+}
+
+/// The sandboxes and images a measurement made, deleted after it whether
+/// it succeeded or not.
+#[derive(Default)]
+struct Made {
+    sandboxes: Vec<String>,
+    images: Vec<String>,
+}
+
+impl Made {
+    /// Deletes everything (sandboxes first: an image in use cannot go);
+    /// the first failure is returned once all were tried.
+    async fn delete(self, client: &Client) -> Result<()> {
+        let mut failed = None;
+        for id in &self.sandboxes {
+            if let Err(err) = client.delete_sandbox(id).await {
+                failed.get_or_insert(anyhow::anyhow!("deleting sandbox {id}: {err}"));
+            }
+        }
+        for name in &self.images {
+            if let Err(err) = client.delete_image(name).await {
+                failed.get_or_insert(anyhow::anyhow!("deleting image {name}: {err}"));
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+}
+
+async fn busybox_true(client: &Client, id: &str) -> Result<()> {
+    let result = client
+        .sandbox(id)
+        .exec(&ExecRequest::argv(["/bin/busybox", "true"]))
+        .await?;
+    if result.exit_code != 0 {
+        bail!(
+            "busybox true exited {}: {}",
+            result.exit_code,
+            result.stderr
+        );
+    }
+    Ok(())
+}
+
+/// Imports `archive` as `name`, makes a sandbox of it and runs a first
+/// exec there, each timed; then a second create, and an import of the
+/// same archive as `<name>-again`, whose layers are stored already.
+async fn measure_import(
+    client: &Client,
+    archive: &Bytes,
+    name: &str,
+    made: &mut Made,
+) -> Result<ImportFigures> {
+    flush_writeback();
+    let started = Instant::now();
+    let image = client
+        .import_image(Full::new(archive.clone()), Some(name))
+        .await?;
+    let import = started.elapsed();
+    made.images.push(image.name.clone());
+    let request = CreateSandboxRequest {
+        image: Some(image.name.clone()),
+        ..CreateSandboxRequest::default()
+    };
+    let (created, first_create) = timed(client.create_sandbox(&request)).await;
+    let first = created?.id;
+    made.sandboxes.push(first.clone());
+    let (ran, first_exec) = timed(busybox_true(client, &first)).await;
+    ran?;
+    let import_to_exec = started.elapsed();
+
+    let (created, second_create) = timed(client.create_sandbox(&request)).await;
+    let second = created?.id;
+    made.sandboxes.push(second.clone());
+    busybox_true(client, &second).await?;
+
+    flush_writeback();
+    let again = format!("{name}-again");
+    let (imported, reimport) =
+        timed(client.import_image(Full::new(archive.clone()), Some(&again))).await;
+    made.images.push(imported?.name);
+    Ok(ImportFigures {
+        import,
+        first_create,
+        first_exec,
+        import_to_exec,
+        second_create,
+        reimport,
+    })
+}
+
+/// Removes the Docker engine's copies of the import section's images,
+/// which deleting them from sbx leaves in the engine.
+fn remove_leftover_bench_engine_images() {
+    if let Ok(images) = docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]) {
+        for image in images
+            .lines()
+            .filter(|image| image.starts_with("sbx/sbx-bench-import-"))
+        {
+            let _ = docker(&["rmi", image]);
+        }
+    }
+}
+
+/// The image import section: on each runtime, a server on the storage
+/// pool imports a fresh image (random data, so no layer of it is stored
+/// yet) under a name of its own, and makes sandboxes of it. Each server
+/// has made and deleted one sandbox of the default image first, so that
+/// the first create from the import pays for the image, not for the
+/// server's first sandbox.
+async fn image_import(report: &mut Report, sizes: Sizes) -> Result<()> {
+    let archive = import_archive(sizes.import_mib)?;
+    let mut figures = Vec::new();
+    for engine in [Engine::Youki, Engine::Docker] {
+        let dir = pool_data_dir()?;
+        let server = Server::start_on(engine, dir.path()).await?;
+        let client = server.client();
+        let warm = client
+            .create_sandbox(&CreateSandboxRequest::default())
+            .await?;
+        client.delete_sandbox(&warm.id).await?;
+        let name = format!("sbx-bench/import-{:08x}", rand::random::<u32>());
+        let mut made = Made::default();
+        let measured = measure_import(&client, &archive, &name, &mut made).await;
+        let deleted = made.delete(&client).await;
+        drop(server);
+        drop(dir);
+        figures.push(measured.with_context(|| format!("image import on {}", engine.name()))?);
+        deleted?;
+    }
+    let row = |figure: &str, cell: &dyn Fn(&ImportFigures) -> Duration| {
+        let mut row = vec![figure.to_owned()];
+        row.extend(figures.iter().map(|f| ms(cell(f))));
+        row
+    };
+    report.table(
+        &format!(
+            "Image import: a {:.0} MiB `docker save` archive (busybox, then {} MiB of random data \
+             in {IMPORT_DATA_LAYERS} layers of {IMPORT_FILES_PER_LAYER} files), uploaded from memory (ms)",
+            archive.len() as f64 / MIB,
+            sizes.import_mib,
+        ),
+        &["", "sbx / youki", "sbx / docker"],
+        vec![
+            row(
+                "import (upload, unpack, layers applied, runtime prepared)",
+                &|f| f.import,
+            ),
+            row("first create from it", &|f| f.first_create),
+            row("first exec `/bin/busybox true` in it", &|f| f.first_exec),
+            row("import to first exec, in all", &|f| f.import_to_exec),
+            row("second create from it", &|f| f.second_create),
+            row(
+                "import of the same archive under another name (layers stored)",
+                &|f| f.reimport,
+            ),
+        ],
+    );
+    Ok(())
+}
+
 fn latency_row(
     name: &str,
     mut samples: Vec<Duration>,
@@ -1211,6 +1506,21 @@ async fn run(sizes: Sizes, out: &Path) -> Result<()> {
         lifecycle_rows,
     );
 
+    // 7. Image import.
+    image_import(&mut report, sizes).await?;
+
+    write_report(&report, sizes, out)
+}
+
+/// Only the image import section (`--only import`).
+async fn run_import_only(sizes: Sizes, out: &Path) -> Result<()> {
+    let mut report = Report::default();
+    image_import(&mut report, sizes).await?;
+    write_report(&report, sizes, out)
+}
+
+/// Prints the report after a line on the machine, and writes it to `out`.
+fn write_report(report: &Report, sizes: Sizes, out: &Path) -> Result<()> {
     let mut rendered = format!(
         "Machine: {} cores, {:.0} GiB; kernel {}; {} mode; {}\n\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -1247,11 +1557,20 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|| PathBuf::from("target"));
             target.join("bench.md")
         });
+    let only = args
+        .iter()
+        .position(|arg| arg == "--only")
+        .map(|index| args.get(index + 1).map(String::as_str));
     let sizes = if quick { QUICK } else { FULL };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let result = runtime.block_on(run(sizes, &out));
+    let result = match only {
+        None => runtime.block_on(run(sizes, &out)),
+        Some(Some("import")) => runtime.block_on(run_import_only(sizes, &out)),
+        Some(section) => bail!("--only takes a section: import (got {section:?})"),
+    };
     remove_leftover_bench_containers();
+    remove_leftover_bench_engine_images();
     result
 }
