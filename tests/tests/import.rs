@@ -302,6 +302,19 @@ async fn an_imported_image_is_what_its_sandboxes_run(engine: Engine) -> Result<(
         saved_build.display()
     );
     client.delete_image(&oci.name).await?;
+    if engine == Engine::Docker {
+        // Tagged `sbx/localhost_5000-sbx-tests-import-<hex>…:<id12>`.
+        let unique_part = name.rsplit('/').next().context("a repository")?;
+        let output = Command::new("docker")
+            .args(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"])
+            .output()?;
+        let tags = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "docker image ls");
+        assert!(
+            !tags.contains(unique_part),
+            "the engine let go of the deleted images: {tags}"
+        );
+    }
     assert_eq!(
         error_code(client.delete_image(sbx_api::DEFAULT_IMAGE).await),
         Some(ErrorCode::Conflict),

@@ -36,7 +36,7 @@ use async_trait::async_trait;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptions, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -99,8 +99,14 @@ fn image_tag(image_rootfs: &Path) -> Result<String, RuntimeError> {
     let build = resolved
         .parent()
         .and_then(Path::file_name)
-        .map(|name| name.to_string_lossy().to_lowercase())
+        .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
+    Ok(build_tag(&build))
+}
+
+/// The engine's tag of the image build named `build`.
+fn build_tag(build: &str) -> String {
+    let build = build.to_lowercase();
     let clean = |text: &str| -> String {
         text.chars()
             .map(|c| {
@@ -112,12 +118,12 @@ fn image_tag(image_rootfs: &Path) -> Result<String, RuntimeError> {
             })
             .collect()
     };
-    Ok(match build.rsplit_once('-') {
+    match build.rsplit_once('-') {
         Some((name, hash)) if !name.is_empty() && !hash.is_empty() => {
             format!("sbx/{}:{}", clean(name), clean(hash))
         }
         _ => format!("sbx/{}:latest", clean(&build)),
-    })
+    }
 }
 
 impl DockerRuntime {
@@ -305,6 +311,21 @@ impl Runtime for DockerRuntime {
     async fn prepare_image(&self, image_rootfs: &Path) -> Result<(), RuntimeError> {
         self.ensure_image(&image_tag(image_rootfs)?, image_rootfs)
             .await
+    }
+
+    async fn release_image(&self, build: &str) {
+        let tag = build_tag(build);
+        match self
+            .docker
+            .remove_image(&tag, None::<RemoveImageOptions>, None)
+            .await
+        {
+            Ok(_) => tracing::info!(%tag, "removed an image from the engine"),
+            Err(err) if is_not_found(&err) => {}
+            Err(err) => {
+                tracing::warn!(%tag, error = %err, "cannot remove an image from the engine")
+            }
+        }
     }
 
     fn version(&self) -> String {

@@ -241,6 +241,11 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// Lets go of what [`Runtime::prepare_image`] made for the build named
+    /// `build` (`<images>/.store/<build>`), which is gone. Best effort:
+    /// what cannot be removed is logged.
+    async fn release_image(&self, _build: &str) {}
+
     /// Creates and starts the container. Returns once the agent process runs;
     /// the caller waits for the agent's socket to know it is ready. On
     /// failure the caller cleans up with [`Runtime::remove`], which copes

@@ -191,12 +191,17 @@ impl Manager {
         };
         let images = Arc::clone(&self.images);
         match blocking(move || images.collect(&in_use).map_err(Into::into)).await {
-            Ok(collected) if collected != Default::default() => tracing::info!(
-                builds = ?collected.builds,
-                chains = collected.chains,
-                shifted_copies = ?collected.shifted_copies,
-                "collected unused images"
-            ),
+            Ok(collected) if collected != Default::default() => {
+                tracing::info!(
+                    builds = ?collected.builds,
+                    chains = collected.chains,
+                    shifted_copies = ?collected.shifted_copies,
+                    "collected unused images"
+                );
+                for build in &collected.builds {
+                    self.runtime.release_image(build).await;
+                }
+            }
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "cannot collect unused images"),
         }
