@@ -55,6 +55,12 @@ pub struct FileQuery {
     /// `GET /files/list`: how many levels to descend (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub depth: Option<u32>,
+    /// `PUT /archive`: who owns every entry the extraction writes, as
+    /// `user[:group]` (names from the sandbox's `/etc/passwd` and
+    /// `/etc/group`, or numeric ids); absent, the agent's user. What a
+    /// Dockerfile's `COPY --chown` becomes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// Deepest `GET /files/list` walk a client may ask for.

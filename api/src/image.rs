@@ -65,6 +65,14 @@ pub struct Image {
     pub skipped_devices: Vec<String>,
 }
 
+/// The agent's `POST /layer/baseline`: how many entries of the sandbox's
+/// root filesystem it recorded, against which `GET /layer/changes` later
+/// tells what a build step changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerBaseline {
+    pub entries: u64,
+}
+
 /// `GET /v1/images`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageList {

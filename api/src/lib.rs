@@ -40,7 +40,7 @@ pub use files::{
 };
 pub use handoff::{Handoff, HANDOFF_MAX_FDS};
 pub use image::{
-    Image, ImageConfig, ImageList, ImagePath, ImageSource, ImportImageQuery, PullEvent,
+    Image, ImageConfig, ImageList, ImagePath, ImageSource, ImportImageQuery, LayerBaseline, PullEvent,
     PullImageRequest, MAX_IMAGE_ARCHIVE_BYTES,
 };
 pub use info::{IsolationInfo, RuntimeInfo, ServerInfo, StorageInfo};
