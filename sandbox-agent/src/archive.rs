@@ -6,6 +6,11 @@
 //! through a bounded channel to a blocking reader ([`BodyReader`]) that the
 //! `tar` crate parses on a `spawn_blocking` thread, so at most
 //! [`BRIDGE_DEPTH`] body chunks are in flight. DIR is created if missing.
+//! With `&owner=USER[:GROUP]` (a Dockerfile's `COPY --chown`, resolved by
+//! [`Owner`] before anything is written; an unknown name is a 400), every
+//! file, directory and symlink the extraction creates — DIR and its missing
+//! parents included — is given that owner; directories that already
+//! existed keep theirs, and hard links share their target's inode.
 //!
 //! The archive is hostile until proven otherwise. Policy:
 //! - leading `/` is stripped (`/abs/x` lands in `DIR/abs/x`, like GNU tar
@@ -25,9 +30,11 @@
 //!   out); hardlink targets must resolve beneath DIR, so a link to a file
 //!   outside is refused (400);
 //! - devices, FIFOs and other special entries are skipped (not counted);
-//! - permission bits are kept except setuid; mtimes are restored (those of
-//!   directories once the whole archive is in); ownership is not: files
-//!   belong to the agent's user.
+//! - permission bits are kept except setuid and setgid on files (a
+//!   directory keeps setgid); mtimes are restored (those of directories once
+//!   the whole archive is in); the archive's ownership is not: entries belong
+//!   to `owner` when given, else to the agent's user. The owner is set
+//!   before the mode, since a `chown` clears set-id bits.
 //!
 //! A rejected archive (400) or a failed write leaves the entries before the
 //! failing one in place: streaming rules out checking everything first.
@@ -44,6 +51,7 @@
 use crate::error::AgentError;
 use crate::files::{checked_path, fs_error, QueryParams, CHUNK, DEFAULT_DIR_MODE};
 use crate::fs_safe::{lookup_error, Beneath, Resolver};
+use crate::user::Owner;
 use axum::body::Body;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -54,7 +62,7 @@ use nix::errno::Errno;
 use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::sys::stat::{fchmod, fstatat, futimens, mkdirat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
-use nix::unistd::{linkat, symlinkat, unlinkat, UnlinkatFlags};
+use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 use sbx_api::{ArchiveSummary, FileQuery};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -81,7 +89,8 @@ const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
 /// many (a hostile archive of empty directories), the rest keep defaults.
 const MAX_DIR_FIXUPS: usize = 1 << 20;
 
-/// `PUT /archive?path=DIR`: extracts the tar body into DIR.
+/// `PUT /archive?path=DIR[&owner=USER[:GROUP]]`: extracts the tar body
+/// into DIR.
 pub(crate) async fn upload(
     QueryParams(query): QueryParams<FileQuery>,
     body: Body,
@@ -96,7 +105,12 @@ pub(crate) async fn upload(
     };
     let extraction = tokio::task::spawn_blocking({
         let dir = dir.clone();
-        move || extract(&dir, reader, &failure, Resolver::Auto)
+        move || {
+            // Before anything is written; dropping `reader` on error makes
+            // `feed` drain the body.
+            let owner = query.owner.as_deref().map(Owner::resolve).transpose()?;
+            extract(&dir, reader, &failure, Resolver::Auto, owner)
+        }
     });
     let ((), extracted) = tokio::join!(feed(body, sender), extraction);
     let summary = extracted
@@ -161,24 +175,23 @@ impl Read for BodyReader {
 }
 
 /// Extracts the tar read from `reader` into `dir` (created if missing),
-/// as the module docs say. `failure` holds the reason if the body failed.
+/// as the module docs say, the entries it creates owned by `owner` when
+/// given. `failure` holds the reason if the body failed.
 pub fn extract<R: Read>(
     dir: &Path,
     reader: R,
     failure: &OnceLock<String>,
     resolver: Resolver,
+    owner: Option<Owner>,
 ) -> Result<ArchiveSummary, AgentError> {
     let root_error = |err| fs_error("extract into", dir, err);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(DEFAULT_DIR_MODE)
-        .create(dir)
-        .map_err(root_error)?;
+    create_target(dir, owner).map_err(root_error)?;
     let beneath = Beneath::open_root(dir, resolver).map_err(root_error)?;
     let mut extractor = Extractor {
         dir,
         beneath,
         failure,
+        owner,
         parent: None,
         stale: false,
         dirs: Vec::new(),
@@ -196,6 +209,49 @@ pub fn extract<R: Read>(
     }
     extractor.restore_dirs();
     Ok(extractor.summary)
+}
+
+/// `mkdir -p dir`, then gives `owner` the directories that created, from
+/// the topmost down.
+fn create_target(dir: &Path, owner: Option<Owner>) -> io::Result<()> {
+    let mut missing = Vec::new();
+    if owner.is_some() {
+        let mut current = Some(dir);
+        while let Some(path) = current.filter(|path| !path.as_os_str().is_empty()) {
+            match std::fs::symlink_metadata(path) {
+                Err(err) if err.kind() == io::ErrorKind::NotFound => missing.push(path),
+                _ => break,
+            }
+            current = path.parent();
+        }
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DEFAULT_DIR_MODE)
+        .create(dir)?;
+    if let Some(owner) = owner {
+        for path in missing.into_iter().rev() {
+            chown_at(None, path, owner)?;
+        }
+    }
+    Ok(())
+}
+
+/// `fchownat(AT_SYMLINK_NOFOLLOW)`: a symlink gets the owner, its target
+/// is untouched.
+fn chown_at<P: ?Sized + nix::NixPath>(
+    dirfd: Option<RawFd>,
+    name: &P,
+    owner: Owner,
+) -> io::Result<()> {
+    fchownat(
+        dirfd,
+        name,
+        Some(Uid::from_raw(owner.uid)),
+        Some(Gid::from_raw(owner.gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(io::Error::from)
 }
 
 /// Normalises an entry name: leading `/` and `.` components dropped, `..`
@@ -251,6 +307,8 @@ struct Extractor<'a> {
     dir: &'a Path,
     beneath: Beneath,
     failure: &'a OnceLock<String>,
+    /// Who the created entries belong to; `None`: the agent's user.
+    owner: Option<Owner>,
     /// The last parent directory resolved: archives list a directory's
     /// files together, so most entries reuse it. Dropped at the next entry
     /// once anything was unlinked (a path could now resolve differently).
@@ -370,7 +428,12 @@ impl Extractor<'_> {
                 component,
                 Mode::from_bits_truncate(DEFAULT_DIR_MODE),
             ) {
-                Ok(()) | Err(Errno::EEXIST) => {}
+                Ok(()) => {
+                    if let Some(owner) = self.owner {
+                        chown_at(Some(dirfd), component, owner)?;
+                    }
+                }
+                Err(Errno::EEXIST) => {}
                 Err(errno) => return Err(errno.into()),
             }
             current = Some(self.beneath.open(
@@ -381,6 +444,16 @@ impl Extractor<'_> {
             end += 1;
         }
         current.ok_or_else(|| Errno::EINVAL.into())
+    }
+
+    /// Gives the entry `name` in `dirfd` (`rel` in messages) the upload's
+    /// owner, if it has one.
+    fn own(&self, dirfd: RawFd, name: &[u8], rel: &[u8]) -> Result<(), AgentError> {
+        match self.owner {
+            Some(owner) => chown_at(Some(dirfd), name, owner)
+                .map_err(|err| fs_error("set the owner of", &self.path_of(rel), err)),
+            None => Ok(()),
+        }
     }
 
     /// Unlinks the non-directory at `name` so an entry can take its place.
@@ -459,7 +532,16 @@ impl Extractor<'_> {
                 .map_err(|err| fs_error("extract", &self.path_of(rel), err))?;
             self.summary.bytes += n as u64;
         }
-        // The umask trimmed the mode at creation; set it exactly.
+        if let Some(owner) = self.owner {
+            fchown(
+                file.as_raw_fd(),
+                Some(Uid::from_raw(owner.uid)),
+                Some(Gid::from_raw(owner.gid)),
+            )
+            .map_err(|errno| fs_error("set the owner of", &self.path_of(rel), errno.into()))?;
+        }
+        // The umask trimmed the mode at creation; set it exactly (after the
+        // chown, which clears set-id bits).
         fchmod(file.as_raw_fd(), Mode::from_bits_truncate(mode))
             .map_err(|errno| fs_error("extract", &self.path_of(rel), errno.into()))?;
         set_mtime(file.as_raw_fd(), mtime);
@@ -485,7 +567,7 @@ impl Extractor<'_> {
         // whatever mode it is meant to have.
         let initial = Mode::from_bits_truncate(DEFAULT_DIR_MODE | 0o700);
         match mkdirat(Some(dirfd), name, initial) {
-            Ok(()) => {}
+            Ok(()) => self.own(dirfd, name, rel)?,
             Err(Errno::EEXIST) => {
                 let stat = fstatat(Some(dirfd), name, AtFlags::AT_SYMLINK_NOFOLLOW)
                     .map_err(|errno| fs_error("extract", &self.path_of(rel), errno.into()))?;
@@ -493,6 +575,7 @@ impl Extractor<'_> {
                     self.clear(dirfd, name, rel)?;
                     mkdirat(Some(dirfd), name, initial)
                         .map_err(|errno| fs_error("extract", &self.path_of(rel), errno.into()))?;
+                    self.own(dirfd, name, rel)?;
                 }
             }
             Err(errno) => return Err(fs_error("extract", &self.path_of(rel), errno.into())),
@@ -514,9 +597,10 @@ impl Extractor<'_> {
             Some(target) if !target.is_empty() => target.into_owned(),
             _ => return Err(self.hostile(raw, "is a symlink without a target")),
         };
-        self.create_at(raw, rel, |dirfd, name| {
+        let dirfd = self.create_at(raw, rel, |dirfd, name| {
             symlinkat(target.as_slice(), Some(dirfd), name)
         })?;
+        self.own(dirfd, split_parent(rel).1, rel)?;
         self.summary.entries += 1;
         Ok(())
     }
@@ -834,10 +918,111 @@ mod tests {
             .expect("file entry");
         let bytes = tar.into_inner().expect("tar");
         let failure = OnceLock::new();
-        let result = extract(&target, &bytes[..], &failure, Resolver::Walk);
+        let result = extract(&target, &bytes[..], &failure, Resolver::Walk, None);
         assert!(result.is_err(), "{result:?}");
         assert!(!victim.join("pwned").exists());
         assert!(target.join("evil").symlink_metadata().is_ok());
+    }
+
+    /// Every entry the upload creates belongs to the owner; what existed
+    /// keeps its owner; set-id bits of files are still stripped.
+    #[test]
+    fn an_owner_owns_what_the_upload_creates() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: chown to another user needs root");
+            return;
+        }
+        let owner = Owner {
+            uid: 4321,
+            gid: 8765,
+        };
+        let outer = tempfile::tempdir().expect("tempdir");
+        let target = outer.path().join("new/dir");
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut dir = Header::new_gnu();
+        dir.set_entry_type(EntryType::Directory);
+        dir.set_size(0);
+        dir.set_mode(0o2755);
+        tar.append_data(&mut dir.clone(), "d", io::empty())
+            .expect("dir entry");
+        tar.append_data(&mut dir, "kept", io::empty())
+            .expect("dir entry");
+        let mut file = Header::new_gnu();
+        file.set_size(2);
+        file.set_mode(0o6755);
+        file.set_uid(1);
+        file.set_gid(1);
+        tar.append_data(&mut file, "d/f", &b"hi"[..])
+            .expect("file entry");
+        tar.append_data(&mut file.clone(), "implicit/parent/f", &b"hi"[..])
+            .expect("file entry");
+        let mut link = Header::new_gnu();
+        link.set_entry_type(EntryType::Symlink);
+        link.set_size(0);
+        link.set_mode(0o777);
+        tar.append_link(&mut link, "d/l", "/nonexistent")
+            .expect("symlink entry");
+        let mut hard = Header::new_gnu();
+        hard.set_entry_type(EntryType::Link);
+        hard.set_size(0);
+        tar.append_link(&mut hard, "d/h", "d/f")
+            .expect("hardlink entry");
+        let bytes = tar.into_inner().expect("tar");
+        // Already there: an entry naming it does not take it over.
+        std::fs::create_dir_all(target.join("kept")).expect("mkdir");
+        let summary = extract(
+            &target,
+            &bytes[..],
+            &OnceLock::new(),
+            Resolver::Auto,
+            Some(owner),
+        )
+        .expect("extract");
+        assert_eq!(summary.entries, 6);
+        let ids = |rel: &str| {
+            let meta = std::fs::symlink_metadata(outer.path().join(rel)).expect(rel);
+            (meta.uid(), meta.gid())
+        };
+        for rel in [
+            "new/dir/d",
+            "new/dir/d/f",
+            "new/dir/d/l",
+            "new/dir/d/h",
+            "new/dir/implicit",
+            "new/dir/implicit/parent",
+            "new/dir/implicit/parent/f",
+        ] {
+            assert_eq!(ids(rel), (4321, 8765), "{rel}");
+        }
+        // Made before the upload: not its to take.
+        assert_eq!(ids("new"), (0, 0));
+        assert_eq!(ids("new/dir"), (0, 0));
+        assert_eq!(ids("new/dir/kept"), (0, 0));
+        let mode = |rel: &str| {
+            std::fs::symlink_metadata(outer.path().join(rel))
+                .expect(rel)
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("new/dir/d/f"), 0o755);
+        assert_eq!(mode("new/dir/d"), 0o2755);
+
+        // A target the upload makes, parents included, is the owner's.
+        let fresh = outer.path().join("fresh/a/b");
+        extract(
+            &fresh,
+            &b""[..],
+            &OnceLock::new(),
+            Resolver::Auto,
+            Some(owner),
+        )
+        .expect("empty archive");
+        assert_eq!(ids("fresh"), (4321, 8765));
+        assert_eq!(ids("fresh/a/b"), (4321, 8765));
+        // Without an owner, the agent's user.
+        let plain = outer.path().join("plain");
+        extract(&plain, &bytes[..], &OnceLock::new(), Resolver::Auto, None).expect("extract");
+        assert_eq!(ids("plain/d/f"), (0, 0));
     }
 
     /// Property: whatever a tar holds (names with `..`, absolute names,
@@ -960,7 +1145,7 @@ mod tests {
                 let failure = OnceLock::new();
                 let resolver = if walk { Resolver::Walk } else { Resolver::Auto };
                 // Refusing the archive is fine; escaping is not.
-                let _ = extract(&target, &bytes[..], &failure, resolver);
+                let _ = extract(&target, &bytes[..], &failure, resolver, None);
                 prop_assert_eq!(listing(outer.path()), vec!["secret", "target", "victim"]);
                 prop_assert!(listing(&victim).is_empty(), "wrote into the victim dir");
                 let secret_meta = std::fs::metadata(&secret).expect("secret");

@@ -31,6 +31,13 @@ pub enum AgentError {
     /// `user` names nobody in the sandbox's `/etc/passwd`.
     #[error("user {user:?} is not in /etc/passwd")]
     UnknownUser { user: String },
+    /// An archive upload's `owner` names an unknown user or group, or is
+    /// not `user[:group]`.
+    #[error("owner {owner:?} does not resolve: {reason}")]
+    UnknownOwner { owner: String, reason: String },
+    /// `GET /layer/changes` before any `POST /layer/baseline`.
+    #[error("no layer baseline was recorded (POST /layer/baseline first)")]
+    NoLayerBaseline,
     /// A background process's program cannot be run (missing, not
     /// executable); buffered and streamed execs report this as exit 126/127
     /// instead, as a shell does.
@@ -134,12 +141,13 @@ impl AgentError {
         match self {
             AgentError::InvalidRequest(_)
             | AgentError::UnknownUser { .. }
+            | AgentError::UnknownOwner { .. }
             | AgentError::NotRunnable { .. }
             | AgentError::UnknownSignal { .. } => ErrorCode::InvalidRequest,
             AgentError::ProcessNotFound { .. } => ErrorCode::NotFound,
-            AgentError::ProcessExited { .. } | AgentError::StdinClosed { .. } => {
-                ErrorCode::Conflict
-            }
+            AgentError::ProcessExited { .. }
+            | AgentError::StdinClosed { .. }
+            | AgentError::NoLayerBaseline => ErrorCode::Conflict,
             AgentError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
             AgentError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             AgentError::RouteNotFound { .. } => ErrorCode::NotFound,
@@ -242,5 +250,6 @@ mod tests {
             AgentError::UnknownUser { user: "x".into() }.status(),
             StatusCode::BAD_REQUEST
         );
+        assert_eq!(AgentError::NoLayerBaseline.status(), StatusCode::CONFLICT);
     }
 }

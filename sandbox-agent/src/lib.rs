@@ -20,6 +20,8 @@
 //! - [`kill_all`]: ending every process but the agent (after a bomb);
 //! - [`files`], [`archive`]: file and tar routes, streamed; [`fs_safe`]
 //!   keeps archive extraction beneath its target directory;
+//! - [`layer`]: a build step's changes to the root file system, as an OCI
+//!   layer;
 //! - [`handoff`]: receiving the listener from the orchestrator;
 //! - [`server`]: routes, readiness, shutdown;
 //! - [`egress`]: the relay from `127.0.0.1:3128` in the sandbox to the
@@ -38,6 +40,7 @@ pub mod fs_safe;
 pub mod handoff;
 pub mod hosts;
 pub mod kill_all;
+pub mod layer;
 pub mod process;
 pub mod processes;
 pub mod reaper;
@@ -95,6 +98,8 @@ pub struct Agent {
     pub config: Config,
     pub reaper: Arc<reaper::Reaper>,
     pub processes: processes::Processes,
+    /// The baseline of `GET /layer/changes`.
+    pub layers: Arc<layer::Layers>,
 }
 
 /// Runs the agent until SIGTERM/SIGINT. Returns `Ok` after a clean shutdown.
@@ -151,6 +156,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
             config,
             reaper,
             processes: processes::Processes::default(),
+            layers: Arc::default(),
         });
         server::serve(agent, listener).await
     });

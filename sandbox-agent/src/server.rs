@@ -55,6 +55,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/exec", post(exec_handler))
         .merge(processes::routes())
         .merge(crate::files::router())
+        .merge(crate::layer::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

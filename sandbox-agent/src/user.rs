@@ -16,6 +16,11 @@
 //! run before our `pre_exec` hook and wipe the supplementary groups (its
 //! `groups` is unstable), so [`Identity::apply_in_child`] does all three,
 //! from a group list computed before the fork.
+//!
+//! [`Owner`] resolves the `owner` of an archive upload (a Dockerfile's
+//! `COPY --chown`) from the same files, with Docker's rules: a user name
+//! alone brings its primary group from `/etc/passwd`, a numeric uid alone
+//! means gid = uid.
 
 use crate::error::AgentError;
 use std::io;
@@ -163,6 +168,65 @@ fn resolve_in(user: &str, passwd: &str, group: &str) -> Result<Identity, AgentEr
     })
 }
 
+/// Who owns the entries an archive upload creates: `user[:group]`
+/// resolved to ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+}
+
+impl Owner {
+    /// Resolves `owner` (`user[:group]`, names or numeric ids) against the
+    /// sandbox's user and group databases.
+    pub fn resolve(owner: &str) -> Result<Self, AgentError> {
+        owner_in(owner, &read_db(PASSWD), &read_db(GROUP))
+    }
+}
+
+fn owner_in(owner: &str, passwd: &str, group: &str) -> Result<Owner, AgentError> {
+    let unknown = |reason: String| AgentError::UnknownOwner {
+        owner: owner.to_owned(),
+        reason,
+    };
+    let (user, group_name) = match owner.split_once(':') {
+        Some((user, group_name)) => (user, Some(group_name)),
+        None => (owner, None),
+    };
+    if user.is_empty() || group_name.is_some_and(str::is_empty) {
+        return Err(unknown("expected user[:group]".to_owned()));
+    }
+    let (uid, primary_gid) = match user.parse::<libc::uid_t>() {
+        Ok(uid) => (uid, uid),
+        Err(_) => {
+            let entry = passwd_entries(passwd)
+                .find(|e| e.name == user)
+                .ok_or_else(|| unknown(format!("user {user:?} is not in /etc/passwd")))?;
+            (entry.uid, entry.gid)
+        }
+    };
+    let gid = match group_name {
+        None => primary_gid,
+        Some(name) => match name.parse::<libc::gid_t>() {
+            Ok(gid) => gid,
+            Err(_) => group_gid(group, name)
+                .ok_or_else(|| unknown(format!("group {name:?} is not in /etc/group")))?,
+        },
+    };
+    Ok(Owner { uid, gid })
+}
+
+/// The gid of the group `name` in `group` (`name:password:gid:members`).
+fn group_gid(group: &str, name: &str) -> Option<libc::gid_t> {
+    group.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.len() < 3 || line.starts_with('#') || fields[0] != name {
+            return None;
+        }
+        fields[2].parse().ok()
+    })
+}
+
 /// `uid` or `uid:gid`; `None` for a name.
 fn parse_numeric(user: &str) -> Option<(libc::uid_t, Option<libc::gid_t>)> {
     let (uid, gid) = match user.split_once(':') {
@@ -246,6 +310,50 @@ nogroup:x:65534:
     #[test]
     fn empty_home_falls_back_to_root_dir() {
         assert_eq!(resolve("homeless").expect("exists").home, "/");
+    }
+
+    fn owner(owner: &str) -> Result<(libc::uid_t, libc::gid_t), AgentError> {
+        owner_in(owner, PASSWD_DB, GROUP_DB).map(|o| (o.uid, o.gid))
+    }
+
+    #[test]
+    fn owners_follow_docker_chown_rules() {
+        // A name alone: its primary group; a number alone: gid = uid, even
+        // when passwd knows the uid with another group.
+        assert_eq!(owner("dev").expect("name"), (1000, 1000));
+        assert_eq!(owner("nobody").expect("name"), (65534, 65534));
+        assert_eq!(owner("4242").expect("numeric"), (4242, 4242));
+        assert_eq!(
+            owner_in("7", "x:x:7:9:::\n", "")
+                .map(|o| (o.uid, o.gid))
+                .expect("numeric"),
+            (7, 7)
+        );
+        // user:group, each a name or a number.
+        assert_eq!(owner("dev:docker").expect("names"), (1000, 999));
+        assert_eq!(owner("dev:27").expect("name:gid"), (1000, 27));
+        assert_eq!(owner("1000:sudo").expect("uid:name"), (1000, 27));
+        assert_eq!(owner("5:6").expect("numbers"), (5, 6));
+        assert_eq!(owner_in("0:0", "", "").map(|o| o.gid).expect("no db"), 0);
+    }
+
+    #[test]
+    fn unresolvable_owners_are_named_in_the_error() {
+        for (bad, named) in [
+            ("ghost", "\"ghost\""),
+            ("dev:ghosts", "\"ghosts\""),
+            ("ghost:dev", "\"ghost\""),
+            ("", "expected user[:group]"),
+            ("dev:", "expected user[:group]"),
+            (":dev", "expected user[:group]"),
+        ] {
+            let err = owner(bad).expect_err(bad);
+            assert!(matches!(err, AgentError::UnknownOwner { .. }), "{err:?}");
+            assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST);
+            let text = err.to_string();
+            assert!(text.contains(&format!("{bad:?}")), "{text}");
+            assert!(text.contains(named), "{text}");
+        }
     }
 
     #[test]
