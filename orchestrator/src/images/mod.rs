@@ -3,6 +3,10 @@
 //!
 //! - [`reference`]: image names, and the directory each is kept under;
 //! - [`catalog`]: the images dir: names, builds, imports and collection;
+//! - [`dockerfile`]: Dockerfiles read into steps, with variables expanded as
+//!   Docker does, refusing what sbx's builder does not run;
+//! - [`context`]: the files a COPY or ADD step copies from the build
+//!   context, as a tar named for its destination;
 //! - [`archive`]: `docker save` output and OCI layouts, unpacked and
 //!   verified;
 //! - [`pull`]: a registry's image fetched as an OCI layout;
@@ -12,6 +16,8 @@
 
 pub mod archive;
 pub mod catalog;
+pub mod context;
+pub mod dockerfile;
 pub mod layer;
 pub mod pull;
 pub mod reference;
