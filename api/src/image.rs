@@ -15,6 +15,8 @@ pub enum ImageSource {
     Import,
     /// Pulled from a registry.
     Pull,
+    /// Built on the server from a Dockerfile (`POST /v1/images/build`).
+    Build,
 }
 
 /// What an image's config says a container runs with. `env`,
@@ -101,6 +103,88 @@ pub struct ImportImageQuery {
     /// without a tag or digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+}
+
+/// The query of `POST /v1/images/build`; the body is the build context
+/// as a tar. Like Docker's own build API, a list travels comma-separated
+/// and the build arguments as a JSON object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct BuildImageQuery {
+    /// The name to give the image (`:latest` added without a tag).
+    #[param(max_length = 512)]
+    pub name: String,
+    /// The Dockerfile's path inside the context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(default = "Dockerfile")]
+    pub dockerfile: Option<String>,
+    /// `ARG` values, a JSON object of strings (`{"VERSION":"1.2"}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_args: Option<String>,
+    /// What `RUN` steps may reach through the egress proxy, as a
+    /// sandbox's `network.egress` entries, comma-separated. Absent:
+    /// nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<String>,
+    /// Run every step even where the build cache holds its result.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_cache: bool,
+}
+
+impl BuildImageQuery {
+    /// The build arguments, parsed.
+    pub fn build_args(&self) -> Result<BTreeMap<String, String>, String> {
+        match &self.build_args {
+            None => Ok(BTreeMap::new()),
+            Some(json) => serde_json::from_str(json)
+                .map_err(|err| format!("build_args is not a JSON object of strings: {err}")),
+        }
+    }
+
+    /// The egress allowlist `RUN` steps get.
+    pub fn egress(&self) -> Vec<String> {
+        self.allow
+            .iter()
+            .flat_map(|list| list.split(','))
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// One line of a streamed build (`Accept: application/x-ndjson`).
+///
+/// Order: a `step` as each instruction starts (`cached` when its result
+/// came from the build cache), the output of its command as it happens,
+/// then `done` with the image or `error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BuildEvent {
+    Step {
+        /// 1-based, of `total`.
+        index: u32,
+        total: u32,
+        /// The Dockerfile line the instruction starts on.
+        line: u32,
+        instruction: String,
+        cached: bool,
+    },
+    Stdout {
+        data: String,
+    },
+    Stderr {
+        data: String,
+    },
+    /// The image is built and ready.
+    Done {
+        image: Image,
+    },
+    /// The build failed; no image was named.
+    Error {
+        error: crate::ErrorBody,
+    },
 }
 
 /// The most an import's body may hold: 16 GiB.

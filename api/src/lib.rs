@@ -40,8 +40,8 @@ pub use files::{
 };
 pub use handoff::{Handoff, HANDOFF_MAX_FDS};
 pub use image::{
-    Image, ImageConfig, ImageList, ImagePath, ImageSource, ImportImageQuery, LayerBaseline, PullEvent,
-    PullImageRequest, MAX_IMAGE_ARCHIVE_BYTES,
+    BuildEvent, BuildImageQuery, Image, ImageConfig, ImageList, ImagePath, ImageSource,
+    ImportImageQuery, LayerBaseline, PullEvent, PullImageRequest, MAX_IMAGE_ARCHIVE_BYTES,
 };
 pub use info::{IsolationInfo, RuntimeInfo, ServerInfo, StorageInfo};
 pub use lifecycle::{

@@ -6,6 +6,7 @@
 //! they are missing the tests fail with a hint: an e2e suite that skips
 //! itself would report green while testing nothing.
 
+pub mod oci;
 pub mod registry;
 
 use anyhow::{bail, Context, Result};

@@ -1,9 +1,9 @@
 //! Calls on the image routes: import an archive, pull from a registry,
-//! list, inspect, delete.
+//! build from a Dockerfile, list, inspect, delete.
 
-use super::stream::PullEvents;
+use super::stream::{BuildEvents, PullEvents};
 use super::{decode, Client, ClientError, NO_BODY};
-use crate::{Image, ImageList, ImportImageQuery, PullImageRequest, NDJSON};
+use crate::{BuildImageQuery, Image, ImageList, ImportImageQuery, PullImageRequest, NDJSON};
 use bytes::Bytes;
 use http::{header, Method, Request};
 use http_body_util::Full;
@@ -57,6 +57,34 @@ impl Client {
         Ok(PullEvents::new(self.streaming(response).await?))
     }
 
+    /// `POST /v1/images/build` with `Accept: application/x-ndjson`:
+    /// uploads the build context tar `context` as it is produced; each
+    /// step and its output as they happen, then `done` or `error`.
+    pub async fn build_image<B>(
+        &self,
+        query: &BuildImageQuery,
+        context: B,
+    ) -> Result<BuildEvents, ClientError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let query = serde_urlencoded::to_string(query).map_err(|err| ClientError::Unexpected {
+            status: 0,
+            text: format!("cannot encode the query: {err}"),
+        })?;
+        let request = Request::post(format!("/v1/images/build?{query}"))
+            .header(header::CONTENT_TYPE, "application/x-tar")
+            .header(header::ACCEPT, NDJSON)
+            .body(context)
+            .map_err(|err| ClientError::Unexpected {
+                status: 0,
+                text: format!("cannot build the build request: {err}"),
+            })?;
+        let response = self.send_request(request).await?;
+        Ok(BuildEvents::new(self.streaming(response).await?))
+    }
+
     /// `GET /v1/images`
     pub async fn list_images(&self) -> Result<Vec<Image>, ClientError> {
         let list: ImageList = self.call(Method::GET, "/v1/images", NO_BODY).await?;
@@ -76,10 +104,11 @@ impl Client {
 
 /// `/v1/images/{name}` with the name as one segment: its slashes (and
 /// anything else a path segment cannot hold) percent-encoded, and the
-/// first letter of a name that is a sibling route's (`import`, `pull`).
+/// first letter of a name that is a sibling route's (`import`, `pull`,
+/// `build`).
 fn image_path(name: &str) -> String {
     let mut path = String::from("/v1/images/");
-    let sibling = matches!(name, "import" | "pull");
+    let sibling = matches!(name, "import" | "pull" | "build");
     for (at, byte) in name.bytes().enumerate() {
         let plain = byte.is_ascii_alphanumeric() || b"-._~:@".contains(&byte);
         if plain && !(sibling && at == 0) {
@@ -101,6 +130,7 @@ mod tests {
         );
         assert_eq!(super::image_path("../x y"), "/v1/images/..%2Fx%20y");
         assert_eq!(super::image_path("pull"), "/v1/images/%70ull");
+        assert_eq!(super::image_path("build"), "/v1/images/%62uild");
         assert_eq!(super::image_path("pull:v1"), "/v1/images/pull:v1");
     }
 }

@@ -13,7 +13,7 @@ mod sandbox;
 mod stream;
 
 pub use sandbox::SandboxClient;
-pub use stream::{ByteStream, EventStream, LifecycleEvents, NdjsonStream, PullEvents};
+pub use stream::{BuildEvents, ByteStream, EventStream, LifecycleEvents, NdjsonStream, PullEvents};
 
 use crate::{CreateSandboxRequest, NetworkPolicy, UpdateSandboxRequest};
 use crate::{ErrorBody, ExecRequest, ExecResult, Sandbox, SandboxList};

@@ -293,11 +293,51 @@ impl SandboxClient<'_> {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let route = format!("/archive?{}", query(&file_query(dir))?);
+        self.upload_archive_as(dir, None, tar).await
+    }
+
+    /// `PUT archive`, every entry written owned by `owner`
+    /// (`user[:group]`, resolved in the sandbox) when given.
+    pub async fn upload_archive_as<B>(
+        &self,
+        dir: &str,
+        owner: Option<&str>,
+        tar: B,
+    ) -> Result<ArchiveSummary, ClientError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let file = FileQuery {
+            owner: owner.map(str::to_owned),
+            ..file_query(dir)
+        };
+        let route = format!("/archive?{}", query(&file)?);
         let response = self
             .request(Method::PUT, &route, Some("application/x-tar"), None, tar)
             .await?;
         decode(response, &self.endpoint()).await
+    }
+
+    /// The agent's `POST layer/baseline` (agents only: no public route):
+    /// records the root filesystem as it is now.
+    pub async fn layer_baseline(&self) -> Result<crate::LayerBaseline, ClientError> {
+        self.json(Method::POST, "/layer/baseline", NO_BODY).await
+    }
+
+    /// The agent's `GET layer/changes` (agents only): what changed since
+    /// the baseline, as an OCI layer tar, streamed.
+    pub async fn layer_changes(&self) -> Result<ByteStream, ClientError> {
+        let response = self
+            .request(
+                Method::GET,
+                "/layer/changes",
+                None,
+                None,
+                Full::new(Bytes::new()),
+            )
+            .await?;
+        self.streaming(response).await
     }
 
     /// `GET archive`: a tar of the file or tree at `path`, streamed.

@@ -71,6 +71,9 @@ pub type LifecycleEvents = NdjsonStream<Event>;
 /// An NDJSON stream of [`crate::PullEvent`]s (an image pull).
 pub type PullEvents = NdjsonStream<crate::PullEvent>;
 
+/// An NDJSON stream of [`crate::BuildEvent`]s (a Dockerfile build).
+pub type BuildEvents = NdjsonStream<crate::BuildEvent>;
+
 impl<T: DeserializeOwned> NdjsonStream<T> {
     pub(crate) fn new(bytes: ByteStream) -> Self {
         Self {

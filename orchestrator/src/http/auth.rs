@@ -95,7 +95,7 @@ pub fn requirement(method: &Method, route: &str) -> Requirement {
         ("/v1/sandboxes/{id}/events", &Method::GET) => scope(Scope::SandboxesRead, true),
         (route, _) if route.starts_with("/v1/sandboxes/{id}/") => scope(Scope::SandboxesExec, true),
         ("/v1/images" | "/v1/images/{name}", &Method::GET) => scope(Scope::ImagesRead, false),
-        ("/v1/images/import" | "/v1/images/pull", &Method::POST)
+        ("/v1/images/import" | "/v1/images/pull" | "/v1/images/build", &Method::POST)
         | ("/v1/images/{name}", &Method::DELETE) => scope(Scope::ImagesWrite, false),
         ("/v1/tokens" | "/v1/tokens/{id}", _) => scope(Scope::TokensAdmin, false),
         ("/v1/audit", &Method::GET) => scope(Scope::AuditRead, false),
@@ -265,6 +265,11 @@ mod tests {
             (
                 Method::POST,
                 "/v1/images/pull",
+                scope(Scope::ImagesWrite, false),
+            ),
+            (
+                Method::POST,
+                "/v1/images/build",
                 scope(Scope::ImagesWrite, false),
             ),
             (Method::POST, "/mcp", Requirement::Authenticated),

@@ -1,5 +1,5 @@
-//! The image routes: import an archive, pull from a registry, list,
-//! inspect and delete.
+//! The image routes: import an archive, pull from a registry, build from a
+//! Dockerfile, list, inspect and delete.
 //!
 //! An import's body is the archive itself, streamed to disk as it arrives
 //! (it may be gigabytes: the API's body limit does not apply). A name is a
@@ -13,6 +13,7 @@ use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::request_id::carry;
 use super::AppState;
 use crate::images::pull::BlobProgress;
+use crate::sandbox::BuildRequest;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::header::{ACCEPT, CONTENT_TYPE};
@@ -20,7 +21,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
-use sbx_api::{Image, ImageList, ImagePath, ImportImageQuery, PullEvent, PullImageRequest, NDJSON};
+use sbx_api::{
+    BuildEvent, BuildImageQuery, Image, ImageList, ImagePath, ImportImageQuery, PullEvent,
+    PullImageRequest, NDJSON,
+};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -113,6 +117,69 @@ pub async fn pull(
     Ok(([(CONTENT_TYPE, NDJSON)], Body::from_stream(stream)).into_response())
 }
 
+/// Build an image from a Dockerfile.
+///
+/// The body is the build context as a tar (the Dockerfile inside it).
+/// sbx builds it itself, on the server's runtime: each step runs in a
+/// sandbox of the image so far, and each layer is what the step changed.
+/// Supported: `FROM` (an image here, or pulled), `RUN`, `COPY` and `ADD`
+/// (context files, `--chown`; `ADD` unpacks a local tar), `ENV`,
+/// `WORKDIR`, `USER`, `ARG`, `LABEL`, `CMD`, `ENTRYPOINT`; anything else is
+/// a 400 naming it and its line. Steps are cached by content. `RUN` has no
+/// network unless `allow` names hosts. With `Accept: application/x-ndjson`
+/// the answer streams `BuildEvent`s: each step, its output, then `done`
+/// with the image or `error`.
+#[utoipa::path(post, path = "/images/build", tag = "images", operation_id = "build_image",
+    params(BuildImageQuery),
+    request_body(content = Vec<u8>, content_type = "application/x-tar", description = "The build context"),
+    responses(
+        (status = 201, body = Image),
+        (status = 200, description = "With Accept: application/x-ndjson, one BuildEvent per line",
+            content((BuildEvent = "application/x-ndjson")))))]
+pub async fn build(
+    State(state): State<AppState>,
+    call: Call,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<BuildImageQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    call.summary(&query.name);
+    let request = BuildRequest::from_query(query)?;
+    let (events, mut progress) = mpsc::unbounded_channel::<BuildEvent>();
+    let manager = Arc::clone(&state.manager);
+    let tasks = state.detached.clone();
+    let context = body.into_data_stream();
+    let built = move |call| async move {
+        detached(&tasks, call, |_| async move {
+            Ok(manager.build_image(context, request, events).await?)
+        })
+        .await
+    };
+    if !wants_ndjson(&headers) {
+        let image = built(call).await?;
+        return Ok((StatusCode::CREATED, Json(image)).into_response());
+    }
+    let (lines, mut body) = mpsc::unbounded_channel::<Bytes>();
+    tokio::spawn(carry(async move {
+        let forward_lines = lines.clone();
+        let forward = tokio::spawn(async move {
+            while let Some(event) = progress.recv().await {
+                let _ = forward_lines.send(ndjson_line(&event));
+            }
+        });
+        let last = match built(call).await {
+            Ok(image) => BuildEvent::Done { image },
+            Err(err) => BuildEvent::Error { error: err.body() },
+        };
+        // The events' sender is gone with the build: this ends.
+        let _ = forward.await;
+        let _ = lines.send(ndjson_line(&last));
+    }));
+    let stream = futures_util::stream::poll_fn(move |cx| body.poll_recv(cx))
+        .map(Ok::<_, std::convert::Infallible>);
+    Ok(([(CONTENT_TYPE, NDJSON)], Body::from_stream(stream)).into_response())
+}
+
 fn wants_ndjson(headers: &HeaderMap) -> bool {
     headers
         .get(ACCEPT)
@@ -120,7 +187,7 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
         .is_some_and(|accept| accept.contains(NDJSON))
 }
 
-fn ndjson_line(event: &PullEvent) -> Bytes {
+fn ndjson_line(event: &impl serde::Serialize) -> Bytes {
     let mut line = serde_json::to_vec(event).unwrap_or_default();
     line.push(b'\n');
     Bytes::from(line)

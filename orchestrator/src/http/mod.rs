@@ -103,6 +103,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(images::list))
         .routes(routes!(images::import))
         .routes(routes!(images::pull))
+        .routes(routes!(images::build))
         .routes(routes!(images::get, images::delete))
         .merge(bridged::routes())
         .routes(routes!(tokens::list, tokens::create))

@@ -37,6 +37,7 @@ use super::ImageError;
 use chrono::{DateTime, Utc};
 use sbx_api::{Image, ImageConfig, ImageSource};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io;
@@ -51,6 +52,9 @@ const STAGING: &str = ".staging";
 const IDMAPPED: &str = ".idmapped";
 const LOCK: &str = ".lock";
 const RECORD: &str = "image.json";
+/// In a live import's staging dir: chains and builds it relies on that no
+/// record names yet, one per line, which a collection keeps.
+const PINS: &str = "pins";
 
 /// The images dir.
 #[derive(Debug)]
@@ -71,9 +75,13 @@ struct BuildRecord {
     config: ImageConfig,
     #[serde(default)]
     skipped_devices: Vec<String>,
-    /// Imported, or pulled from a registry.
+    /// Imported, pulled from a registry, or built.
     #[serde(default = "imported")]
     source: ImageSource,
+    /// A built image's bottom chain ([`LayerStore::seed`]): its `FROM`
+    /// image's files, under `diff_ids`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seed: Option<String>,
 }
 
 fn imported() -> ImageSource {
@@ -267,14 +275,14 @@ impl Images {
     pub fn collect(&self, in_use: &HashSet<PathBuf>) -> Result<Collected, ImageError> {
         let _lock = self.lock(libc::LOCK_EX)?;
         let mut collected = Collected::default();
-        remove_dead_imports(&self.dir.join(STAGING));
+        let pinned = remove_dead_imports(&self.dir.join(STAGING));
         let linked: HashSet<PathBuf> = self
             .links()?
             .into_iter()
             .filter_map(|(_, build)| build.canonicalize().ok())
             .collect();
         let store = self.dir.join(STORE);
-        let mut kept_chains = HashSet::new();
+        let mut kept_chains: HashSet<String> = pinned.clone();
         for build in child_dirs(&store) {
             let name = build
                 .file_name()
@@ -282,7 +290,9 @@ impl Images {
                 .to_string_lossy()
                 .into_owned();
             let record = read_record(&build);
-            let used = linked.contains(&build) || in_use.contains(&build.join("rootfs"));
+            let used = linked.contains(&build)
+                || in_use.contains(&build.join("rootfs"))
+                || pinned.contains(&name);
             // A recipe build is collected only under its recipe's lock,
             // which `scripts/build-image` holds while it makes one.
             let recipe_lock = match (&record, name.rsplit_once('-')) {
@@ -297,7 +307,10 @@ impl Images {
             };
             if used {
                 if let Some(record) = record {
-                    kept_chains.extend(LayerStore::chain_ids(&record.diff_ids));
+                    kept_chains.extend(LayerStore::chain_ids_on(
+                        record.seed.as_deref(),
+                        &record.diff_ids,
+                    ));
                 }
                 continue;
             }
@@ -398,9 +411,123 @@ impl Import {
             None => archive_name(&unpacked.names)?,
         };
         let (top, skipped_devices) = images.layers.build(&unpacked.layers)?;
-        let dir_name = reference.dir_name();
-        let id12 = unpacked
-            .config_digest
+        let config = unpacked.config.config().clone().unwrap_or_default();
+        self.publish(NewBuild {
+            reference,
+            id: unpacked.config_digest.clone(),
+            top,
+            seed: None,
+            diff_ids: unpacked.layers.iter().map(|l| l.diff_id.clone()).collect(),
+            config: ImageConfig {
+                env: config.env().clone().unwrap_or_default(),
+                working_dir: config.working_dir().clone().filter(|dir| !dir.is_empty()),
+                user: config.user().clone().filter(|user| !user.is_empty()),
+                entrypoint: config.entrypoint().clone(),
+                cmd: config.cmd().clone(),
+                labels: config
+                    .labels()
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            },
+            skipped_devices,
+            source,
+        })
+    }
+
+    /// The layer store, for a Dockerfile build that makes chains itself.
+    pub fn layers(&self) -> &LayerStore {
+        &self.images.layers
+    }
+
+    /// The import's own private dir, for a build's scratch files.
+    pub fn staging_dir(&self) -> &Path {
+        &self.staging
+    }
+
+    /// Holds off collections while a build makes or checks chains: they
+    /// would take a chain no record names yet.
+    pub fn hold_collections(&self) -> Result<File, ImageError> {
+        self.images.lock(libc::LOCK_SH)
+    }
+
+    /// Keeps the chain or build `what` from collections for as long as
+    /// this import lives. Pin under [`Import::hold_collections`].
+    pub fn pin(&self, what: &str) -> Result<(), ImageError> {
+        use std::io::Write as _;
+        let mut pins = File::options()
+            .create(true)
+            .append(true)
+            .open(self.staging.join(PINS))
+            .map_err(ImageError::io("cannot pin a chain"))?;
+        writeln!(pins, "{what}").map_err(ImageError::io("cannot pin a chain"))
+    }
+
+    /// Publishes a Dockerfile build as `name`: the chain `top`, the layers
+    /// `diff_ids` on `seed`, with `config`.
+    pub fn publish_built(
+        &self,
+        name: &str,
+        top: &str,
+        seed: &str,
+        diff_ids: Vec<String>,
+        config: ImageConfig,
+    ) -> Result<Image, ImageError> {
+        let _building = self.images.lock(libc::LOCK_SH)?;
+        let reference = Reference::parse(name)
+            .map(Reference::with_default_tag)
+            .map_err(ImageError::Invalid)?;
+        let identity = serde_json::json!({ "seed": seed, "diff_ids": diff_ids, "config": config });
+        let id = format!(
+            "sha256:{:x}",
+            Sha256::digest(identity.to_string().as_bytes())
+        );
+        let skipped_devices = self.images.layers.skipped_devices(seed, &diff_ids);
+        self.publish(NewBuild {
+            reference,
+            id,
+            top: top.to_owned(),
+            seed: Some(seed.to_owned()),
+            diff_ids,
+            config,
+            skipped_devices,
+            source: ImageSource::Build,
+        })
+    }
+
+    /// An unnamed build of the chain `top`, for the sandbox that runs a
+    /// Dockerfile build's steps from there (`step` names it); pinned, so
+    /// it is collected once this import is gone and no sandbox uses it.
+    /// Returns its root filesystem.
+    pub fn stage_step(&self, top: &str, step: &str) -> Result<PathBuf, ImageError> {
+        let _building = self.images.lock(libc::LOCK_SH)?;
+        let build_name = format!("sbx-build-step-{}", step.get(..16).unwrap_or(step));
+        let target = self.images.dir.join(STORE).join(&build_name);
+        self.pin(&build_name)?;
+        if read_record(&target).is_none() {
+            let record = BuildRecord {
+                name: "(a build step)".into(),
+                id: step.to_owned(),
+                created_at: Utc::now(),
+                size_bytes: 0,
+                diff_ids: Vec::new(),
+                config: ImageConfig::default(),
+                skipped_devices: Vec::new(),
+                source: ImageSource::Build,
+                seed: None,
+            };
+            self.write_build(top, &record, &target)?;
+        }
+        Ok(target.join("rootfs"))
+    }
+
+    /// Makes the build `new` describes under `.store` (unless the same
+    /// image is there already) and points its name at it.
+    fn publish(&self, new: NewBuild) -> Result<Image, ImageError> {
+        let dir_name = new.reference.dir_name();
+        let id12 = new
+            .id
             .trim_start_matches("sha256:")
             .get(..12)
             .unwrap_or("0")
@@ -408,63 +535,33 @@ impl Import {
         // No ':' in a path that may become an overlay's lowerdir, where it
         // separates layers.
         let build_name = format!("{}-{id12}", dir_name.replace(':', "_"));
-        let target = images.dir.join(STORE).join(&build_name);
+        let target = self.images.dir.join(STORE).join(&build_name);
         let record = match read_record(&target) {
             Some(record) => record,
             None => {
-                let build = self.staging.join("build");
-                images.layers.copy_chain(&top, &build)?;
-                let config = unpacked.config.config().clone().unwrap_or_default();
                 let record = BuildRecord {
-                    name: reference.to_string(),
-                    id: unpacked.config_digest.clone(),
+                    name: new.reference.to_string(),
+                    id: new.id,
                     created_at: Utc::now(),
-                    size_bytes: tree_size(&build.join("rootfs")),
-                    diff_ids: unpacked.layers.iter().map(|l| l.diff_id.clone()).collect(),
-                    config: ImageConfig {
-                        env: config.env().clone().unwrap_or_default(),
-                        working_dir: config.working_dir().clone().filter(|dir| !dir.is_empty()),
-                        user: config.user().clone().filter(|user| !user.is_empty()),
-                        entrypoint: config.entrypoint().clone(),
-                        cmd: config.cmd().clone(),
-                        labels: config
-                            .labels()
-                            .clone()
-                            .unwrap_or_default()
-                            .into_iter()
-                            .collect(),
-                    },
-                    skipped_devices,
-                    source,
+                    size_bytes: 0,
+                    diff_ids: new.diff_ids,
+                    config: new.config,
+                    skipped_devices: new.skipped_devices,
+                    source: new.source,
+                    seed: new.seed,
                 };
-                let json = serde_json::to_vec_pretty(&record).map_err(|err| {
-                    ImageError::Invalid(format!("cannot record the image: {err}"))
-                })?;
-                fs::write(build.join(RECORD), json)
-                    .map_err(ImageError::io("cannot write the image record"))?;
-                fs::set_permissions(&build, fs::Permissions::from_mode(0o700))
-                    .map_err(ImageError::io("cannot make the build private"))?;
-                match fs::rename(&build, &target) {
-                    Ok(()) => {}
-                    // The same image imported under the same name at once.
-                    Err(_) if target.join(RECORD).is_file() => {}
-                    Err(err) => {
-                        return Err(ImageError::Io {
-                            context: format!("cannot rename the build to {}", target.display()),
-                            source: err,
-                        })
-                    }
-                }
-                record
+                self.write_build(&new.top, &record, &target)?
             }
         };
         let link = self.staging.join("link");
         std::os::unix::fs::symlink(Path::new(STORE).join(&build_name), &link)
             .map_err(ImageError::io("cannot make the image's link"))?;
-        fs::rename(&link, images.dir.join(&dir_name))
-            .map_err(ImageError::io(format!("cannot name the image {reference}")))?;
+        fs::rename(&link, self.images.dir.join(&dir_name)).map_err(ImageError::io(format!(
+            "cannot name the image {}",
+            new.reference
+        )))?;
         Ok(Image {
-            name: reference.to_string(),
+            name: new.reference.to_string(),
             id: record.id,
             source: record.source,
             created_at: record.created_at,
@@ -474,6 +571,56 @@ impl Import {
             skipped_devices: record.skipped_devices,
         })
     }
+
+    /// Copies the chain `top` to `target` with `record` (its size filled
+    /// in), made in the staging dir and renamed in whole. Returns the
+    /// record `target` holds.
+    fn write_build(
+        &self,
+        top: &str,
+        record: &BuildRecord,
+        target: &Path,
+    ) -> Result<BuildRecord, ImageError> {
+        let build = self
+            .staging
+            .join(format!("build-{:08x}", rand::random::<u32>()));
+        self.images.layers.copy_chain(top, &build)?;
+        let record = BuildRecord {
+            size_bytes: tree_size(&build.join("rootfs")),
+            ..record.clone()
+        };
+        let json = serde_json::to_vec_pretty(&record)
+            .map_err(|err| ImageError::Invalid(format!("cannot record the image: {err}")))?;
+        fs::write(build.join(RECORD), json)
+            .map_err(ImageError::io("cannot write the image record"))?;
+        fs::set_permissions(&build, fs::Permissions::from_mode(0o700))
+            .map_err(ImageError::io("cannot make the build private"))?;
+        match fs::rename(&build, target) {
+            Ok(()) => Ok(record),
+            // The same image published under the same name at once.
+            Err(_) if target.join(RECORD).is_file() => {
+                let _ = fs::remove_dir_all(&build);
+                Ok(read_record(target).unwrap_or(record))
+            }
+            Err(err) => Err(ImageError::Io {
+                context: format!("cannot rename the build to {}", target.display()),
+                source: err,
+            }),
+        }
+    }
+}
+
+/// What [`Import::publish`] makes a build of.
+struct NewBuild {
+    reference: Reference,
+    id: String,
+    /// The chain whose root filesystem the build copies.
+    top: String,
+    seed: Option<String>,
+    diff_ids: Vec<String>,
+    config: ImageConfig,
+    skipped_devices: Vec<String>,
+    source: ImageSource,
 }
 
 impl Drop for Import {
@@ -510,7 +657,7 @@ pub fn defaults_of(rootfs: &Path) -> ImageDefaults {
 
 /// The image's `User` as exec's `user` takes it: a name or `uid[:gid]`;
 /// `name:group`, which exec does not take, becomes its user name.
-fn exec_user(user: &str) -> Option<String> {
+pub fn exec_user(user: &str) -> Option<String> {
     let valid = |text: &str| sbx_api::validate_user(text).is_ok();
     if valid(user) {
         return Some(user.to_owned());
@@ -565,20 +712,27 @@ fn child_dirs(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Removes the staging dirs in `dir` whose import's lock is free (or
-/// gone): those imports died without cleaning up.
-fn remove_dead_imports(dir: &Path) {
+/// gone): those imports died without cleaning up. Returns what the live
+/// ones pinned ([`Import::pin`]).
+fn remove_dead_imports(dir: &Path) -> HashSet<String> {
+    let mut pinned = HashSet::new();
     for staging in child_dirs(dir) {
         let lock_path = staging.with_extension("lock");
         let dead = match try_lock(&lock_path) {
             Some(lock) => Some(lock),
             // Never made (the lock comes first): a leftover.
             None if !lock_path.exists() => None,
-            None => continue,
+            None => {
+                let pins = fs::read_to_string(staging.join(PINS)).unwrap_or_default();
+                pinned.extend(pins.lines().map(str::to_owned));
+                continue;
+            }
         };
         let _ = fs::remove_dir_all(&staging);
         let _ = fs::remove_file(&lock_path);
         drop(dead);
     }
+    pinned
 }
 
 /// An exclusive lock on `path` if it can be had at once.

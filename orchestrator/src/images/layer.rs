@@ -83,6 +83,28 @@ struct Layer {
 }
 
 /// `path` (from a tar header) as a relative path of normal components.
+/// Whether `rel` is a directory under `root`, resolved inside it (the
+/// root's own links cannot point the answer outside).
+pub fn is_dir_in(root: &Path, rel: &Path) -> bool {
+    let Ok(root) = File::open(root) else {
+        return false;
+    };
+    if rel.as_os_str().is_empty() {
+        return true;
+    }
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    match openat2(root.as_raw_fd(), rel, how) {
+        Ok(fd) => {
+            // SAFETY: a new descriptor that nothing else owns.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 fn entry_path(raw: &Path) -> Result<PathBuf, ImageError> {
     let mut clean = PathBuf::new();
     for component in raw.components() {

@@ -81,11 +81,22 @@ impl LayerStore {
     /// and returns the top chain's id. Returns the devices the layers held
     /// and that were skipped.
     pub fn build(&self, layers: &[LayerBlob]) -> Result<(String, Vec<String>), ImageError> {
+        self.build_on(None, layers)
+    }
+
+    /// Like [`LayerStore::build`], with the chains on top of the chain
+    /// `seed` (a built image's [`LayerStore::seed`]) instead of an empty
+    /// root.
+    pub fn build_on(
+        &self,
+        seed: Option<&str>,
+        layers: &[LayerBlob],
+    ) -> Result<(String, Vec<String>), ImageError> {
         std::fs::create_dir_all(&self.dir).map_err(ImageError::io(format!(
             "cannot make {}",
             self.dir.display()
         )))?;
-        let mut below: Option<String> = None;
+        let mut below: Option<String> = seed.map(str::to_owned);
         let mut skipped = Vec::new();
         for blob in layers {
             let chain = chain_id(below.as_deref(), &blob.diff_id);
@@ -100,6 +111,72 @@ impl LayerStore {
         Ok((top, skipped))
     }
 
+    /// The chain a Dockerfile build starts from: a copy of the build dir
+    /// `build` (a `rootfs/` inside) of the `FROM` image whose id is
+    /// `image_id`, made once and shared by every build from that image.
+    /// Its id is not an OCI chain id: no layer list makes it.
+    pub fn seed(&self, image_id: &str, build: &Path) -> Result<String, ImageError> {
+        let seed = format!(
+            "sha256:{:x}",
+            Sha256::digest(format!("sbx-seed {image_id}").as_bytes())
+        );
+        if self.rootfs(&seed).is_some() {
+            return Ok(seed);
+        }
+        std::fs::create_dir_all(&self.dir).map_err(ImageError::io(format!(
+            "cannot make {}",
+            self.dir.display()
+        )))?;
+        let target = self.chain_dir(&seed);
+        let staging = staging_name(&target);
+        let made = self.copy_build(build, &staging).and_then(|()| {
+            std::fs::write(staging.join(SKIPPED_DEVICES), "")
+                .map_err(ImageError::io("cannot note the skipped devices"))?;
+            std::fs::rename(&staging, &target).map_err(ImageError::io(format!(
+                "cannot rename {} to {}",
+                staging.display(),
+                target.display()
+            )))
+        });
+        match made {
+            Ok(()) => Ok(seed),
+            // Another build from the same image seeded it meanwhile.
+            Err(_) if self.rootfs(&seed).is_some() => {
+                let _ = std::fs::remove_dir_all(&staging);
+                Ok(seed)
+            }
+            Err(err) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                Err(err)
+            }
+        }
+    }
+
+    /// Makes `to` hold a copy of `build/rootfs`: a snapshot when `build`
+    /// is a subvolume, else a (reflink) copy.
+    fn copy_build(&self, build: &Path, to: &Path) -> Result<(), ImageError> {
+        if self.subvolumes && volume::snapshot_subvolume(build, to).is_ok() {
+            return Ok(());
+        }
+        std::fs::create_dir(to).map_err(ImageError::io(format!("cannot make {}", to.display())))?;
+        copy_tree(&build.join("rootfs"), &to.join("rootfs"))
+    }
+
+    /// The devices skipped in every chain of `diff_ids` on `seed`.
+    pub fn skipped_devices(&self, seed: &str, diff_ids: &[String]) -> Vec<String> {
+        Self::chain_ids_on(Some(seed), diff_ids)
+            .iter()
+            .flat_map(|chain| {
+                let noted = std::fs::read_to_string(self.chain_dir(chain).join(SKIPPED_DEVICES));
+                noted
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// Makes the chain `chain`: a copy of `below` (or an empty root) with
     /// `blob` applied, at a staging name, renamed into place when whole.
     fn make_chain(
@@ -109,11 +186,7 @@ impl LayerStore {
         blob: &LayerBlob,
     ) -> Result<Applied, ImageError> {
         let target = self.chain_dir(chain);
-        let staging = target.with_file_name(format!(
-            ".{}.{:08x}.tmp",
-            target.file_name().unwrap_or_default().to_string_lossy(),
-            rand::random::<u32>()
-        ));
+        let staging = staging_name(&target);
         let made = self
             .copy_below(below, &staging)
             .and_then(|()| apply_checked(blob, &staging.join("rootfs")))
@@ -165,21 +238,7 @@ impl LayerStore {
                 .map_err(io("snapshot into"));
         }
         std::fs::create_dir(to).map_err(io("make"))?;
-        let from = self.chain_dir(chain).join("rootfs");
-        let output = Command::new("cp")
-            .args(["-a", "--reflink=auto", "--"])
-            .arg(&from)
-            .arg(to.join("rootfs"))
-            .output()
-            .map_err(ImageError::io("cannot run cp"))?;
-        if !output.status.success() {
-            return Err(ImageError::Invalid(format!(
-                "cannot copy {}: {}",
-                from.display(),
-                String::from_utf8_lossy(&output.stderr).trim()
-            )));
-        }
-        Ok(())
+        copy_tree(&self.chain_dir(chain).join("rootfs"), &to.join("rootfs"))
     }
 
     /// The ids of every chain stored (`sha256:<hex>`).
@@ -212,16 +271,48 @@ impl LayerStore {
     /// Ids of the chains of `diff_ids`, bottom first: the last is the
     /// image's.
     pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-        let mut below: Option<String> = None;
-        diff_ids
-            .iter()
-            .map(|diff_id| {
-                let chain = chain_id(below.as_deref(), diff_id);
-                below = Some(chain.clone());
-                chain
-            })
-            .collect()
+        Self::chain_ids_on(None, diff_ids)
     }
+
+    /// Ids of `seed` (when there is one) and of the chains of `diff_ids`
+    /// on top of it, bottom first.
+    pub fn chain_ids_on(seed: Option<&str>, diff_ids: &[String]) -> Vec<String> {
+        let mut below: Option<String> = seed.map(str::to_owned);
+        let layers = diff_ids.iter().map(|diff_id| {
+            let chain = chain_id(below.as_deref(), diff_id);
+            below = Some(chain.clone());
+            chain
+        });
+        seed.map(str::to_owned).into_iter().chain(layers).collect()
+    }
+}
+
+/// A name beside `target` to make it at before it is renamed in whole.
+fn staging_name(target: &Path) -> PathBuf {
+    target.with_file_name(format!(
+        ".{}.{:08x}.tmp",
+        target.file_name().unwrap_or_default().to_string_lossy(),
+        rand::random::<u32>()
+    ))
+}
+
+/// `cp -a --reflink=auto FROM TO`: owners, modes, links and times kept,
+/// blocks shared where the filesystem can.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), ImageError> {
+    let output = Command::new("cp")
+        .args(["-a", "--reflink=auto", "--"])
+        .arg(from)
+        .arg(to)
+        .output()
+        .map_err(ImageError::io("cannot run cp"))?;
+    if !output.status.success() {
+        return Err(ImageError::Invalid(format!(
+            "cannot copy {}: {}",
+            from.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 /// Applies `blob` onto `rootfs`, checking that the uncompressed tar is the

@@ -80,6 +80,12 @@ impl Manager {
     /// Finishes `import` as `name` and readies it on the runtime.
     async fn publish(&self, import: Import, name: Option<String>) -> Result<Image, SandboxError> {
         let image = blocking(move || import.finish(name.as_deref()).map_err(Into::into)).await?;
+        self.ready_image(image).await
+    }
+
+    /// Readies the image just named on the runtime (or removes its name
+    /// again), then collects what it replaced.
+    pub(super) async fn ready_image(&self, image: Image) -> Result<Image, SandboxError> {
         let rootfs = self.images.rootfs(&image.name)?.ok_or_else(|| {
             SandboxError::ImageNotFound(format!("{} (removed as it was imported)", image.name))
         })?;
@@ -92,7 +98,7 @@ impl Manager {
                 source: err,
             });
         }
-        tracing::info!(image = %image.name, id = %image.id, "imported an image");
+        tracing::info!(image = %image.name, id = %image.id, source = ?image.source, "published an image");
         self.collect_images().await;
         Ok(image)
     }
@@ -210,7 +216,7 @@ impl Manager {
 
 /// Writes `body` to `path`, refusing more than
 /// [`MAX_IMAGE_ARCHIVE_BYTES`].
-async fn receive<S, E>(mut body: S, path: &std::path::Path) -> Result<(), SandboxError>
+pub(super) async fn receive<S, E>(mut body: S, path: &std::path::Path) -> Result<(), SandboxError>
 where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
     E: std::fmt::Display,
@@ -246,7 +252,7 @@ where
 }
 
 /// Runs blocking filesystem work off the async workers.
-async fn blocking<T, F>(work: F) -> Result<T, SandboxError>
+pub(super) async fn blocking<T, F>(work: F) -> Result<T, SandboxError>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, SandboxError> + Send + 'static,

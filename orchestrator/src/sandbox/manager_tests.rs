@@ -271,7 +271,7 @@ async fn recovery_finishes_interrupted_work_and_keeps_live_sandboxes() {
     ] {
         let (mut record, _) = f
             .manager
-            .new_record(CreateSandboxRequest::default())
+            .new_record(CreateSandboxRequest::default(), None)
             .expect("record");
         record.sandbox.id = id.into();
         record.sandbox.state = state;

@@ -38,6 +38,7 @@
 //! ([`storage`]).
 
 mod activity;
+mod build;
 mod deaths;
 mod events;
 mod handoff;
@@ -55,6 +56,7 @@ mod snapshots;
 mod storage;
 
 pub use activity::InUse;
+pub use build::BuildRequest;
 pub use storage::Storage;
 
 use crate::egress::{EgressError, EgressProxy};
@@ -548,15 +550,32 @@ impl Manager {
         request: CreateSandboxRequest,
     ) -> Result<Sandbox, SandboxError> {
         let manager = Arc::clone(self);
-        detached(async move { manager.create_now(request).await }).await
+        detached(async move { manager.create_now(request, None).await }).await
     }
 
-    async fn create_now(&self, request: CreateSandboxRequest) -> Result<Sandbox, SandboxError> {
+    /// Like [`Manager::create`], on the image build whose root filesystem
+    /// is `rootfs` rather than the one `request.image` names (a Dockerfile
+    /// build's step); never a pooled sandbox.
+    pub(crate) async fn create_on_build(
+        self: &Arc<Self>,
+        request: CreateSandboxRequest,
+        rootfs: PathBuf,
+    ) -> Result<Sandbox, SandboxError> {
+        let manager = Arc::clone(self);
+        detached(async move { manager.create_now(request, Some(rootfs)).await }).await
+    }
+
+    async fn create_now(
+        &self,
+        request: CreateSandboxRequest,
+        build: Option<PathBuf>,
+    ) -> Result<Sandbox, SandboxError> {
         let started = Instant::now();
         request.validate().map_err(SandboxError::InvalidRequest)?;
         let snapshot = request.snapshot.clone();
-        let (mut record, image_rootfs) = self.new_record(request)?;
-        if snapshot.is_none() {
+        let pinned = build.is_some();
+        let (mut record, image_rootfs) = self.new_record(request, build)?;
+        if snapshot.is_none() && !pinned {
             if let Some(sandbox) = self.claim_pooled(&record).await? {
                 self.metrics.created(CreateSource::Pool, started.elapsed());
                 self.created(&sandbox).await;
@@ -598,11 +617,16 @@ impl Manager {
     fn new_record(
         &self,
         request: CreateSandboxRequest,
+        build: Option<PathBuf>,
     ) -> Result<(SandboxRecord, PathBuf), SandboxError> {
         let image = request
             .image
             .unwrap_or_else(|| sbx_api::DEFAULT_IMAGE.to_owned());
-        let image_rootfs = match self.images.rootfs(&image) {
+        let resolved = match build {
+            Some(rootfs) => Ok(Some(rootfs)),
+            None => self.images.rootfs(&image),
+        };
+        let image_rootfs = match resolved {
             Ok(Some(rootfs)) => rootfs,
             Ok(None) => return Err(SandboxError::ImageNotFound(image)),
             Err(crate::images::ImageError::Invalid(reason)) => {
@@ -745,7 +769,7 @@ impl Manager {
     /// but its labels and network policy must be what a default create
     /// gets.
     fn fits_pool(&self, wanted: &SandboxRecord) -> Result<bool, SandboxError> {
-        let (shape, _) = self.new_record(CreateSandboxRequest::default())?;
+        let (shape, _) = self.new_record(CreateSandboxRequest::default(), None)?;
         let env_matches = wanted.env == shape.env;
         let (wanted, shape) = (&wanted.sandbox, &shape.sandbox);
         Ok(env_matches
@@ -795,7 +819,7 @@ impl Manager {
     }
 
     async fn launch_pooled(&self) -> Result<String, SandboxError> {
-        let (mut record, image_rootfs) = self.new_record(CreateSandboxRequest::default())?;
+        let (mut record, image_rootfs) = self.new_record(CreateSandboxRequest::default(), None)?;
         record.pooled = true;
         let admission = self.admissions.lock().await;
         self.admit(

@@ -581,7 +581,7 @@ def pull_image(
 
 
 # Routes beside ``/v1/images/{name}`` that a bare name would land on.
-_IMAGE_ROUTES = ("import", "pull")
+_IMAGE_ROUTES = ("import", "pull", "build")
 
 
 def image_path(name: ImageRef) -> str:

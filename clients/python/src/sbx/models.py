@@ -80,7 +80,7 @@ EventKind = Literal[
 ]
 #: Where an image came from: built by the server's recipe, imported from an
 #: archive, or pulled from a registry.
-ImageSource = Literal["recipe", "import", "pull"]
+ImageSource = Literal["recipe", "import", "pull", "build"]
 ProcessState = Literal["running", "exited"]
 FileType = Literal["file", "dir", "symlink", "other"]
 Scope = Literal[

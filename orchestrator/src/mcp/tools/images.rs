@@ -261,13 +261,15 @@ mod tests {
                 get(|Path(name): Path<String>| async move { name }),
             )
             .route("/v1/images/import", post(|| async { "import route" }))
-            .route("/v1/images/pull", post(|| async { "pull route" }));
+            .route("/v1/images/pull", post(|| async { "pull route" }))
+            .route("/v1/images/build", post(|| async { "build route" }));
         for name in [
             "base",
             "localhost:5000/team/app:v1",
             "ghcr.io/org/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
             "import",
             "pull",
+            "build",
         ] {
             let request = Request::builder()
                 .uri(image_path(name).expect("valid"))
