@@ -131,6 +131,9 @@ impl Manager {
             let mut build = Build::new(Arc::clone(&manager), import, request, events);
             let built = build.run().await;
             build.discard_sandbox().await;
+            // Its pins go with it, so the collection after the image is
+            // ready takes the step builds and chains no image kept.
+            drop(build);
             let image = built?;
             manager.ready_image(image).await
         })
