@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import time
+import uuid
 
 import anyio
 import httpx
@@ -46,6 +47,7 @@ ALL_TOOLS = {
     "restore_sandbox",
     "list_images",
     "get_image",
+    "build_image",
     "delete_image",
 }
 SANDBOX_TOOLS = {
@@ -129,7 +131,7 @@ def test_initialize_lists_every_tool_with_a_valid_schema(server):
         assert len(tool.description) > 40, tool.name
         if tool.name not in {
             "create_sandbox", "list_sandboxes", "list_snapshots", "delete_snapshot",
-            "list_images", "get_image", "delete_image",
+            "list_images", "get_image", "build_image", "delete_image",
         }:
             assert "sandbox_id" in tool.input_schema["required"], tool.name
     exec_tool = next(tool for tool in tools if tool.name == "exec")
@@ -393,6 +395,33 @@ def test_images_list_get_and_delete(server, admin):
         and (r.get("summary") or "").startswith("mcp delete_image")
         for r in records
     ), records
+
+
+def test_build_image_from_a_dockerfile_and_files(server, admin):
+    name = f"mcp-built-{uuid.uuid4().hex[:8]}:v1"
+    unsupported = call(server, "build_image", {"name": name, "dockerfile": "FROM base\nEXPOSE 80\n"})
+    assert error_code(unsupported) == "invalid_request"
+    assert "line 2" in text_of(unsupported) and "EXPOSE" in text_of(unsupported)
+
+    dockerfile = "FROM base\nARG WHO\nCOPY notes/hello.txt /srv/\nRUN echo \"$WHO: $(cat /srv/hello.txt)\" > /srv/said\n"
+    built = call(server, "build_image", {
+        "name": name,
+        "dockerfile": dockerfile,
+        "files": {"notes/hello.txt": "hello from a file"},
+        "build_args": {"WHO": "mcp"},
+    })
+    assert ok(built).startswith(f"built {name}\n"), text_of(built)
+    assert built.structured_content["source"] == "build"
+    created = admin.post("/v1/sandboxes", json={"image": name}).json()
+    try:
+        said = admin.post(f"/v1/sandboxes/{created['id']}/exec", json={"cmd": ["cat", "/srv/said"]}).json()
+        assert said["stdout"] == "mcp: hello from a file\n", said
+    finally:
+        admin.delete(f"/v1/sandboxes/{created['id']}")
+    failing = call(server, "build_image", {"name": name, "dockerfile": "FROM base\nRUN echo oops >&2; exit 7\n"})
+    assert error_code(failing) == "invalid_request"
+    assert "exit code 7" in text_of(failing) and "oops" in text_of(failing)
+    ok(call(server, "delete_image", {"name": name}))
 
 
 def test_errors_are_tool_errors_with_their_error_code(server, sandbox):

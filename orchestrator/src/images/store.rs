@@ -155,10 +155,18 @@ impl LayerStore {
     /// Makes `to` hold a copy of `build/rootfs`: a snapshot when `build`
     /// is a subvolume, else a (reflink) copy.
     fn copy_build(&self, build: &Path, to: &Path) -> Result<(), ImageError> {
-        if self.subvolumes && volume::snapshot_subvolume(build, to).is_ok() {
-            return Ok(());
+        if self.subvolumes {
+            if volume::snapshot_subvolume(build, to).is_ok() {
+                return Ok(());
+            }
+            // A recipe build is a plain directory: its copy is still a
+            // subvolume, since the chains above are snapshots of it.
+            volume::create_subvolume(to)
+                .map_err(ImageError::io(format!("cannot make {}", to.display())))?;
+        } else {
+            std::fs::create_dir(to)
+                .map_err(ImageError::io(format!("cannot make {}", to.display())))?;
         }
-        std::fs::create_dir(to).map_err(ImageError::io(format!("cannot make {}", to.display())))?;
         copy_tree(&build.join("rootfs"), &to.join("rootfs"))
     }
 
@@ -234,10 +242,15 @@ impl LayerStore {
     pub fn copy_chain(&self, chain: &str, to: &Path) -> Result<(), ImageError> {
         let io = |what: &str| ImageError::io(format!("cannot {what} {}", to.display()));
         if self.subvolumes {
-            return volume::snapshot_subvolume(&self.chain_dir(chain), to)
-                .map_err(io("snapshot into"));
+            if volume::snapshot_subvolume(&self.chain_dir(chain), to).is_ok() {
+                return Ok(());
+            }
+            // A chain that is a plain directory (made before the store
+            // could hold subvolumes) is copied into one.
+            volume::create_subvolume(to).map_err(io("make the subvolume"))?;
+        } else {
+            std::fs::create_dir(to).map_err(io("make"))?;
         }
-        std::fs::create_dir(to).map_err(io("make"))?;
         copy_tree(&self.chain_dir(chain).join("rootfs"), &to.join("rootfs"))
     }
 
@@ -453,6 +466,59 @@ mod tests {
                 chain.display()
             );
         }
+    }
+
+    /// A build seeds from a recipe build, a plain directory, and from an
+    /// imported build, a snapshot: either way the seed and the chains on
+    /// it are subvolumes on the pool, and a layer lands on a copy.
+    #[test]
+    fn builds_seed_from_plain_and_snapshot_builds() {
+        let (dir, subvolumes) = scratch();
+        let store = LayerStore::new(dir.path().join("layers"), subvolumes);
+        let recipe = dir.path().join("recipe-build");
+        std::fs::create_dir_all(recipe.join("rootfs/etc")).expect("recipe");
+        std::fs::write(recipe.join("rootfs/etc/motd"), "recipe").expect("motd");
+
+        let seed = store.seed("recipe:abc", &recipe).expect("seeded");
+        assert_eq!(store.seed("recipe:abc", &recipe).expect("again"), seed);
+        let staging = dir.path().join("layer");
+        std::fs::create_dir(&staging).expect("staging");
+        let upper = upper_layer("app/new");
+        std::fs::write(staging.join("layer.tar"), &upper).expect("layer");
+        let blob = LayerBlob {
+            path: staging.join("layer.tar"),
+            compression: Compression::None,
+            diff_id: sha256(&upper),
+        };
+        let (top, _) = store.build_on(Some(&seed), &[blob]).expect("built");
+        let rootfs = store.rootfs(&top).expect("stored");
+        assert_eq!(
+            std::fs::read_to_string(rootfs.join("app/new")).expect("new"),
+            "new"
+        );
+        assert_eq!(
+            std::fs::read_to_string(rootfs.join("etc/motd")).expect("motd"),
+            "recipe"
+        );
+        assert!(
+            !recipe.join("rootfs/app").exists(),
+            "the recipe build is untouched"
+        );
+        for chain in [&seed, &top] {
+            assert_eq!(volume::is_subvolume(&store.chain_dir(chain)), subvolumes);
+        }
+        assert_eq!(
+            LayerStore::chain_ids_on(Some(&seed), &[sha256(&upper)]),
+            [seed.clone(), top.clone()]
+        );
+
+        // A build that is itself a chain's copy seeds by snapshot.
+        let imported = dir.path().join("imported-build");
+        store.copy_chain(&top, &imported).expect("copied");
+        let second = store.seed("sha256:imported", &imported).expect("seeded");
+        let second_root = store.rootfs(&second).expect("stored");
+        assert!(second_root.join("app/new").exists());
+        assert_eq!(volume::is_subvolume(&store.chain_dir(&second)), subvolumes);
     }
 
     #[test]

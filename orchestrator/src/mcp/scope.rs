@@ -58,7 +58,7 @@ mod tests {
     fn the_admin_sees_every_tool() {
         let all: Vec<&str> = TOOLS.iter().map(|tool| tool.name).collect();
         assert_eq!(names(&Principal::admin()), all);
-        assert_eq!(all.len(), 25);
+        assert_eq!(all.len(), 26);
     }
 
     #[test]
@@ -119,10 +119,13 @@ mod tests {
             names(&token(&[Scope::ImagesRead], None)),
             ["list_images", "get_image"]
         );
-        assert_eq!(names(&token(&[Scope::ImagesWrite], None)), ["delete_image"]);
+        assert_eq!(
+            names(&token(&[Scope::ImagesWrite], None)),
+            ["build_image", "delete_image"]
+        );
         assert_eq!(
             names(&token(&[Scope::ImagesRead, Scope::ImagesWrite], None)),
-            ["list_images", "get_image", "delete_image"]
+            ["list_images", "get_image", "build_image", "delete_image"]
         );
         // Images are the server's, not a sandbox's: a bound token sees none.
         let bound = token(

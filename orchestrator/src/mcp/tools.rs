@@ -480,6 +480,20 @@ entrypoint, cmd and labels (kept for reference; nothing of them is run).",
         destructive: false,
     },
     ToolDef {
+        name: "build_image",
+        description: "Build an image from a Dockerfile, on the server, and name it: each step \
+runs in a sandbox (RUN has no network unless `allow` names hosts), steps are cached, and the \
+answer is the image, ready for create_sandbox's `image`. `files` are the other files COPY can \
+take. A failing step or an unsupported instruction is an error naming its Dockerfile line (and \
+the end of a failing command's output). FROM names an image list_images shows, or a registry \
+image that can be pulled anonymously.",
+        schema: schema::<images::BuildImageArgs>,
+        routes: &[(Method::POST, "/v1/images/build")],
+        on_sandbox: false,
+        read_only: false,
+        destructive: false,
+    },
+    ToolDef {
         name: "delete_image",
         description: "Delete an image and free its disk space (layers other images share \
 stay). Refused with a conflict while a sandbox or snapshot is made from it, and for the default \
@@ -779,6 +793,7 @@ pub async fn call(
         }
         "get_image" => images::get_image(rest, parse(tool, bound, arguments)?).await,
         "delete_image" => images::delete_image(rest, parse(tool, bound, arguments)?).await,
+        "build_image" => images::build_image(rest, parse(tool, bound, arguments)?).await,
         other => Err(ToolError::Internal(format!("tool {other} has no handler"))),
     }
 }

@@ -1,6 +1,9 @@
 //! The image tools: list the images sandboxes can be made from, inspect
-//! one, delete one. Importing takes an archive's bytes, which a model has
-//! no business relaying: it stays a REST call (`POST /v1/images/import`).
+//! one, build one from a Dockerfile, delete one. Importing takes an
+//! archive's bytes, which a model has no business relaying: it stays a
+//! REST call (`POST /v1/images/import`). A build's context is the few text
+//! files a model writes (the Dockerfile, a requirements file), sent as the
+//! tar `POST /v1/images/build` takes.
 //!
 //! An image's name has slashes (`localhost:5000/team/app:v1`); in a path
 //! it is one segment, percent-encoded (see [`image_path`]).
@@ -10,9 +13,10 @@ use crate::images::reference::Reference;
 use crate::mcp::rest::Rest;
 use crate::mcp::text;
 use axum::http::Method;
-use sbx_api::{Image, ImageList};
+use sbx_api::{BuildImageQuery, Image, ImageList};
 use schemars::JsonSchema;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -25,6 +29,27 @@ pub struct ImageArgs {
     /// The image's name as list_images shows it, e.g. "base" or "localhost:5000/team/app:v1" (a name without a tag means ":latest").
     name: String,
 }
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuildImageArgs {
+    /// The name to give the image, e.g. "my-app:v1" (":latest" when no tag is given).
+    name: String,
+    /// The Dockerfile's text. Supported: FROM, RUN, COPY, ADD, ENV, WORKDIR, USER, ARG, LABEL, CMD, ENTRYPOINT.
+    dockerfile: String,
+    /// Other files of the build context that COPY can take: path (relative, e.g. "requirements.txt") to text content.
+    #[serde(default)]
+    files: BTreeMap<String, String>,
+    /// ARG values.
+    #[serde(default)]
+    build_args: BTreeMap<String, String>,
+    /// Hosts RUN steps may reach through the egress proxy (e.g. ["pypi.org", "files.pythonhosted.org"]); none by default.
+    #[serde(default)]
+    allow: Vec<String>,
+}
+
+/// The most a build's files may hold, together.
+const MAX_CONTEXT_BYTES: usize = 4 << 20;
 
 /// The path of the image `name`: the name checked against the reference
 /// grammar, then percent-encoded into one segment, so no name reaches
@@ -125,6 +150,67 @@ pub async fn list_images(rest: &Rest) -> Result<Answer, ToolError> {
         text
     };
     Ok(Answer::text(text).with(&list))
+}
+
+/// Builds an image from a Dockerfile and the files the model gives.
+pub async fn build_image(rest: &Rest, args: BuildImageArgs) -> Result<Answer, ToolError> {
+    let context = context_tar(&args)?;
+    let query = BuildImageQuery {
+        name: args.name,
+        build_args: Some(
+            serde_json::to_string(&args.build_args)
+                .map_err(|err| ToolError::Internal(format!("cannot encode build_args: {err}")))?,
+        ),
+        allow: (!args.allow.is_empty()).then(|| args.allow.join(",")),
+        ..BuildImageQuery::default()
+    };
+    let query = serde_urlencoded::to_string(&query)
+        .map_err(|err| ToolError::Invalid(format!("cannot encode the build: {err}")))?;
+    let response = rest
+        .send(
+            Method::POST,
+            &format!("{IMAGES_ROUTE}/build?{query}"),
+            Some(axum::body::Body::from(context)),
+            false,
+        )
+        .await?;
+    let bytes = crate::mcp::rest::read_bounded(response.into_body(), MAX_JSON_BYTES).await?;
+    let image: Image = serde_json::from_slice(&bytes)
+        .map_err(|err| ToolError::Internal(format!("unexpected answer from the build: {err}")))?;
+    let text = format!(
+        "built {}\n{}\nPass its name as create_sandbox's image to start a sandbox from it.",
+        image.name,
+        describe_image(&image)
+    );
+    Ok(Answer::text(text).with(&image))
+}
+
+const IMAGES_ROUTE: &str = "/v1/images";
+
+/// The build context: the Dockerfile and `files`, as a tar.
+fn context_tar(args: &BuildImageArgs) -> Result<Vec<u8>, ToolError> {
+    let total: usize = args.dockerfile.len() + args.files.values().map(String::len).sum::<usize>();
+    if total > MAX_CONTEXT_BYTES {
+        return Err(ToolError::Invalid(format!(
+            "the Dockerfile and files hold {total} bytes; at most {MAX_CONTEXT_BYTES} \
+             (import large contexts over REST: POST /v1/images/build)"
+        )));
+    }
+    let mut builder = tar::Builder::new(Vec::new());
+    let entries = std::iter::once(("Dockerfile", &args.dockerfile))
+        .chain(args.files.iter().map(|(path, text)| (path.as_str(), text)));
+    for (path, text) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(text.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, path, text.as_bytes())
+            .map_err(|err| ToolError::Invalid(format!("file {}: {err}", text::printable(path))))?;
+    }
+    builder
+        .into_inner()
+        .map_err(|err| ToolError::Internal(format!("cannot make the build context: {err}")))
 }
 
 pub async fn get_image(rest: &Rest, args: ImageArgs) -> Result<Answer, ToolError> {
