@@ -10,14 +10,15 @@
 //! `docker run -d` + `docker exec` + `docker rm -f`.
 //!
 //! `--only import` runs the image import section alone (at the size
-//! `--quick` picks or the full one).
+//! `--quick` picks or the full one); `--only build` the Dockerfile build
+//! section.
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::Full;
 use rand::RngCore as _;
 use sbx_api::client::Client;
-use sbx_api::{CreateSandboxRequest, ExecRequest};
+use sbx_api::{BuildEvent, BuildImageQuery, CreateSandboxRequest, ExecRequest};
 use sbx_tests::{tree_tar, Engine, Server};
 use sha2::{Digest as _, Sha256};
 use std::fmt::Write as _;
@@ -1509,6 +1510,112 @@ async fn run(sizes: Sizes, out: &Path) -> Result<()> {
     // 7. Image import.
     image_import(&mut report, sizes).await?;
 
+    // 8. Dockerfile build.
+    image_build(&mut report).await?;
+
+    write_report(&report, sizes, out)
+}
+
+/// The Dockerfile the build section builds: a `RUN` that writes 16 MiB,
+/// a `COPY` of the context's `app/`, and a `RUN` of python on it. `NONCE`
+/// makes each run's steps its own, so nothing comes from an earlier run.
+const BENCH_DOCKERFILE: &str = "FROM base
+ARG NONCE
+RUN echo \"$NONCE\" > /nonce && mkdir -p /opt/data && head -c 16777216 /dev/urandom > /opt/data/blob
+COPY app/ /srv/app/
+RUN python3 -c 'import sys; print(sys.version)' > /srv/app/python-version
+";
+
+/// The build section's context: the Dockerfile and `app/main.py`, whose
+/// text is `version`.
+fn bench_context(version: &str) -> Result<Bytes> {
+    let mut tar = LayerTar::with_capacity(1 << 16);
+    tar.file("Dockerfile", BENCH_DOCKERFILE.as_bytes(), 0o644)?;
+    tar.dir("app/")?;
+    tar.file(
+        "app/main.py",
+        format!("print({version:?})\n").as_bytes(),
+        0o644,
+    )?;
+    Ok(Bytes::from(tar.finish()?))
+}
+
+/// Builds `context` as `name`, to the end; the image's name.
+async fn build_to_end(client: &Client, query: &BuildImageQuery, context: &Bytes) -> Result<String> {
+    let mut events = client
+        .build_image(query, Full::new(context.clone()))
+        .await?;
+    while let Some(event) = events.next().await? {
+        match event {
+            BuildEvent::Done { image } => return Ok(image.name),
+            BuildEvent::Error { error } => bail!("the build failed: {}", error.message),
+            _ => {}
+        }
+    }
+    bail!("the build stream ended without an outcome")
+}
+
+/// The Dockerfile build section: on each runtime, a fresh build (its
+/// `FROM base` chain already seeded by an untimed warm-up build), the same
+/// build again (all cached), and a build after one context file changed
+/// (its `COPY` and the `RUN` after it run again).
+async fn image_build(report: &mut Report) -> Result<()> {
+    let mut rows: Vec<Vec<String>> = vec![
+        vec!["first build (3 steps run)".to_owned()],
+        vec!["rebuild, nothing changed (all cached)".to_owned()],
+        vec!["rebuild, one file changed (2 steps run)".to_owned()],
+    ];
+    for engine in [Engine::Youki, Engine::Docker] {
+        let dir = pool_data_dir()?;
+        let server = Server::start_on(engine, dir.path()).await?;
+        let client = server.client();
+        let name = format!("sbx-bench/build-{:08x}", rand::random::<u32>());
+        let warm_up = BuildImageQuery {
+            name: format!("{name}-warm-up"),
+            ..BuildImageQuery::default()
+        };
+        let warm_context = {
+            let mut tar = LayerTar::with_capacity(1 << 12);
+            tar.file("Dockerfile", b"FROM base\nRUN true\n", 0o644)?;
+            Bytes::from(tar.finish()?)
+        };
+        let mut made = Made::default();
+        made.images
+            .push(build_to_end(&client, &warm_up, &warm_context).await?);
+        let query = BuildImageQuery {
+            name: name.clone(),
+            build_args: Some(
+                serde_json::json!({"NONCE": format!("{:016x}", rand::random::<u64>())}).to_string(),
+            ),
+            ..BuildImageQuery::default()
+        };
+        let first = bench_context("one")?;
+        let edited = bench_context("two")?;
+        for (row, context) in rows.iter_mut().zip([&first, &first, &edited]) {
+            flush_writeback();
+            let (built, took) = timed(build_to_end(&client, &query, context)).await;
+            let built = built.with_context(|| format!("a build on {}", engine.name()))?;
+            if !made.images.contains(&built) {
+                made.images.push(built);
+            }
+            row.push(ms(took));
+        }
+        made.delete(&client).await?;
+        drop(server);
+    }
+    report.table(
+        "Dockerfile build (`FROM base`, a RUN writing 16 MiB, a COPY, a RUN of python), \
+         streamed to the end; `base` seeded into the layer store beforehand (ms)",
+        &["", "sbx / youki", "sbx / docker"],
+        rows,
+    );
+    Ok(())
+}
+
+/// Only the Dockerfile build section (`--only build`).
+async fn run_build_only(sizes: Sizes, out: &Path) -> Result<()> {
+    let mut report = Report::default();
+    image_build(&mut report).await?;
     write_report(&report, sizes, out)
 }
 
@@ -1568,7 +1675,8 @@ fn main() -> Result<()> {
     let result = match only {
         None => runtime.block_on(run(sizes, &out)),
         Some(Some("import")) => runtime.block_on(run_import_only(sizes, &out)),
-        Some(section) => bail!("--only takes a section: import (got {section:?})"),
+        Some(Some("build")) => runtime.block_on(run_build_only(sizes, &out)),
+        Some(section) => bail!("--only takes a section: import or build (got {section:?})"),
     };
     remove_leftover_bench_containers();
     remove_leftover_bench_engine_images();

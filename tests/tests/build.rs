@@ -266,7 +266,10 @@ async fn a_dockerfile_builds_and_rebuilds_from_its_cache(engine: Engine) -> Resu
         config.labels,
         BTreeMap::from([
             ("org.example.built".to_owned(), "yes".to_owned()),
-            ("org.example.test-image".to_owned(), base.trim_end_matches(":latest").to_owned()),
+            (
+                "org.example.test-image".to_owned(),
+                base.trim_end_matches(":latest").to_owned()
+            ),
             ("stage".to_owned(), "test".to_owned()),
         ])
     );

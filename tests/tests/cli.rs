@@ -683,6 +683,144 @@ async fn images_from_the_cli(engine: Engine) -> Result<()> {
     Ok(())
 }
 
+/// `sbx image build` on a context directory: each step and the output of
+/// `RUN` printed as it happens, a build argument from the environment,
+/// `.dockerignore` applied; a rebuild wholly from the cache; an unsupported
+/// instruction and a Dockerfile outside the context refused.
+async fn build_from_the_cli(engine: Engine) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let scratch = tempfile::tempdir()?;
+    let repository = format!(
+        "localhost/sbx-tests/cli-build-{:08x}",
+        rand::random::<u32>()
+    );
+    let base = format!("{repository}:base");
+    let archive = scratch.path().join("base.tar");
+    std::fs::write(&archive, busybox_image(&base, "file", b"in the base\n")?)?;
+    let imported = sbx(
+        &server,
+        &["image", "import", archive.to_str().context("utf-8")?],
+    )?;
+    ensure!(
+        imported.status.success(),
+        "image import failed: {imported:?}"
+    );
+
+    let context = scratch.path().join("context");
+    std::fs::create_dir(&context)?;
+    let dockerfile = format!(
+        "FROM {base}\nARG GREETING\nCOPY app.txt /app/\nCOPY . /ctx/\n\
+         RUN echo \"greeting=$GREETING\" && echo built-output && cat /app/app.txt > /app/copy.txt\n"
+    );
+    std::fs::write(context.join("Dockerfile"), &dockerfile)?;
+    std::fs::write(context.join("app.txt"), "from the context\n")?;
+    std::fs::write(context.join("secret.txt"), "never sent\n")?;
+    std::fs::write(
+        context.join(".dockerignore"),
+        "# not for the image\nsecret.txt\n",
+    )?;
+    let dir = context.to_str().context("utf-8")?;
+    let name = format!("{repository}:built");
+    let build = [
+        "image",
+        "build",
+        "-t",
+        name.as_str(),
+        "--build-arg",
+        "GREETING",
+        dir,
+    ];
+    let env = [("GREETING", "hi-from-env")];
+
+    let built = sbx_with(&server, &build, &env, None)?;
+    ensure!(
+        built.status.success(),
+        "image build failed: {built:?}; {}",
+        server.log()
+    );
+    let out = stdout(&built);
+    for expected in [
+        format!("Step 1/5 : FROM {base}\n"),
+        "Step 3/5 : COPY app.txt /app/\n".to_owned(),
+        "Step 5/5 : RUN echo".to_owned(),
+        "greeting=hi-from-env\nbuilt-output\n".to_owned(),
+    ] {
+        assert!(out.contains(&expected), "{expected:?} in {out}");
+    }
+    let last = out.lines().last().unwrap_or_default();
+    assert!(last.starts_with(&format!("Built {name} (")), "{out}");
+
+    let created = sbx(&server, &["create", "--image", &name])?;
+    ensure!(created.status.success(), "create failed: {created:?}");
+    let id = stdout(&created).trim().to_owned();
+    let check = sbx(
+        &server,
+        &[
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "cat /app/copy.txt /data/file /ctx/app.txt /ctx/.dockerignore; \
+             if [ -e /ctx/secret.txt ]; then echo secret sent; fi",
+        ],
+    )?;
+    ensure!(check.status.success(), "exec failed: {check:?}");
+    assert_eq!(
+        stdout(&check),
+        "from the context\nin the base\nfrom the context\n# not for the image\nsecret.txt\n"
+    );
+    let removed = sbx(&server, &["rm", &id])?;
+    ensure!(removed.status.success(), "rm failed: {removed:?}");
+
+    // Nothing changed: every step from the cache, nothing run.
+    let again = sbx_with(&server, &build, &env, None)?;
+    ensure!(again.status.success(), "the rebuild failed: {again:?}");
+    let out = stdout(&again);
+    let lines: Vec<&str> = out.lines().collect();
+    let steps: Vec<usize> = (0..lines.len())
+        .filter(|&at| lines[at].starts_with("Step "))
+        .collect();
+    assert_eq!(steps.len(), 5, "{out}");
+    for at in steps {
+        assert_eq!(lines.get(at + 1), Some(&" ---> Using cache"), "{out}");
+    }
+    assert!(!out.contains("greeting=hi-from-env"), "{out}");
+    assert!(out.contains(&format!("Built {name} (")), "{out}");
+
+    // An instruction sbx does not build: exit code 1, the line named.
+    std::fs::write(
+        context.join("Dockerfile"),
+        format!("FROM {base}\nEXPOSE 80\n"),
+    )?;
+    let refused = sbx(&server, &["image", "build", "-t", &name, dir])?;
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        stderr(&refused).contains("line 2") && stderr(&refused).contains("EXPOSE"),
+        "{}",
+        stderr(&refused)
+    );
+
+    // A Dockerfile outside the context: a usage error, nothing sent.
+    let outside = scratch.path().join("Outside.Dockerfile");
+    std::fs::write(&outside, format!("FROM {base}\n"))?;
+    let outside = outside.to_str().context("utf-8")?;
+    let refused = sbx(
+        &server,
+        &["image", "build", "-t", &name, "-f", outside, dir],
+    )?;
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(
+        stderr(&refused).contains("outside the context"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let removed = sbx(&server, &["image", "rm", &name, &base])?;
+    ensure!(removed.status.success(), "image rm failed: {removed:?}");
+    Ok(())
+}
+
 sbx_tests::on_every_runtime!(
     create_exec_ls_rm,
     background_processes_from_the_cli,
@@ -690,4 +828,5 @@ sbx_tests::on_every_runtime!(
     lifecycle_from_the_cli,
     without_a_token_the_cli_is_refused,
     images_from_the_cli,
+    build_from_the_cli,
 );

@@ -1,5 +1,6 @@
-//! `sbx image …`: import, pull, list, inspect and remove images.
+//! `sbx image …`: import, pull, build, list, inspect and remove images.
 
+use super::context::{Context, Ignore, Upload};
 use super::{CliError, ConnArgs};
 use bytes::Bytes;
 use clap::Subcommand;
@@ -8,9 +9,11 @@ use http_body_util::StreamBody;
 use hyper::body::Frame;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use sbx_api::client::{Client, ClientError};
-use sbx_api::{Image, PullEvent, PullImageRequest};
-use std::collections::HashMap;
-use std::path::PathBuf;
+use sbx_api::{BuildEvent, BuildImageQuery, Image, PullEvent, PullImageRequest};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use tokio::io::AsyncRead;
 
 #[derive(Debug, Subcommand)]
@@ -53,6 +56,33 @@ pub enum ImageCommand {
         #[arg(long)]
         insecure: bool,
     },
+    /// Build an image from a Dockerfile in CONTEXT_DIR, on the server;
+    /// prints each step and its output as it runs
+    Build {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// Name of the image (`:latest` is added without a tag)
+        #[arg(long, short = 't', visible_alias = "tag")]
+        name: String,
+        /// The Dockerfile, inside CONTEXT_DIR (default: CONTEXT_DIR/Dockerfile)
+        #[arg(long = "file", short = 'f', value_name = "DOCKERFILE")]
+        file: Option<PathBuf>,
+        /// An ARG's value: KEY=VALUE, or KEY for this environment's
+        /// value (left out when unset); repeatable
+        #[arg(long = "build-arg", value_name = "KEY[=VALUE]", value_parser = parse_build_arg)]
+        build_args: Vec<(String, Option<String>)>,
+        /// Let RUN steps reach HOST through the egress proxy (as `sbx create
+        /// --allow`); repeatable. Without any, they have no network.
+        #[arg(long = "allow", value_name = "HOST")]
+        allow: Vec<String>,
+        /// Run every step, even those the build cache holds
+        #[arg(long)]
+        no_cache: bool,
+        /// The build context, sent as it is but for what .dockerignore
+        /// leaves out
+        #[arg(value_name = "CONTEXT_DIR")]
+        context: PathBuf,
+    },
     /// List images
     Ls {
         #[command(flatten)]
@@ -73,7 +103,7 @@ pub enum ImageCommand {
     },
 }
 
-pub async fn run(command: ImageCommand) -> Result<(), CliError> {
+pub async fn run(command: ImageCommand) -> Result<ExitCode, CliError> {
     match command {
         ImageCommand::Import { conn, file, name } => {
             let client = conn.client()?;
@@ -141,6 +171,41 @@ pub async fn run(command: ImageCommand) -> Result<(), CliError> {
             }
             println!("{}", image.name);
         }
+        ImageCommand::Build {
+            conn,
+            name,
+            file,
+            build_args,
+            allow,
+            no_cache,
+            context,
+        } => {
+            let (context, dockerfile) = match build_context(&context, file.as_deref()) {
+                Ok(resolved) => resolved,
+                Err(message) => {
+                    eprintln!("sbx: {message}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let build_args: BTreeMap<String, String> = build_args
+                .into_iter()
+                .filter_map(|(key, value)| {
+                    let value = value.or_else(|| std::env::var(&key).ok())?;
+                    Some((key, value))
+                })
+                .collect();
+            let query = BuildImageQuery {
+                name,
+                dockerfile,
+                build_args: (!build_args.is_empty()).then(|| {
+                    serde_json::to_string(&build_args).expect("a map of strings serializes")
+                }),
+                allow: (!allow.is_empty()).then(|| allow.join(",")),
+                no_cache,
+            };
+            let image = build(&conn.client()?, &query, context).await?;
+            println!("Built {} ({})", image.name, short_id(&image.id));
+        }
         ImageCommand::Ls { conn } => {
             let images = conn.client()?.list_images().await?;
             println!(
@@ -148,14 +213,10 @@ pub async fn run(command: ImageCommand) -> Result<(), CliError> {
                 "NAME", "ID", "SOURCE", "SIZE"
             );
             for image in images {
-                let id = image
-                    .id
-                    .split_once(':')
-                    .map_or(image.id.as_str(), |(_, hash)| hash);
                 println!(
                     "{:<48} {:<20} {:<7} {:>10}  {}",
                     image.name,
-                    id.get(..12).unwrap_or(id),
+                    short_id(&image.id),
                     serde_json::to_value(image.source)
                         .ok()
                         .and_then(|value| value.as_str().map(str::to_owned))
@@ -180,7 +241,161 @@ pub async fn run(command: ImageCommand) -> Result<(), CliError> {
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `KEY=VALUE`, or `KEY` alone.
+fn parse_build_arg(text: &str) -> Result<(String, Option<String>), String> {
+    let (key, value) = match text.split_once('=') {
+        Some((key, value)) => (key, Some(value.to_owned())),
+        None => (text, None),
+    };
+    if key.is_empty() {
+        return Err(format!("{text:?} is not KEY=VALUE or KEY"));
+    }
+    Ok((key.to_owned(), value))
+}
+
+/// The first 12 digits of an image id, as `image ls` and `build` show it.
+fn short_id(id: &str) -> &str {
+    let hash = id.split_once(':').map_or(id, |(_, hash)| hash);
+    hash.get(..12).unwrap_or(hash)
+}
+
+/// The context of a build in `dir` and the `dockerfile` to name (none for
+/// the default `Dockerfile`); a message for the user when they do not fit.
+fn build_context(dir: &Path, file: Option<&Path>) -> Result<(Context, Option<String>), String> {
+    let root =
+        std::fs::canonicalize(dir).map_err(|err| format!("context {}: {err}", dir.display()))?;
+    if !root.is_dir() {
+        return Err(format!("context {} is not a directory", dir.display()));
+    }
+    let relative = match file {
+        None => PathBuf::from("Dockerfile"),
+        Some(file) => {
+            let outside = || {
+                format!(
+                    "the Dockerfile {} is outside the context {}: move it into the context",
+                    file.display(),
+                    dir.display()
+                )
+            };
+            let name = file
+                .file_name()
+                .ok_or_else(|| format!("{} names no file", file.display()))?;
+            let parent = match file.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            let parent = std::fs::canonicalize(parent)
+                .map_err(|err| format!("Dockerfile {}: {err}", file.display()))?;
+            parent
+                .join(name)
+                .strip_prefix(&root)
+                .map_err(|_| outside())?
+                .to_owned()
+        }
+    };
+    let shown = dir.join(&relative);
+    match std::fs::symlink_metadata(root.join(&relative)) {
+        Ok(metadata) if metadata.is_file() => {}
+        Ok(_) => return Err(format!("{} is not a regular file", shown.display())),
+        Err(err) => return Err(format!("Dockerfile {}: {err}", shown.display())),
+    }
+    let named = match file {
+        None => None,
+        Some(_) => Some(
+            relative
+                .to_str()
+                .ok_or_else(|| format!("{} is not UTF-8", relative.display()))?
+                .to_owned(),
+        ),
+    };
+    let ignore = Ignore::read(&root).map_err(|err| {
+        format!(
+            "{}: {err}",
+            dir.join(super::context::DOCKERIGNORE).display()
+        )
+    })?;
+    Ok((Context::new(root, ignore, &relative), named))
+}
+
+/// Builds, printing as docker's classic builder does: each step, the
+/// output of its command on the matching stream, then the image.
+async fn build(
+    client: &Client,
+    query: &BuildImageQuery,
+    context: Context,
+) -> Result<Image, CliError> {
+    let (body, upload) = Upload::start(context);
+    let outcome = follow_build(client, query, body).await;
+    // A context that could not be read explains a failed build better than
+    // the build's own error.
+    if let Some(source) = upload.failure() {
+        return Err(CliError::Io {
+            path: PathBuf::from("(build context)"),
+            source,
+        });
+    }
+    outcome
+}
+
+async fn follow_build(
+    client: &Client,
+    query: &BuildImageQuery,
+    body: super::context::UploadBody,
+) -> Result<Image, CliError> {
+    let mut events = client.build_image(query, body).await?;
+    let mut line_open = false;
+    // A closed stdout (e.g. `| head`) must not fail the build.
+    while let Some(event) = events.next().await? {
+        match event {
+            BuildEvent::Step {
+                index,
+                total,
+                instruction,
+                cached,
+                ..
+            } => {
+                let mut stdout = std::io::stdout().lock();
+                if std::mem::take(&mut line_open) {
+                    let _ = writeln!(stdout);
+                }
+                let _ = writeln!(stdout, "Step {index}/{total} : {instruction}");
+                if cached {
+                    let _ = writeln!(stdout, " ---> Using cache");
+                }
+                let _ = stdout.flush();
+            }
+            BuildEvent::Stdout { data } => {
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout.write_all(data.as_bytes());
+                let _ = stdout.flush();
+                if !data.is_empty() {
+                    line_open = !data.ends_with('\n');
+                }
+            }
+            BuildEvent::Stderr { data } => {
+                let _ = std::io::stderr().write_all(data.as_bytes());
+            }
+            BuildEvent::Done { image } => {
+                if line_open {
+                    println!();
+                }
+                return Ok(image);
+            }
+            BuildEvent::Error { error } => {
+                return Err(ClientError::Api {
+                    status: error.error_code.http_status(),
+                    body: error,
+                }
+                .into())
+            }
+        }
+    }
+    Err(CliError::Usage(
+        "the server ended the build without an outcome".into(),
+    ))
 }
 
 /// Pulls, drawing a bar per blob on stderr as its bytes arrive.
@@ -240,10 +455,58 @@ fn human_size(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn build_args_take_a_value_or_the_environment() {
+        assert_eq!(
+            parse_build_arg("A=b=c"),
+            Ok(("A".to_owned(), Some("b=c".to_owned())))
+        );
+        assert_eq!(
+            parse_build_arg("A="),
+            Ok(("A".to_owned(), Some(String::new())))
+        );
+        assert_eq!(parse_build_arg("HOME"), Ok(("HOME".to_owned(), None)));
+        assert!(parse_build_arg("=x").is_err());
+        assert!(parse_build_arg("").is_err());
+    }
+
+    #[test]
+    fn ids_are_shown_short() {
+        assert_eq!(short_id("sha256:0123456789abcdef"), "0123456789ab");
+        assert_eq!(short_id("recipe:abc"), "abc");
+    }
+
+    #[test]
+    fn the_dockerfile_must_be_inside_the_context() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let context = dir.path().join("ctx");
+        std::fs::create_dir_all(context.join("docker")).expect("mkdir");
+        std::fs::write(context.join("Dockerfile"), "FROM base\n").expect("write");
+        std::fs::write(context.join("docker/app.Dockerfile"), "FROM base\n").expect("write");
+        std::fs::write(dir.path().join("Outside"), "FROM base\n").expect("write");
+
+        let (_, named) = build_context(&context, None).expect("the default");
+        assert_eq!(named, None);
+        let inside = context.join("docker/../docker/app.Dockerfile");
+        let (_, named) = build_context(&context, Some(&inside)).expect("inside");
+        assert_eq!(named.as_deref(), Some("docker/app.Dockerfile"));
+        let outside =
+            build_context(&context, Some(&dir.path().join("Outside"))).expect_err("outside");
+        assert!(outside.contains("outside the context"), "{outside}");
+        let missing = build_context(&context, Some(&context.join("Nope"))).expect_err("missing");
+        assert!(missing.contains("Nope"), "{missing}");
+        let not_a_dir = build_context(&context.join("Dockerfile"), None).expect_err("a file");
+        assert!(not_a_dir.contains("not a directory"), "{not_a_dir}");
+        std::fs::remove_file(context.join("Dockerfile")).expect("rm");
+        assert!(build_context(&context, None).is_err());
+    }
+
     #[test]
     fn sizes_read_as_people_write_them() {
-        assert_eq!(super::human_size(512), "512B");
-        assert_eq!(super::human_size(1536), "1.5K");
-        assert_eq!(super::human_size(230 << 20), "230.0M");
+        assert_eq!(human_size(512), "512B");
+        assert_eq!(human_size(1536), "1.5K");
+        assert_eq!(human_size(230 << 20), "230.0M");
     }
 }

@@ -6,6 +6,7 @@
 //! to the admin token in the local data dir, so `sbx create` just works on
 //! the machine that runs `sbx serve`.
 
+mod context;
 mod cp;
 mod image;
 mod lifecycle;
@@ -186,7 +187,7 @@ enum Command {
         #[command(subcommand)]
         command: policy::TokenCommand,
     },
-    /// Import, list, inspect and delete images
+    /// Import, pull, build, list, inspect and delete images
     Image {
         #[command(subcommand)]
         command: image::ImageCommand,
@@ -640,10 +641,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             policy::token(command).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Image { command } => {
-            image::run(command).await?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Image { command } => image::run(command).await,
         Command::Audit(args) => {
             policy::audit(args).await?;
             Ok(ExitCode::SUCCESS)

@@ -517,7 +517,7 @@ impl Import {
                 source: ImageSource::Build,
                 seed: None,
             };
-            self.write_build(top, &record, &target)?;
+            self.write_build(top, &record, &target, false)?;
         }
         Ok(target.join("rootfs"))
     }
@@ -550,7 +550,7 @@ impl Import {
                     source: new.source,
                     seed: new.seed,
                 };
-                self.write_build(&new.top, &record, &target)?
+                self.write_build(&new.top, &record, &target, true)?
             }
         };
         let link = self.staging.join("link");
@@ -573,20 +573,26 @@ impl Import {
     }
 
     /// Copies the chain `top` to `target` with `record` (its size filled
-    /// in), made in the staging dir and renamed in whole. Returns the
-    /// record `target` holds.
+    /// in when `measured`: a walk of the whole tree, which a build step's
+    /// unnamed build skips), made in the staging dir and renamed in whole.
+    /// Returns the record `target` holds.
     fn write_build(
         &self,
         top: &str,
         record: &BuildRecord,
         target: &Path,
+        measured: bool,
     ) -> Result<BuildRecord, ImageError> {
         let build = self
             .staging
             .join(format!("build-{:08x}", rand::random::<u32>()));
         self.images.layers.copy_chain(top, &build)?;
         let record = BuildRecord {
-            size_bytes: tree_size(&build.join("rootfs")),
+            size_bytes: if measured {
+                tree_size(&build.join("rootfs"))
+            } else {
+                0
+            },
             ..record.clone()
         };
         let json = serde_json::to_vec_pretty(&record)

@@ -36,8 +36,10 @@ import anyio.to_thread
 import httpx
 
 from . import _core
+from ._context import BuildContext
 from ._core import (
     DEFAULT,
+    BuildCallback,
     Call,
     Command,
     ImageArchive,
@@ -252,8 +254,42 @@ class AsyncImages:
             insecure=insecure,
             request_timeout=request_timeout,
         )
-        async with _AsyncPullStream(self._client, request, on_progress) as stream:
+        log = _core.PullLog(on_progress)
+        async with _AsyncImageStream(self._client, request, log, _core.pull_decoder()) as stream:
             return await stream.wait()
+
+    async def build(
+        self,
+        context_dir: Union[str, os.PathLike[str]],
+        name: str,
+        *,
+        dockerfile: Optional[Union[str, os.PathLike[str]]] = None,
+        build_args: Optional[Mapping[str, str]] = None,
+        allow: Optional[Sequence[str]] = None,
+        no_cache: bool = False,
+        on_event: Optional[BuildCallback] = None,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> ImageInfo:
+        """See :meth:`sbx.Images.build`; the context is read in a worker
+        thread, and ``on_event`` may be a coroutine function."""
+        context = await anyio.to_thread.run_sync(BuildContext, context_dir, dockerfile)
+        with spool() as tar:
+            await anyio.to_thread.run_sync(context.write_tar, tar)
+            tar.seek(0)
+            request = _core.build_image(
+                name,
+                content=tar,
+                dockerfile=context.dockerfile,
+                build_args=build_args,
+                allow=allow,
+                no_cache=no_cache,
+                request_timeout=request_timeout,
+            )
+            log = _core.BuildLog(on_event)
+            async with _AsyncImageStream(
+                self._client, request, log, _core.build_decoder()
+            ) as stream:
+                return await stream.wait()
 
     async def list(self) -> builtins.list[ImageInfo]:
         return await self._client._run(_core.list_images())
@@ -841,16 +877,21 @@ class AsyncSandboxEventStream(_AsyncStream):
             yield event
 
 
-class _AsyncPullStream(_AsyncStream):
-    """See :class:`sbx._sync._PullStream`."""
+class _AsyncImageStream(_AsyncStream):
+    """See :class:`sbx._sync._ImageStream`."""
 
     def __init__(
-        self, client: AsyncClient, request: Request, on_progress: Optional[ProgressCallback]
+        self,
+        client: AsyncClient,
+        request: Request,
+        log: _core.OutcomeLog,
+        decoder: _core.LineDecoder[Any],
     ) -> None:
         super().__init__(client, request)
-        self._log = _core.PullLog(on_progress)
+        self._log = log
+        self._decoder = decoder
 
-    async def _observe(self, line: _core.PullLine) -> None:
+    async def _observe(self, line: Any) -> None:
         callback = self._log.observe(line)
         if callback is not None:
             outcome = callback()
@@ -858,7 +899,7 @@ class _AsyncPullStream(_AsyncStream):
                 await outcome
 
     async def wait(self) -> ImageInfo:
-        decoder = _core.pull_decoder()
+        decoder = self._decoder
         async for chunk in self._chunks():
             for line in decoder.feed(chunk):
                 await self._observe(line)

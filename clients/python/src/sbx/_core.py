@@ -31,6 +31,7 @@ from typing import (
     Mapping,
     Optional,
     Sequence,
+    Tuple,
     TypeVar,
     Union,
 )
@@ -580,6 +581,41 @@ def pull_image(
     )
 
 
+def build_image(
+    name: str,
+    *,
+    content: Any,
+    dockerfile: Optional[str],
+    build_args: Optional[Mapping[str, str]],
+    allow: Optional[Sequence[str]],
+    no_cache: bool,
+    request_timeout: TimeoutArg,
+) -> Request:
+    """``POST /v1/images/build``, streamed: ``content`` is the context tar;
+    each step and its output, then the image or the error. No read timeout
+    unless ``request_timeout``: a step may run long without a word."""
+    if isinstance(allow, str):
+        raise TypeError("allow is a list of hosts, not one string")
+    params = {"name": name}
+    if dockerfile is not None:
+        params["dockerfile"] = dockerfile
+    if build_args:
+        params["build_args"] = json.dumps(_clean(build_args), sort_keys=True)
+    if allow:
+        params["allow"] = ",".join(allow)
+    if no_cache:
+        params["no_cache"] = "true"
+    return Request(
+        "POST",
+        "/v1/images/build",
+        params=params,
+        content=content,
+        headers={"content-type": "application/x-tar", "accept": NDJSON},
+        timeout=request_timeout,
+        unbounded_read=True,
+    )
+
+
 # Routes beside ``/v1/images/{name}`` that a bare name would land on.
 _IMAGE_ROUTES = ("import", "pull", "build")
 
@@ -937,14 +973,19 @@ def sandbox_event_decoder() -> LineDecoder[models.SandboxEvent]:
 #: One line of an image pull: a blob's progress, the image, the error, or
 #: ``None`` for a line of a type this SDK does not know (a newer server).
 PullLine = Union[models.PullProgress, models.ImageInfo, ApiError, None]
+#: One line of a build: a step, output, the image, the error, or ``None``.
+BuildLine = Union[models.BuildStep, models.BuildOutput, models.ImageInfo, ApiError, None]
 
 
-def _pull_line(data: Any) -> PullLine:
+def _line_type(data: Any, what: str) -> str:
     kind = data.get("type") if isinstance(data, dict) else None
     if not isinstance(kind, str):
-        raise ProtocolError(f"a pull line has no type: {data!r:.200}")
-    if kind == "blob":
-        return models.PullProgress.from_json(data)
+        raise ProtocolError(f"a {what} line has no type: {data!r:.200}")
+    return kind
+
+
+def _outcome(kind: str, data: Any) -> Union[models.ImageInfo, ApiError, None]:
+    """The ``done`` or ``error`` line that ends a pull or a build."""
     if kind == "done":
         return models.ImageInfo.from_json(data.get("image"))
     if kind == "error":
@@ -952,30 +993,57 @@ def _pull_line(data: Any) -> PullLine:
     return None
 
 
+def _pull_line(data: Any) -> PullLine:
+    kind = _line_type(data, "pull")
+    if kind == "blob":
+        return models.PullProgress.from_json(data)
+    return _outcome(kind, data)
+
+
+def _build_line(data: Any) -> BuildLine:
+    kind = _line_type(data, "build")
+    if kind == "step":
+        return models.BuildStep.from_json(data)
+    if kind in ("stdout", "stderr"):
+        return models.BuildOutput.from_json(data)
+    return _outcome(kind, data)
+
+
 def pull_decoder() -> LineDecoder[PullLine]:
     """The lines of ``POST /v1/images/pull`` with ``Accept: application/x-ndjson``."""
     return LineDecoder(_pull_line)
 
 
+def build_decoder() -> LineDecoder[BuildLine]:
+    """The lines of ``POST /v1/images/build`` with ``Accept: application/x-ndjson``."""
+    return LineDecoder(_build_line)
+
+
 ProgressCallback = Callable[[models.PullProgress], Any]
+BuildCallback = Callable[[models.BuildEvent], Any]
 
 
-class PullLog:
-    """Follows an image pull's lines to its outcome."""
+class OutcomeLog:
+    """Follows the lines of a pull or a build to its outcome: the image or
+    the error. Lines of the ``progress`` types go to the callback."""
 
-    def __init__(self, on_progress: Optional[ProgressCallback]) -> None:
-        self.on_progress = on_progress
+    progress: Tuple[type, ...] = ()
+    #: What the stream is, for its errors.
+    what = "image"
+
+    def __init__(self, callback: Optional[Callable[[Any], Any]]) -> None:
+        self.callback = callback
         self.image: Optional[models.ImageInfo] = None
         self.error: Optional[ApiError] = None
 
-    def observe(self, line: PullLine) -> Optional[Callable[[], Any]]:
+    def observe(self, line: Any) -> Optional[Callable[[], Any]]:
         """Records the line; returns the callback call it asks for, if any.
         Only the first outcome counts."""
         if self.image is not None or self.error is not None:
             return None
-        if isinstance(line, models.PullProgress):
-            if self.on_progress is not None:
-                callback = self.on_progress
+        if isinstance(line, self.progress):
+            if self.callback is not None:
+                callback = self.callback
                 return lambda: callback(line)
         elif isinstance(line, models.ImageInfo):
             self.image = line
@@ -992,8 +1060,28 @@ class PullLog:
                 self.error.request_id = request_id
             raise self.error
         if self.image is None:
-            raise ProtocolError("the pull stream ended without the image or an error")
+            raise ProtocolError(f"the {self.what} stream ended without the image or an error")
         return self.image
+
+
+class PullLog(OutcomeLog):
+    """Follows an image pull's lines to its outcome."""
+
+    progress = (models.PullProgress,)
+    what = "pull"
+
+    def __init__(self, on_progress: Optional[ProgressCallback]) -> None:
+        super().__init__(on_progress)
+
+
+class BuildLog(OutcomeLog):
+    """Follows a build's lines to its outcome."""
+
+    progress = (models.BuildStep, models.BuildOutput)
+    what = "build"
+
+    def __init__(self, on_event: Optional[BuildCallback]) -> None:
+        super().__init__(on_event)
 
 
 OutputCallback = Callable[[str], Any]

@@ -28,8 +28,10 @@ from typing import (
 import httpx
 
 from . import _core
+from ._context import BuildContext
 from ._core import (
     DEFAULT,
+    BuildCallback,
     Call,
     Command,
     ImageArchive,
@@ -234,8 +236,8 @@ class Snapshots:
 class Images:
     """``/v1/images``: what sandboxes are made from (``image=`` in :meth:`Sandbox.create`).
 
-    Listing and reading need ``images:read``, importing, pulling and
-    deleting ``images:write``. Images are server-wide; ``base`` is the default one.
+    Listing and reading need ``images:read``, importing, pulling, building
+    and deleting ``images:write``. Images are server-wide; ``base`` is the default one.
     """
 
     def __init__(self, client: Client) -> None:
@@ -297,8 +299,58 @@ class Images:
             insecure=insecure,
             request_timeout=request_timeout,
         )
-        with _PullStream(self._client, request, on_progress) as stream:
+        log = _core.PullLog(on_progress)
+        with _ImageStream(self._client, request, log, _core.pull_decoder()) as stream:
             return stream.wait()
+
+    def build(
+        self,
+        context_dir: Union[str, os.PathLike[str]],
+        name: str,
+        *,
+        dockerfile: Optional[Union[str, os.PathLike[str]]] = None,
+        build_args: Optional[Mapping[str, str]] = None,
+        allow: Optional[Sequence[str]] = None,
+        no_cache: bool = False,
+        on_event: Optional[BuildCallback] = None,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> ImageInfo:
+        """``POST /v1/images/build``: an image built by the server from a
+        Dockerfile, ready when this returns.
+
+        ``context_dir`` is sent as a tar, as ``sbx image build`` sends it:
+        sorted, symlinks as symlinks, without what its ``.dockerignore``
+        leaves out (but always with the Dockerfile and ``.dockerignore``).
+        ``dockerfile`` is a path inside the context (``Dockerfile`` by
+        default): one outside it raises :class:`ValueError`, a missing one
+        :class:`FileNotFoundError`, before anything is sent. ``name`` gets
+        ``:latest`` without a tag. ``build_args`` are the ``ARG`` values;
+        ``allow`` the hosts ``RUN`` steps may reach through the egress proxy
+        (none by default); ``no_cache`` runs every step even where the build
+        cache holds its result. ``on_event`` gets a :class:`~sbx.BuildStep`
+        as each instruction starts and a :class:`~sbx.BuildOutput` for its
+        command's output as it happens. A failed build raises the
+        :class:`~sbx.ApiError` of its code (:class:`~sbx.InvalidRequest`
+        naming the Dockerfile line for an unsupported instruction or a
+        failing ``RUN``) and names no image. There is no HTTP read timeout
+        unless ``request_timeout``.
+        """
+        context = BuildContext(context_dir, dockerfile)
+        with spool() as tar:
+            context.write_tar(tar)
+            tar.seek(0)
+            request = _core.build_image(
+                name,
+                content=tar,
+                dockerfile=context.dockerfile,
+                build_args=build_args,
+                allow=allow,
+                no_cache=no_cache,
+                request_timeout=request_timeout,
+            )
+            log = _core.BuildLog(on_event)
+            with _ImageStream(self._client, request, log, _core.build_decoder()) as stream:
+                return stream.wait()
 
     def list(self) -> builtins.list[ImageInfo]:
         return self._client._run(_core.list_images())
@@ -940,22 +992,27 @@ class SandboxEventStream(_Stream):
         yield from decoder.finish()
 
 
-class _PullStream(_Stream):
-    """An image pull's lines, read to its outcome."""
+class _ImageStream(_Stream):
+    """An image pull's or build's lines, read to its outcome."""
 
     def __init__(
-        self, client: Client, request: Request, on_progress: Optional[ProgressCallback]
+        self,
+        client: Client,
+        request: Request,
+        log: _core.OutcomeLog,
+        decoder: _core.LineDecoder[Any],
     ) -> None:
         super().__init__(client, request)
-        self._log = _core.PullLog(on_progress)
+        self._log = log
+        self._decoder = decoder
 
-    def _observe(self, line: _core.PullLine) -> None:
+    def _observe(self, line: Any) -> None:
         callback = self._log.observe(line)
         if callback is not None:
             callback()
 
     def wait(self) -> ImageInfo:
-        decoder = _core.pull_decoder()
+        decoder = self._decoder
         for chunk in self._chunks():
             for line in decoder.feed(chunk):
                 self._observe(line)

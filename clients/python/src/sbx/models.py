@@ -31,6 +31,9 @@ __all__ = [
     "ImageConfig",
     "ImageInfo",
     "PullProgress",
+    "BuildStep",
+    "BuildOutput",
+    "BuildEvent",
     "SandboxEvent",
     "ExecResult",
     "StartEvent",
@@ -79,7 +82,7 @@ EventKind = Literal[
     "expiring",
 ]
 #: Where an image came from: built by the server's recipe, imported from an
-#: archive, or pulled from a registry.
+#: archive, pulled from a registry, or built from a Dockerfile.
 ImageSource = Literal["recipe", "import", "pull", "build"]
 ProcessState = Literal["running", "exited"]
 FileType = Literal["file", "dir", "symlink", "other"]
@@ -395,6 +398,53 @@ class PullProgress:
     def from_json(cls, data: Any) -> PullProgress:
         f = _Fields(data, "pull progress")
         return cls(digest=f.text("digest"), received=f.integer("received"), size=f.integer("size"))
+
+
+@dataclass(frozen=True)
+class BuildStep:
+    """One instruction of a Dockerfile build, as it starts."""
+
+    #: 1-based, of ``total``.
+    index: int
+    total: int
+    #: The Dockerfile line the instruction starts on.
+    line: int
+    #: The instruction as written (``RUN make``).
+    instruction: str
+    #: Its result came from the build cache: nothing runs.
+    cached: bool
+
+    @classmethod
+    def from_json(cls, data: Any) -> BuildStep:
+        f = _Fields(data, "build step")
+        return cls(
+            index=f.integer("index"),
+            total=f.integer("total"),
+            line=f.integer("line"),
+            instruction=f.text("instruction"),
+            cached=f.flag("cached"),
+        )
+
+
+@dataclass(frozen=True)
+class BuildOutput:
+    """Output of a build step's command, as it happens."""
+
+    #: Which of the command's streams it came from.
+    stream: Literal["stdout", "stderr"]
+    data: str
+
+    @classmethod
+    def from_json(cls, data: Any) -> BuildOutput:
+        f = _Fields(data, "build output")
+        stream = f.text("type")
+        if stream not in ("stdout", "stderr"):
+            raise ProtocolError(f"build output from an unknown stream: {stream!r}")
+        return cls(stream=stream, data=f.text("data"))  # type: ignore[arg-type]
+
+
+#: What a build reports as it goes (``on_event`` of ``images.build``).
+BuildEvent = Union[BuildStep, BuildOutput]
 
 
 @dataclass(frozen=True)
