@@ -502,7 +502,8 @@ impl Import {
     /// Returns its root filesystem.
     pub fn stage_step(&self, top: &str, step: &str) -> Result<PathBuf, ImageError> {
         let _building = self.images.lock(libc::LOCK_SH)?;
-        let build_name = format!("sbx-build-step-{}", step.get(..16).unwrap_or(step));
+        let hex = step.trim_start_matches("sha256:");
+        let build_name = format!("sbx-build-step-{}", hex.get(..16).unwrap_or(hex));
         let target = self.images.dir.join(STORE).join(&build_name);
         self.pin(&build_name)?;
         if read_record(&target).is_none() {

@@ -17,6 +17,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
+use tracing::Instrument;
 
 impl Manager {
     pub fn images(&self) -> &Arc<Images> {
@@ -78,14 +79,20 @@ impl Manager {
     }
 
     /// Finishes `import` as `name` and readies it on the runtime.
-    async fn publish(&self, import: Import, name: Option<String>) -> Result<Image, SandboxError> {
+    async fn publish(
+        self: &Arc<Self>,
+        import: Import,
+        name: Option<String>,
+    ) -> Result<Image, SandboxError> {
         let image = blocking(move || import.finish(name.as_deref()).map_err(Into::into)).await?;
         self.ready_image(image).await
     }
 
     /// Readies the image just named on the runtime (or removes its name
-    /// again), then collects what it replaced.
-    pub(super) async fn ready_image(&self, image: Image) -> Result<Image, SandboxError> {
+    /// again), then collects what it replaced, in the background: removing
+    /// a replaced build walks its whole tree, seconds for a large image,
+    /// which the caller need not wait for.
+    pub(super) async fn ready_image(self: &Arc<Self>, image: Image) -> Result<Image, SandboxError> {
         let rootfs = self.images.rootfs(&image.name)?.ok_or_else(|| {
             SandboxError::ImageNotFound(format!("{} (removed as it was imported)", image.name))
         })?;
@@ -99,7 +106,8 @@ impl Manager {
             });
         }
         tracing::info!(image = %image.name, id = %image.id, source = ?image.source, "published an image");
-        self.collect_images().await;
+        let manager = Arc::clone(self);
+        tokio::spawn(async move { manager.collect_images().await }.in_current_span());
         Ok(image)
     }
 
