@@ -547,6 +547,16 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.clean_up();
+        // A test that fails by returning an error drops its server before
+        // the harness prints anything: its warnings and errors go to the
+        // test's captured output, which cargo shows only for a failure.
+        for line in self
+            .log()
+            .lines()
+            .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+        {
+            eprintln!("serve.log: {line}");
+        }
         // The server's log (`serve.log` in the data dir) goes with the data
         // dir, unless a failing test wants to be looked into.
         if std::thread::panicking() {

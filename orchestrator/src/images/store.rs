@@ -138,16 +138,28 @@ impl LayerStore {
                 target.display()
             )))
         });
+        self.settle(&seed, &staging, made)?;
+        Ok(seed)
+    }
+
+    /// Ends the making of `chain` at `staging`: what `made` says, unless
+    /// it failed because another import or build (of this server or
+    /// another sharing the store) made the same chain meanwhile, which
+    /// is as good. A failure leaves no staging dir behind.
+    fn settle(
+        &self,
+        chain: &str,
+        staging: &Path,
+        made: Result<(), ImageError>,
+    ) -> Result<(), ImageError> {
         match made {
-            Ok(()) => Ok(seed),
-            // Another build from the same image seeded it meanwhile.
-            Err(_) if self.rootfs(&seed).is_some() => {
-                let _ = std::fs::remove_dir_all(&staging);
-                Ok(seed)
-            }
+            Ok(()) => Ok(()),
             Err(err) => {
-                let _ = std::fs::remove_dir_all(&staging);
-                Err(err)
+                let _ = std::fs::remove_dir_all(staging);
+                match self.rootfs(chain) {
+                    Some(_) => Ok(()),
+                    None => Err(err),
+                }
             }
         }
     }
@@ -192,13 +204,13 @@ impl LayerStore {
         below: Option<&str>,
         chain: &str,
         blob: &LayerBlob,
-    ) -> Result<Applied, ImageError> {
+    ) -> Result<(), ImageError> {
         let target = self.chain_dir(chain);
         let staging = staging_name(&target);
         let made = self
             .copy_below(below, &staging)
             .and_then(|()| apply_checked(blob, &staging.join("rootfs")))
-            .and_then(|applied| {
+            .and_then(|applied: Applied| {
                 let noted: String = applied
                     .skipped_devices
                     .iter()
@@ -210,13 +222,9 @@ impl LayerStore {
                     "cannot rename {} to {}",
                     staging.display(),
                     target.display()
-                )))?;
-                Ok(applied)
+                )))
             });
-        if made.is_err() {
-            let _ = std::fs::remove_dir_all(&staging);
-        }
-        made
+        self.settle(chain, &staging, made)
     }
 
     /// Makes `staging` hold a `rootfs/` that is a copy of the chain
@@ -466,6 +474,43 @@ mod tests {
                 chain.display()
             );
         }
+    }
+
+    /// Two imports of images that share a layer, at once (two servers may
+    /// share one store): each makes the chain at its own staging name;
+    /// the one whose rename comes second finds the chain made and uses it.
+    #[test]
+    fn imports_racing_for_one_chain_both_succeed() {
+        let (dir, subvolumes) = scratch();
+        let store = LayerStore::new(dir.path().join("layers"), subvolumes);
+        let staging = dir.path().join("saved");
+        std::fs::create_dir(&staging).expect("staging");
+        let saved =
+            archive::unpack(docker_save(&[&base_layer()]).as_slice(), &staging).expect("unpacked");
+        let racers: Vec<_> = (0..4)
+            .map(|_| {
+                let (store, layers) = (store.clone(), saved.layers.clone());
+                std::thread::spawn(move || store.build(&layers).map(|(top, _)| top))
+            })
+            .collect();
+        let tops: Vec<String> = racers
+            .into_iter()
+            .map(|racer| racer.join().expect("joined").expect("built"))
+            .collect();
+        assert!(tops.iter().all(|top| top == &tops[0]));
+        assert_eq!(chains(&dir.path().join("layers")).len(), 1, "no leftovers");
+
+        // The loser's case, made certain: its rename fails on the chain
+        // the winner placed.
+        let loser = staging_name(&store.chain_dir(&tops[0]));
+        std::fs::create_dir_all(loser.join("rootfs")).expect("loser's staging");
+        let lost = Err(ImageError::Invalid("rename failed".into()));
+        store
+            .settle(&tops[0], &loser, lost)
+            .expect("the chain is there");
+        assert!(!loser.exists(), "the loser's staging is removed");
+        let missing = Err(ImageError::Invalid("rename failed".into()));
+        assert!(store.settle("sha256:00", &loser, missing).is_err());
     }
 
     /// A build seeds from a recipe build, a plain directory, and from an
