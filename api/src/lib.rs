@@ -18,9 +18,12 @@ mod image;
 mod info;
 mod lifecycle;
 mod network;
+mod ports;
 mod process;
 mod sandbox;
+mod terminal;
 mod token;
+mod watch;
 
 #[cfg(feature = "client")]
 pub mod client;
@@ -53,6 +56,11 @@ pub use lifecycle::{
 pub use network::{
     normalize_host, EgressRule, HostPattern, NetworkPolicy, UpdateSandboxRequest, MAX_EGRESS_RULES,
 };
+pub use ports::{
+    CreatePreviewRequest, PortPath, PortStatus, PortWaitQuery, Preview, PreviewList, PreviewPath,
+    DEFAULT_PORT_WAIT_MS, DEFAULT_PREVIEW_TTL_S, MAX_PORT_WAIT_MS, MAX_PREVIEW_TTL_S,
+    PREVIEW_PATH_PREFIX,
+};
 pub use process::{
     KillAllResult, LogsQuery, ProcessInfo, ProcessList, ProcessPath, ProcessState, SignalRequest,
     StartProcessRequest, StdinQuery, PROCESS_LOG_CAP,
@@ -61,10 +69,16 @@ pub use sandbox::{
     CreateSandboxRequest, Sandbox, SandboxList, SandboxPath, SandboxState, DEFAULT_IMAGE, MAX_CPUS,
     MAX_DISK_MB, MAX_MEMORY_MB, MIN_DISK_MB,
 };
+pub use terminal::{
+    CreatePtyRequest, CreateSessionRequest, Pty, PtyControl, PtyList, PtyPath, PtySize, Session,
+    SessionExecRequest, SessionList, SessionPath, MAX_PTY_CELLS, PTY_SCROLLBACK_BYTES,
+};
 pub use token::{
     CreateTokenRequest, CreatedSandbox, CreatedToken, Scope, TokenInfo, TokenList,
     MAX_TOKEN_NAME_LEN, MAX_TOKEN_TTL_S, TOKEN_PREFIX,
 };
+
+pub use watch::{WatchEvent, WatchEventKind, WatchQuery, WATCH_QUEUE_EVENTS};
 
 /// Where an agent run by hand (tests, debugging) listens by default. In a
 /// sandbox the agent never binds a socket itself: the orchestrator hands it

@@ -8,10 +8,12 @@
 
 mod images;
 mod lifecycle;
+mod live;
 mod policy;
 mod sandbox;
 mod stream;
 
+pub use live::WatchEvents;
 pub use sandbox::SandboxClient;
 pub use stream::{BuildEvents, ByteStream, EventStream, LifecycleEvents, NdjsonStream, PullEvents};
 
@@ -340,8 +342,10 @@ where
     let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
     // The connection task ends by itself when the response body is done or
     // dropped; its error, if any, surfaces through the request instead.
+    // With upgrades, a `101` hands the connection to `hyper::upgrade::on`
+    // (a terminal, a tunnel, a proxied WebSocket) instead of ending it.
     tokio::spawn(async move {
-        let _ = connection.await;
+        let _ = connection.with_upgrades().await;
     });
     Ok(sender)
 }

@@ -26,7 +26,7 @@ pub struct SandboxClient<'a> {
     pub(super) prefix: String,
 }
 
-fn query<T: Serialize>(value: &T) -> Result<String, ClientError> {
+pub(super) fn query<T: Serialize>(value: &T) -> Result<String, ClientError> {
     serde_urlencoded::to_string(value).map_err(|err| ClientError::Unexpected {
         status: 0,
         text: format!("cannot encode query: {err}"),
@@ -41,7 +41,7 @@ fn file_query(path: &str) -> FileQuery {
 }
 
 impl SandboxClient<'_> {
-    fn url(&self, route: &str) -> String {
+    pub(super) fn url(&self, route: &str) -> String {
         format!("{}{route}", self.prefix)
     }
 
@@ -49,7 +49,7 @@ impl SandboxClient<'_> {
         self.client.endpoint.to_string()
     }
 
-    async fn request<B>(
+    pub(super) async fn request<B>(
         &self,
         method: Method,
         route: &str,
@@ -76,7 +76,7 @@ impl SandboxClient<'_> {
     }
 
     /// A JSON call; `T = ()` for 204 answers.
-    async fn json<T: DeserializeOwned>(
+    pub(super) async fn json<T: DeserializeOwned>(
         &self,
         method: Method,
         route: &str,
@@ -86,7 +86,10 @@ impl SandboxClient<'_> {
     }
 
     /// Checks the status and hands the body over unread.
-    async fn streaming(&self, response: Response<Incoming>) -> Result<ByteStream, ClientError> {
+    pub(super) async fn streaming(
+        &self,
+        response: Response<Incoming>,
+    ) -> Result<ByteStream, ClientError> {
         self.client.streaming(response).await
     }
 
