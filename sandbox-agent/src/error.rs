@@ -133,6 +133,52 @@ pub enum AgentError {
         path: String,
         reason: &'static str,
     },
+    /// The kernel's inotify limits (instances or watches per user) are
+    /// reached: other watches must end first.
+    #[error(
+        "cannot watch {path}: the inotify limits are reached ({})",
+        crate::fs_safe::describe(source)
+    )]
+    WatchLimit {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    /// A proxied request or tunnel found no server on the sandbox's port,
+    /// or one that did not answer HTTP. Answered 502, as a gateway does:
+    /// the agent is up, the sandbox's own server is not.
+    #[error("cannot reach port {port}: {reason}")]
+    PortUnreachable { port: u16, reason: String },
+    /// `GET /ports/{port}/wait` timed out.
+    #[error("nothing listens on port {port} after {waited_ms} ms")]
+    PortNotListening { port: u16, waited_ms: u64 },
+    /// No terminal with this id: never created, or deleted.
+    #[error("no terminal with id {id:?}")]
+    TerminalNotFound { id: String },
+    /// The call needs a terminal whose command still runs (resize).
+    #[error("the command of terminal {id:?} has exited")]
+    TerminalExited { id: String },
+    /// No session with this id: never created, ended by `exit`, or
+    /// deleted.
+    #[error("no session with id {id:?}")]
+    SessionNotFound { id: String },
+    /// A session runs one command at a time.
+    #[error("session {id:?} is already running a command")]
+    SessionBusy { id: String },
+    /// A signal for a session that runs no command.
+    #[error("session {id:?} is not running a command")]
+    SessionIdle { id: String },
+    /// The agent already keeps as many terminals or sessions as it allows.
+    #[error("too many {what}: the limit is {limit}, delete one first")]
+    TooManyShells { what: &'static str, limit: usize },
+    /// A terminal or session could not be set up or driven (a pty, a
+    /// fifo, its private directory).
+    #[error("cannot {op}: {source}")]
+    ShellSetup {
+        op: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl AgentError {
@@ -152,6 +198,17 @@ impl AgentError {
             AgentError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             AgentError::RouteNotFound { .. } => ErrorCode::NotFound,
             AgentError::ShuttingDown => ErrorCode::Unavailable,
+            AgentError::WatchLimit { .. }
+            | AgentError::PortUnreachable { .. }
+            | AgentError::PortNotListening { .. } => ErrorCode::Unavailable,
+            AgentError::TerminalNotFound { .. } | AgentError::SessionNotFound { .. } => {
+                ErrorCode::NotFound
+            }
+            AgentError::TerminalExited { .. }
+            | AgentError::SessionBusy { .. }
+            | AgentError::SessionIdle { .. }
+            | AgentError::TooManyShells { .. } => ErrorCode::Conflict,
+            AgentError::ShellSetup { .. } => ErrorCode::Internal,
             AgentError::File { source, .. } => io_error_code(source),
             AgentError::FileConflict { .. } => ErrorCode::Conflict,
             AgentError::Spawn { .. }
@@ -171,6 +228,10 @@ impl AgentError {
 
     /// The HTTP status, fixed by the code in `sbx-api`.
     pub fn status(&self) -> StatusCode {
+        // The one status the code does not fix (see the variant).
+        if let AgentError::PortUnreachable { .. } = self {
+            return StatusCode::BAD_GATEWAY;
+        }
         StatusCode::from_u16(self.error_code().http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
@@ -251,5 +312,19 @@ mod tests {
             StatusCode::BAD_REQUEST
         );
         assert_eq!(AgentError::NoLayerBaseline.status(), StatusCode::CONFLICT);
+        let unreachable = AgentError::PortUnreachable {
+            port: 8000,
+            reason: "connection refused".into(),
+        };
+        assert_eq!(unreachable.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(unreachable.error_code(), ErrorCode::Unavailable);
+        assert_eq!(
+            AgentError::PortNotListening {
+                port: 8000,
+                waited_ms: 5
+            }
+            .status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

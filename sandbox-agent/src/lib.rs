@@ -18,10 +18,14 @@
 //! - [`stream`]: the streamed `POST /exec`, killed when its client leaves;
 //! - [`processes`]: background processes, their logs, stdin and signals;
 //! - [`kill_all`]: ending every process but the agent (after a bomb);
+//! - [`pty`]: terminals: a command on a PTY, viewed over WebSockets;
+//! - [`session`]: persistent shell sessions, one command at a time;
 //! - [`files`], [`archive`]: file and tar routes, streamed; [`fs_safe`]
 //!   keeps archive extraction beneath its target directory;
 //! - [`layer`]: a build step's changes to the root file system, as an OCI
 //!   layer;
+//! - [`watch`]: file-system change streams from inotify;
+//! - [`ports`]: the sandbox's ports: HTTP proxy, readiness wait, TCP tunnels;
 //! - [`handoff`]: receiving the listener from the orchestrator;
 //! - [`server`]: routes, readiness, shutdown;
 //! - [`egress`]: the relay from `127.0.0.1:3128` in the sandbox to the
@@ -41,13 +45,17 @@ pub mod handoff;
 pub mod hosts;
 pub mod kill_all;
 pub mod layer;
+pub mod ports;
 pub mod process;
 pub mod processes;
+pub mod pty;
 pub mod reaper;
 pub mod server;
+pub mod session;
 pub mod stream;
 pub mod unread_body;
 pub mod user;
+pub mod watch;
 
 pub use error::AgentError;
 
