@@ -10,11 +10,14 @@
 //! secret and whose rows bound to a sandbox go with it (a foreign key with
 //! `ON DELETE CASCADE`, so no deletion path can forget them); and `audit`,
 //! append-only, written in batches by [`crate::audit`]'s writer thread;
-//! `snapshots` and `events` (see [`history`]).
+//! `snapshots` and `events` (see [`history`]); `previews` (see
+//! [`previews`]).
 
 mod history;
+mod previews;
 
 pub use history::{SnapshotRecord, MAX_EVENTS_READ};
+pub use previews::PreviewRecord;
 
 use crate::lifecycle::Transition;
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
@@ -177,6 +180,16 @@ const MIGRATIONS: &[&str] = &[
     // A restore between recording its new disk source and renaming the new
     // disk into place: the staged file's name in the sandbox's directory.
     "ALTER TABLE sandboxes ADD COLUMN restoring TEXT",
+    // Preview URLs: the SHA-256 of each one's secret, never the secret.
+    "CREATE TABLE previews (
+         id          TEXT PRIMARY KEY,
+         sandbox_id  TEXT NOT NULL REFERENCES sandboxes (id) ON DELETE CASCADE,
+         port        INTEGER NOT NULL,
+         created_at  TEXT NOT NULL,
+         expires_at  TEXT NOT NULL,
+         secret_hash BLOB NOT NULL UNIQUE
+     );
+     CREATE INDEX previews_by_sandbox ON previews (sandbox_id);",
 ];
 
 /// Every column, in the order `read_row` reads them.
@@ -796,7 +809,7 @@ fn read_row(row: &Row<'_>) -> rusqlite::Result<Result<SandboxRecord, StoreError>
 mod tests {
     use super::*;
 
-    fn record(id: &str) -> SandboxRecord {
+    pub(super) fn record(id: &str) -> SandboxRecord {
         SandboxRecord {
             sandbox: Sandbox {
                 id: id.into(),

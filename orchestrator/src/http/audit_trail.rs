@@ -38,11 +38,16 @@ use axum::response::Response;
 use axum::Json;
 use chrono::Utc;
 use sbx_api::{
-    AuditList, AuditQuery, CreateSandboxRequest, CreateTokenRequest, ExecRequest, MkdirRequest,
-    MoveRequest, SignalRequest, StartProcessRequest, ANONYMOUS, CLIENT_CLOSED_REQUEST,
+    AuditList, AuditQuery, CreatePtyRequest, CreateSandboxRequest, CreateSessionRequest,
+    CreateTokenRequest, ExecRequest, MkdirRequest, MoveRequest, PtySize, SessionExecRequest,
+    SignalRequest, StartProcessRequest, ANONYMOUS, CLIENT_CLOSED_REQUEST,
 };
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+
+/// The route recorded for every request through a preview, in place of
+/// its path, which holds the preview's secret.
+const PREVIEW_ROUTE: &str = "/p/{secret}";
 
 /// Longest route or sandbox id recorded as sent (an unmatched path, a
 /// hostile id); longer ones are cut.
@@ -77,6 +82,11 @@ impl Call {
     /// Starts the record of a call that has just arrived, before routing:
     /// its route is the path as sent for now (see [`record`]).
     pub fn arrive(log: AuditLog, method: &Method, path: &str, request_id: &RequestId) -> Self {
+        // A preview's path holds its secret, which no record may keep.
+        let path = match path.starts_with(sbx_api::PREVIEW_PATH_PREFIX) {
+            true => PREVIEW_ROUTE,
+            false => path,
+        };
         let sandbox = path
             .strip_prefix("/v1/sandboxes/")
             .and_then(|rest| rest.split('/').next())
@@ -110,6 +120,16 @@ impl Call {
         self.update(|entry| {
             entry.identity = principal.name.clone();
             entry.token_id = principal.token_id.clone();
+        });
+    }
+
+    /// The call came through preview `preview_id` of sandbox `sandbox`:
+    /// the preview is who called.
+    pub fn preview(&self, preview_id: &str, sandbox: &str) {
+        let sandbox = cut(sandbox);
+        self.update(|entry| {
+            entry.identity = format!("preview {preview_id}");
+            entry.sandbox = Some(sandbox);
         });
     }
 
@@ -268,6 +288,33 @@ impl Summary for SignalRequest {
     }
 }
 
+impl Summary for CreatePtyRequest {
+    fn summary(&self) -> String {
+        match &self.cmd {
+            Some(argv) => command_line(argv),
+            None => "login shell".into(),
+        }
+    }
+}
+
+impl Summary for PtySize {
+    fn summary(&self) -> String {
+        format!("resize {}x{}", self.cols, self.rows)
+    }
+}
+
+impl Summary for CreateSessionRequest {
+    fn summary(&self) -> String {
+        format!("session as {}", self.user.as_deref().unwrap_or("root"))
+    }
+}
+
+impl Summary for SessionExecRequest {
+    fn summary(&self) -> String {
+        format!("shell: {}", self.command)
+    }
+}
+
 impl Summary for CreateSandboxRequest {
     fn summary(&self) -> String {
         format!(
@@ -299,9 +346,10 @@ fn cut(text: &str) -> String {
     format!("{}…", &text[..end])
 }
 
-/// Whether calls to `path` are audited: those under `/v1`.
+/// Whether calls to `path` are audited: those under `/v1`, and every
+/// request through a preview.
 pub fn is_audited(path: &str) -> bool {
-    path == "/v1" || path.starts_with("/v1/")
+    path == "/v1" || path.starts_with("/v1/") || path.starts_with(sbx_api::PREVIEW_PATH_PREFIX)
 }
 
 /// The middleware of every `/v1` route: completes the call's record with

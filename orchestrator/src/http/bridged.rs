@@ -18,17 +18,18 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath};
 use super::request_id::RequestId;
 use super::AppState;
-use crate::bridge;
+use crate::bridge::{self, Forwarded, Passing};
 use crate::metrics::Transfer;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
+use hyper::upgrade::OnUpgrade;
 use sbx_api::{
     ArchiveSummary, ErrorBody, ExecEvent, ExecRequest, ExecResult, FileInfo, FileList,
-    KillAllResult, LogsQuery, MkdirRequest, MoveRequest, ProcessInfo, ProcessList, ProcessPath,
-    SandboxPath, SignalRequest, StartProcessRequest, StdinQuery,
+    KillAllResult, LogsQuery, MkdirRequest, MoveRequest, PortPath, ProcessInfo, ProcessList,
+    ProcessPath, PtyPath, SandboxPath, SessionPath, SignalRequest, StartProcessRequest, StdinQuery,
 };
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -99,6 +100,7 @@ macro_rules! forwarded {
         }
     };
 }
+pub(super) use forwarded;
 
 forwarded! {
     /// List background processes.
@@ -280,21 +282,44 @@ forwarded! {
     upload_archive(SandboxPath) => forward
 }
 
-/// Which sandbox (and process) a forwarded call is about.
-struct Target {
-    id: String,
-    pid: Option<i32>,
+/// Which sandbox a forwarded call is about, and what in it: a process, a
+/// terminal, a session or a port, named for the audit trail.
+pub(super) struct Target {
+    pub id: String,
+    pub about: Option<String>,
 }
 
 impl From<SandboxPath> for Target {
     fn from(SandboxPath { id }: SandboxPath) -> Self {
-        Self { id, pid: None }
+        Self { id, about: None }
     }
 }
 
 impl From<ProcessPath> for Target {
     fn from(ProcessPath { id, pid }: ProcessPath) -> Self {
-        Self { id, pid: Some(pid) }
+        let about = Some(format!("pid {pid}"));
+        Self { id, about }
+    }
+}
+
+impl From<PtyPath> for Target {
+    fn from(PtyPath { id, tid }: PtyPath) -> Self {
+        let about = Some(format!("terminal {tid}"));
+        Self { id, about }
+    }
+}
+
+impl From<SessionPath> for Target {
+    fn from(SessionPath { id, sid }: SessionPath) -> Self {
+        let about = Some(format!("session {sid}"));
+        Self { id, about }
+    }
+}
+
+impl From<PortPath> for Target {
+    fn from(PortPath { id, port }: PortPath) -> Self {
+        let about = Some(format!("port {port}"));
+        Self { id, about }
     }
 }
 
@@ -315,24 +340,24 @@ async fn forward_exec(
         forwarded.insert(header::ACCEPT, accept.clone());
     }
     let started = Instant::now();
-    let response = bridge::forward(
-        &state.manager,
-        id,
-        Method::POST,
-        "/exec",
-        &forwarded,
-        Body::from(body),
-    )
-    .await?;
+    let call = Forwarded {
+        method: Method::POST,
+        agent_path: "/exec",
+        headers: &forwarded,
+        body: Body::from(body),
+        passing: Passing::Api,
+        upgrade: None,
+    };
+    let response = bridge::forward(&state.manager, id, call).await?;
     state.metrics.exec_answered(&response, started.elapsed());
     Ok(with_request_id(response).await)
 }
 
-/// What a forwarded call is about: the `path` of a file or archive call,
-/// or the pid of a process call.
-fn forwarded_summary(parts: &Parts, pid: Option<i32>) -> Option<String> {
-    if let Some(pid) = pid {
-        return Some(format!("pid {pid}"));
+/// What a forwarded call is about: what its route names (a process, a
+/// terminal…), else the `path` of a file, archive or watch call.
+fn forwarded_summary(parts: &Parts, about: Option<String>) -> Option<String> {
+    if about.is_some() {
+        return about;
     }
     let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri).ok()?;
     query.0.get("path").cloned()
@@ -340,23 +365,23 @@ fn forwarded_summary(parts: &Parts, pid: Option<i32>) -> Option<String> {
 
 /// Forwards `/v1/sandboxes/{id}/REST?QUERY` to the agent's `/REST?QUERY`,
 /// streaming the body.
-async fn forward(
+pub(super) async fn forward(
     state: &AppState,
     call: &Call,
     target: Target,
     request: Request,
 ) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
-    if let Some(summary) = forwarded_summary(&parts, target.pid) {
+    if let Some(summary) = forwarded_summary(&parts, target.about) {
         call.summary(summary);
     }
-    forward_parts(state, &target.id, parts, body).await
+    forward_parts(state, &target.id, parts, body, Passing::Api).await
 }
 
 /// Like [`forward`], for routes whose small JSON body says what the call
 /// does: the body is read (within the default body limit), summarised if
 /// it parses (the agent judges it either way), and forwarded unchanged.
-async fn forward_json<T: DeserializeOwned + Summary>(
+pub(super) async fn forward_json<T: DeserializeOwned + Summary>(
     state: &AppState,
     call: &Call,
     target: Target,
@@ -365,24 +390,22 @@ async fn forward_json<T: DeserializeOwned + Summary>(
     let (parts, body) = request.into_parts();
     let body = Bytes::from_request(Request::from_parts(parts.clone(), body), state).await?;
     let parsed = serde_json::from_slice::<T>(&body).ok();
-    let summary: Vec<String> = [
-        target.pid.map(|pid| format!("pid {pid}")),
-        parsed.map(|request| request.summary()),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let summary: Vec<String> = [target.about, parsed.map(|request| request.summary())]
+        .into_iter()
+        .flatten()
+        .collect();
     if !summary.is_empty() {
         call.summary(summary.join(" "));
     }
-    forward_parts(state, &target.id, parts, Body::from(body)).await
+    forward_parts(state, &target.id, parts, Body::from(body), Passing::Api).await
 }
 
-async fn forward_parts(
+pub(super) async fn forward_parts(
     state: &AppState,
     id: &str,
-    parts: Parts,
+    mut parts: Parts,
     body: Body,
+    passing: Passing,
 ) -> Result<Response, ApiError> {
     // Routes are nested under /v1, so the path here is /sandboxes/ID/REST,
     // with ID as sent: percent-encoded, unlike the decoded `id`, so it is
@@ -400,16 +423,26 @@ async fn forward_parts(
     let counted = state
         .metrics
         .file_bytes(Transfer::of(&parts.method, &agent_path));
-    let response = bridge::forward(
-        &state.manager,
-        id,
-        parts.method,
-        &agent_path,
-        &parts.headers,
-        counted.request(body),
-    )
-    .await?;
+    let upgrade = client_upgrade(&mut parts);
+    let call = Forwarded {
+        method: parts.method,
+        agent_path: &agent_path,
+        headers: &parts.headers,
+        body: counted.request(body),
+        passing,
+        upgrade,
+    };
+    let response = bridge::forward(&state.manager, id, call).await?;
     Ok(with_request_id(counted.response(response)).await)
+}
+
+/// The client's side of the upgrade its request asks for, if it asks.
+fn client_upgrade(parts: &mut Parts) -> Option<OnUpgrade> {
+    parts
+        .headers
+        .contains_key(header::UPGRADE)
+        .then(|| parts.extensions.remove::<OnUpgrade>())
+        .flatten()
 }
 
 /// The agent's response, with the call's request id added to its error

@@ -118,7 +118,8 @@ impl From<SandboxError> for ApiError {
             SandboxError::InvalidRequest(_) => ErrorCode::InvalidRequest,
             SandboxError::NotFound(_)
             | SandboxError::ImageNotFound(_)
-            | SandboxError::SnapshotNotFound(_) => ErrorCode::NotFound,
+            | SandboxError::SnapshotNotFound(_)
+            | SandboxError::PreviewNotFound(_) => ErrorCode::NotFound,
             SandboxError::WrongState { .. } | SandboxError::Conflict(_) => ErrorCode::Conflict,
             SandboxError::InsufficientStorage(_) => ErrorCode::InsufficientStorage,
             SandboxError::TooLarge(_) => ErrorCode::PayloadTooLarge,

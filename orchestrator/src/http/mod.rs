@@ -23,8 +23,10 @@ mod error;
 mod extract;
 mod images;
 mod lifecycle;
+mod live;
 mod metrics;
 mod openapi;
+mod ports;
 mod request_id;
 mod sandboxes;
 mod serve;
@@ -106,6 +108,8 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(images::build))
         .routes(routes!(images::get, images::delete))
         .merge(bridged::routes())
+        .merge(live::routes())
+        .merge(ports::routes())
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::revoke))
         .routes(routes!(audit_trail::list))
@@ -163,6 +167,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(|| async { "ok" }))
         .route("/openapi.json", get(move || serve_openapi(spec.clone())))
         .merge(scrape)
+        .merge(ports::preview_routes())
         .nest("/v1", v1)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)

@@ -20,7 +20,7 @@
 
 use super::auth::{requirement, Requirement};
 use axum::http::Method;
-use sbx_api::{ErrorBody, Scope};
+use sbx_api::{ErrorBody, PortPath, Scope};
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
@@ -30,7 +30,7 @@ use utoipa::{OpenApi as _, PartialSchema, ToSchema};
 /// The name of the bearer-token security scheme.
 const BEARER: &str = "bearer";
 /// The routes that need no token.
-const OPEN_ROUTES: [&str; 2] = ["/health", "/openapi.json"];
+const OPEN_ROUTES: [&str; 3] = ["/health", "/openapi.json", "/p/{secret}/{path}"];
 /// The name of the shared error response.
 const ERROR_RESPONSE: &str = "Error";
 
@@ -50,13 +50,16 @@ const ERROR_RESPONSE: &str = "Error";
             Streams (`exec` with `Accept: application/x-ndjson`, process logs) are NDJSON: \
             one `ExecEvent` per line.",
     ),
-    paths(health, super::serve_openapi, super::metrics::scrape, mcp),
+    paths(health, super::serve_openapi, super::metrics::scrape, mcp, port_proxy, preview),
     tags(
         (name = "sandboxes", description = "Create, list, change and delete sandboxes"),
         (name = "exec", description = "Run a command to completion"),
         (name = "processes", description = "Background processes, their logs, stdin and signals"),
         (name = "files", description = "Files, directories and tar archives inside a sandbox"),
         (name = "images", description = "Images sandboxes are made from: import, list, delete"),
+        (name = "terminals", description = "Terminals (PTYs) attached over WebSockets"),
+        (name = "sessions", description = "Shell sessions whose cd, variables and functions persist"),
+        (name = "ports", description = "Servers inside a sandbox: proxied requests, tunnels, previews"),
         (name = "tokens", description = "Scoped API tokens"),
         (name = "audit", description = "The audit trail: one record per call"),
         (name = "server", description = "The server itself"),
@@ -86,6 +89,42 @@ fn health() {}
     ))]
 #[allow(dead_code)] // Documents the route; `crate::mcp` serves it.
 fn mcp() {}
+
+/// Any request to a port inside a sandbox.
+///
+/// Every method, every path under the port: proxied to
+/// `127.0.0.1:{port}` inside the sandbox with its query, headers (but
+/// `Authorization`, which is sbx's) and body, and the answer streamed back
+/// as the server there gives it. WebSocket upgrades pass through. 502 when
+/// nothing listens on the port.
+#[utoipa::path(method(get, post, put, patch, delete), path = "/v1/sandboxes/{id}/ports/{port}/{path}",
+    tag = "ports", operation_id = "proxy_port",
+    params(PortPath, ("path" = String, Path, description = "The path under the port, after its first `/`")),
+    request_body(content(("application/octet-stream")), description = "Passed on as it is"),
+    responses(
+        (status = 200, description = "The server's answer, whatever its status and body"),
+        (status = 502, body = ErrorBody, description = "Nothing listens on the port"),
+    ))]
+#[allow(dead_code)] // Documents the route; `super::ports` serves it.
+fn port_proxy() {}
+
+/// A request through a preview URL.
+///
+/// Like the port proxy, for whoever holds the URL: no token; the secret in
+/// the path is the credential. 404 once the preview expired or was
+/// revoked, or its sandbox deleted.
+#[utoipa::path(method(get, post, put, patch, delete), path = "/p/{secret}/{path}",
+    tag = "ports", operation_id = "through_preview", security(()),
+    params(("secret" = String, Path, description = "The preview's secret, from its URL"),
+        ("path" = String, Path, description = "The path under the port")),
+    request_body(content(("application/octet-stream")), description = "Passed on as it is"),
+    responses(
+        (status = 200, description = "The server's answer, whatever its status and body"),
+        (status = 404, body = ErrorBody, description = "No such preview"),
+        (status = 502, body = ErrorBody, description = "Nothing listens on the port"),
+    ))]
+#[allow(dead_code)] // Documents the route; `super::ports` serves it.
+fn preview() {}
 
 /// The complete spec, from the `/v1` routes' generated part.
 pub fn complete(v1: OpenApi) -> OpenApi {

@@ -51,6 +51,7 @@ mod lifetime;
 #[cfg(test)]
 mod manager_tests;
 mod pool;
+mod previews;
 mod serving;
 mod snapshots;
 mod storage;
@@ -91,6 +92,9 @@ pub enum SandboxError {
     ImageNotFound(String),
     #[error("snapshot {0} not found")]
     SnapshotNotFound(String),
+    /// The message names the preview.
+    #[error("{0}")]
+    PreviewNotFound(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
