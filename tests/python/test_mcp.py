@@ -49,6 +49,9 @@ ALL_TOOLS = {
     "get_image",
     "build_image",
     "delete_image",
+    "session_exec",
+    "fetch_port",
+    "preview_port",
 }
 SANDBOX_TOOLS = {
     "exec",
@@ -59,6 +62,9 @@ SANDBOX_TOOLS = {
     "start_process",
     "process_logs",
     "kill_process",
+    "session_exec",
+    "fetch_port",
+    "preview_port",
 }
 
 
@@ -293,6 +299,36 @@ def test_process_start_logs_and_kill(server, sandbox):
     assert f"pid {pid} exited with code 143" in text_of(logs)
     missing = call(server, "process_logs", {"sandbox_id": sandbox, "pid": 999999})
     assert error_code(missing) == "not_found"
+
+
+def test_a_session_keeps_cd_and_variables_between_calls(server, sandbox):
+    first = call(server, "session_exec", {"sandbox_id": sandbox, "command": "cd /tmp && export MARK=kept"})
+    session = re.search(r"^session (\S+) ", ok(first)).group(1)
+    second = call(
+        server,
+        "session_exec",
+        {"sandbox_id": sandbox, "session_id": session, "command": "pwd; echo $MARK; exit 3"},
+    )
+    text = ok(second)
+    assert "/tmp\nkept\n" in text and "exit code 3" in text, text
+    gone = call(server, "session_exec", {"sandbox_id": sandbox, "session_id": session, "command": "true"})
+    assert error_code(gone) == "not_found"
+
+
+def test_a_server_in_the_sandbox_is_fetched_and_previewed(server, sandbox):
+    ok(call(server, "write_file", {"sandbox_id": sandbox, "path": "/workspace/www/index.html", "content": "<h1>mcp page</h1>\n"}))
+    ok(call(server, "start_process", {"sandbox_id": sandbox, "command": "python3 -m http.server 8123 --bind 127.0.0.1 --directory /workspace/www"}))
+    fetched = call(server, "fetch_port", {"sandbox_id": sandbox, "port": 8123, "path": "/index.html", "wait_seconds": 30})
+    assert "HTTP 200" in ok(fetched) and "<h1>mcp page</h1>" in text_of(fetched)
+    assert fetched.structured_content["status"] == 200
+    missing = call(server, "fetch_port", {"sandbox_id": sandbox, "port": 8123, "path": "/nope"})
+    assert "HTTP 404" in ok(missing), "the app's own 404 is an answer, not a tool error"
+
+    preview = call(server, "preview_port", {"sandbox_id": sandbox, "port": 8123, "ttl_seconds": 600})
+    url = preview.structured_content["url"]
+    assert url in ok(preview) and "/p/" in url
+    page = httpx.get(url + "index.html", timeout=30)
+    assert page.status_code == 200 and page.text == "<h1>mcp page</h1>\n"
 
 
 def test_set_egress_replaces_the_allowlist(server, sandbox, admin):

@@ -164,6 +164,9 @@ struct Mcp {
 struct Caller {
     principal: Arc<Principal>,
     authorization: axum::http::HeaderValue,
+    /// The `Host` the caller reached this server at, which URLs made for
+    /// them (a preview's) name.
+    host: Option<axum::http::HeaderValue>,
 }
 
 fn caller(context: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {
@@ -184,6 +187,7 @@ fn caller(context: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {
     Ok(Caller {
         principal,
         authorization,
+        host: parts.headers.get(axum::http::header::HOST).cloned(),
     })
 }
 
@@ -229,7 +233,8 @@ impl ServerHandler for Mcp {
             ));
         };
         let started = std::time::Instant::now();
-        let rest = rest::Rest::new(self.api.clone(), caller.authorization, tool.name);
+        let rest = rest::Rest::new(self.api.clone(), caller.authorization, tool.name)
+            .with_host(caller.host);
         let arguments = request.arguments.unwrap_or_default();
         let outcome =
             tools::call(tool, &rest, caller.principal.sandbox.as_deref(), arguments).await;

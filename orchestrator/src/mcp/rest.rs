@@ -8,7 +8,7 @@
 
 use super::tools::ToolError;
 use axum::body::{Body, Bytes};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use axum::http::{HeaderValue, Method, Request, StatusCode};
 use axum::response::Response;
 use axum::Router;
@@ -27,6 +27,7 @@ const MAX_ERROR_BYTES: usize = 64 * 1024;
 pub struct Rest {
     api: Router,
     authorization: HeaderValue,
+    host: Option<HeaderValue>,
     tool: &'static str,
 }
 
@@ -35,7 +36,26 @@ impl Rest {
         Self {
             api,
             authorization,
+            host: None,
             tool,
+        }
+    }
+
+    /// Requests carry the caller's `Host`, so that URLs the API makes for
+    /// them (a preview's) point where they reached this server.
+    pub fn with_host(mut self, host: Option<HeaderValue>) -> Self {
+        self.host = host;
+        self
+    }
+
+    fn request(&self, method: Method, uri: &str) -> axum::http::request::Builder {
+        let builder = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(AUTHORIZATION, self.authorization.clone());
+        match &self.host {
+            Some(host) => builder.header(HOST, host.clone()),
+            None => builder,
         }
     }
 
@@ -47,10 +67,7 @@ impl Rest {
         body: Option<Body>,
         json: bool,
     ) -> Result<Response, ToolError> {
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(AUTHORIZATION, self.authorization.clone());
+        let mut builder = self.request(method, uri);
         if json {
             builder = builder.header(CONTENT_TYPE, "application/json");
         }
@@ -87,6 +104,31 @@ impl Rest {
         let bytes = read_bounded(response.into_body(), max_bytes).await?;
         serde_json::from_slice(&bytes)
             .map_err(|err| ToolError::Internal(format!("unexpected answer from {uri}: {err}")))
+    }
+
+    /// A request whose answer, whatever its status, is the caller's to
+    /// read: a server's in the sandbox, through the port proxy.
+    pub async fn raw(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Body>,
+        content_type: Option<&str>,
+    ) -> Result<Response, ToolError> {
+        let mut builder = self.request(method, uri);
+        if let Some(content_type) = content_type {
+            builder = builder.header(CONTENT_TYPE, content_type);
+        }
+        let mut request = builder
+            .body(body.unwrap_or_else(Body::empty))
+            .map_err(|err| {
+                ToolError::Invalid(format!("cannot build a request for {uri}: {err}"))
+            })?;
+        request.extensions_mut().insert(ViaTool(self.tool));
+        match self.api.clone().oneshot(request).await {
+            Ok(response) => Ok(response),
+            Err(never) => match never {},
+        }
     }
 
     /// A request whose answer has no body worth reading (204).

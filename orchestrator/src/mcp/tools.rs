@@ -8,6 +8,7 @@
 
 mod images;
 mod lifecycle;
+mod live;
 
 use super::rest::{read_bounded, Rest};
 use super::text::{self, Capture, Pager, INLINE_BYTES};
@@ -116,6 +117,12 @@ impl Answer {
             text: text.into(),
             structured: None,
         }
+    }
+
+    /// The answer with `line` before its text.
+    fn headed(mut self, line: &str) -> Self {
+        self.text = format!("{line}\n{}", self.text);
+        self
     }
 
     fn with(mut self, structured: impl Serialize) -> Self {
@@ -504,6 +511,55 @@ image \"base\". Sandboxes cannot be made from it afterwards. This cannot be undo
         read_only: false,
         destructive: true,
     },
+    ToolDef {
+        name: "session_exec",
+        description: "Run a shell command in a persistent shell session of the sandbox: unlike \
+exec, `cd`, exported variables, shell functions and `$?` carry over to the next command in the \
+same session. Leave session_id out to start a session; the answer names it, pass it back to run \
+the next command there. Returns the exit code, stdout and stderr (long output cut and saved as \
+with exec). The command's stdin is empty. A timeout kills the command, not the session; `exit` \
+ends the session. One command runs at a time per session.",
+        schema: schema::<live::SessionExecArgs>,
+        routes: &[
+            (Method::POST, "/v1/sandboxes/{id}/sessions"),
+            (Method::POST, "/v1/sandboxes/{id}/sessions/{sid}/exec"),
+            (Method::PUT, FILES),
+        ],
+        on_sandbox: true,
+        read_only: false,
+        destructive: true,
+    },
+    ToolDef {
+        name: "fetch_port",
+        description: "Send an HTTP request to a server running inside the sandbox (e.g. a dev \
+server started with start_process) on `port`, and show its status, content type and the start \
+of its body, whatever the status. `wait_seconds` first waits for something to listen there. \
+Use it to check that a web app answers; for a person to look at it, use preview_port.",
+        schema: schema::<live::FetchPortArgs>,
+        routes: &[
+            (Method::GET, "/v1/sandboxes/{id}/ports/{port}/wait"),
+            (Method::GET, "/v1/sandboxes/{id}/ports/{port}/{*path}"),
+        ],
+        on_sandbox: true,
+        read_only: false,
+        destructive: false,
+    },
+    ToolDef {
+        name: "preview_port",
+        description: "Make a URL that opens a web server running inside the sandbox on `port` \
+in anyone's browser, no token needed, until it expires (`ttl_seconds`, default one hour). \
+Waits for something to listen on the port first (`wait_seconds`, default 30). Give the URL to \
+the person you work for so they can see the app. Links in the app that start with '/' leave \
+the URL's path prefix; relative links work.",
+        schema: schema::<live::PreviewPortArgs>,
+        routes: &[
+            (Method::GET, "/v1/sandboxes/{id}/ports/{port}/wait"),
+            (Method::POST, "/v1/sandboxes/{id}/previews"),
+        ],
+        on_sandbox: true,
+        read_only: false,
+        destructive: false,
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static ToolDef> {
@@ -794,6 +850,9 @@ pub async fn call(
         "get_image" => images::get_image(rest, parse(tool, bound, arguments)?).await,
         "delete_image" => images::delete_image(rest, parse(tool, bound, arguments)?).await,
         "build_image" => images::build_image(rest, parse(tool, bound, arguments)?).await,
+        "session_exec" => live::session_exec(rest, parse(tool, bound, arguments)?).await,
+        "fetch_port" => live::fetch_port(rest, parse(tool, bound, arguments)?).await,
+        "preview_port" => live::preview_port(rest, parse(tool, bound, arguments)?).await,
         other => Err(ToolError::Internal(format!("tool {other} has no handler"))),
     }
 }
@@ -1090,6 +1149,20 @@ async fn exec(rest: &Rest, args: ExecArgs) -> Result<Answer, ToolError> {
             true,
         )
         .await?;
+    report_run(rest, &args.sandbox_id, response, seconds, "exec").await
+}
+
+/// Reads a streamed run (an exec's, or a session command's) to its exit,
+/// or `seconds` and a grace, and puts it for a model: the exit, then the
+/// output, long output cut and saved in the sandbox under a name that
+/// starts with `kind`.
+async fn report_run(
+    rest: &Rest,
+    sandbox_id: &str,
+    response: axum::response::Response,
+    seconds: u64,
+    kind: &str,
+) -> Result<Answer, ToolError> {
     let mut events = Events::new(response.into_body());
     let mut run = Run {
         stdout: Capture::new(KEEP_BYTES),
@@ -1112,21 +1185,9 @@ async fn exec(rest: &Rest, args: ExecArgs) -> Result<Answer, ToolError> {
         ),
         (Ok(Ok(())), Some((code, ms, false))) => format!("exit code {code} ({ms} ms)"),
     };
-    let name = output_name("exec");
-    let stdout = shown(
-        rest,
-        &args.sandbox_id,
-        &format!("{name}.stdout"),
-        &run.stdout,
-    )
-    .await;
-    let stderr = shown(
-        rest,
-        &args.sandbox_id,
-        &format!("{name}.stderr"),
-        &run.stderr,
-    )
-    .await;
+    let name = output_name(kind);
+    let stdout = shown(rest, sandbox_id, &format!("{name}.stdout"), &run.stdout).await;
+    let stderr = shown(rest, sandbox_id, &format!("{name}.stderr"), &run.stderr).await;
     let (text, structured) = render_run(head, stdout, stderr, &run);
     Ok(Answer {
         text,
