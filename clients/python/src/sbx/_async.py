@@ -45,7 +45,9 @@ from ._core import (
     ImageArchive,
     ImageRef,
     OutputCallback,
+    PreviewRef,
     ProgressCallback,
+    PtyRef,
     Request,
     Seconds,
     SignalArg,
@@ -53,6 +55,7 @@ from ._core import (
     TimeoutArg,
 )
 from ._tar import extract_tar, spool, write_tar
+from ._terminal import AsyncTerminal, connect_async
 from .errors import ApiError, NotFound
 from .models import (
     ArchiveSummary,
@@ -63,12 +66,17 @@ from .models import (
     FileInfo,
     ImageInfo,
     OnTimeout,
+    PortStatus,
+    PreviewInfo,
     ProcessInfo,
+    PtyInfo,
     SandboxEvent,
     SandboxInfo,
     ServerInfo,
+    SessionInfo,
     SnapshotInfo,
     TokenInfo,
+    WatchEvent,
 )
 
 T = TypeVar("T")
@@ -144,6 +152,11 @@ class AsyncClient:
                     await response.aclose()
         _core.raise_for_status(response)
         return response
+
+    async def _exchange(self, request: Request) -> httpx.Response:
+        """Sends the request; the answer read whole, whatever its status."""
+        with _core.transport_errors():
+            return await self._http.send(self._build(request))
 
     # calls
 
@@ -377,6 +390,10 @@ class AsyncSandbox:
         self._delete_on_exit = delete_on_exit
         self.processes = AsyncProcesses(self)
         self.files = AsyncFiles(self)
+        self.sessions = AsyncSessions(self)
+        self.ports = AsyncPorts(self)
+        self.previews = AsyncPreviews(self)
+        self.pty = AsyncTerminals(self)
 
     def __repr__(self) -> str:
         return f"AsyncSandbox(id={self.id!r})"
@@ -613,6 +630,14 @@ class AsyncSandbox:
         )
         return AsyncEventStream(self.client, request, on_stdout, on_stderr)
 
+    def watch(
+        self, path: str, *, recursive: bool = False, request_timeout: TimeoutArg = DEFAULT
+    ) -> AsyncWatchStream:
+        """See :meth:`sbx.Sandbox.watch`: ``async with sb.watch(…) as changes:``
+        returns once every directory is watched, then ``async for event in changes``."""
+        request = _core.watch(self.id, path, recursive, request_timeout)
+        return AsyncWatchStream(self.client, request)
+
     async def upload_dir(
         self,
         local: Union[str, os.PathLike[str]],
@@ -702,6 +727,205 @@ class AsyncProcesses:
 
     async def kill_all(self) -> int:
         return await self._run(_core.kill_all(self._sandbox.id))
+
+
+class AsyncSessions:
+    """See :class:`sbx.Sessions`."""
+
+    def __init__(self, sandbox: AsyncSandbox) -> None:
+        self._sandbox = sandbox
+
+    async def create(
+        self,
+        *,
+        cwd: Optional[str] = None,
+        env: Optional[Mapping[str, str]] = None,
+        user: Optional[str] = None,
+    ) -> AsyncSession:
+        """See :meth:`sbx.Sessions.create`; ``async with`` the session deletes it on exit."""
+        call = _core.create_session(self._sandbox.id, cwd=cwd, env=env, user=user)
+        return AsyncSession(self._sandbox, await self._sandbox.client._run(call))
+
+    async def list(self) -> builtins.list[SessionInfo]:
+        return await self._sandbox.client._run(_core.list_sessions(self._sandbox.id))
+
+    async def get(self, session_id: str) -> AsyncSession:
+        """See :meth:`sbx.Sessions.get`."""
+        for info in await self.list():
+            if info.id == session_id:
+                return AsyncSession(self._sandbox, info)
+        raise _core.no_session(session_id)
+
+
+class AsyncSession:
+    """See :class:`sbx.Session`."""
+
+    def __init__(self, sandbox: AsyncSandbox, info: SessionInfo) -> None:
+        self.id = info.id
+        self.info = info
+        self._sandbox = sandbox
+
+    def __repr__(self) -> str:
+        return f"AsyncSession(id={self.id!r}, sandbox={self._sandbox.id!r})"
+
+    async def exec(
+        self,
+        command: str,
+        *,
+        timeout: Optional[float] = None,
+        on_stdout: Optional[OutputCallback] = None,
+        on_stderr: Optional[OutputCallback] = None,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> ExecResult:
+        """See :meth:`sbx.Session.exec`."""
+        streaming = on_stdout is not None or on_stderr is not None
+        request = _core.session_exec_request(
+            self._sandbox.id,
+            self.id,
+            command,
+            timeout=timeout,
+            stream=streaming,
+            request_timeout=request_timeout,
+        )
+        client = self._sandbox.client
+        if streaming:
+            async with AsyncEventStream(client, request, on_stdout, on_stderr) as stream:
+                return await stream.wait()
+        return await client._run(_core.exec_buffered(request))
+
+    def exec_stream(
+        self,
+        command: str,
+        *,
+        timeout: Optional[float] = None,
+        on_stdout: Optional[OutputCallback] = None,
+        on_stderr: Optional[OutputCallback] = None,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> AsyncEventStream:
+        """See :meth:`sbx.Session.exec_stream`: ``async for event in session.exec_stream(…)``."""
+        request = _core.session_exec_request(
+            self._sandbox.id,
+            self.id,
+            command,
+            timeout=timeout,
+            stream=True,
+            request_timeout=request_timeout,
+        )
+        return AsyncEventStream(self._sandbox.client, request, on_stdout, on_stderr)
+
+    async def signal(self, signal: SignalArg = "INT") -> None:
+        await self._sandbox.client._run(_core.signal_session(self._sandbox.id, self.id, signal))
+
+    async def delete(self) -> None:
+        await self._sandbox.client._run(_core.delete_session(self._sandbox.id, self.id))
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        try:
+            await self.delete()
+        except NotFound:
+            pass
+
+
+class AsyncPorts:
+    """See :class:`sbx.Ports`."""
+
+    def __init__(self, sandbox: AsyncSandbox) -> None:
+        self._sandbox = sandbox
+
+    async def wait(
+        self, port: int, *, timeout: Optional[float] = None, request_timeout: TimeoutArg = DEFAULT
+    ) -> PortStatus:
+        call = _core.wait_port(self._sandbox.id, port, timeout, request_timeout)
+        return await self._sandbox.client._run(call)
+
+    async def request(
+        self,
+        port: int,
+        method: str,
+        path: str = "/",
+        *,
+        params: Optional[Mapping[str, Any]] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        content: Union[str, bytes, None] = None,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> httpx.Response:
+        """See :meth:`sbx.Ports.request`."""
+        request = _core.port_request(
+            self._sandbox.id,
+            port,
+            method,
+            path,
+            params=params,
+            headers=headers,
+            content=content,
+            request_timeout=request_timeout,
+        )
+        return await self._sandbox.client._exchange(request)
+
+    def url(self, port: int, path: str = "/") -> str:
+        """See :meth:`sbx.Ports.url`: it needs the bearer token; browsers need a preview."""
+        return self._sandbox.client.url + _core.port_path(self._sandbox.id, port, path)
+
+
+class AsyncPreviews:
+    """See :class:`sbx.Previews`."""
+
+    def __init__(self, sandbox: AsyncSandbox) -> None:
+        self._sandbox = sandbox
+
+    async def create(self, port: int, *, ttl_s: Optional[Seconds] = None) -> PreviewInfo:
+        client = self._sandbox.client
+        return await client._run(_core.create_preview(self._sandbox.id, port, ttl_s, client.url))
+
+    async def list(self) -> builtins.list[PreviewInfo]:
+        return await self._sandbox.client._run(_core.list_previews(self._sandbox.id))
+
+    async def revoke(self, preview: PreviewRef) -> None:
+        await self._sandbox.client._run(_core.revoke_preview(self._sandbox.id, preview))
+
+
+class AsyncTerminals:
+    """See :class:`sbx.Terminals`; :meth:`connect` runs on asyncio only."""
+
+    def __init__(self, sandbox: AsyncSandbox) -> None:
+        self._sandbox = sandbox
+
+    async def _run(self, call: Call[T]) -> T:
+        return await self._sandbox.client._run(call)
+
+    async def create(
+        self,
+        cols: int = 80,
+        rows: int = 24,
+        *,
+        cmd: Optional[Sequence[str]] = None,
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None,
+        user: Optional[str] = None,
+    ) -> PtyInfo:
+        return await self._run(
+            _core.create_pty(
+                self._sandbox.id, cols=cols, rows=rows, cmd=cmd, env=env, cwd=cwd, user=user
+            )
+        )
+
+    async def list(self) -> builtins.list[PtyInfo]:
+        return await self._run(_core.list_ptys(self._sandbox.id))
+
+    async def resize(self, pty: PtyRef, cols: int, rows: int) -> None:
+        await self._run(_core.resize_pty(self._sandbox.id, pty, cols, rows))
+
+    async def kill(self, pty: PtyRef) -> None:
+        await self._run(_core.kill_pty(self._sandbox.id, pty))
+
+    async def connect(self, pty: PtyRef) -> AsyncTerminal:
+        """See :meth:`sbx.Terminals.connect`: ``async with await sb.pty.connect(…) as term:``."""
+        client = self._sandbox.client
+        url = _core.websocket_url(client.url, _core.pty_path(self._sandbox.id, pty))
+        return await connect_async(url, client.token, client.timeout, _core.pty_id(pty))
 
 
 class AsyncFiles:
@@ -870,6 +1094,38 @@ class AsyncSandboxEventStream(_AsyncStream):
 
     async def _generate(self) -> AsyncIterator[SandboxEvent]:
         decoder = _core.sandbox_event_decoder()
+        async for chunk in self._chunks():
+            for event in decoder.feed(chunk):
+                yield event
+        for event in decoder.finish():
+            yield event
+
+
+class AsyncWatchStream(_AsyncStream):
+    """See :class:`sbx.WatchStream`: ``async with`` opens it, ``async for`` reads it."""
+
+    def __init__(self, client: AsyncClient, request: Request) -> None:
+        super().__init__(client, request)
+        self._events: Optional[AsyncIterator[WatchEvent]] = None
+
+    async def open(self) -> AsyncWatchStream:
+        """See :meth:`sbx.WatchStream.open`."""
+        if self._closed:
+            raise _core.closed_stream_error()
+        if self._response is None:
+            self._response = await self._client._open(self._request)
+        return self
+
+    async def __aenter__(self) -> AsyncWatchStream:
+        return await self.open()
+
+    def __aiter__(self) -> AsyncIterator[WatchEvent]:
+        if self._events is None:
+            self._events = self._generate()
+        return self._events
+
+    async def _generate(self) -> AsyncIterator[WatchEvent]:
+        decoder = _core.watch_decoder()
         async for chunk in self._chunks():
             for event in decoder.feed(chunk):
                 yield event

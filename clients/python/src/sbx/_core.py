@@ -17,7 +17,7 @@ import json
 import math
 import os
 import signal as signals
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import (
@@ -104,6 +104,10 @@ Seconds = Union[int, float, timedelta]
 SnapshotRef = Union[str, models.SnapshotInfo]
 #: An image, by name or as listed.
 ImageRef = Union[str, models.ImageInfo]
+#: A preview, by id or as listed.
+PreviewRef = Union[str, models.PreviewInfo]
+#: A terminal, by id or as listed.
+PtyRef = Union[str, models.PtyInfo]
 #: What an image import sends: a tar's path, its bytes, or a binary file
 #: object (read from where it is, not rewound).
 ImageArchive = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
@@ -860,6 +864,291 @@ def download_archive(sandbox_id: str, path: str, request_timeout: TimeoutArg) ->
     return Request(
         "GET", sandbox_path(sandbox_id, "/archive"), params={"path": path}, timeout=request_timeout
     )
+
+
+# sessions
+
+
+def session_path(sandbox_id: str, session_id: str, rest: str = "") -> str:
+    return sandbox_path(sandbox_id, f"/sessions/{_quote(session_id)}{rest}")
+
+
+def create_session(
+    sandbox_id: str,
+    *,
+    cwd: Optional[str],
+    env: Optional[Mapping[str, str]],
+    user: Optional[str],
+) -> Call[models.SessionInfo]:
+    body = _drop_none({"cwd": cwd, "env": _clean(env), "user": user})
+    request = Request("POST", sandbox_path(sandbox_id, "/sessions"), json=body)
+    return Call(request, _json(models.SessionInfo.from_json))
+
+
+def list_sessions(sandbox_id: str) -> Call[List[models.SessionInfo]]:
+    return Call(
+        Request("GET", sandbox_path(sandbox_id, "/sessions")),
+        _json(lambda data: models.decode_list(data, "sessions", models.SessionInfo.from_json)),
+    )
+
+
+def delete_session(sandbox_id: str, session_id: str) -> Call[None]:
+    return Call(Request("DELETE", session_path(sandbox_id, session_id)), _nothing)
+
+
+def session_exec_request(
+    sandbox_id: str,
+    session_id: str,
+    command: str,
+    *,
+    timeout: Optional[float],
+    stream: bool,
+    request_timeout: TimeoutArg,
+) -> Request:
+    """``POST …/sessions/{sid}/exec``: shell text, typed into the session's shell."""
+    if not isinstance(command, str):
+        raise TypeError("a session runs shell text: command must be a str")
+    body = _drop_none({"command": command, "timeout_ms": command_timeout_ms(timeout)})
+    if stream:
+        body["stream"] = True
+    return Request(
+        "POST",
+        session_path(sandbox_id, session_id, "/exec"),
+        json=body,
+        headers={"accept": NDJSON} if stream else {},
+        timeout=request_timeout,
+        at_least=None if timeout is None else timeout + EXEC_GRACE_S,
+    )
+
+
+def signal_session(sandbox_id: str, session_id: str, sig: SignalArg) -> Call[None]:
+    request = Request(
+        "POST", session_path(sandbox_id, session_id, "/signal"), json={"signal": signal_name(sig)}
+    )
+    return Call(request, _nothing)
+
+
+def no_session(session_id: str) -> ApiError:
+    """What looking up a session that is not listed raises."""
+    return error_for("not_found", f"no session {session_id!r} in this sandbox", status=404)
+
+
+# watch
+
+
+def watch(sandbox_id: str, path: str, recursive: bool, request_timeout: TimeoutArg) -> Request:
+    """``GET …/watch``: NDJSON that never ends by itself (no read timeout)."""
+    return Request(
+        "GET",
+        sandbox_path(sandbox_id, "/watch"),
+        params={"path": path, "recursive": "true" if recursive else "false"},
+        headers={"accept": NDJSON},
+        timeout=request_timeout,
+        unbounded_read=True,
+    )
+
+
+def watch_decoder() -> LineDecoder[models.WatchEvent]:
+    """The lines of ``GET …/watch``."""
+    return LineDecoder(models.WatchEvent.from_json)
+
+
+# ports
+
+#: How long ``GET …/ports/{port}/wait`` waits when not told, in seconds.
+DEFAULT_PORT_WAIT_S = 30.0
+#: Characters a proxied path keeps as they are: RFC 3986's path characters
+#: and ``%``, so an already encoded path is not encoded twice.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~%"
+
+
+def _port(port: int) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"port must be an int between 1 and 65535, got {port!r}")
+    return port
+
+
+def port_path(sandbox_id: str, port: int, path: str = "/") -> str:
+    """``/v1/sandboxes/{id}/ports/{port}/{path}``: ``path`` without its query."""
+    if "?" in path or "#" in path:
+        raise ValueError("give the query as params, not in the path")
+    tail = quote(path.lstrip("/"), safe=_PATH_SAFE)
+    return sandbox_path(sandbox_id, f"/ports/{_port(port)}/{tail}")
+
+
+def wait_port(
+    sandbox_id: str, port: int, timeout: Optional[float], request_timeout: TimeoutArg
+) -> Call[models.PortStatus]:
+    """``GET …/ports/{port}/wait``: the HTTP call waits as long as the server may."""
+    params: Dict[str, str] = {}
+    timeout_ms = command_timeout_ms(timeout)
+    if timeout_ms is not None:
+        params["timeout_ms"] = str(timeout_ms)
+    waits = DEFAULT_PORT_WAIT_S if timeout is None else timeout
+    request = Request(
+        "GET",
+        sandbox_path(sandbox_id, f"/ports/{_port(port)}/wait"),
+        params=params,
+        timeout=request_timeout,
+        at_least=waits + EXEC_GRACE_S,
+    )
+    return Call(request, _json(models.PortStatus.from_json))
+
+
+def port_request(
+    sandbox_id: str,
+    port: int,
+    method: str,
+    path: str,
+    *,
+    params: Optional[Mapping[str, Any]],
+    headers: Optional[Mapping[str, str]],
+    content: Union[str, bytes, None],
+    request_timeout: TimeoutArg,
+) -> Request:
+    """Any request to ``127.0.0.1:{port}`` inside the sandbox, through its agent."""
+    body = content.encode() if isinstance(content, str) else content
+    return Request(
+        method.upper(),
+        port_path(sandbox_id, port, path),
+        params=_clean(params),
+        content=body,
+        headers=_clean(headers),
+        timeout=request_timeout,
+    )
+
+
+# previews
+
+
+def previews_path(sandbox_id: str, rest: str = "") -> str:
+    return sandbox_path(sandbox_id, f"/previews{rest}")
+
+
+def preview_id(preview: PreviewRef) -> str:
+    return preview.id if isinstance(preview, models.PreviewInfo) else preview
+
+
+def _absolute_preview(base_url: str) -> Callable[[Any], models.PreviewInfo]:
+    """Decodes a preview, its ``url`` made absolute against ``base_url``
+    should the server give only a path."""
+
+    def decode(data: Any) -> models.PreviewInfo:
+        preview = models.PreviewInfo.from_json(data)
+        if preview.url is not None and preview.url.startswith("/"):
+            preview = replace(preview, url=base_url.rstrip("/") + preview.url)
+        return preview
+
+    return decode
+
+
+def create_preview(
+    sandbox_id: str, port: int, ttl_s: Optional[Seconds], base_url: str
+) -> Call[models.PreviewInfo]:
+    body = _drop_none({"port": _port(port), "ttl_s": whole_seconds(ttl_s, "ttl_s", minimum=1)})
+    request = Request("POST", previews_path(sandbox_id), json=body)
+    return Call(request, _json(_absolute_preview(base_url)))
+
+
+def list_previews(sandbox_id: str) -> Call[List[models.PreviewInfo]]:
+    return Call(
+        Request("GET", previews_path(sandbox_id)),
+        _json(lambda data: models.decode_list(data, "previews", models.PreviewInfo.from_json)),
+    )
+
+
+def revoke_preview(sandbox_id: str, preview: PreviewRef) -> Call[None]:
+    path = previews_path(sandbox_id, f"/{_quote(preview_id(preview))}")
+    return Call(Request("DELETE", path), _nothing)
+
+
+# terminals
+
+
+def pty_id(pty: PtyRef) -> str:
+    return pty.id if isinstance(pty, models.PtyInfo) else pty
+
+
+def pty_path(sandbox_id: str, pty: PtyRef, rest: str = "") -> str:
+    return sandbox_path(sandbox_id, f"/pty/{_quote(pty_id(pty))}{rest}")
+
+
+def _size(cols: int, rows: int) -> Dict[str, int]:
+    for name, value in (("cols", cols), ("rows", rows)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+            raise ValueError(f"{name} must be an int between 1 and 1000, got {value!r}")
+    return {"cols": cols, "rows": rows}
+
+
+def create_pty(
+    sandbox_id: str,
+    *,
+    cols: int,
+    rows: int,
+    cmd: Optional[Sequence[str]],
+    env: Optional[Mapping[str, str]],
+    cwd: Optional[str],
+    user: Optional[str],
+) -> Call[models.PtyInfo]:
+    if isinstance(cmd, (str, bytes, bytearray)):
+        raise TypeError("a terminal's cmd is an argv (a list of str), not one string")
+    argv = None if cmd is None else [str(arg) for arg in cmd]
+    if argv is not None and not argv:
+        raise ValueError("cmd must name a program")
+    body = _drop_none(
+        {**_size(cols, rows), "cmd": argv, "env": _clean(env), "cwd": cwd, "user": user}
+    )
+    request = Request("POST", sandbox_path(sandbox_id, "/pty"), json=body)
+    return Call(request, _json(models.PtyInfo.from_json))
+
+
+def list_ptys(sandbox_id: str) -> Call[List[models.PtyInfo]]:
+    return Call(
+        Request("GET", sandbox_path(sandbox_id, "/pty")),
+        _json(lambda data: models.decode_list(data, "terminals", models.PtyInfo.from_json)),
+    )
+
+
+def resize_pty(sandbox_id: str, pty: PtyRef, cols: int, rows: int) -> Call[None]:
+    request = Request("POST", pty_path(sandbox_id, pty, "/resize"), json=_size(cols, rows))
+    return Call(request, _nothing)
+
+
+def kill_pty(sandbox_id: str, pty: PtyRef) -> Call[None]:
+    return Call(Request("DELETE", pty_path(sandbox_id, pty)), _nothing)
+
+
+def websocket_url(base_url: str, path: str) -> str:
+    """The API's URL with ``ws://`` (``wss://`` for ``https://``)."""
+    scheme, sep, rest = base_url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        raise ValueError(f"the server URL {base_url!r} is neither http:// nor https://")
+    return ("wss" if scheme.lower() == "https" else "ws") + "://" + rest.rstrip("/") + path
+
+
+def resize_frame(cols: int, rows: int) -> str:
+    """The text frame that resizes an attached terminal."""
+    return json.dumps({"type": "resize", **_size(cols, rows)})
+
+
+def pty_exit_code(frame: str) -> Optional[int]:
+    """A terminal's text frame: the exit code of an ``exit`` frame, ``None``
+    for a frame of a type this SDK does not know (a newer server)."""
+    try:
+        data = json.loads(frame)
+    except ValueError as err:
+        raise ProtocolError(f"invalid terminal frame {frame[:200]!r}: {err}") from err
+    if _line_type(data, "terminal frame") != "exit":
+        return None
+    code = data.get("exit_code")
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise ProtocolError(f"a terminal's exit frame has no exit_code: {frame[:200]!r}")
+    return code
+
+
+def missing_websockets(err: ImportError) -> ImportError:
+    """What attaching to a terminal raises without the ``websockets`` package."""
+    return ImportError(f"attaching to a terminal needs websockets: pip install 'sbx[pty]' ({err})")
 
 
 # server, tokens, audit

@@ -37,7 +37,9 @@ from ._core import (
     ImageArchive,
     ImageRef,
     OutputCallback,
+    PreviewRef,
     ProgressCallback,
+    PtyRef,
     Request,
     Seconds,
     SignalArg,
@@ -45,6 +47,8 @@ from ._core import (
     TimeoutArg,
 )
 from ._tar import extract_tar, spool, write_tar
+from ._terminal import Terminal
+from ._terminal import connect as connect_terminal
 from .errors import ApiError, NotFound
 from .models import (
     ArchiveSummary,
@@ -55,12 +59,17 @@ from .models import (
     FileInfo,
     ImageInfo,
     OnTimeout,
+    PortStatus,
+    PreviewInfo,
     ProcessInfo,
+    PtyInfo,
     SandboxEvent,
     SandboxInfo,
     ServerInfo,
+    SessionInfo,
     SnapshotInfo,
     TokenInfo,
+    WatchEvent,
 )
 
 T = TypeVar("T")
@@ -142,6 +151,11 @@ class Client:
                     response.close()
         _core.raise_for_status(response)
         return response
+
+    def _exchange(self, request: Request) -> httpx.Response:
+        """Sends the request; the answer read whole, whatever its status."""
+        with _core.transport_errors():
+            return self._http.send(self._build(request))
 
     # calls
 
@@ -385,7 +399,9 @@ def _client_for(
 
 
 class Sandbox:
-    """One sandbox: run commands, manage processes and files, change egress,
+    """One sandbox: run commands (or keep a shell in :attr:`sessions`), manage
+    processes and files, watch them, reach its :attr:`ports` (and
+    :attr:`previews`), attach to terminals (:attr:`pty`), change egress,
     stop, pause, snapshot and fork it.
 
     Make one with :meth:`create` or :meth:`connect`. A ``with`` block around
@@ -412,6 +428,10 @@ class Sandbox:
         self._delete_on_exit = delete_on_exit
         self.processes = Processes(self)
         self.files = Files(self)
+        self.sessions = Sessions(self)
+        self.ports = Ports(self)
+        self.previews = Previews(self)
+        self.pty = Terminals(self)
 
     def __repr__(self) -> str:
         return f"Sandbox(id={self.id!r})"
@@ -695,6 +715,23 @@ class Sandbox:
         )
         return EventStream(self.client, request, on_stdout, on_stderr)
 
+    # watch
+
+    def watch(
+        self, path: str, *, recursive: bool = False, request_timeout: TimeoutArg = DEFAULT
+    ) -> WatchStream:
+        """Changes under the directory ``path`` as they happen (inotify inside
+        the sandbox), as :class:`~sbx.WatchEvent`\\ s.
+
+        With ``recursive`` the directories under it too, new ones included.
+        The stream never ends by itself: close it, or use it as a context
+        manager. ``with sb.watch(…) as changes:`` returns once every
+        directory is watched, so whatever happens after that is reported
+        (iterating an unopened stream opens it first). There is no HTTP read
+        timeout unless ``request_timeout``.
+        """
+        return WatchStream(self.client, _core.watch(self.id, path, recursive, request_timeout))
+
     # archives
 
     def upload_dir(
@@ -799,6 +836,254 @@ class Processes:
     def kill_all(self) -> int:
         """Kills every process in the sandbox but its agent; returns how many ran."""
         return self._run(_core.kill_all(self._sandbox.id))
+
+
+class Sessions:
+    """Persistent shells: ``cd``, ``export``, functions and ``$?`` carry over
+    from one command to the next, as in a terminal."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sandbox = sandbox
+
+    def create(
+        self,
+        *,
+        cwd: Optional[str] = None,
+        env: Optional[Mapping[str, str]] = None,
+        user: Optional[str] = None,
+    ) -> Session:
+        """Starts a shell (in ``/workspace`` unless ``cwd``, as root unless
+        ``user``); a ``with`` block around it deletes it on exit."""
+        call = _core.create_session(self._sandbox.id, cwd=cwd, env=env, user=user)
+        return Session(self._sandbox, self._sandbox.client._run(call))
+
+    def list(self) -> builtins.list[SessionInfo]:
+        return self._sandbox.client._run(_core.list_sessions(self._sandbox.id))
+
+    def get(self, session_id: str) -> Session:
+        """A handle on an existing session; :class:`~sbx.NotFound` if there is none."""
+        for info in self.list():
+            if info.id == session_id:
+                return Session(self._sandbox, info)
+        raise _core.no_session(session_id)
+
+
+class Session:
+    """One persistent shell (see :class:`Sessions`).
+
+    Each :meth:`exec` is shell text typed into the same shell, with empty
+    stdin; one runs at a time (another one meanwhile gets
+    :class:`~sbx.Conflict`). A command that ends the shell (``exit 3``)
+    gets its result, and the session is gone afterwards.
+    """
+
+    def __init__(self, sandbox: Sandbox, info: SessionInfo) -> None:
+        self.id = info.id
+        #: The session as it was when this handle was made.
+        self.info = info
+        self._sandbox = sandbox
+
+    def __repr__(self) -> str:
+        return f"Session(id={self.id!r}, sandbox={self._sandbox.id!r})"
+
+    def exec(
+        self,
+        command: str,
+        *,
+        timeout: Optional[float] = None,
+        on_stdout: Optional[OutputCallback] = None,
+        on_stderr: Optional[OutputCallback] = None,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> ExecResult:
+        """Runs shell text in the session to completion.
+
+        ``timeout`` (seconds) is the command's own: the server kills the
+        command, not the session. Output, callbacks and timeouts as in
+        :meth:`Sandbox.exec`.
+        """
+        streaming = on_stdout is not None or on_stderr is not None
+        request = _core.session_exec_request(
+            self._sandbox.id,
+            self.id,
+            command,
+            timeout=timeout,
+            stream=streaming,
+            request_timeout=request_timeout,
+        )
+        client = self._sandbox.client
+        if streaming:
+            with EventStream(client, request, on_stdout, on_stderr) as stream:
+                return stream.wait()
+        return client._run(_core.exec_buffered(request))
+
+    def exec_stream(
+        self,
+        command: str,
+        *,
+        timeout: Optional[float] = None,
+        on_stdout: Optional[OutputCallback] = None,
+        on_stderr: Optional[OutputCallback] = None,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> EventStream:
+        """Runs shell text in the session, yielding its events as they happen
+        (as :meth:`Sandbox.exec_stream`)."""
+        request = _core.session_exec_request(
+            self._sandbox.id,
+            self.id,
+            command,
+            timeout=timeout,
+            stream=True,
+            request_timeout=request_timeout,
+        )
+        return EventStream(self._sandbox.client, request, on_stdout, on_stderr)
+
+    def signal(self, signal: SignalArg = "INT") -> None:
+        """Signals the running command (not the shell), by default as Ctrl-C
+        would; :class:`~sbx.Conflict` when none runs."""
+        self._sandbox.client._run(_core.signal_session(self._sandbox.id, self.id, signal))
+
+    def delete(self) -> None:
+        """Ends the shell and whatever it runs."""
+        self._sandbox.client._run(_core.delete_session(self._sandbox.id, self.id))
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        try:
+            self.delete()
+        except NotFound:
+            pass
+
+
+class Ports:
+    """The sandbox's TCP ports, reached through its agent: no address needed."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sandbox = sandbox
+
+    def wait(
+        self, port: int, *, timeout: Optional[float] = None, request_timeout: TimeoutArg = DEFAULT
+    ) -> PortStatus:
+        """Blocks until something listens on ``127.0.0.1:{port}`` inside the
+        sandbox; :class:`~sbx.Unavailable` after ``timeout`` seconds (the
+        server's 30 s when absent, 600 s at most)."""
+        call = _core.wait_port(self._sandbox.id, port, timeout, request_timeout)
+        return self._sandbox.client._run(call)
+
+    def request(
+        self,
+        port: int,
+        method: str,
+        path: str = "/",
+        *,
+        params: Optional[Mapping[str, Any]] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        content: Union[str, bytes, None] = None,
+        request_timeout: TimeoutArg = DEFAULT,
+    ) -> httpx.Response:
+        """An HTTP request to ``http://127.0.0.1:{port}/{path}`` inside the sandbox.
+
+        The answer is returned read, whatever its status (no exception for
+        a 4xx or 5xx: it is the server's in the sandbox); nothing listening
+        is a 502 with the API's ``unavailable`` error body. ``path`` is
+        taken as given (``%`` escapes kept), its query goes in ``params``.
+        ``GET {port}/wait`` is :meth:`wait`'s route, not a proxied path.
+        """
+        request = _core.port_request(
+            self._sandbox.id,
+            port,
+            method,
+            path,
+            params=params,
+            headers=headers,
+            content=content,
+            request_timeout=request_timeout,
+        )
+        return self._sandbox.client._exchange(request)
+
+    def url(self, port: int, path: str = "/") -> str:
+        """The port's URL through the API. Calls to it need the bearer token
+        (``Authorization: Bearer …``), so a browser cannot open it: make a
+        preview (``sb.previews.create(port)``) for that."""
+        return self._sandbox.client.url + _core.port_path(self._sandbox.id, port, path)
+
+
+class Previews:
+    """Preview URLs: one port, reachable without a token by whoever holds the URL.
+
+    For browsers and webhooks; the URL's secret is shown once, in
+    :meth:`create`'s answer.
+    """
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sandbox = sandbox
+
+    def create(self, port: int, *, ttl_s: Optional[Seconds] = None) -> PreviewInfo:
+        """A preview of ``port`` lasting ``ttl_s`` (seconds or a timedelta;
+        an hour when absent, seven days at most); its ``url`` is absolute."""
+        client = self._sandbox.client
+        return client._run(_core.create_preview(self._sandbox.id, port, ttl_s, client.url))
+
+    def list(self) -> builtins.list[PreviewInfo]:
+        """The sandbox's previews, without their URLs (the server keeps hashes)."""
+        return self._sandbox.client._run(_core.list_previews(self._sandbox.id))
+
+    def revoke(self, preview: PreviewRef) -> None:
+        """Ends a preview now: its URL answers 404 from then on."""
+        self._sandbox.client._run(_core.revoke_preview(self._sandbox.id, preview))
+
+
+class Terminals:
+    """Terminals (PTYs): interactive programs, attached over a WebSocket.
+
+    :meth:`connect` needs the ``websockets`` package (``pip install
+    'sbx[pty]'``); the rest is plain HTTP.
+    """
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sandbox = sandbox
+
+    def _run(self, call: Call[T]) -> T:
+        return self._sandbox.client._run(call)
+
+    def create(
+        self,
+        cols: int = 80,
+        rows: int = 24,
+        *,
+        cmd: Optional[Sequence[str]] = None,
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None,
+        user: Optional[str] = None,
+    ) -> PtyInfo:
+        """Starts ``cmd`` (an argv; the user's login shell when absent) on a
+        terminal of ``cols`` × ``rows`` cells, ``TERM=xterm-256color``."""
+        return self._run(
+            _core.create_pty(
+                self._sandbox.id, cols=cols, rows=rows, cmd=cmd, env=env, cwd=cwd, user=user
+            )
+        )
+
+    def list(self) -> builtins.list[PtyInfo]:
+        """The terminals, exited ones too until they are killed."""
+        return self._run(_core.list_ptys(self._sandbox.id))
+
+    def resize(self, pty: PtyRef, cols: int, rows: int) -> None:
+        self._run(_core.resize_pty(self._sandbox.id, pty, cols, rows))
+
+    def kill(self, pty: PtyRef) -> None:
+        """Kills its process group and forgets it."""
+        self._run(_core.kill_pty(self._sandbox.id, pty))
+
+    def connect(self, pty: PtyRef) -> Terminal:
+        """Attaches to it: a :class:`~sbx.Terminal` that sends keystrokes
+        and receives output. Several may attach at once; detaching does not
+        end it. The handshake's refusal raises the API's error
+        (:class:`~sbx.NotFound` for an unknown terminal)."""
+        client = self._sandbox.client
+        url = _core.websocket_url(client.url, _core.pty_path(self._sandbox.id, pty))
+        return connect_terminal(url, client.token, client.timeout, _core.pty_id(pty))
 
 
 class Files:
@@ -987,6 +1272,41 @@ class SandboxEventStream(_Stream):
 
     def _generate(self) -> Iterator[SandboxEvent]:
         decoder = _core.sandbox_event_decoder()
+        for chunk in self._chunks():
+            yield from decoder.feed(chunk)
+        yield from decoder.finish()
+
+
+class WatchStream(_Stream):
+    """Changes under a directory (:class:`~sbx.WatchEvent`), as they happen.
+
+    It never ends by itself: use it as a context manager (entering it waits
+    until every directory is watched) or call :meth:`close`.
+    """
+
+    def __init__(self, client: Client, request: Request) -> None:
+        super().__init__(client, request)
+        self._events: Optional[Iterator[WatchEvent]] = None
+
+    def open(self) -> WatchStream:
+        """Starts the watch, if it has not started; returns once every
+        directory is watched."""
+        if self._closed:
+            raise _core.closed_stream_error()
+        if self._response is None:
+            self._response = self._client._open(self._request)
+        return self
+
+    def __enter__(self) -> WatchStream:
+        return self.open()
+
+    def __iter__(self) -> Iterator[WatchEvent]:
+        if self._events is None:
+            self._events = self._generate()
+        return self._events
+
+    def _generate(self) -> Iterator[WatchEvent]:
+        decoder = _core.watch_decoder()
         for chunk in self._chunks():
             yield from decoder.feed(chunk)
         yield from decoder.finish()

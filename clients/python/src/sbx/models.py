@@ -52,6 +52,12 @@ __all__ = [
     "IsolationInfo",
     "RuntimeInfo",
     "ServerInfo",
+    "SessionInfo",
+    "WatchEventType",
+    "WatchEvent",
+    "PortStatus",
+    "PreviewInfo",
+    "PtyInfo",
 ]
 
 SandboxState = Literal[
@@ -85,6 +91,8 @@ EventKind = Literal[
 #: archive, pulled from a registry, or built from a Dockerfile.
 ImageSource = Literal["recipe", "import", "pull", "build"]
 ProcessState = Literal["running", "exited"]
+#: What a :class:`WatchEvent` reports (a newer server may send others).
+WatchEventType = Literal["create", "modify", "delete", "move", "overflow"]
 FileType = Literal["file", "dir", "symlink", "other"]
 Scope = Literal[
     "sandboxes:create",
@@ -803,6 +811,137 @@ class ServerInfo:
     def from_json(cls, data: Any) -> ServerInfo:
         f = _Fields(data, "server info")
         return cls(version=f.text("version"), runtime=f.obj("runtime", RuntimeInfo.from_json))
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A persistent shell session: one shell whose ``cd``, ``export``,
+    functions and ``$?`` carry over from one command to the next."""
+
+    #: Unique within its sandbox.
+    id: str
+    #: The pid of its shell inside the sandbox.
+    pid: int
+    #: A command runs in it now (another one gets :class:`~sbx.Conflict`).
+    busy: bool
+    #: How many commands it has run.
+    commands: int
+    created_at: datetime
+
+    @classmethod
+    def from_json(cls, data: Any) -> SessionInfo:
+        f = _Fields(data, "session")
+        return cls(
+            id=f.text("id"),
+            pid=f.integer("pid"),
+            busy=f.flag("busy", False),
+            commands=f.integer("commands"),
+            created_at=f.moment("created_at"),
+        )
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One line of a watch: something changed under the watched directory."""
+
+    #: A :data:`WatchEventType`; a type this SDK does not know arrives as is.
+    #: ``overflow``: events were dropped, so what changed is unknown (rescan).
+    type: str
+    #: The absolute path inside the sandbox; empty for an overflow.
+    path: str
+    #: A move's source (the wire's ``from``); the move's target is ``path``.
+    from_path: Optional[str] = None
+    is_dir: bool = False
+
+    @classmethod
+    def from_json(cls, data: Any) -> WatchEvent:
+        f = _Fields(data, "watch event")
+        return cls(
+            type=f.text("type"),
+            path=f.opt_text("path") or "",
+            from_path=f.opt_text("from"),
+            is_dir=f.flag("is_dir", False),
+        )
+
+
+@dataclass(frozen=True)
+class PortStatus:
+    """``ports.wait``: something listens on the port inside the sandbox."""
+
+    port: int
+    listening: bool
+    #: How long the server waited for it.
+    waited_ms: int
+
+    @classmethod
+    def from_json(cls, data: Any) -> PortStatus:
+        f = _Fields(data, "port status")
+        return cls(
+            port=f.integer("port"),
+            listening=f.flag("listening"),
+            waited_ms=f.integer("waited_ms"),
+        )
+
+
+@dataclass(frozen=True)
+class PreviewInfo:
+    """A preview: one port of a sandbox, reachable without a bearer token
+    by whoever holds its URL, until it expires or is revoked."""
+
+    #: For revoking it; not a secret.
+    id: str
+    sandbox_id: str
+    port: int
+    created_at: datetime
+    expires_at: datetime
+    #: The URL, its secret token in it: only in the answer that created
+    #: the preview (the server keeps a hash of the token), ``None`` as listed.
+    url: Optional[str] = field(default=None, repr=False)
+
+    @classmethod
+    def from_json(cls, data: Any) -> PreviewInfo:
+        f = _Fields(data, "preview")
+        return cls(
+            id=f.text("id"),
+            sandbox_id=f.text("sandbox_id"),
+            port=f.integer("port"),
+            created_at=f.moment("created_at"),
+            expires_at=f.moment("expires_at"),
+            url=f.opt_text("url"),
+        )
+
+
+@dataclass(frozen=True)
+class PtyInfo:
+    """A terminal: a command on a pseudo-terminal, attached over a WebSocket."""
+
+    #: Unique within its sandbox.
+    id: str
+    #: The pid of its command inside the sandbox.
+    pid: int
+    cmd: List[str]
+    cols: int
+    rows: int
+    #: WebSockets attached right now.
+    viewers: int
+    created_at: datetime
+    #: Set once its command exited (``128 + N`` for signal N); it stays
+    #: listed, and attachable for its scrollback and exit, until killed.
+    exit_code: Optional[int] = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> PtyInfo:
+        f = _Fields(data, "terminal")
+        return cls(
+            id=f.text("id"),
+            pid=f.integer("pid"),
+            cmd=f.str_list("cmd"),
+            cols=f.integer("cols"),
+            rows=f.integer("rows"),
+            viewers=f.integer("viewers"),
+            created_at=f.moment("created_at"),
+            exit_code=f.opt_integer("exit_code"),
+        )
 
 
 def decode_list(data: Any, key: str, decode: Callable[[Any], T]) -> List[T]:
