@@ -96,3 +96,27 @@ sbx_venv() {
   fi
   printf '%s\n' "$venv"
 }
+
+# sbx_node_modules: prints the path of a node_modules holding
+# tests/browser/package-lock.json (playwright-core, which drives Debian's
+# chromium in the browser tests), made with `npm ci` on first use. Keyed
+# by the lock file's hash and marked complete like sbx_venv's venv, outside
+# the checkout so that no node_modules lands in the work tree.
+# PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD: the tests run /usr/bin/chromium, and no
+# install step may fetch a browser build of its own.
+sbx_node_modules() {
+  local browser="$SBX_REPO_DIR/tests/browser"
+  local key dir
+  key="$(sha256sum "$browser/package-lock.json" | cut -c1-16)"
+  dir="/var/cache/sbx/node-$key"
+  if [[ ! -d "$dir/node_modules" || ! -e "$dir/.complete" ]]; then
+    command -v npm >/dev/null 2>&1 || sbx_die "npm not found (scripts/setup installs it)"
+    sbx_log "installing the browser tests' node modules: $dir"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp "$browser/package.json" "$browser/package-lock.json" "$dir/"
+    (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund >&2)
+    touch "$dir/.complete"
+  fi
+  printf '%s\n' "$dir/node_modules"
+}
