@@ -11,20 +11,29 @@
 //!
 //! `--only import` runs the image import section alone (at the size
 //! `--quick` picks or the full one); `--only build` the Dockerfile build
-//! section.
+//! section; `--only live` the live section (terminal keystroke echo, HTTP
+//! through the port proxy against the same request inside the sandbox, and
+//! watch event latency).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
-use http_body_util::Full;
+use futures_util::{SinkExt as _, StreamExt as _};
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::{BodyExt as _, Full};
 use rand::RngCore as _;
-use sbx_api::client::Client;
-use sbx_api::{BuildEvent, BuildImageQuery, CreateSandboxRequest, ExecRequest};
+use sbx_api::client::{Client, SandboxClient};
+use sbx_api::{
+    BuildEvent, BuildImageQuery, CreatePtyRequest, CreateSandboxRequest, ExecRequest,
+    PortWaitQuery, StartProcessRequest, WatchEventKind, WatchQuery,
+};
 use sbx_tests::{tree_tar, Engine, Server};
 use sha2::{Digest as _, Sha256};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::Message;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -47,6 +56,9 @@ struct Sizes {
     stopped: usize,
     /// MiB of random file data in the image the import section makes.
     import_mib: usize,
+    /// Samples of each live figure (keystrokes, proxied and direct GETs,
+    /// watched writes).
+    live: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -62,6 +74,7 @@ const FULL: Sizes = Sizes {
     docker_commits: 3,
     stopped: 500,
     import_mib: 200,
+    live: 1000,
 };
 
 const QUICK: Sizes = Sizes {
@@ -77,6 +90,7 @@ const QUICK: Sizes = Sizes {
     docker_commits: 1,
     stopped: 20,
     import_mib: 20,
+    live: 100,
 };
 
 /// p50/p95/p99 of a set of samples.
@@ -1513,6 +1527,9 @@ async fn run(sizes: Sizes, out: &Path) -> Result<()> {
     // 8. Dockerfile build.
     image_build(&mut report).await?;
 
+    // 9. Live: terminal, port proxy, watch.
+    live(&mut report, sizes).await?;
+
     write_report(&report, sizes, out)
 }
 
@@ -1612,6 +1629,319 @@ async fn image_build(report: &mut Report) -> Result<()> {
     Ok(())
 }
 
+/// How long any one wait of the live section may take: an echo, an event,
+/// a port to listen.
+const LIVE_WAIT: Duration = Duration::from_secs(20);
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket to `path` on the server with its admin token, Nagle off as a
+/// terminal client has it (a keystroke is one small frame).
+async fn live_websocket(server: &Server, path: &str) -> Result<Ws> {
+    let url = format!("{}{path}", server.url.replacen("http://", "ws://", 1));
+    let mut request = url.into_client_request()?;
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {}", server.token).parse()?);
+    let (socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await?;
+    Ok(socket)
+}
+
+/// Reads a terminal's output until `wanted` shows in it; what it read.
+async fn read_terminal_until(ws: &mut Ws, wanted: &[u8]) -> Result<Vec<u8>> {
+    let mut seen = Vec::new();
+    let reading = async {
+        while !seen.windows(wanted.len()).any(|window| window == wanted) {
+            match ws.next().await.context("the terminal's socket ended")?? {
+                Message::Binary(bytes) => seen.extend_from_slice(&bytes),
+                Message::Text(text) => bail!("the terminal said {text} first"),
+                Message::Close(_) => bail!("the terminal closed first"),
+                _ => {}
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(LIVE_WAIT, reading)
+        .await
+        .context("timed out")?
+        .with_context(|| format!("waiting for {:?}", String::from_utf8_lossy(wanted)))?;
+    Ok(seen)
+}
+
+/// Keystroke echo: a terminal running `cat` with the line discipline raw
+/// and its echo off, so that each byte typed is read by `cat` and written
+/// back at once, as an editor or a shell's line editor echoes a key. One
+/// byte per round, from its frame's send to the echo's arrival; the first
+/// round warms the path and is not counted.
+async fn keystroke_echo(
+    server: &Server,
+    sandbox: &SandboxClient<'_>,
+    n: usize,
+) -> Result<Vec<Duration>> {
+    let cmd = ["sh", "-c", "stty raw -echo && printf ready && exec cat"];
+    let pty = sandbox
+        .create_pty(&CreatePtyRequest {
+            cmd: Some(cmd.map(String::from).to_vec()),
+            ..CreatePtyRequest::shell(80, 24)
+        })
+        .await?;
+    let mut ws = live_websocket(server, &sandbox.route(&format!("/pty/{}", pty.id))).await?;
+    read_terminal_until(&mut ws, b"ready").await?;
+    let mut samples = Vec::with_capacity(n);
+    for round in 0..=n {
+        let key = b'a' + (round % 26) as u8;
+        let started = Instant::now();
+        ws.send(Message::Binary(vec![key].into())).await?;
+        let echoed = read_terminal_until(&mut ws, &[key]).await?;
+        // Exactly the key: with the terminal's own echo on, a second copy
+        // would be timed in its place.
+        ensure!(echoed == [key], "typed {key}, read {echoed:?}");
+        if round > 0 {
+            samples.push(started.elapsed());
+        }
+    }
+    drop(ws);
+    sandbox.kill_pty(&pty.id).await?;
+    Ok(samples)
+}
+
+/// The port the live section's web server listens on, and what it serves.
+const LIVE_PORT: u16 = 8000;
+const LIVE_PAGE: &str = "hello from the sandbox\n";
+
+/// `python3 -m http.server` on [`LIVE_PORT`], serving `hello.txt`.
+async fn start_web_server(sandbox: &SandboxClient<'_>) -> Result<()> {
+    sandbox
+        .write_file(
+            "/workspace/site/hello.txt",
+            None,
+            Full::new(Bytes::from_static(LIVE_PAGE.as_bytes())),
+        )
+        .await?;
+    sandbox
+        .start_process(&StartProcessRequest {
+            shell: Some(format!(
+                "exec python3 -m http.server {LIVE_PORT} --bind 127.0.0.1 --directory /workspace/site"
+            )),
+            ..StartProcessRequest::default()
+        })
+        .await?;
+    let wait = PortWaitQuery {
+        timeout_ms: Some(LIVE_WAIT.as_millis() as u64),
+    };
+    let status = sandbox.wait_for_port(LIVE_PORT, &wait).await?;
+    ensure!(status.listening, "{status:?}");
+    Ok(())
+}
+
+/// `GET /hello.txt` through `/v1/sandboxes/{id}/ports/8000/`, `n` times
+/// after one untimed, each read to its end.
+async fn proxied_gets(sandbox: &SandboxClient<'_>, n: usize) -> Result<Vec<Duration>> {
+    let get = || async {
+        let response = sandbox
+            .port_request(
+                LIVE_PORT,
+                Method::GET,
+                "/hello.txt",
+                HeaderMap::new(),
+                Bytes::new(),
+            )
+            .await?;
+        ensure!(response.status() == StatusCode::OK, "{}", response.status());
+        let body = response.into_body().collect().await?.to_bytes();
+        ensure!(body == LIVE_PAGE, "{body:?}");
+        anyhow::Ok(())
+    };
+    get().await?;
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (got, took) = timed(get()).await;
+        got?;
+        samples.push(took);
+    }
+    Ok(samples)
+}
+
+/// The same GET made inside the sandbox by urllib (a new connection each,
+/// as through the proxy: http.server speaks HTTP/1.0), timed by the loop
+/// itself; prints the samples in seconds as a JSON list.
+const DIRECT_GETS: &str = r#"
+import json, sys, time, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+url = "http://127.0.0.1:%d/hello.txt" % int(sys.argv[1])
+def get():
+    with opener.open(url) as response:
+        assert response.read() == b"hello from the sandbox\n"
+get()
+samples = []
+for _ in range(int(sys.argv[2])):
+    started = time.perf_counter()
+    get()
+    samples.append(time.perf_counter() - started)
+print(json.dumps(samples))
+"#;
+
+async fn direct_gets(sandbox: &SandboxClient<'_>, n: usize) -> Result<Vec<Duration>> {
+    let mut request = ExecRequest::argv([
+        "python3".to_owned(),
+        "-c".to_owned(),
+        DIRECT_GETS.to_owned(),
+        LIVE_PORT.to_string(),
+        n.to_string(),
+    ]);
+    request.timeout_ms = Some(300_000);
+    let result = sandbox.exec(&request).await?;
+    ensure!(
+        result.exit_code == 0,
+        "the GETs inside exited {}: {}",
+        result.exit_code,
+        result.stderr
+    );
+    let seconds: Vec<f64> = serde_json::from_str(&result.stdout)?;
+    Ok(seconds.into_iter().map(Duration::from_secs_f64).collect())
+}
+
+/// Watch latency: a file written through the files API into a watched
+/// directory, timed from the write call's start to the file's event (its
+/// `create`, or the `move` of an atomic write); the write call's own time
+/// beside it, since the event may come before the call returns. The first
+/// round is not counted.
+async fn watch_latency(
+    sandbox: &SandboxClient<'_>,
+    n: usize,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let dir = "/workspace/watched";
+    let made = sandbox
+        .exec(&ExecRequest::argv(["mkdir", "-p", dir]))
+        .await?;
+    ensure!(made.exit_code == 0, "mkdir: {}", made.stderr);
+    let mut events = sandbox
+        .watch(&WatchQuery {
+            path: dir.into(),
+            recursive: false,
+        })
+        .await?;
+    let (mut latency, mut writes) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for round in 0..=n {
+        let path = format!("{dir}/file-{round}");
+        let started = Instant::now();
+        let write = async {
+            let body = Full::new(Bytes::from_static(b"x\n"));
+            sandbox.write_file(&path, None, body).await?;
+            anyhow::Ok(started.elapsed())
+        };
+        let event = async {
+            loop {
+                let event = events.next().await?.context("the watch ended")?;
+                let kind = matches!(event.kind, WatchEventKind::Create | WatchEventKind::Move);
+                if kind && event.path == path {
+                    return anyhow::Ok(started.elapsed());
+                }
+            }
+        };
+        let (wrote, seen) = tokio::time::timeout(LIVE_WAIT, async { tokio::join!(write, event) })
+            .await
+            .with_context(|| format!("no event for {path}"))?;
+        let (wrote, seen) = (wrote?, seen?);
+        if round > 0 {
+            writes.push(wrote);
+            latency.push(seen);
+        }
+    }
+    Ok((latency, writes))
+}
+
+/// What the live section measures on one server.
+struct LiveFigures {
+    keystroke: Vec<Duration>,
+    proxied: Vec<Duration>,
+    direct: Vec<Duration>,
+    watch_event: Vec<Duration>,
+    watch_write: Vec<Duration>,
+}
+
+async fn measure_live(server: &Server, n: usize) -> Result<LiveFigures> {
+    let client = server.client();
+    let id = server.new_sandbox().await?;
+    let sandbox = client.sandbox(&id);
+    let keystroke = keystroke_echo(server, &sandbox, n).await?;
+    start_web_server(&sandbox).await?;
+    let proxied = proxied_gets(&sandbox, n).await?;
+    let direct = direct_gets(&sandbox, n).await?;
+    let (watch_event, watch_write) = watch_latency(&sandbox, n).await?;
+    client.delete_sandbox(&id).await?;
+    Ok(LiveFigures {
+        keystroke,
+        proxied,
+        direct,
+        watch_event,
+        watch_write,
+    })
+}
+
+/// p50 / p99 of `samples`, and how many there were.
+fn p50_p99_cell(samples: &[Duration]) -> String {
+    let p = Percentiles::of(&mut samples.to_vec());
+    format!("{} / {} (n={})", ms(p.p50), ms(p.p99), samples.len())
+}
+
+/// The live section: on each runtime, one sandbox, its terminal, a web
+/// server in it reached through the port proxy and from inside, and a
+/// watch.
+async fn live(report: &mut Report, sizes: Sizes) -> Result<()> {
+    let mut figures = Vec::new();
+    for engine in [Engine::Youki, Engine::Docker] {
+        let server = Server::start(engine).await?;
+        let measured = measure_live(&server, sizes.live).await;
+        figures.push(measured.with_context(|| format!("the live section on {}", engine.name()))?);
+    }
+    let row = |figure: &str, cell: &dyn Fn(&LiveFigures) -> String| {
+        let mut row = vec![figure.to_owned()];
+        row.extend(figures.iter().map(cell));
+        row
+    };
+    let p50 = |samples: &[Duration]| Percentiles::of(&mut samples.to_vec()).p50;
+    report.table(
+        "Live: p50 / p99 (ms) and samples, on one sandbox; the terminal is a WebSocket, \
+         the web server `python3 -m http.server`, the watch an NDJSON stream",
+        &["", "sbx / youki", "sbx / docker"],
+        vec![
+            row(
+                "terminal keystroke echo round trip (one byte to `cat` in raw mode and back)",
+                &|f| p50_p99_cell(&f.keystroke),
+            ),
+            row(
+                "GET of a small file through the port proxy (`/v1/sandboxes/{id}/ports/8000/`)",
+                &|f| p50_p99_cell(&f.proxied),
+            ),
+            row(
+                "the same GET made inside the sandbox (urllib to 127.0.0.1:8000)",
+                &|f| p50_p99_cell(&f.direct),
+            ),
+            row("what the proxy adds (p50 through it minus inside)", &|f| {
+                format!(
+                    "{:+.2}",
+                    (p50(&f.proxied).as_secs_f64() - p50(&f.direct).as_secs_f64()) * 1000.0
+                )
+            }),
+            row(
+                "watch event of a file written through the files API, from the write's start",
+                &|f| p50_p99_cell(&f.watch_event),
+            ),
+            row("that write call alone", &|f| p50_p99_cell(&f.watch_write)),
+        ],
+    );
+    Ok(())
+}
+
+/// Only the live section (`--only live`).
+async fn run_live_only(sizes: Sizes, out: &Path) -> Result<()> {
+    let mut report = Report::default();
+    live(&mut report, sizes).await?;
+    write_report(&report, sizes, out)
+}
+
 /// Only the Dockerfile build section (`--only build`).
 async fn run_build_only(sizes: Sizes, out: &Path) -> Result<()> {
     let mut report = Report::default();
@@ -1676,7 +2006,8 @@ fn main() -> Result<()> {
         None => runtime.block_on(run(sizes, &out)),
         Some(Some("import")) => runtime.block_on(run_import_only(sizes, &out)),
         Some(Some("build")) => runtime.block_on(run_build_only(sizes, &out)),
-        Some(section) => bail!("--only takes a section: import or build (got {section:?})"),
+        Some(Some("live")) => runtime.block_on(run_live_only(sizes, &out)),
+        Some(section) => bail!("--only takes a section: import, build or live (got {section:?})"),
     };
     remove_leftover_bench_containers();
     remove_leftover_bench_engine_images();
