@@ -59,7 +59,7 @@ pub use network::{
 pub use ports::{
     CreatePreviewRequest, PortPath, PortStatus, PortWaitQuery, Preview, PreviewList, PreviewPath,
     DEFAULT_PORT_WAIT_MS, DEFAULT_PREVIEW_TTL_S, MAX_PORT_WAIT_MS, MAX_PREVIEW_TTL_S,
-    PREVIEW_PATH_PREFIX,
+    PREVIEW_COOKIE, PREVIEW_PATH_PREFIX, PREVIEW_TOKEN_PARAM,
 };
 pub use process::{
     KillAllResult, LogsQuery, ProcessInfo, ProcessList, ProcessPath, ProcessState, SignalRequest,

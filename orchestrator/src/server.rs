@@ -110,6 +110,9 @@ pub struct ServeConfig {
     pub disk_overcommit: f64,
     /// A CA bundle every sandbox trusts instead of its image's.
     pub trust_host_ca: Option<PathBuf>,
+    /// Previews are also served as `{port}-{id}.DOMAIN` (wildcard DNS to
+    /// this server); their URLs name that host.
+    pub preview_domain: Option<String>,
 }
 
 /// The CA bundle at `path`, resolved, once it is known to hold a PEM
@@ -292,6 +295,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         audit: audit.clone(),
         detached: detached.clone(),
         metrics,
+        preview_domain: config.preview_domain.as_deref().map(Arc::from),
     };
     let stopping = Arc::clone(&manager);
     let shutdown = async move {

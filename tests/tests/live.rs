@@ -531,10 +531,156 @@ async fn previews_serve_a_browser_until_revoked_or_expired(engine: Engine) -> Re
     Ok(())
 }
 
+/// What a raw HTTP/1.1 exchange answered: status, headers in lowercase,
+/// body.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// `GET target` on the server as a browser on `host` sends it: the Host
+/// header a wildcard DNS name gives, and a cookie if it has one.
+async fn get_on_host(
+    server: &Server,
+    host: &str,
+    target: &str,
+    cookie: Option<&str>,
+) -> Result<Answer> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = server.url.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).await?;
+    let cookie = cookie
+        .map(|cookie| format!("Cookie: {cookie}\r\n"))
+        .unwrap_or_default();
+    let request =
+        format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n{cookie}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw)).await??;
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, body) = raw.split_once("\r\n\r\n").context("an HTTP answer")?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .context("a status line")?;
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(key, value)| (key.to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    Ok(Answer {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
+}
+
+async fn previews_are_their_own_hosts_under_a_preview_domain(engine: Engine) -> Result<()> {
+    let server = Server::start_with(engine, &["--preview-domain", "preview.test"]).await?;
+    let client = server.client();
+    let id = server.new_sandbox().await?;
+    let sandbox = client.sandbox(&id);
+    start_servers(&sandbox).await?;
+    let preview = sandbox
+        .create_preview(&CreatePreviewRequest {
+            port: 8000,
+            ttl_s: None,
+        })
+        .await?;
+    let url = preview.url.context("a new preview has its URL")?;
+    let server_port = server.url.rsplit(':').next().context("a port")?;
+    let host = format!("8000-{id}.preview.test:{server_port}");
+    let first = url
+        .strip_prefix(&format!("http://{host}"))
+        .with_context(|| format!("{url} is on {host}"))?;
+    let secret = first
+        .strip_prefix("/?sbx_preview_token=")
+        .with_context(|| format!("{url} carries its secret in the query"))?;
+
+    // The first visit trades the secret for a cookie of this host and
+    // drops it from the URL.
+    let traded = get_on_host(&server, &host, first, None).await?;
+    ensure!(traded.status == 303, "{}", traded.status);
+    ensure!(
+        traded.header("location") == Some("/"),
+        "{:?}",
+        traded.headers
+    );
+    let cookie = traded.header("set-cookie").context("a cookie")?;
+    ensure!(
+        cookie.starts_with(&format!("sbx_preview={secret};")) && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    let jar = format!("theme=dark; sbx_preview={secret}");
+    let page = get_on_host(&server, &host, "/index.html", Some(&jar)).await?;
+    ensure!(
+        page.status == 200 && page.body == "<p>hello from the sandbox</p>\n",
+        "{} {}",
+        page.status,
+        page.body
+    );
+
+    // Without the cookie, nothing; on a preview's host, no API either; and
+    // the cookie opens no other sandbox's host.
+    let bare = get_on_host(&server, &host, "/index.html", None).await?;
+    ensure!(bare.status == 404, "{}", bare.status);
+    let api = get_on_host(&server, &host, "/v1/sandboxes", Some(&jar)).await?;
+    ensure!(
+        api.status == 404 && !api.body.contains(&id),
+        "{} {}",
+        api.status,
+        api.body
+    );
+    let other = server.new_sandbox().await?;
+    let elsewhere = format!("8000-{other}.preview.test:{server_port}");
+    let refused = get_on_host(&server, &elsewhere, "/index.html", Some(&jar)).await?;
+    ensure!(refused.status == 404, "{}", refused.status);
+
+    // The path form still works, and revocation ends both.
+    let by_path = format!("/p/{secret}/index.html");
+    let (status, _, _) = anonymous_get(&server, &by_path).await?;
+    ensure!(status == StatusCode::OK, "{status}");
+    sandbox.revoke_preview(&preview.id).await?;
+    let revoked = get_on_host(&server, &host, "/index.html", Some(&jar)).await?;
+    ensure!(revoked.status == 404, "{}", revoked.status);
+
+    let records = client
+        .audit(&AuditQuery {
+            limit: Some(1000),
+            ..AuditQuery::default()
+        })
+        .await?;
+    ensure!(
+        records.iter().any(
+            |record| record.identity == format!("preview {}", preview.id)
+                && record.route == "/p/{secret}"
+                && record.status == 200
+        ),
+        "{records:?}"
+    );
+    ensure!(
+        !serde_json::to_string(&records)?.contains(secret),
+        "a preview's secret is in the audit trail"
+    );
+    Ok(())
+}
+
 sbx_tests::on_every_runtime!(
     a_terminal_is_driven_over_a_websocket,
     a_session_keeps_its_shell_state,
     a_watch_reports_changes_deep_inside,
     servers_in_the_sandbox_answer_through_the_proxy,
     previews_serve_a_browser_until_revoked_or_expired,
+    previews_are_their_own_hosts_under_a_preview_domain,
 );

@@ -280,6 +280,11 @@ struct ServeArgs {
     /// TLS-intercepting proxy that the host trusts
     #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "/etc/ssl/certs/ca-certificates.crt")]
     trust_host_ca: Option<PathBuf>,
+    /// Serve previews as their own hosts, http://PORT-ID.DOMAIN/, each its
+    /// own origin (needs wildcard DNS for *.DOMAIN to this server; a
+    /// `*.localhost` domain resolves to loopback in browsers without it)
+    #[arg(long, value_name = "DOMAIN", value_parser = parse_preview_domain)]
+    preview_domain: Option<String>,
     /// TEST ONLY: HOST=IP makes the egress proxy resolve HOST to IP without
     /// DNS and without refusing loopback; repeatable
     #[arg(long, value_name = "HOST=IP", value_parser = parse_resolve, hide = true)]
@@ -457,6 +462,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 retention: Duration::from_secs(args.retention),
                 disk_overcommit: args.disk_overcommit,
                 trust_host_ca: args.trust_host_ca,
+                preview_domain: args.preview_domain,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -700,6 +706,24 @@ async fn print_events(mut events: sbx_api::client::EventStream) -> Result<ExitCo
     Ok(ExitCode::from(
         u8::try_from(exit_code.clamp(0, 255)).unwrap_or(255),
     ))
+}
+
+/// A DNS name of lowercase labels: letters, digits and inner hyphens.
+fn parse_preview_domain(text: &str) -> Result<String, String> {
+    let domain = text.trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if domain.len() <= 200 && domain.split('.').all(label_ok) {
+        Ok(domain)
+    } else {
+        Err(format!("{text:?} is not a DNS name"))
+    }
 }
 
 #[cfg(test)]

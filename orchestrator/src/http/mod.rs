@@ -67,6 +67,9 @@ pub struct AppState {
     pub detached: TaskTracker,
     /// What `GET /metrics` reports (see [`metrics`]).
     pub metrics: Arc<Metrics>,
+    /// `sbx serve --preview-domain`: previews are also served as hosts
+    /// under it (see [`ports`]).
+    pub preview_domain: Option<Arc<str>>,
 }
 
 async fn no_route() -> ApiError {

@@ -19,7 +19,7 @@
 
 use super::audit_trail::{self, Call};
 use super::request_id::RequestId;
-use super::{router, AppState};
+use super::{ports, router, AppState};
 use crate::audit::AuditLog;
 use axum::body::Body;
 use axum::extract::Request;
@@ -32,6 +32,7 @@ use hyper_util::service::TowerToHyperService;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,7 @@ use tokio_util::task::TaskTracker;
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()>) {
     let service = Arrivals {
         audit: state.audit.clone(),
+        preview_domain: state.preview_domain.clone(),
         router: TowerToHyperService::new(router(state)),
     };
     let stopping = CancellationToken::new();
@@ -101,6 +103,7 @@ async fn accept_failed(err: io::Error) {
 #[derive(Debug, Clone)]
 struct Arrivals {
     audit: AuditLog,
+    preview_domain: Option<Arc<str>>,
     router: TowerToHyperService<Router>,
 }
 
@@ -111,6 +114,11 @@ impl hyper::service::Service<Request<Incoming>> for Arrivals {
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let mut request = request.map(Body::new);
+        // A preview's own host is a preview's path from here on, audited
+        // and routed as one.
+        if let Some(domain) = &self.preview_domain {
+            ports::route_host_preview(domain, &mut request);
+        }
         let id = RequestId::new();
         let path = request.uri().path();
         let call = audit_trail::is_audited(path)
