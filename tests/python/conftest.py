@@ -65,7 +65,9 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)
 
 
-def start_server(data_dir: Path) -> Server:
+def start_server(data_dir: Path, *extra_args: str) -> Server:
+    """`sbx serve` on a free loopback port, with ``extra_args`` after the
+    harness's own."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(data_dir / "serve.log", "ab")
@@ -87,6 +89,7 @@ def start_server(data_dir: Path) -> Server:
             # safe default overcommit (1.0) would refuse them after a few.
             "--disk-overcommit",
             "1000",
+            *extra_args,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

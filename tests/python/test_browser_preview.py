@@ -8,6 +8,11 @@ WebSocket echo server in the same sandbox through a second preview; the
 test reads what the pages reported. A revoked preview's URL answers 404,
 to the browser as to anyone.
 
+A second server, run with ``--preview-domain localhost``, serves the site
+as a host of its own (Chromium resolves ``*.localhost`` to loopback): the
+browser trades the URL's secret for the host's cookie and then loads the
+script and follows the link with that cookie alone.
+
 It fails, never skips, without chromium or the node modules
 (scripts/test installs and names them: SBX_BROWSER_NODE_MODULES).
 """
@@ -19,12 +24,15 @@ import os
 import secrets
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any, Dict
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
+import pytest
 import sbx
+from conftest import Server, required_env, start_server, stop_server
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVER = REPO / "tests" / "browser" / "open_preview.mjs"
@@ -190,3 +198,64 @@ def test_a_browser_opens_a_preview_follows_its_links_and_talks_over_a_websocket(
         # The other preview is untouched by it.
         assert anonymous.get(echo.url).text == "a WebSocket echo server\n"
     sandbox.previews.revoke(echo)
+
+
+@pytest.fixture(scope="module")
+def domain_server():
+    """A server whose previews are hosts under ``localhost``."""
+    root = Path(required_env("SBX_TEST_DATA_ROOT"))
+    root.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(tempfile.mkdtemp(prefix="sbx-pytest-domain-", dir=root))
+    running = start_server(data_dir, "--preview-domain", "localhost")
+    try:
+        yield running
+    finally:
+        stop_server(running)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_a_browser_opens_a_preview_on_its_own_host(domain_server: Server):
+    with sbx.Client(domain_server.url, domain_server.admin_token) as client:
+        with sbx.Sandbox.create(client=client) as sandbox:
+            serve(sandbox)
+            site = sandbox.previews.create(HTTP_PORT, ttl_s=600)
+            echo = sandbox.previews.create(WS_PORT, ttl_s=600)
+            assert site.url is not None and echo.url is not None
+            port = urlsplit(domain_server.url).port
+            host = f"{HTTP_PORT}-{sandbox.id}.localhost:{port}"
+            parts = urlsplit(site.url)
+            assert (parts.scheme, parts.netloc, parts.path) == ("http", host, "/"), site.url
+            assert parts.query.startswith("sbx_preview_token="), site.url
+            secret = parts.query.split("=", 1)[1]
+            # WebSockets need no cookie of the page's host: the echo
+            # server's preview is its own host with its own token; a
+            # WebSocket cannot follow the first visit's redirect, so the
+            # page reaches it by the path form instead.
+            echo_path = f"{domain_server.url}/p/{urlsplit(echo.url).query.split('=', 1)[1]}/"
+            ws_url = "ws" + echo_path[len("http") :]
+            message = f"hello through a host preview {secrets.token_hex(8)}"
+            query = f"ws={quote(ws_url, safe='')}&message={quote(message)}&{parts.query}"
+            opened = run_driver(
+                urlunsplit(("http", host, "/index.html", query, "")), "--click", "#next"
+            )
+            assert opened["console_errors"] == [], opened
+            first, second = opened["pages"]
+            # The secret left the URL at once; the cookie carried the rest.
+            assert secret not in first["url"], first
+            assert first["status"] == 200
+            assert first["result"] == {
+                "script": "app.js",
+                "page": "index",
+                "path": "/index.html",
+                "echo": message,
+            }, first
+            assert second["url"] == f"http://{host}/pages/second.html"
+            assert second["result"] == {
+                "script": "app.js",
+                "page": "second",
+                "path": "/pages/second.html",
+            }, second
+
+            # Without the cookie (a fresh browser), the host answers 404.
+            bare = f"http://{host}/index.html"
+            assert run_driver(bare, "--status-only")["pages"] == [{"url": bare, "status": 404}]
