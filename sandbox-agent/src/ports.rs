@@ -377,6 +377,10 @@ async fn relay(socket: WebSocket, stream: TcpStream) {
         let client_to_port = pin!(async {
             while let Some(Ok(message)) = from_client.next().await {
                 let bytes = match message {
+                    // An empty frame is the client's EOF: a WebSocket has
+                    // no half close of its own (a close frame is answered
+                    // at once, which ends the connection both ways).
+                    Message::Binary(bytes) if bytes.is_empty() => break,
                     Message::Binary(bytes) => bytes,
                     Message::Text(text) => Bytes::from(text),
                     Message::Close(_) => break,
@@ -403,12 +407,17 @@ async fn relay(socket: WebSocket, stream: TcpStream) {
             }
             let _ = to_client.send(Message::Close(None)).await;
         });
-        if let Either::Right(((), client_to_port)) =
-            future::select(client_to_port, port_to_client).await
-        {
+        match future::select(client_to_port, port_to_client).await {
+            // The client's EOF is a half close, as a TCP client's shutdown
+            // is: the port has its EOF, and what it still says goes back
+            // until it ends (an answer to a request sent whole). After a
+            // close frame, nothing more can go back.
+            Either::Left(((), port_to_client)) => port_to_client.await,
             // The port is done; the client may still be sending until its
             // close frame answers ours.
-            let _ = tokio::time::timeout(TUNNEL_CLOSE_GRACE, client_to_port).await;
+            Either::Right(((), client_to_port)) => {
+                let _ = tokio::time::timeout(TUNNEL_CLOSE_GRACE, client_to_port).await;
+            }
         }
     }
     // Answers the client's close frame (or completes ours) before the

@@ -581,6 +581,40 @@ async fn tunnels_carry_bytes_both_ways_and_close_together() {
 }
 
 #[tokio::test]
+async fn an_empty_frame_is_a_half_close_the_answer_still_comes_back() {
+    let agent = TestAgent::start();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    // A server that answers only once its request has ended, as a client
+    // half-closing after its request (`nc -N`) expects.
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut request = Vec::new();
+        stream.read_to_end(&mut request).await.expect("read");
+        let answer = format!("got {} bytes", request.len());
+        stream.write_all(answer.as_bytes()).await.expect("write");
+        stream.shutdown().await.expect("shutdown");
+    });
+    let mut socket = websocket(&agent, &format!("/tunnel/{port}"))
+        .await
+        .expect("tunnel opens");
+    socket
+        .send(Message::binary(&b"hello"[..]))
+        .await
+        .expect("send");
+    socket.send(Message::binary(Vec::new())).await.expect("eof");
+    assert_eq!(
+        next_message(&mut socket).await,
+        Some(Message::binary(&b"got 5 bytes"[..]))
+    );
+    assert!(matches!(
+        next_message(&mut socket).await,
+        Some(Message::Close(_)) | None
+    ));
+    server.await.expect("server");
+}
+
+#[tokio::test]
 async fn a_port_closing_closes_the_tunnel() {
     let agent = TestAgent::start();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
