@@ -120,6 +120,13 @@ pub struct PreviewPath {
     pub preview: String,
 }
 
+/// The query parameter of a host preview's URL that carries its secret on
+/// the first visit; the server trades it for [`PREVIEW_COOKIE`].
+pub const PREVIEW_TOKEN_PARAM: &str = "sbx_preview_token";
+
+/// The cookie that carries a host preview's secret after the first visit.
+pub const PREVIEW_COOKIE: &str = "sbx_preview";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,10 +154,3 @@ mod tests {
         assert!(wait.validate().is_err());
     }
 }
-
-/// The query parameter of a host preview's URL that carries its secret on
-/// the first visit; the server trades it for [`PREVIEW_COOKIE`].
-pub const PREVIEW_TOKEN_PARAM: &str = "sbx_preview_token";
-
-/// The cookie that carries a host preview's secret after the first visit.
-pub const PREVIEW_COOKIE: &str = "sbx_preview";

@@ -13,7 +13,7 @@ mod policy;
 mod sandbox;
 mod stream;
 
-pub use live::WatchEvents;
+pub use live::{WatchEvents, WebSocket};
 pub use sandbox::SandboxClient;
 pub use stream::{BuildEvents, ByteStream, EventStream, LifecycleEvents, NdjsonStream, PullEvents};
 

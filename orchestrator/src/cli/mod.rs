@@ -10,7 +10,9 @@ mod context;
 mod cp;
 mod image;
 mod lifecycle;
+mod live;
 mod policy;
+mod terminal;
 
 use crate::server::{self, RuntimeKind, ServeConfig, ServeError};
 use clap::{Args, Parser, Subcommand};
@@ -209,6 +211,10 @@ enum Command {
     },
     #[command(flatten)]
     Lifecycle(lifecycle::LifecycleCommand),
+    #[command(flatten)]
+    Terminal(terminal::TerminalCommand),
+    #[command(flatten)]
+    Live(live::LiveCommand),
 }
 
 #[derive(Debug, Args)]
@@ -313,6 +319,12 @@ pub enum CliError {
     Runtime(std::io::Error),
     #[error("{0}")]
     Usage(String),
+    /// This machine's side failed: its terminal, stdout, a local port.
+    #[error("{what}: {source}")]
+    Local {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -666,13 +678,37 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Lifecycle(command) => lifecycle::run(command).await,
+        Command::Terminal(command) => terminal::run(command).await,
+        Command::Live(command) => live::run(command).await,
     }
 }
 
 /// Prints output events to the matching streams as they arrive; the exit
 /// code is the command's.
-async fn print_events(mut events: sbx_api::client::EventStream) -> Result<ExitCode, CliError> {
-    let mut exit_code = 0;
+async fn print_events(events: sbx_api::client::EventStream) -> Result<ExitCode, CliError> {
+    Ok(copy_events(events).await?.code())
+}
+
+/// How a streamed command ended.
+struct Exit {
+    exit_code: i32,
+    timed_out: bool,
+}
+
+impl Exit {
+    /// The command's exit code as this process's.
+    fn code(&self) -> ExitCode {
+        ExitCode::from(u8::try_from(self.exit_code.clamp(0, 255)).unwrap_or(255))
+    }
+}
+
+/// Prints output events to the matching streams as they arrive, and
+/// returns how the command ended.
+async fn copy_events(mut events: sbx_api::client::EventStream) -> Result<Exit, CliError> {
+    let mut exit = Exit {
+        exit_code: 0,
+        timed_out: false,
+    };
     while let Some(event) = events.next().await? {
         // A closed stdout (e.g. `| head`) must not turn into an error.
         match event {
@@ -686,14 +722,17 @@ async fn print_events(mut events: sbx_api::client::EventStream) -> Result<ExitCo
                 let _ = std::io::stderr().write_all(data.as_bytes());
             }
             ExecEvent::Exit {
-                exit_code: code,
+                exit_code,
                 timed_out,
                 ..
             } => {
                 if timed_out {
                     eprintln!("sbx: command timed out");
                 }
-                exit_code = code;
+                exit = Exit {
+                    exit_code,
+                    timed_out,
+                };
             }
             ExecEvent::Error {
                 error_code,
@@ -703,9 +742,7 @@ async fn print_events(mut events: sbx_api::client::EventStream) -> Result<ExitCo
             }
         }
     }
-    Ok(ExitCode::from(
-        u8::try_from(exit_code.clamp(0, 255)).unwrap_or(255),
-    ))
+    Ok(exit)
 }
 
 /// A DNS name of lowercase labels: letters, digits and inner hyphens.
