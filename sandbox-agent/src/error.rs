@@ -238,7 +238,9 @@ impl AgentError {
 }
 
 /// The error code of a failed file-system call, by errno: what the caller
-/// can fix (missing path, wrong kind of file, full disk) is a 4xx.
+/// can fix (missing path, wrong kind of file, full disk) is a 4xx. A
+/// socket or a device without a driver opened as a file (`/dev/fd/N` of a
+/// socket gives ENXIO) is the wrong kind of file too.
 fn io_error_code(err: &io::Error) -> ErrorCode {
     match err.raw_os_error() {
         Some(libc::ENOENT) => ErrorCode::NotFound,
@@ -251,7 +253,9 @@ fn io_error_code(err: &io::Error) -> ErrorCode {
             | libc::EBUSY
             | libc::EXDEV
             | libc::ETXTBSY
-            | libc::EMLINK,
+            | libc::EMLINK
+            | libc::ENXIO
+            | libc::ENODEV,
         ) => ErrorCode::Conflict,
         Some(libc::ENAMETOOLONG | libc::ELOOP | libc::EINVAL) => ErrorCode::InvalidRequest,
         Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => ErrorCode::PayloadTooLarge,
@@ -312,6 +316,13 @@ mod tests {
             StatusCode::BAD_REQUEST
         );
         assert_eq!(AgentError::NoLayerBaseline.status(), StatusCode::CONFLICT);
+        // Found by schemathesis: reading /dev/fd/11 (the agent's socket) was a 500.
+        let socket = AgentError::File {
+            op: "read",
+            path: "/dev/fd/11".into(),
+            source: io::Error::from_raw_os_error(libc::ENXIO),
+        };
+        assert_eq!(socket.status(), StatusCode::CONFLICT);
         let unreachable = AgentError::PortUnreachable {
             port: 8000,
             reason: "connection refused".into(),

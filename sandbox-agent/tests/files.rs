@@ -514,6 +514,15 @@ async fn bad_paths_and_queries_get_error_bodies() {
     std::fs::create_dir(&dir).expect("mkdir");
     let message = assert_error(api.read_file(&text(&dir)).await, 409, ErrorCode::Conflict);
     assert!(message.contains("directory"), "{message}");
+    // A socket cannot be opened as a file (ENXIO): the wrong kind of file,
+    // not a server error (schemathesis found /dev/fd/11 answered 500).
+    let socket = agent.path("socket");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    assert_error(
+        api.read_file(&text(&socket)).await,
+        409,
+        ErrorCode::Conflict,
+    );
     assert_error(
         api.read_file(&text(&agent.path("missing"))).await,
         404,

@@ -16,7 +16,7 @@ use super::AppState;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use sbx_api::{
-    CreatePtyRequest, CreateSessionRequest, ExecEvent, ExecResult, PortPath, PortStatus,
+    CreatePtyRequest, CreateSessionRequest, ErrorBody, ExecEvent, ExecResult, PortPath, PortStatus,
     PortWaitQuery, Pty, PtyControl, PtyList, PtyPath, PtySize, SandboxPath, Session,
     SessionExecRequest, SessionList, SessionPath, SignalRequest, WatchEvent, WatchQuery,
 };
@@ -166,7 +166,8 @@ forwarded! {
     /// after the timeout.
     #[utoipa::path(get, path = "/sandboxes/{id}/ports/{port}/wait", tag = "ports",
         operation_id = "wait_for_port", params(PortPath, PortWaitQuery),
-        responses((status = 200, body = PortStatus)))]
+        responses((status = 200, body = PortStatus),
+            (status = 503, body = ErrorBody, description = "Nothing listened before the timeout")))]
     wait_for_port(PortPath) => forward
 }
 

@@ -53,18 +53,22 @@ mod tests {
         "process_logs",
         "kill_process",
     ];
+    /// The tools of a sandbox's shells, ports and previews, also all inside
+    /// one sandbox; they come last in [`TOOLS`].
+    const LIVE: [&str; 3] = ["session_exec", "fetch_port", "preview_port"];
 
     #[test]
     fn the_admin_sees_every_tool() {
         let all: Vec<&str> = TOOLS.iter().map(|tool| tool.name).collect();
         assert_eq!(names(&Principal::admin()), all);
-        assert_eq!(all.len(), 26);
+        assert_eq!(all.len(), 29);
     }
 
     #[test]
     fn a_sandbox_token_sees_only_the_tools_inside_its_sandbox() {
         let sandbox = token(&[Scope::SandboxesRead, Scope::SandboxesExec], Some("aaaa"));
-        assert_eq!(names(&sandbox), INSIDE);
+        let inside: Vec<&str> = INSIDE.iter().chain(&LIVE).copied().collect();
+        assert_eq!(names(&sandbox), inside);
         let with_delete = token(
             &[
                 Scope::SandboxesRead,
@@ -74,7 +78,7 @@ mod tests {
             Some("aaaa"),
         );
         let mut expected = vec!["delete_sandbox"];
-        expected.extend(INSIDE);
+        expected.extend(&inside);
         assert_eq!(names(&with_delete), expected);
     }
 
@@ -96,6 +100,7 @@ mod tests {
         expected.extend(INSIDE);
         // Fork makes new sandboxes: create's scope, not lifecycle's.
         expected.extend(["list_snapshots", "fork_sandbox"]);
+        expected.extend(LIVE);
         assert_eq!(names(&worker), expected);
         // PATCH has no line in the policy table: admin only, like the REST route.
         let everything_but_audit = token(

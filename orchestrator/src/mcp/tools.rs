@@ -538,7 +538,7 @@ Use it to check that a web app answers; for a person to look at it, use preview_
         schema: schema::<live::FetchPortArgs>,
         routes: &[
             (Method::GET, "/v1/sandboxes/{id}/ports/{port}/wait"),
-            (Method::GET, "/v1/sandboxes/{id}/ports/{port}/{*path}"),
+            (Method::GET, "/v1/sandboxes/{id}/ports/{port}/{path}"),
         ],
         on_sandbox: true,
         read_only: false,
