@@ -120,3 +120,47 @@ sbx_node_modules() {
   fi
   printf '%s\n' "$dir/node_modules"
 }
+
+# sbx_e2b_venv: prints the path of a venv holding tests/e2b/requirements.txt
+# (the official E2B Python SDK and pytest), creating it on first use. Its own
+# venv, apart from sbx_venv's, so the E2B SDK's pins and the Python suites'
+# never have to agree. Keyed by the file's hash and marked complete like
+# sbx_venv's.
+sbx_e2b_venv() {
+  local requirements="$SBX_REPO_DIR/tests/e2b/requirements.txt"
+  local key venv
+  key="$(sha256sum "$requirements" | cut -c1-16)"
+  venv="/var/cache/sbx/e2b-venv-$key"
+  if [[ ! -x "$venv/bin/python" || ! -e "$venv/.complete" ]]; then
+    sbx_apt_install python3 python3-venv
+    sbx_log "creating the E2B test venv: $venv"
+    rm -rf "$venv"
+    mkdir -p /var/cache/sbx
+    /usr/bin/python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install -q --no-input -r "$requirements" >&2
+    touch "$venv/.complete"
+  fi
+  printf '%s\n' "$venv"
+}
+
+# sbx_e2b_node_modules: prints the path of a node_modules holding
+# tests/e2b/js/package-lock.json (the official E2B JavaScript SDK, which
+# tests/e2b/js/sdk.mjs drives), made with `npm ci` on first use. Keyed by
+# the lock file's hash and marked complete like sbx_node_modules's, outside
+# the checkout.
+sbx_e2b_node_modules() {
+  local js="$SBX_REPO_DIR/tests/e2b/js"
+  local key dir
+  key="$(sha256sum "$js/package-lock.json" | cut -c1-16)"
+  dir="/var/cache/sbx/e2b-node-$key"
+  if [[ ! -d "$dir/node_modules" || ! -e "$dir/.complete" ]]; then
+    command -v npm >/dev/null 2>&1 || sbx_die "npm not found (scripts/setup installs it)"
+    sbx_log "installing the E2B JS SDK's node modules: $dir"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp "$js/package.json" "$js/package-lock.json" "$dir/"
+    (cd "$dir" && npm ci --no-audit --no-fund >&2)
+    touch "$dir/.complete"
+  fi
+  printf '%s\n' "$dir/node_modules"
+}

@@ -10,6 +10,7 @@
 
 mod audit;
 mod body;
+pub mod e2b;
 mod error;
 mod exec;
 mod files;

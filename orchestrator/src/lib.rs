@@ -22,6 +22,7 @@
 pub mod audit;
 pub mod bridge;
 pub mod cli;
+pub mod e2b;
 pub mod egress;
 pub mod http;
 pub mod images;

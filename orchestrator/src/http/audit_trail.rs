@@ -63,8 +63,8 @@ pub struct Call(Arc<Pending>);
 struct Pending {
     log: AuditLog,
     started: Instant,
-    /// The MCP tool the call was made for (see [`ViaTool`]).
-    tool: OnceLock<&'static str>,
+    /// The MCP tool or E2B call the call was made for (see [`ViaTool`]).
+    tool: OnceLock<ViaTool>,
     /// None once written.
     entry: Mutex<Option<AuditEntry>>,
 }
@@ -136,7 +136,7 @@ impl Call {
     /// What the call asks for, without contents (see [`Summary`]).
     pub fn summary(&self, summary: impl AsRef<str>) {
         let summary = match self.0.tool.get() {
-            Some(tool) => summarize(&format!("mcp {tool}: {}", summary.as_ref())),
+            Some(tool) => summarize(&format!("{tool}: {}", summary.as_ref())),
             None => summarize(summary.as_ref()),
         };
         self.update(|entry| entry.summary = Some(summary));
@@ -151,10 +151,11 @@ impl Call {
         });
     }
 
-    /// The MCP tool the call was made for: its name opens the summary.
-    fn via_tool(&self, tool: &'static str) {
+    /// The MCP tool or E2B call the call was made for: its name opens the
+    /// summary.
+    fn via_tool(&self, tool: ViaTool) {
         if self.0.tool.set(tool).is_ok() {
-            self.update(|entry| entry.summary = Some(format!("mcp {tool}")));
+            self.update(|entry| entry.summary = Some(tool.to_string()));
         }
     }
 
@@ -220,11 +221,38 @@ impl<S: Send + Sync> FromRequestParts<S> for Call {
 }
 
 /// Marks a request the server sends itself for an MCP tool call (see
-/// [`crate::mcp`]): the audit record's summary starts with `mcp TOOL`. It is
-/// a request extension, which only code in this process can set; a header
-/// would let any client claim to be a tool.
+/// [`crate::mcp`]) or an E2B SDK call (see [`crate::e2b`]): the audit
+/// record's summary starts with `mcp TOOL` or `e2b CALL`. It is a request
+/// extension, which only code in this process can set; a header would let
+/// any client claim to be a tool.
 #[derive(Debug, Clone, Copy)]
-pub struct ViaTool(pub &'static str);
+pub struct ViaTool {
+    /// `mcp` or `e2b`.
+    pub surface: &'static str,
+    pub name: &'static str,
+}
+
+impl ViaTool {
+    pub fn mcp(tool: &'static str) -> Self {
+        Self {
+            surface: "mcp",
+            name: tool,
+        }
+    }
+
+    pub fn e2b(call: &'static str) -> Self {
+        Self {
+            surface: "e2b",
+            name: call,
+        }
+    }
+}
+
+impl std::fmt::Display for ViaTool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.surface, self.name)
+    }
+}
 
 /// A one-line description of a request, without its contents.
 pub trait Summary {
@@ -387,8 +415,8 @@ pub async fn record(State(state): State<AppState>, mut request: Request, next: N
         }
     };
     call.routed(route, sandbox);
-    if let Some(ViaTool(tool)) = request.extensions().get::<ViaTool>() {
-        call.via_tool(tool);
+    if let Some(tool) = request.extensions().get::<ViaTool>() {
+        call.via_tool(*tool);
     }
     let response = next.run(request).await;
     call.finish(response.status().as_u16());

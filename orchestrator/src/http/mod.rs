@@ -180,10 +180,12 @@ pub fn router(state: AppState) -> Router {
             metrics::count_errors,
         ))
         .with_state(state.clone());
-    // MCP's tools call the API above in process (see crate::mcp); /mcp
-    // itself gets a request id like every other route.
+    // MCP's tools and E2B's calls use the API above in process (see
+    // crate::mcp, crate::e2b); /mcp and /e2b get a request id like every
+    // other route.
     let mcp = Router::new()
         .route_service("/mcp", crate::mcp::service(state, api.clone()))
+        .nest_service("/e2b", crate::e2b::service(api.clone()))
         .layer(axum::middleware::from_fn(request_id::assign));
     api.merge(mcp)
 }

@@ -76,7 +76,7 @@ impl Rest {
             .map_err(|err| {
                 ToolError::Invalid(format!("cannot build a request for {uri}: {err}"))
             })?;
-        request.extensions_mut().insert(ViaTool(self.tool));
+        request.extensions_mut().insert(ViaTool::mcp(self.tool));
         let response = match self.api.clone().oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
@@ -124,7 +124,7 @@ impl Rest {
             .map_err(|err| {
                 ToolError::Invalid(format!("cannot build a request for {uri}: {err}"))
             })?;
-        request.extensions_mut().insert(ViaTool(self.tool));
+        request.extensions_mut().insert(ViaTool::mcp(self.tool));
         match self.api.clone().oneshot(request).await {
             Ok(response) => Ok(response),
             Err(never) => match never {},
