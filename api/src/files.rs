@@ -31,6 +31,12 @@ pub struct FileInfo {
     /// Where a symlink points (not followed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_target: Option<String>,
+    /// The owner's name in the sandbox's `/etc/passwd`, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The group's name in the sandbox's `/etc/group`, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// `GET /files/list`
@@ -55,7 +61,8 @@ pub struct FileQuery {
     /// `GET /files/list`: how many levels to descend (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub depth: Option<u32>,
-    /// `PUT /archive`: who owns every entry the extraction writes, as
+    /// `PUT /files`, `PUT /archive`: who owns what the call writes (the
+    /// file, every archive entry, and the directories made for them), as
     /// `user[:group]` (names from the sandbox's `/etc/passwd` and
     /// `/etc/group`, or numeric ids); absent, the agent's user. What a
     /// Dockerfile's `COPY --chown` becomes.
@@ -76,6 +83,11 @@ pub struct MkdirRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^(0o)?0*[0-7]{1,4}$")]
     pub mode: Option<String>,
+    /// Who owns the directories made, as `user[:group]` (names from the
+    /// sandbox's `/etc/passwd` and `/etc/group`, or numeric ids); absent,
+    /// the agent's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// `POST /files/move`
@@ -159,6 +171,8 @@ mod tests {
             uid: 0,
             gid: 0,
             link_target: None,
+            owner: None,
+            group: None,
         };
         let json = serde_json::to_value(&info).expect("serializable");
         assert_eq!(json["type"], "dir");

@@ -185,7 +185,7 @@ pub fn extract<R: Read>(
     owner: Option<Owner>,
 ) -> Result<ArchiveSummary, AgentError> {
     let root_error = |err| fs_error("extract into", dir, err);
-    create_target(dir, owner).map_err(root_error)?;
+    create_target(dir, DEFAULT_DIR_MODE, owner).map_err(root_error)?;
     let beneath = Beneath::open_root(dir, resolver).map_err(root_error)?;
     let mut extractor = Extractor {
         dir,
@@ -213,7 +213,7 @@ pub fn extract<R: Read>(
 
 /// `mkdir -p dir`, then gives `owner` the directories that created, from
 /// the topmost down.
-fn create_target(dir: &Path, owner: Option<Owner>) -> io::Result<()> {
+pub(crate) fn create_target(dir: &Path, mode: u32, owner: Option<Owner>) -> io::Result<()> {
     let mut missing = Vec::new();
     if owner.is_some() {
         let mut current = Some(dir);
@@ -227,7 +227,7 @@ fn create_target(dir: &Path, owner: Option<Owner>) -> io::Result<()> {
     }
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(DEFAULT_DIR_MODE)
+        .mode(mode)
         .create(dir)?;
     if let Some(owner) = owner {
         for path in missing.into_iter().rev() {

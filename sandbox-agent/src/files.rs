@@ -19,9 +19,11 @@
 //! A symlink at a `PUT` target is replaced by the new file (as `mv` would),
 //! not written through. `DELETE` never follows symlinks either.
 
+use crate::archive::create_target;
 use crate::error::AgentError;
 use crate::fs_safe::{file_info, lookup_error, stat_blocking};
 use crate::server::JsonBody;
+use crate::user::{AccountNames, Owner};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Query};
 use axum::handler::Handler;
@@ -39,7 +41,7 @@ use serde::de::DeserializeOwned;
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -215,25 +217,32 @@ fn temporary_name(target: &Path) -> PathBuf {
     target.with_file_name(OsString::from_vec(temp))
 }
 
-async fn create_parents(op: &'static str, path: &Path) -> Result<(), AgentError> {
-    let Some(parent) = path.parent() else {
+/// `mkdir -p` of `path`'s parent; the directories it makes belong to
+/// `owner` when one is named.
+async fn create_parents(
+    op: &'static str,
+    path: &Path,
+    owner: Option<Owner>,
+) -> Result<(), AgentError> {
+    let Some(parent) = path.parent().map(Path::to_path_buf) else {
         return Ok(());
     };
-    tokio::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(DEFAULT_DIR_MODE)
-        .create(parent)
-        .await
-        .map_err(|err| fs_error(op, parent, err))
+    blocking(op, &parent.clone(), move || {
+        create_target(&parent, DEFAULT_DIR_MODE, owner).map_err(|err| fs_error(op, &parent, err))
+    })
+    .await
 }
 
-/// `PUT /files?path=P&mode=0644`: the body becomes the file, atomically.
+/// `PUT /files?path=P&mode=0644[&owner=USER[:GROUP]]`: the body becomes
+/// the file, atomically; with `owner`, the file and the parents the write
+/// makes belong to them.
 async fn write_file(
     QueryParams(query): QueryParams<FileQuery>,
     body: Body,
 ) -> Result<Json<FileInfo>, AgentError> {
     let path = checked_path(&query.path)?;
     let mode = mode_or(query.mode.as_deref(), DEFAULT_FILE_MODE)?;
+    let owner = query.owner.as_deref().map(Owner::resolve).transpose()?;
     if path.file_name().is_none() {
         return Err(conflict("write", &path, "it is a directory"));
     }
@@ -241,7 +250,7 @@ async fn write_file(
         Ok(meta) if meta.is_dir() => return Err(conflict("write", &path, "it is a directory")),
         _ => {}
     }
-    create_parents("write", &path).await?;
+    create_parents("write", &path, owner).await?;
 
     let temp_path = temporary_name(&path);
     let mut file = tokio::fs::OpenOptions::new()
@@ -272,6 +281,16 @@ async fn write_file(
     file.flush()
         .await
         .map_err(|err| fs_error("write", &path, err))?;
+    if let Some(owner) = owner {
+        // By descriptor: the temporary file this request created, whatever
+        // its name points at by now.
+        nix::unistd::fchown(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            Some(nix::unistd::Uid::from_raw(owner.uid)),
+            Some(nix::unistd::Gid::from_raw(owner.gid)),
+        )
+        .map_err(|err| fs_error("write", &path, io::Error::from(err)))?;
+    }
     file.set_permissions(std::fs::Permissions::from_mode(mode))
         .await
         .map_err(|err| fs_error("write", &path, err))?;
@@ -281,7 +300,7 @@ async fn write_file(
         .map_err(|err| fs_error("write", &path, err))?;
     temp.keep();
     let info = blocking("write", &path.clone(), move || {
-        stat_blocking(&path).map_err(|err| fs_error("write", &path, err))
+        named_stat(&path).map_err(|err| fs_error("write", &path, err))
     })
     .await?;
     Ok(Json(info))
@@ -326,7 +345,7 @@ async fn remove(QueryParams(query): QueryParams<FileQuery>) -> Result<StatusCode
 async fn stat(QueryParams(query): QueryParams<FileQuery>) -> Result<Json<FileInfo>, AgentError> {
     let path = checked_path(&query.path)?;
     blocking("stat", &path.clone(), move || {
-        stat_blocking(&path).map_err(lookup("stat", &path))
+        named_stat(&path).map_err(lookup("stat", &path))
     })
     .await
     .map(Json)
@@ -347,7 +366,13 @@ async fn list(QueryParams(query): QueryParams<FileQuery>) -> Result<Json<FileLis
     Ok(Json(FileList { entries }))
 }
 
+/// `lstat` of `path`, its owner and group named.
+fn named_stat(path: &Path) -> io::Result<FileInfo> {
+    stat_blocking(path).map(|info| AccountNames::load().name(info))
+}
+
 fn list_blocking(root: &Path, depth: u32) -> Result<Vec<FileInfo>, AgentError> {
+    let names = AccountNames::load();
     let meta = std::fs::metadata(root).map_err(lookup("list", root))?;
     if !meta.is_dir() {
         return Err(conflict("list", root, "it is not a directory"));
@@ -372,7 +397,7 @@ fn list_blocking(root: &Path, depth: u32) -> Result<Vec<FileInfo>, AgentError> {
             } else {
                 None
             };
-            entries.push(file_info(&path, &meta, target.as_deref()));
+            entries.push(names.name(file_info(&path, &meta, target.as_deref())));
             if meta.is_dir() && level < depth {
                 pending.push((path, level + 1));
             }
@@ -383,10 +408,12 @@ fn list_blocking(root: &Path, depth: u32) -> Result<Vec<FileInfo>, AgentError> {
 }
 
 /// `POST /files/mkdir`: `mkdir -p`; an existing directory is fine, the
-/// mode applies to the last component when it is created.
+/// mode applies to the last component when it is created, and `owner`
+/// (when named) gets every directory the call makes.
 async fn mkdir(JsonBody(request): JsonBody<MkdirRequest>) -> Result<Json<FileInfo>, AgentError> {
     let path = checked_path(&request.path)?;
     let mode = mode_or(request.mode.as_deref(), DEFAULT_DIR_MODE)?;
+    let owner = request.owner.as_deref().map(Owner::resolve).transpose()?;
     blocking("create directory", &path.clone(), move || {
         let error = |err| fs_error("create directory", &path, err);
         match std::fs::metadata(&path) {
@@ -399,16 +426,12 @@ async fn mkdir(JsonBody(request): JsonBody<MkdirRequest>) -> Result<Json<FileInf
                 ))
             }
             Err(_) => {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(mode)
-                    .create(&path)
-                    .map_err(error)?;
+                create_target(&path, mode, owner).map_err(error)?;
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
                     .map_err(error)?;
             }
         }
-        stat_blocking(&path).map_err(error)
+        named_stat(&path).map_err(error)
     })
     .await
     .map(Json)
@@ -430,7 +453,7 @@ async fn move_path(JsonBody(request): JsonBody<MoveRequest>) -> Result<StatusCod
     let meta = tokio::fs::symlink_metadata(&from)
         .await
         .map_err(lookup("move", &from))?;
-    create_parents("move", &to).await?;
+    create_parents("move", &to, None).await?;
     let what = PathBuf::from(format!("{} to {}", from.display(), to.display()));
     match tokio::fs::rename(&from, &to).await {
         Ok(()) => {}

@@ -83,6 +83,8 @@ pub fn file_info(path: &Path, meta: &Metadata, link_target: Option<&Path>) -> Fi
         uid: meta.uid(),
         gid: meta.gid(),
         link_target: link_target.map(|target| target.to_string_lossy().into_owned()),
+        owner: None,
+        group: None,
     }
 }
 

@@ -23,6 +23,8 @@
 //! means gid = uid.
 
 use crate::error::AgentError;
+use sbx_api::FileInfo;
+use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 
@@ -82,6 +84,52 @@ impl Identity {
 
 /// A missing or unreadable database is an empty one: numeric ids still
 /// work, names are then unknown.
+/// The sandbox's account names by id, read once per listing, so that a
+/// file's owner and group are reported by name as `ls -l` shows them. The
+/// first entry of an id wins, as for `getpwuid`.
+#[derive(Debug, Default)]
+pub struct AccountNames {
+    users: HashMap<libc::uid_t, String>,
+    groups: HashMap<libc::gid_t, String>,
+}
+
+impl AccountNames {
+    pub fn load() -> Self {
+        Self::from_dbs(&read_db(PASSWD), &read_db(GROUP))
+    }
+
+    fn from_dbs(passwd: &str, group: &str) -> Self {
+        let mut names = AccountNames::default();
+        for entry in passwd_entries(passwd) {
+            names
+                .users
+                .entry(entry.uid)
+                .or_insert_with(|| entry.name.to_owned());
+        }
+        for line in group.lines().filter(|line| !line.starts_with('#')) {
+            let fields: Vec<&str> = line.split(':').collect();
+            if let (Some(name), Some(Ok(gid))) =
+                (fields.first(), fields.get(2).map(|gid| gid.parse()))
+            {
+                if !name.is_empty() {
+                    names
+                        .groups
+                        .entry(gid)
+                        .or_insert_with(|| (*name).to_owned());
+                }
+            }
+        }
+        names
+    }
+
+    /// `info` with its owner's and group's names, where they have one.
+    pub fn name(&self, mut info: FileInfo) -> FileInfo {
+        info.owner = self.users.get(&info.uid).cloned();
+        info.group = self.groups.get(&info.gid).cloned();
+        info
+    }
+}
+
 fn read_db(path: &str) -> String {
     std::fs::read_to_string(Path::new(path)).unwrap_or_else(|err| {
         tracing::debug!(path, %err, "cannot read user database");
@@ -281,6 +329,31 @@ nogroup:x:65534:
         let root = resolve("root").expect("root exists");
         assert_eq!((root.uid, root.gid, root.groups.clone()), (0, 0, vec![0]));
         assert_eq!(root.env(), vec![("HOME".to_owned(), "/root".to_owned())]);
+    }
+
+    #[test]
+    fn files_are_named_by_their_owner_and_group() {
+        let names = AccountNames::from_dbs(PASSWD_DB, GROUP_DB);
+        let info = |uid, gid| FileInfo {
+            path: "/f".into(),
+            name: "f".into(),
+            file_type: sbx_api::FileType::File,
+            size: 0,
+            mode: 0o644,
+            mtime: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+            uid,
+            gid,
+            link_target: None,
+            owner: None,
+            group: None,
+        };
+        let dev = names.name(info(1000, 27));
+        assert_eq!(
+            (dev.owner.as_deref(), dev.group.as_deref()),
+            (Some("dev"), Some("sudo"))
+        );
+        let unnamed = names.name(info(4242, 4242));
+        assert_eq!((unnamed.owner, unnamed.group), (None, None));
     }
 
     #[test]

@@ -378,6 +378,63 @@ async fn list_walks_to_the_requested_depth_without_following_links() {
 }
 
 #[tokio::test]
+async fn an_owner_gets_the_file_and_the_directories_made_for_it() {
+    let agent = TestAgent::start();
+    let client = agent.client();
+    let existing = agent.path("existing");
+    std::fs::create_dir(&existing).expect("mkdir");
+    let file = agent.path("existing/made/file.txt");
+    let response = client
+        .send(
+            Method::PUT,
+            &format!("/files?path={}&owner=65534:65534", text(&file)),
+            Some("application/octet-stream"),
+            Bytes::from_static(b"theirs"),
+        )
+        .await
+        .expect("write with an owner");
+    assert_eq!(response.status(), 200);
+    let owner = |path: &Path| {
+        let meta = std::fs::symlink_metadata(path).expect("stat");
+        (meta.uid(), meta.gid())
+    };
+    assert_eq!(owner(&file), (65534, 65534));
+    assert_eq!(owner(&agent.path("existing/made")), (65534, 65534));
+    // A directory that was there keeps its owner.
+    assert_eq!(owner(&existing), (0, 0));
+    assert_eq!(std::fs::read(&file).expect("read"), b"theirs");
+
+    let made = agent.path("dirs/of/theirs");
+    let response = client
+        .send(
+            Method::POST,
+            "/files/mkdir",
+            Some("application/json"),
+            Bytes::from(format!(
+                r#"{{"path": "{}", "owner": "65534"}}"#,
+                text(&made)
+            )),
+        )
+        .await
+        .expect("mkdir with an owner");
+    assert_eq!(response.status(), 200);
+    assert_eq!(owner(&made), (65534, 65534));
+    assert_eq!(owner(&agent.path("dirs")), (65534, 65534));
+
+    let unknown = client
+        .send(
+            Method::PUT,
+            &format!("/files?path={}&owner=no-such-user", text(&agent.path("x"))),
+            Some("application/octet-stream"),
+            Bytes::from_static(b"x"),
+        )
+        .await
+        .expect("an unknown owner is answered");
+    assert_eq!(unknown.status(), 400);
+    assert!(!agent.path("x").exists());
+}
+
+#[tokio::test]
 async fn mkdir_is_idempotent_and_refuses_files() {
     let agent = TestAgent::start();
     let client = agent.client();

@@ -276,6 +276,7 @@ impl SandboxClient<'_> {
         let request = MkdirRequest {
             path: path.to_owned(),
             mode: None,
+            owner: None,
         };
         self.json(Method::POST, "/files/mkdir", Some(&request))
             .await

@@ -202,7 +202,7 @@ forwarded! {
     /// The raw body becomes the file, atomically (readers see the old or
     /// the new contents); missing parent directories are created.
     #[utoipa::path(put, path = "/sandboxes/{id}/files", tag = "files",
-        operation_id = "write_file", params(SandboxPath, ("path" = String, Query, pattern = "^/", description = "An absolute path inside the sandbox"), ("mode" = Option<String>, Query, pattern = "^(0o)?0*[0-7]{1,4}$", description = "Octal permission bits of the new file (default 0644)")),
+        operation_id = "write_file", params(SandboxPath, ("path" = String, Query, pattern = "^/", description = "An absolute path inside the sandbox"), ("mode" = Option<String>, Query, pattern = "^(0o)?0*[0-7]{1,4}$", description = "Octal permission bits of the new file (default 0644)"), ("owner" = Option<String>, Query, description = "Who owns the file and the directories made for it, as `user[:group]` (default: the agent's user)")),
         request_body(content(("application/octet-stream"))),
         responses((status = 200, body = FileInfo)))]
     write_file(SandboxPath) => forward

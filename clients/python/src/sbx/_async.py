@@ -964,13 +964,14 @@ class AsyncFiles:
         data: AsyncFileContent,
         *,
         mode: Optional[int] = None,
+        owner: Optional[str] = None,
         request_timeout: TimeoutArg = DEFAULT,
     ) -> FileInfo:
         content: Any = data.encode() if isinstance(data, str) else data
         if isinstance(content, (bytearray, memoryview)):
             content = bytes(content)
         return await self._run(
-            _core.write_file(self._sandbox.id, path, content, mode, request_timeout)
+            _core.write_file(self._sandbox.id, path, content, mode, request_timeout, owner)
         )
 
     async def list(self, path: str, *, depth: Optional[int] = None) -> builtins.list[FileInfo]:
@@ -986,8 +987,10 @@ class AsyncFiles:
             return False
         return True
 
-    async def mkdir(self, path: str, *, mode: Optional[int] = None) -> FileInfo:
-        return await self._run(_core.mkdir(self._sandbox.id, path, mode))
+    async def mkdir(
+        self, path: str, *, mode: Optional[int] = None, owner: Optional[str] = None
+    ) -> FileInfo:
+        return await self._run(_core.mkdir(self._sandbox.id, path, mode, owner))
 
     async def move(self, source: str, destination: str) -> None:
         await self._run(_core.move_file(self._sandbox.id, source, destination))

@@ -799,9 +799,14 @@ def read_file(sandbox_id: str, path: str, request_timeout: TimeoutArg) -> Reques
 
 
 def write_file(
-    sandbox_id: str, path: str, content: Any, mode: Optional[int], request_timeout: TimeoutArg
+    sandbox_id: str,
+    path: str,
+    content: Any,
+    mode: Optional[int],
+    request_timeout: TimeoutArg,
+    owner: Optional[str] = None,
 ) -> Call[models.FileInfo]:
-    params = _drop_none({"path": path, "mode": _octal(mode)})
+    params = _drop_none({"path": path, "mode": _octal(mode), "owner": owner})
     request = Request(
         "PUT",
         sandbox_path(sandbox_id, "/files"),
@@ -835,8 +840,10 @@ def list_files(sandbox_id: str, path: str, depth: Optional[int]) -> Call[List[mo
     )
 
 
-def mkdir(sandbox_id: str, path: str, mode: Optional[int]) -> Call[models.FileInfo]:
-    body = _drop_none({"path": path, "mode": _octal(mode)})
+def mkdir(
+    sandbox_id: str, path: str, mode: Optional[int], owner: Optional[str] = None
+) -> Call[models.FileInfo]:
+    body = _drop_none({"path": path, "mode": _octal(mode), "owner": owner})
     request = Request("POST", sandbox_path(sandbox_id, "/files/mkdir"), json=body)
     return Call(request, _json(models.FileInfo.from_json))
 

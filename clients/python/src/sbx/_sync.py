@@ -1120,15 +1120,19 @@ class Files:
         data: FileContent,
         *,
         mode: Optional[int] = None,
+        owner: Optional[str] = None,
         request_timeout: TimeoutArg = DEFAULT,
     ) -> FileInfo:
         """Writes a file atomically (parents created): bytes, str (UTF-8), a
         binary file object or an iterable of bytes (both streamed).
-        ``mode`` is the permission bits, e.g. ``0o755``."""
+        ``mode`` is the permission bits, e.g. ``0o755``; ``owner``
+        (``user[:group]``) owns the file and the parents made for it."""
         content: Any = data.encode() if isinstance(data, str) else data
         if isinstance(content, (bytearray, memoryview)):
             content = bytes(content)
-        return self._run(_core.write_file(self._sandbox.id, path, content, mode, request_timeout))
+        return self._run(
+            _core.write_file(self._sandbox.id, path, content, mode, request_timeout, owner)
+        )
 
     def list(self, path: str, *, depth: Optional[int] = None) -> builtins.list[FileInfo]:
         """The entries under a directory, ``depth`` levels down (default 1)."""
@@ -1144,9 +1148,11 @@ class Files:
             return False
         return True
 
-    def mkdir(self, path: str, *, mode: Optional[int] = None) -> FileInfo:
+    def mkdir(
+        self, path: str, *, mode: Optional[int] = None, owner: Optional[str] = None
+    ) -> FileInfo:
         """Creates a directory and its parents (``mkdir -p``)."""
-        return self._run(_core.mkdir(self._sandbox.id, path, mode))
+        return self._run(_core.mkdir(self._sandbox.id, path, mode, owner))
 
     def move(self, source: str, destination: str) -> None:
         self._run(_core.move_file(self._sandbox.id, source, destination))

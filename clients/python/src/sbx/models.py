@@ -641,6 +641,9 @@ class FileInfo:
     gid: int
     #: Where a symlink points.
     link_target: Optional[str] = None
+    #: The owner's and group's names in the sandbox, when they have one.
+    owner: Optional[str] = None
+    group: Optional[str] = None
 
     @property
     def is_dir(self) -> bool:
@@ -663,6 +666,8 @@ class FileInfo:
             uid=f.integer("uid"),
             gid=f.integer("gid"),
             link_target=f.opt_text("link_target"),
+            owner=f.opt_text("owner"),
+            group=f.opt_text("group"),
         )
 
 
