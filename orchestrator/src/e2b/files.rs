@@ -3,13 +3,14 @@
 //! body (their streamed writes). Bodies are streamed both ways, never
 //! held whole; the sandbox's disk limit bounds them.
 //!
-//! A written file's parent directories are made first, as envd does.
+//! A written file's parent directories are made too, as envd does; the
+//! file and those directories belong to the user the call names.
 //! Gzip-encoded uploads are refused with 415: the SDKs send them only when
 //! asked to (`gzip=True`).
 
 use super::envd::Envd;
 use super::error::{Failure, JsonFailure};
-use super::filesystem::absolute;
+use super::filesystem::{absolute, owner_of};
 use super::sbx::encode;
 use super::E2b;
 use axum::body::{Body, Bytes};
@@ -19,7 +20,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sbx_api::e2b::{FilesQuery, WriteInfo};
-use sbx_api::{ErrorBody, ErrorCode, MkdirRequest};
+use sbx_api::{ErrorBody, ErrorCode};
 use tokio::sync::mpsc;
 
 pub async fn download(
@@ -78,7 +79,7 @@ pub async fn upload(
                 .or_else(|| field.file_name().map(str::to_string))
                 .ok_or_else(|| Failure::invalid("a file part without a path"))?;
             let path = absolute(&target, user.as_deref());
-            written.push(write(&envd, &path, field_body(field)).await?);
+            written.push(write(&envd, &path, user.as_deref(), field_body(field)).await?);
         }
     } else {
         let target = query
@@ -86,7 +87,7 @@ pub async fn upload(
             .as_deref()
             .ok_or_else(|| Failure::invalid("path is required"))?;
         let path = absolute(target, user.as_deref());
-        written.push(write(&envd, &path, request.into_body()).await?);
+        written.push(write(&envd, &path, user.as_deref(), request.into_body()).await?);
     }
     Ok((StatusCode::OK, Json(written)).into_response())
 }
@@ -143,25 +144,19 @@ impl From<Body> for FieldPump<'_> {
     }
 }
 
+/// Writes `path` for `user`: the file, and the parents the agent makes
+/// for it, are theirs.
 async fn write<'a>(
     envd: &Envd,
     path: &str,
+    user: Option<&str>,
     body: impl Into<FieldPump<'a>>,
 ) -> Result<WriteInfo, Failure> {
     let FieldPump { body, pump } = body.into();
-    if let Some((parent, _)) = path
-        .rsplit_once('/')
-        .filter(|(parent, _)| !parent.is_empty())
-    {
-        let request = MkdirRequest {
-            path: parent.to_string(),
-            mode: None,
-        };
-        envd.sbx
-            .call(Method::POST, &envd.uri("files/mkdir"), Some(&request))
-            .await?;
+    let mut uri = envd.uri(&format!("files?path={}", encode(path)));
+    if let Some(owner) = owner_of(user) {
+        uri.push_str(&format!("&owner={}", encode(&owner)));
     }
-    let uri = envd.uri(&format!("files?path={}", encode(path)));
     let put = envd
         .sbx
         .send(Method::PUT, &uri, body, Some("application/octet-stream"));

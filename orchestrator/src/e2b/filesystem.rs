@@ -2,8 +2,7 @@
 //!
 //! Relative paths are the user's home's, as in envd (`/home/user` for
 //! E2B's default user, `/root` for root). Entries are `FileInfo`s
-//! reshaped; owners are names only for root (uid 0), numbers otherwise,
-//! since sbx reports ids. Directory watches come in both of the SDKs'
+//! reshaped. Directory watches come in both of the SDKs'
 //! shapes: the `WatchDir` stream (JavaScript) and the polled watchers
 //! (`CreateWatcher`, `GetWatcherEvents`, `RemoveWatcher`; Python), both
 //! on sbx's inotify watch.
@@ -42,6 +41,12 @@ pub fn absolute(path: &str, user: Option<&str>) -> String {
     }
 }
 
+/// Who owns what a call makes for `user`: the user, unless that is root
+/// (the agent's own).
+pub fn owner_of(user: Option<&str>) -> Option<String> {
+    user.filter(|user| *user != "root").map(str::to_string)
+}
+
 fn permissions(kind: FileType, mode: u32) -> String {
     let mut text = String::with_capacity(10);
     text.push(match kind {
@@ -58,12 +63,9 @@ fn permissions(kind: FileType, mode: u32) -> String {
     text
 }
 
-fn account(id: u32) -> String {
-    if id == 0 {
-        "root".to_string()
-    } else {
-        id.to_string()
-    }
+/// An account's name, or its id when the sandbox has no name for it.
+fn account(name: Option<String>, id: u32) -> String {
+    name.unwrap_or_else(|| id.to_string())
 }
 
 pub fn entry(info: FileInfo) -> EntryInfo {
@@ -80,8 +82,8 @@ pub fn entry(info: FileInfo) -> EntryInfo {
         size: info.size,
         mode: info.mode,
         permissions: permissions(kind, info.mode),
-        owner: account(info.uid),
-        group: account(info.gid),
+        owner: account(info.owner, info.uid),
+        group: account(info.group, info.gid),
         modified_time: info.mtime,
         symlink_target: info.link_target,
     }
@@ -151,6 +153,7 @@ pub async fn make_dir(State(state): State<E2b>, headers: HeaderMap, body: Body) 
         let request = MkdirRequest {
             path: path.clone(),
             mode: None,
+            owner: owner_of(envd.user.as_deref()),
         };
         envd.sbx
             .call(Method::POST, &envd.uri("files/mkdir"), Some(&request))

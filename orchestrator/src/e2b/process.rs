@@ -76,13 +76,19 @@ async fn spawn(envd: &Envd, asked: StartRequest) -> Result<u32, Failure> {
         .await?;
     let pid = pid_of(started.pid)?;
     if asked.stdin != Some(true) {
-        envd.sbx
+        let closed = envd
+            .sbx
             .call(
                 Method::POST,
                 &envd.uri(&format!("processes/{pid}/stdin?close=true")),
                 NO_BODY,
             )
-            .await?;
+            .await;
+        match closed {
+            // Exited already: there is no stdin left to close.
+            Err(Failure::Api(body)) if body.error_code == sbx_api::ErrorCode::Conflict => {}
+            other => other?,
+        }
     }
     Ok(pid)
 }

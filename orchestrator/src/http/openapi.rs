@@ -48,7 +48,9 @@ const ERROR_RESPONSE: &str = "Error";
             sandbox alone.\n\n\
             Errors are one JSON body, `ErrorBody`, whose `error_code` clients branch on. \
             Streams (`exec` with `Accept: application/x-ndjson`, process logs) are NDJSON: \
-            one `ExecEvent` per line.",
+            one `ExecEvent` per line.\n\n\
+            E2B's API, for E2B's official SDKs, is served under `/e2b` by the same \
+            server (each call carried out by this API, as its caller).",
     ),
     paths(health, super::serve_openapi, super::metrics::scrape, mcp, port_proxy, preview),
     tags(
