@@ -374,7 +374,17 @@ impl Sessions {
             Ok(spawned) => spawned,
             Err(err) => {
                 remove_dir(&dir);
-                return Err(err);
+                // A shell the sandbox lacks (or a cwd it lacks) is the
+                // caller's to fix, as for a terminal's command.
+                return Err(match err {
+                    AgentError::Spawn { program, source } if process::is_program_error(&source) => {
+                        AgentError::NotRunnable {
+                            program,
+                            reason: crate::exec::spawn_reason(&source),
+                        }
+                    }
+                    other => other,
+                });
             }
         };
         let stdin = spawned.stdin.expect("the shell's stdin is piped");

@@ -78,13 +78,20 @@ def before_call(context, case, **kwargs):
             case.query["follow"] = "false"
     if isinstance(case.body, dict):
         keep_small(route, case.body)
-    if route == PORT_WAIT and isinstance(case.query, dict):
-        # Nothing listens on a fuzzed port: a wait of minutes would outlast
-        # the request timeout. A second at most keeps it an answer.
-        # (Some phases give the query's numbers as strings.)
-        waited = str(case.query.get("timeout_ms"))
-        if waited.isdigit() and int(waited) > 1000:
-            case.query["timeout_ms"] = int(waited) % 1000
+    if route == PORT_WAIT:
+        # Nothing listens on a fuzzed port: a wait of minutes, or the
+        # default 30 s when none is named, would outlast the request
+        # timeout. A second at most keeps it an answer. (Some phases give
+        # the query's numbers as strings; other values are left for the
+        # server to refuse.)
+        if case.query is None:
+            case.query = {}
+        if isinstance(case.query, dict):
+            waited = case.query.get("timeout_ms")
+            if waited is None:
+                case.query["timeout_ms"] = 500
+            elif str(waited).isdigit() and int(str(waited)) > 1000:
+                case.query["timeout_ms"] = 1 + int(str(waited)) % 1000
 
 
 def at_least_ten_minutes(fields, key):

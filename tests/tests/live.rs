@@ -217,6 +217,19 @@ async fn a_session_keeps_its_shell_state(engine: Engine) -> Result<()> {
     ensure!(ended.exit_code == 4, "{ended:?}");
     let gone = run("true").await.expect_err("the session ended");
     ensure!(api_code(&gone) == Some(ErrorCode::NotFound), "{gone}");
+
+    // A sandbox without the session's default cwd (schemathesis had
+    // deleted it): the shell cannot start, which is the caller's error,
+    // not the server's.
+    sh(&sandbox, "rm -rf /workspace").await?;
+    let shell_less = sandbox
+        .create_session(&CreateSessionRequest::default())
+        .await
+        .expect_err("no shell to start");
+    ensure!(
+        api_code(&shell_less) == Some(ErrorCode::InvalidRequest),
+        "{shell_less}"
+    );
     Ok(())
 }
 
