@@ -114,7 +114,7 @@ pub enum E2bState {
 
 /// The control plane's error body: the SDKs read `code` and `message`.
 #[derive(Debug, Clone, Serialize)]
-pub struct E2bError {
+pub struct E2bErrorBody {
     pub code: u16,
     pub message: String,
 }

@@ -13,7 +13,7 @@
 //! Compressed envelopes (flag 0x01) are refused: the SDKs do not compress
 //! requests unless asked, and nothing here asks.
 
-use super::error::Failure;
+use super::error::E2bError;
 use super::sbx::read_bounded;
 use axum::body::{Body, Bytes};
 use axum::http::header::CONTENT_TYPE;
@@ -66,10 +66,10 @@ fn unary_status(code: &str) -> StatusCode {
 }
 
 /// A unary answer.
-pub fn unary<T: Serialize>(result: Result<T, Failure>) -> Response {
+pub fn unary<T: Serialize>(result: Result<T, E2bError>) -> Response {
     match result {
         Ok(message) => axum::Json(message).into_response(),
-        Err(failure) => unary_error(failure.into_connect()),
+        Err(error) => unary_error(error.into_connect()),
     }
 }
 
@@ -78,7 +78,7 @@ pub fn unary_error(error: sbx_api::e2b::ConnectError) -> Response {
 }
 
 /// A unary request's message; an empty body is the message's defaults.
-pub async fn read_unary<T: DeserializeOwned + Default>(body: Body) -> Result<T, Failure> {
+pub async fn read_unary<T: DeserializeOwned + Default>(body: Body) -> Result<T, E2bError> {
     let bytes = read_bounded(body, MAX_REQUEST_BYTES).await?;
     if bytes.is_empty() {
         return Ok(T::default());
@@ -87,30 +87,30 @@ pub async fn read_unary<T: DeserializeOwned + Default>(body: Body) -> Result<T, 
 }
 
 /// A server stream's one request message, out of its envelope.
-pub async fn read_enveloped<T: DeserializeOwned + Default>(body: Body) -> Result<T, Failure> {
+pub async fn read_enveloped<T: DeserializeOwned + Default>(body: Body) -> Result<T, E2bError> {
     let bytes = read_bounded(body, MAX_REQUEST_BYTES).await?;
     let Some((&flags, rest)) = bytes.split_first() else {
         return Ok(T::default());
     };
     if flags & FLAG_COMPRESSED != 0 {
-        return Err(Failure::invalid("compressed messages are not supported"));
+        return Err(E2bError::invalid("compressed messages are not supported"));
     }
     let (length, message) = rest
         .split_first_chunk::<4>()
-        .ok_or_else(|| Failure::invalid("a truncated envelope"))?;
+        .ok_or_else(|| E2bError::invalid("a truncated envelope"))?;
     let length = u32::from_be_bytes(*length) as usize;
     let message = message
         .get(..length)
-        .ok_or_else(|| Failure::invalid("a truncated envelope"))?;
+        .ok_or_else(|| E2bError::invalid("a truncated envelope"))?;
     if message.is_empty() {
         return Ok(T::default());
     }
     parse(message)
 }
 
-fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, E2bError> {
     serde_json::from_slice(bytes)
-        .map_err(|err| Failure::invalid(format!("a malformed message: {err}")))
+        .map_err(|err| E2bError::invalid(format!("a malformed message: {err}")))
 }
 
 /// `Connect-Timeout-Ms`: how long the caller gives the call.
@@ -162,11 +162,17 @@ impl Stream {
         }
     }
 
+    /// Resolves once the client has left (the response body was dropped),
+    /// so that a writer waiting on something else notices.
+    pub async fn client_left(&self) {
+        self.frames.closed().await;
+    }
+
     /// Ends the stream, with an error or without.
-    pub async fn end(mut self, error: Option<Failure>) {
+    pub async fn end(mut self, error: Option<E2bError>) {
         self.ended = true;
         let end = EndOfStream {
-            error: error.map(Failure::into_connect),
+            error: error.map(E2bError::into_connect),
         };
         let json = serde_json::to_vec(&end).unwrap_or_else(|_| b"{}".to_vec());
         let _ = self.frames.send(envelope(FLAG_END_STREAM, &json)).await;
@@ -184,9 +190,9 @@ impl Drop for Stream {
 
 /// A stream that fails before its first message: Connect allows the error
 /// as the whole answer, in the end envelope.
-pub fn stream_error(failure: Failure) -> Response {
+pub fn stream_error(error: E2bError) -> Response {
     let end = EndOfStream {
-        error: Some(failure.into_connect()),
+        error: Some(error.into_connect()),
     };
     let json = serde_json::to_vec(&end).unwrap_or_else(|_| b"{}".to_vec());
     (
@@ -221,10 +227,10 @@ mod tests {
 
         let compressed =
             read_enveloped::<StartRequest>(Body::from(envelope(FLAG_COMPRESSED, json))).await;
-        assert!(matches!(compressed, Err(Failure::Invalid(_))));
+        assert!(matches!(compressed, Err(E2bError::Invalid(_))));
         let truncated =
             read_enveloped::<StartRequest>(Body::from(envelope(0, json).slice(..20))).await;
-        assert!(matches!(truncated, Err(Failure::Invalid(_))));
+        assert!(matches!(truncated, Err(E2bError::Invalid(_))));
     }
 
     #[tokio::test]

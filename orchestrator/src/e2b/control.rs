@@ -12,7 +12,7 @@
 //! - `connect` resumes a paused sandbox and starts a stopped one, then
 //!   sets the timeout it names.
 
-use super::error::{Failure, JsonFailure};
+use super::error::{E2bError, JsonError};
 use super::sbx::{encode, Sbx, NO_BODY};
 use super::E2b;
 use axum::extract::{Path, RawQuery, Request, State};
@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use sbx_api::e2b::{
-    ConnectSandbox, E2bError, E2bSandbox, E2bState, NewSandbox, SandboxDetail, SandboxTimeout,
+    ConnectSandbox, E2bErrorBody, E2bSandbox, E2bState, NewSandbox, SandboxDetail, SandboxTimeout,
     ENVD_VERSION,
 };
 use sbx_api::{
@@ -71,16 +71,16 @@ fn key_of(headers: &HeaderMap) -> String {
         .to_string()
 }
 
-async fn body<T: serde::de::DeserializeOwned + Default>(request: Request) -> Result<T, Failure> {
+async fn body<T: serde::de::DeserializeOwned + Default>(request: Request) -> Result<T, E2bError> {
     let bytes = super::sbx::read_bounded(request.into_body(), MAX_BODY_BYTES).await?;
     if bytes.is_empty() {
         return Ok(T::default());
     }
     serde_json::from_slice(&bytes)
-        .map_err(|err| Failure::invalid(format!("a malformed body: {err}")))
+        .map_err(|err| E2bError::invalid(format!("a malformed body: {err}")))
 }
 
-async fn create(State(state): State<E2b>, request: Request) -> Result<Response, JsonFailure> {
+async fn create(State(state): State<E2b>, request: Request) -> Result<Response, JsonError> {
     let sbx = caller(&state, request.headers(), "create");
     let asked: NewSandbox = body(request).await?;
     let template = asked.template_id.clone();
@@ -164,7 +164,7 @@ async fn list(
     State(state): State<E2b>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> Result<Response, JsonFailure> {
+) -> Result<Response, JsonError> {
     let sbx = caller(&state, &headers, "list");
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(query.as_deref().unwrap_or_default()).unwrap_or_default();
@@ -222,7 +222,7 @@ async fn list(
 
 /// A sandbox that has not ended: sbx keeps ended ones listed for a
 /// while, E2B knows them no more.
-async fn get_sandbox(sbx: &Sbx, id: &str) -> Result<Sandbox, Failure> {
+async fn get_sandbox(sbx: &Sbx, id: &str) -> Result<Sandbox, E2bError> {
     let sandbox: Sandbox = sbx
         .json(
             Method::GET,
@@ -232,7 +232,7 @@ async fn get_sandbox(sbx: &Sbx, id: &str) -> Result<Sandbox, Failure> {
         .await?;
     match e2b_state(sandbox.state) {
         Some(_) => Ok(sandbox),
-        None => Err(Failure::not_found(format!("sandbox {id} was not found"))),
+        None => Err(E2bError::not_found(format!("sandbox {id} was not found"))),
     }
 }
 
@@ -240,19 +240,19 @@ async fn detail(
     State(state): State<E2b>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<SandboxDetail>, JsonFailure> {
+) -> Result<Json<SandboxDetail>, JsonError> {
     let sbx = caller(&state, &headers, "get_info");
     let sandbox = get_sandbox(&sbx, &id).await?;
     detail_of(sandbox)
         .map(Json)
-        .ok_or_else(|| Failure::not_found(format!("sandbox {id} has ended")).into())
+        .ok_or_else(|| E2bError::not_found(format!("sandbox {id} has ended")).into())
 }
 
 async fn kill(
     State(state): State<E2b>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<StatusCode, JsonFailure> {
+) -> Result<StatusCode, JsonError> {
     let sbx = caller(&state, &headers, "kill");
     get_sandbox(&sbx, &id).await?;
     sbx.call(
@@ -268,11 +268,11 @@ async fn set_timeout(
     State(state): State<E2b>,
     Path(id): Path<String>,
     request: Request,
-) -> Result<StatusCode, JsonFailure> {
+) -> Result<StatusCode, JsonError> {
     let sbx = caller(&state, request.headers(), "set_timeout");
     let asked: SandboxTimeout = body::<Option<SandboxTimeout>>(request)
         .await?
-        .ok_or_else(|| Failure::invalid("timeout is required"))?;
+        .ok_or_else(|| E2bError::invalid("timeout is required"))?;
     let timeout = SetTimeoutRequest {
         timeout_s: asked.timeout,
     };
@@ -289,11 +289,11 @@ async fn pause(
     State(state): State<E2b>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<StatusCode, JsonFailure> {
+) -> Result<StatusCode, JsonError> {
     let sbx = caller(&state, &headers, "pause");
     let sandbox = get_sandbox(&sbx, &id).await?;
     if e2b_state(sandbox.state) == Some(E2bState::Paused) {
-        return Err(Failure::Api(sbx_api::ErrorBody::new(
+        return Err(E2bError::Api(sbx_api::ErrorBody::new(
             sbx_api::ErrorCode::Conflict,
             format!("sandbox {id} is already paused"),
         ))
@@ -316,7 +316,7 @@ async fn connect(
     State(state): State<E2b>,
     Path(id): Path<String>,
     request: Request,
-) -> Result<Response, JsonFailure> {
+) -> Result<Response, JsonError> {
     let key = key_of(request.headers());
     let sbx = caller(&state, request.headers(), "connect");
     let asked: ConnectSandbox = body(request).await?;
@@ -366,7 +366,7 @@ async fn connect(
 /// Templates, snapshots, forks, volumes, secrets, metrics: a 501 the
 /// SDKs raise as their own error, with this message.
 async fn unsupported(request: Request) -> Response {
-    let body = E2bError {
+    let body = E2bErrorBody {
         code: StatusCode::NOT_IMPLEMENTED.as_u16(),
         message: format!(
             "{} {} is not served by sbx's E2B API",

@@ -4,7 +4,7 @@
 //! as by `Authorization: Basic base64("user:")` (Connect calls) or a
 //! `username` query (`/files`); no user is E2B's default, `user`.
 
-use super::error::Failure;
+use super::error::E2bError;
 use super::sbx::{encode, Sbx, NO_BODY};
 use super::{connect, files, filesystem, process, E2b};
 use axum::extract::{Request, State};
@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
-use sbx_api::e2b::{E2bError, ENVD_PORT};
+use sbx_api::e2b::{E2bErrorBody, ENVD_PORT};
 use sbx_api::{Sandbox, SandboxState};
 
 /// The user a call names none acts as: E2B's templates run as `user`
@@ -67,7 +67,7 @@ pub struct Envd {
 }
 
 impl Envd {
-    pub fn new(state: &E2b, headers: &HeaderMap, call: &'static str) -> Result<Envd, Failure> {
+    pub fn new(state: &E2b, headers: &HeaderMap, call: &'static str) -> Result<Envd, E2bError> {
         let header = |name: &str| {
             headers
                 .get(name)
@@ -76,7 +76,7 @@ impl Envd {
         };
         let port = header("e2b-sandbox-port");
         if !port.is_empty() && port != ENVD_PORT.to_string() {
-            return Err(Failure::invalid(format!(
+            return Err(E2bError::invalid(format!(
                 "port {port}: only envd's port ({ENVD_PORT}) is served here; a preview URL \
                  (POST /v1/sandboxes/{{id}}/previews) serves a sandbox's own ports"
             )));
@@ -114,7 +114,7 @@ fn basic_user(authorization: &str) -> Option<String> {
 async fn health(State(state): State<E2b>, headers: HeaderMap) -> Response {
     let envd = match Envd::new(&state, &headers, "health") {
         Ok(envd) => envd,
-        Err(failure) => return failure.into_json(),
+        Err(error) => return error.into_json(),
     };
     let uri = format!("/v1/sandboxes/{}", encode(&envd.sandbox));
     match envd.sbx.json::<Sandbox>(Method::GET, &uri, NO_BODY).await {
@@ -122,15 +122,15 @@ async fn health(State(state): State<E2b>, headers: HeaderMap) -> Response {
             StatusCode::NO_CONTENT.into_response()
         }
         Ok(sandbox) => not_running(&format!("sandbox {} is {:?}", sandbox.id, sandbox.state)),
-        Err(Failure::Api(body)) if body.error_code == sbx_api::ErrorCode::NotFound => {
-            Failure::Gone(envd.sandbox).into_json()
+        Err(E2bError::Api(body)) if body.error_code == sbx_api::ErrorCode::NotFound => {
+            E2bError::Gone(envd.sandbox).into_json()
         }
-        Err(failure) => failure.into_json(),
+        Err(error) => error.into_json(),
     }
 }
 
 fn not_running(message: &str) -> Response {
-    let body = E2bError {
+    let body = E2bErrorBody {
         code: StatusCode::BAD_GATEWAY.as_u16(),
         message: message.to_string(),
     };

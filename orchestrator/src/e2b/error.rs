@@ -11,61 +11,69 @@ use super::connect;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use sbx_api::e2b::{ConnectError, E2bError};
+use sbx_api::e2b::{ConnectError, E2bErrorBody};
 use sbx_api::{ErrorBody, ErrorCode};
 
-#[derive(Debug)]
-pub enum Failure {
+/// What an E2B call can fail with. The `Display` text is the internal
+/// one, for logs; [`E2bError::message`] is what the caller is told.
+#[derive(Debug, thiserror::Error)]
+pub enum E2bError {
     /// The REST API's answer, or one shaped like it.
+    #[error("{}", .0.message)]
     Api(ErrorBody),
     /// A request the E2B surface cannot serve as asked.
+    #[error("{0}")]
     Invalid(String),
     /// A sandbox or stream that went away mid-call.
+    #[error("{0}")]
     Unavailable(String),
     /// An envd call for a sandbox that is gone, or that the caller's token
     /// does not reach (a sandbox's own token dies with it): said the way
     /// E2B's proxy says it, a 502 or `unavailable` whose message says the
     /// sandbox "was not found", which the SDKs raise as "not running".
+    #[error("sandbox {0} was not found")]
     Gone(String),
     /// The call's deadline passed (Connect's `deadline_exceeded`).
+    #[error("{0}")]
     Deadline(String),
     /// Something the caller can do nothing about.
+    #[error("{0}")]
     Internal(String),
 }
 
-impl Failure {
+impl E2bError {
     pub fn internal(message: impl Into<String>) -> Self {
-        Failure::Internal(message.into())
+        E2bError::Internal(message.into())
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
-        Failure::Invalid(message.into())
+        E2bError::Invalid(message.into())
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Failure::Api(ErrorBody::new(ErrorCode::NotFound, message))
+        E2bError::Api(ErrorBody::new(ErrorCode::NotFound, message))
     }
 
     pub fn code(&self) -> ErrorCode {
         match self {
-            Failure::Api(body) => body.error_code,
-            Failure::Invalid(_) => ErrorCode::InvalidRequest,
-            Failure::Unavailable(_) | Failure::Deadline(_) | Failure::Gone(_) => {
+            E2bError::Api(body) => body.error_code,
+            E2bError::Invalid(_) => ErrorCode::InvalidRequest,
+            E2bError::Unavailable(_) | E2bError::Deadline(_) | E2bError::Gone(_) => {
                 ErrorCode::Unavailable
             }
-            Failure::Internal(_) => ErrorCode::Internal,
+            E2bError::Internal(_) => ErrorCode::Internal,
         }
     }
 
     /// What the caller is told.
     pub fn message(&self) -> String {
         match self {
-            Failure::Api(body) => body.message.clone(),
-            Failure::Invalid(message)
-            | Failure::Unavailable(message)
-            | Failure::Deadline(message) => message.clone(),
-            Failure::Gone(sandbox) => format!("sandbox {sandbox} was not found"),
-            Failure::Internal(message) => {
+            E2bError::Api(body) => body.message.clone(),
+            E2bError::Invalid(message)
+            | E2bError::Unavailable(message)
+            | E2bError::Deadline(message) => message.clone(),
+            E2bError::Gone(sandbox) => format!("sandbox {sandbox} was not found"),
+            E2bError::Internal(message) => {
                 tracing::error!(%message, "e2b call failed");
                 "internal error".to_string()
             }
@@ -73,7 +81,7 @@ impl Failure {
     }
 
     fn status(&self) -> StatusCode {
-        if let Failure::Gone(_) = self {
+        if let E2bError::Gone(_) = self {
             return StatusCode::BAD_GATEWAY;
         }
         StatusCode::from_u16(self.code().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
@@ -82,7 +90,7 @@ impl Failure {
     /// The control plane's and envd REST's shape.
     pub fn into_json(self) -> Response {
         let status = self.status();
-        let body = E2bError {
+        let body = E2bErrorBody {
             code: status.as_u16(),
             message: self.message(),
         };
@@ -92,7 +100,7 @@ impl Failure {
     /// Connect's error, for a unary answer or a stream's end.
     pub fn into_connect(self) -> ConnectError {
         let code = match self {
-            Failure::Deadline(_) => "deadline_exceeded",
+            E2bError::Deadline(_) => "deadline_exceeded",
             _ => connect::code_name(self.code()),
         };
         ConnectError {
@@ -104,15 +112,15 @@ impl Failure {
 
 /// The control plane's errors (and envd REST's): `{code, message}`.
 #[derive(Debug)]
-pub struct JsonFailure(pub Failure);
+pub struct JsonError(pub E2bError);
 
-impl From<Failure> for JsonFailure {
-    fn from(failure: Failure) -> Self {
-        JsonFailure(failure)
+impl From<E2bError> for JsonError {
+    fn from(error: E2bError) -> Self {
+        JsonError(error)
     }
 }
 
-impl IntoResponse for JsonFailure {
+impl IntoResponse for JsonError {
     fn into_response(self) -> Response {
         self.0.into_json()
     }

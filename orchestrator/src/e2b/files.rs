@@ -9,7 +9,7 @@
 //! asked to (`gzip=True`).
 
 use super::envd::Envd;
-use super::error::{Failure, JsonFailure};
+use super::error::{E2bError, JsonError};
 use super::filesystem::{absolute, owner_of};
 use super::sbx::encode;
 use super::E2b;
@@ -27,7 +27,7 @@ pub async fn download(
     State(state): State<E2b>,
     headers: HeaderMap,
     Query(query): Query<FilesQuery>,
-) -> Result<Response, JsonFailure> {
+) -> Result<Response, JsonError> {
     let envd = Envd::new(&state, &headers, "files.read")?;
     let user = query.username.as_deref().or(envd.user.as_deref());
     let path = absolute(query.path.as_deref().unwrap_or_default(), user);
@@ -51,7 +51,7 @@ pub async fn upload(
     State(state): State<E2b>,
     Query(query): Query<FilesQuery>,
     request: Request,
-) -> Result<Response, JsonFailure> {
+) -> Result<Response, JsonError> {
     let envd = Envd::new(&state, request.headers(), "files.write")?;
     let user = query.username.clone().or_else(|| envd.user.clone());
     if request.headers().contains_key(CONTENT_ENCODING) {
@@ -67,17 +67,17 @@ pub async fn upload(
     if content_type.starts_with("multipart/form-data") {
         let mut form = Multipart::from_request(request, &())
             .await
-            .map_err(|err| Failure::invalid(format!("a malformed form: {err}")))?;
+            .map_err(|err| E2bError::invalid(format!("a malformed form: {err}")))?;
         let mut named = query.path.clone();
         while let Some(field) = form
             .next_field()
             .await
-            .map_err(|err| Failure::invalid(format!("a malformed form: {err}")))?
+            .map_err(|err| E2bError::invalid(format!("a malformed form: {err}")))?
         {
             let target = named
                 .take()
                 .or_else(|| field.file_name().map(str::to_string))
-                .ok_or_else(|| Failure::invalid("a file part without a path"))?;
+                .ok_or_else(|| E2bError::invalid("a file part without a path"))?;
             let path = absolute(&target, user.as_deref());
             written.push(write(&envd, &path, user.as_deref(), field_body(field)).await?);
         }
@@ -85,15 +85,15 @@ pub async fn upload(
         let target = query
             .path
             .as_deref()
-            .ok_or_else(|| Failure::invalid("path is required"))?;
+            .ok_or_else(|| E2bError::invalid("path is required"))?;
         let path = absolute(target, user.as_deref());
         written.push(write(&envd, &path, user.as_deref(), request.into_body()).await?);
     }
     Ok((StatusCode::OK, Json(written)).into_response())
 }
 
-fn unsupported_encoding() -> Failure {
-    Failure::Api(ErrorBody::new(
+fn unsupported_encoding() -> E2bError {
+    E2bError::Api(ErrorBody::new(
         ErrorCode::InvalidRequest,
         "compressed uploads are not supported: write without gzip",
     ))
@@ -151,7 +151,7 @@ async fn write<'a>(
     path: &str,
     user: Option<&str>,
     body: impl Into<FieldPump<'a>>,
-) -> Result<WriteInfo, Failure> {
+) -> Result<WriteInfo, E2bError> {
     let FieldPump { body, pump } = body.into();
     let mut uri = envd.uri(&format!("files?path={}", encode(path)));
     if let Some(owner) = owner_of(user) {

@@ -9,7 +9,7 @@
 
 use super::connect::{self, Stream};
 use super::envd::Envd;
-use super::error::Failure;
+use super::error::E2bError;
 use super::sbx::{encode, NO_BODY};
 use super::watchers::{self, Watchers};
 use super::E2b;
@@ -89,7 +89,7 @@ pub fn entry(info: FileInfo) -> EntryInfo {
     }
 }
 
-async fn stat_of(envd: &Envd, path: &str) -> Result<EntryInfo, Failure> {
+async fn stat_of(envd: &Envd, path: &str) -> Result<EntryInfo, E2bError> {
     let info: FileInfo = envd
         .sbx
         .json(
@@ -147,8 +147,8 @@ pub async fn make_dir(State(state): State<E2b>, headers: HeaderMap, body: Body) 
         let path = absolute(&asked.path, envd.user.as_deref());
         match stat_of(&envd, &path).await {
             Ok(_) => return Ok(Err(path)),
-            Err(Failure::Api(body)) if body.error_code == sbx_api::ErrorCode::NotFound => {}
-            Err(failure) => return Err(failure),
+            Err(E2bError::Api(body)) if body.error_code == sbx_api::ErrorCode::NotFound => {}
+            Err(error) => return Err(error),
         }
         let request = MkdirRequest {
             path: path.clone(),
@@ -169,7 +169,7 @@ pub async fn make_dir(State(state): State<E2b>, headers: HeaderMap, body: Body) 
             message: format!("{path} already exists"),
         }),
         Ok(Ok(made)) => connect::unary(Ok(made)),
-        Err(failure) => connect::unary::<Empty>(Err(failure)),
+        Err(error) => connect::unary::<Empty>(Err(error)),
     }
 }
 
@@ -221,12 +221,12 @@ pub async fn watch_dir(State(state): State<E2b>, headers: HeaderMap, body: Body)
         let asked: WatchRequest = connect::read_enveloped(body).await?;
         let path = absolute(&asked.path, envd.user.as_deref());
         let events = watchers::open(&envd, &path, asked.recursive).await?;
-        Ok::<_, Failure>(events)
+        Ok::<_, E2bError>(events)
     }
     .await;
     let mut events = match opened {
         Ok(events) => events,
-        Err(failure) => return connect::stream_error(failure),
+        Err(error) => return connect::stream_error(error),
     };
     let (stream, response) = Stream::open();
     tokio::spawn(async move {
@@ -234,7 +234,11 @@ pub async fn watch_dir(State(state): State<E2b>, headers: HeaderMap, body: Body)
             return;
         }
         loop {
-            match events.next_batch().await {
+            let batch = tokio::select! {
+                batch = events.next_batch() => batch,
+                () = stream.client_left() => return,
+            };
+            match batch {
                 Ok(batch) => {
                     for event in batch {
                         if !stream.send(&WatchDirMessage::Filesystem(event)).await {
@@ -242,7 +246,7 @@ pub async fn watch_dir(State(state): State<E2b>, headers: HeaderMap, body: Body)
                         }
                     }
                 }
-                Err(failure) => return stream.end(Some(failure)).await,
+                Err(error) => return stream.end(Some(error)).await,
             }
         }
     });
@@ -255,6 +259,7 @@ pub async fn create_watcher(State(state): State<E2b>, headers: HeaderMap, body: 
             let envd = Envd::new(&state, &headers, "filesystem.CreateWatcher")?;
             let asked: WatchRequest = connect::read_unary(body).await?;
             let path = absolute(&asked.path, envd.user.as_deref());
+            state.watchers.make_room(&envd)?;
             let events = watchers::open(&envd, &path, asked.recursive).await?;
             let watcher_id = Watchers::start(&state.watchers, &envd, events);
             Ok(CreateWatcherResponse { watcher_id })

@@ -15,7 +15,7 @@
 
 use super::connect::{self, Stream};
 use super::envd::Envd;
-use super::error::Failure;
+use super::error::E2bError;
 use super::filesystem::absolute;
 use super::sbx::{ndjson, NO_BODY};
 use super::E2b;
@@ -35,21 +35,21 @@ use std::time::Duration;
 pub async fn start(State(state): State<E2b>, headers: HeaderMap, body: Body) -> Response {
     let envd = match Envd::new(&state, &headers, "process.Start") {
         Ok(envd) => envd,
-        Err(failure) => return connect::stream_error(failure),
+        Err(error) => return connect::stream_error(error),
     };
     let asked: StartRequest = match connect::read_enveloped(body).await {
         Ok(asked) => asked,
-        Err(failure) => return connect::stream_error(failure),
+        Err(error) => return connect::stream_error(error),
     };
     match spawn(&envd, asked).await {
         Ok(pid) => follow(envd, pid, &headers, None),
-        Err(failure) => connect::stream_error(failure),
+        Err(error) => connect::stream_error(error),
     }
 }
 
-async fn spawn(envd: &Envd, asked: StartRequest) -> Result<u32, Failure> {
+async fn spawn(envd: &Envd, asked: StartRequest) -> Result<u32, E2bError> {
     if asked.pty.is_some() {
-        return Err(Failure::invalid(
+        return Err(E2bError::invalid(
             "terminals are not served over envd here: sbx's are at /v1/sandboxes/{id}/pty",
         ));
     }
@@ -86,15 +86,15 @@ async fn spawn(envd: &Envd, asked: StartRequest) -> Result<u32, Failure> {
             .await;
         match closed {
             // Exited already: there is no stdin left to close.
-            Err(Failure::Api(body)) if body.error_code == sbx_api::ErrorCode::Conflict => {}
+            Err(E2bError::Api(body)) if body.error_code == sbx_api::ErrorCode::Conflict => {}
             other => other?,
         }
     }
     Ok(pid)
 }
 
-fn pid_of(pid: i32) -> Result<u32, Failure> {
-    u32::try_from(pid).map_err(|_| Failure::internal(format!("a process with pid {pid}")))
+fn pid_of(pid: i32) -> Result<u32, E2bError> {
+    u32::try_from(pid).map_err(|_| E2bError::internal(format!("a process with pid {pid}")))
 }
 
 /// The stream of `pid`'s events, from its start (`tail: None`) or from
@@ -144,7 +144,7 @@ async fn relay(
         .await;
     let logs = match logs {
         Ok(logs) => logs,
-        Err(failure) => return stream.end(Some(failure)).await,
+        Err(error) => return stream.end(Some(error)).await,
     };
     let mut events = ndjson::<ExecEvent>(logs.into_body());
     let expired = async {
@@ -161,7 +161,7 @@ async fn relay(
             event = events.next() => {
                 let Some(event) = event else {
                     return stream
-                        .end(Some(Failure::Unavailable("the process's output ended before its exit".into())))
+                        .end(Some(E2bError::Unavailable("the process's output ended before its exit".into())))
                         .await;
                 };
                 match event {
@@ -188,12 +188,16 @@ async fn relay(
                     }
                     Ok(ExecEvent::Error { error_code, message }) => {
                         return stream
-                            .end(Some(Failure::Api(sbx_api::ErrorBody::new(error_code, message))))
+                            .end(Some(E2bError::Api(sbx_api::ErrorBody::new(error_code, message))))
                             .await;
                     }
-                    Err(failure) => return stream.end(Some(failure)).await,
+                    Err(error) => return stream.end(Some(error)).await,
                 }
             }
+            // A client that left (a background command's handle
+            // disconnected) leaves the process running: the deadline is
+            // the call's, and the call is over.
+            () = stream.client_left() => return,
             () = &mut expired => {
                 let kill = SignalRequest { signal: "SIGKILL".to_string() };
                 let _ = envd
@@ -201,7 +205,7 @@ async fn relay(
                     .call(Method::POST, &envd.uri(&format!("processes/{pid}/signal")), Some(&kill))
                     .await;
                 return stream
-                    .end(Some(Failure::Deadline(format!("process {pid} was killed at the call's deadline"))))
+                    .end(Some(E2bError::Deadline(format!("process {pid} was killed at the call's deadline"))))
                     .await;
             }
             _ = ping.tick(), if keepalive.is_some() => {
@@ -216,12 +220,12 @@ async fn relay(
 
 /// A selector's pid: the pid itself, or the running process named by the
 /// tag.
-async fn resolve(envd: &Envd, selector: &ProcessSelector) -> Result<u32, Failure> {
+async fn resolve(envd: &Envd, selector: &ProcessSelector) -> Result<u32, E2bError> {
     if let Some(pid) = selector.pid {
         return Ok(pid);
     }
     let Some(tag) = &selector.tag else {
-        return Err(Failure::invalid("name a process by pid or tag"));
+        return Err(E2bError::invalid("name a process by pid or tag"));
     };
     let listed: ProcessList = envd
         .sbx
@@ -232,7 +236,7 @@ async fn resolve(envd: &Envd, selector: &ProcessSelector) -> Result<u32, Failure
     });
     match found {
         Some(process) => pid_of(process.pid),
-        None => Err(Failure::not_found(format!(
+        None => Err(E2bError::not_found(format!(
             "no running process is tagged {tag}"
         ))),
     }
@@ -241,23 +245,23 @@ async fn resolve(envd: &Envd, selector: &ProcessSelector) -> Result<u32, Failure
 pub async fn connect(State(state): State<E2b>, headers: HeaderMap, body: Body) -> Response {
     let envd = match Envd::new(&state, &headers, "process.Connect") {
         Ok(envd) => envd,
-        Err(failure) => return connect::stream_error(failure),
+        Err(error) => return connect::stream_error(error),
     };
     let asked: ProcessRequest = match connect::read_enveloped(body).await {
         Ok(asked) => asked,
-        Err(failure) => return connect::stream_error(failure),
+        Err(error) => return connect::stream_error(error),
     };
     let pid = match resolve(&envd, &asked.process).await {
         Ok(pid) => pid,
-        Err(failure) => return connect::stream_error(failure),
+        Err(error) => return connect::stream_error(error),
     };
     // Known to the agent, or the stream would only fail after its start.
     let found = envd
         .sbx
         .call(Method::GET, &envd.uri(&format!("processes/{pid}")), NO_BODY)
         .await;
-    if let Err(failure) = found {
-        return connect::stream_error(failure);
+    if let Err(error) = found {
+        return connect::stream_error(error);
     }
     follow(envd, pid, &headers, Some(0))
 }
@@ -270,7 +274,7 @@ async fn list_running(
     state: &E2b,
     headers: &HeaderMap,
     body: Body,
-) -> Result<ListResponse, Failure> {
+) -> Result<ListResponse, E2bError> {
     let envd = Envd::new(state, headers, "process.List")?;
     let _: Empty = connect::read_unary(body).await?;
     let listed: ProcessList = envd
@@ -302,11 +306,11 @@ pub async fn send_input(State(state): State<E2b>, headers: HeaderMap, body: Body
     connect::unary(write_stdin(&state, &headers, body).await)
 }
 
-async fn write_stdin(state: &E2b, headers: &HeaderMap, body: Body) -> Result<Empty, Failure> {
+async fn write_stdin(state: &E2b, headers: &HeaderMap, body: Body) -> Result<Empty, E2bError> {
     let envd = Envd::new(state, headers, "process.SendInput")?;
     let asked: SendInputRequest = connect::read_unary(body).await?;
     if asked.input.pty.is_some() {
-        return Err(Failure::invalid(
+        return Err(E2bError::invalid(
             "terminal input is served at /v1/sandboxes/{id}/pty",
         ));
     }
@@ -327,7 +331,7 @@ pub async fn close_stdin(State(state): State<E2b>, headers: HeaderMap, body: Bod
     connect::unary(close(&state, &headers, body).await)
 }
 
-async fn close(state: &E2b, headers: &HeaderMap, body: Body) -> Result<Empty, Failure> {
+async fn close(state: &E2b, headers: &HeaderMap, body: Body) -> Result<Empty, E2bError> {
     let envd = Envd::new(state, headers, "process.CloseStdin")?;
     let asked: ProcessRequest = connect::read_unary(body).await?;
     let pid = resolve(&envd, &asked.process).await?;
@@ -345,12 +349,12 @@ pub async fn send_signal(State(state): State<E2b>, headers: HeaderMap, body: Bod
     connect::unary(signal(&state, &headers, body).await)
 }
 
-async fn signal(state: &E2b, headers: &HeaderMap, body: Body) -> Result<Empty, Failure> {
+async fn signal(state: &E2b, headers: &HeaderMap, body: Body) -> Result<Empty, E2bError> {
     let envd = Envd::new(state, headers, "process.SendSignal")?;
     let asked: SendSignalRequest = connect::read_unary(body).await?;
     let signal = asked
         .signal
-        .ok_or_else(|| Failure::invalid("signal must be SIGNAL_SIGTERM or SIGNAL_SIGKILL"))?;
+        .ok_or_else(|| E2bError::invalid("signal must be SIGNAL_SIGTERM or SIGNAL_SIGKILL"))?;
     let pid = resolve(&envd, &asked.process).await?;
     let request = SignalRequest {
         signal: signal.name().to_string(),
@@ -366,8 +370,8 @@ async fn signal(state: &E2b, headers: &HeaderMap, body: Body) -> Result<Empty, F
     match signalled {
         // An exited process is no process to envd: the SDKs' kill answers
         // False on not_found.
-        Err(Failure::Api(body)) if body.error_code == sbx_api::ErrorCode::Conflict => {
-            Err(Failure::not_found(body.message))
+        Err(E2bError::Api(body)) if body.error_code == sbx_api::ErrorCode::Conflict => {
+            Err(E2bError::not_found(body.message))
         }
         other => other.map(|()| Empty {}),
     }

@@ -5,7 +5,7 @@
 //! and audit layers as any client's. Answers from inside a sandbox are
 //! hostile: they are streamed on, or read up to a bound.
 
-use super::error::Failure;
+use super::error::E2bError;
 use crate::http::ViaTool;
 use axum::body::{Body, Bytes};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
@@ -33,7 +33,7 @@ pub struct Sbx {
     authorization: HeaderValue,
     call: &'static str,
     /// For envd calls, the sandbox they are for: a refused token is then
-    /// that sandbox gone (see [`Failure::Gone`]).
+    /// that sandbox gone (see [`E2bError::Gone`]).
     sandbox: Option<String>,
 }
 
@@ -64,7 +64,7 @@ impl Sbx {
         uri: &str,
         body: Body,
         content_type: Option<&'static str>,
-    ) -> Result<Response, Failure> {
+    ) -> Result<Response, E2bError> {
         let mut builder = Request::builder()
             .method(method)
             .uri(uri)
@@ -72,9 +72,9 @@ impl Sbx {
         if let Some(content_type) = content_type {
             builder = builder.header(CONTENT_TYPE, content_type);
         }
-        let mut request = builder
-            .body(body)
-            .map_err(|err| Failure::internal(format!("cannot build a request for {uri}: {err}")))?;
+        let mut request = builder.body(body).map_err(|err| {
+            E2bError::internal(format!("cannot build a request for {uri}: {err}"))
+        })?;
         request.extensions_mut().insert(ViaTool::e2b(self.call));
         match self.api.clone().oneshot(request).await {
             Ok(response) => Ok(response),
@@ -89,7 +89,7 @@ impl Sbx {
         uri: &str,
         body: Body,
         content_type: Option<&'static str>,
-    ) -> Result<Response, Failure> {
+    ) -> Result<Response, E2bError> {
         let response = self.raw(method, uri, body, content_type).await?;
         if response.status().is_success() {
             return Ok(response);
@@ -97,9 +97,9 @@ impl Sbx {
         let error = error_body(response).await;
         match &self.sandbox {
             Some(sandbox) if error.error_code == ErrorCode::Unauthorized => {
-                Err(Failure::Gone(sandbox.clone()))
+                Err(E2bError::Gone(sandbox.clone()))
             }
-            _ => Err(Failure::Api(error)),
+            _ => Err(E2bError::Api(error)),
         }
     }
 
@@ -109,11 +109,11 @@ impl Sbx {
         method: Method,
         uri: &str,
         body: Option<&impl Serialize>,
-    ) -> Result<T, Failure> {
+    ) -> Result<T, E2bError> {
         let response = self.send_json(method, uri, body).await?;
         let bytes = read_bounded(response.into_body(), MAX_JSON_BYTES).await?;
         serde_json::from_slice(&bytes)
-            .map_err(|err| Failure::internal(format!("unexpected answer from {uri}: {err}")))
+            .map_err(|err| E2bError::internal(format!("unexpected answer from {uri}: {err}")))
     }
 
     /// A JSON request (or none) whose answer has nothing to read.
@@ -122,7 +122,7 @@ impl Sbx {
         method: Method,
         uri: &str,
         body: Option<&impl Serialize>,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), E2bError> {
         self.send_json(method, uri, body).await.map(drop)
     }
 
@@ -131,11 +131,11 @@ impl Sbx {
         method: Method,
         uri: &str,
         body: Option<&impl Serialize>,
-    ) -> Result<Response, Failure> {
+    ) -> Result<Response, E2bError> {
         match body {
             Some(body) => {
                 let bytes = serde_json::to_vec(body)
-                    .map_err(|err| Failure::internal(format!("cannot encode a request: {err}")))?;
+                    .map_err(|err| E2bError::internal(format!("cannot encode a request: {err}")))?;
                 self.send(method, uri, Body::from(bytes), Some("application/json"))
                     .await
             }
@@ -148,19 +148,19 @@ impl Sbx {
 pub const NO_BODY: Option<&()> = None;
 
 /// Reads at most `max_bytes` of `body`.
-pub async fn read_bounded(body: Body, max_bytes: usize) -> Result<Bytes, Failure> {
+pub async fn read_bounded(body: Body, max_bytes: usize) -> Result<Bytes, E2bError> {
     match http_body_util::Limited::new(body, max_bytes)
         .collect()
         .await
     {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-            Err(Failure::Api(ErrorBody::new(
+            Err(E2bError::Api(ErrorBody::new(
                 ErrorCode::PayloadTooLarge,
                 format!("larger than {max_bytes} bytes"),
             )))
         }
-        Err(err) => Err(Failure::internal(format!("cannot read an answer: {err}"))),
+        Err(err) => Err(E2bError::internal(format!("cannot read an answer: {err}"))),
     }
 }
 
@@ -189,7 +189,7 @@ pub fn encode(value: &str) -> String {
 /// time, each line bounded.
 pub fn ndjson<T: DeserializeOwned + Send + 'static>(
     body: Body,
-) -> impl futures_util::Stream<Item = Result<T, Failure>> + Unpin + Send {
+) -> impl futures_util::Stream<Item = Result<T, E2bError>> + Unpin + Send {
     let state = (body.into_data_stream(), Vec::<u8>::new(), false);
     Box::pin(futures_util::stream::unfold(
         state,
@@ -201,7 +201,7 @@ pub fn ndjson<T: DeserializeOwned + Send + 'static>(
                         continue;
                     }
                     let event = serde_json::from_slice::<T>(&line).map_err(|err| {
-                        Failure::internal(format!("a malformed NDJSON line: {err}"))
+                        E2bError::internal(format!("a malformed NDJSON line: {err}"))
                     });
                     return Some((event, (chunks, pending, done)));
                 }
@@ -212,13 +212,13 @@ pub fn ndjson<T: DeserializeOwned + Send + 'static>(
                     Some(Ok(chunk)) => {
                         pending.extend_from_slice(&chunk);
                         if pending.len() > MAX_LINE_BYTES {
-                            let failure = Failure::internal("an NDJSON line too long");
-                            return Some((Err(failure), (chunks, Vec::new(), true)));
+                            let error = E2bError::internal("an NDJSON line too long");
+                            return Some((Err(error), (chunks, Vec::new(), true)));
                         }
                     }
                     Some(Err(err)) => {
-                        let failure = Failure::Unavailable(format!("the stream broke off: {err}"));
-                        return Some((Err(failure), (chunks, Vec::new(), true)));
+                        let error = E2bError::Unavailable(format!("the stream broke off: {err}"));
+                        return Some((Err(error), (chunks, Vec::new(), true)));
                     }
                     None => done = true,
                 }
