@@ -76,91 +76,70 @@ export SBX_HOST_TRIPLE="${SBX_HOST_TRIPLE:-x86_64-unknown-linux-gnu}"
 export SBX_BIN="$CARGO_TARGET_DIR/release/sbx"
 export SBX_AGENT_BIN="$CARGO_TARGET_DIR/$SBX_HOST_TRIPLE/release/sandbox-agent"
 
-# sbx_venv: prints the path of a venv holding tests/python/requirements.txt,
-# creating it on first use. It is keyed by the file's hash, so a changed pin
-# makes a new venv and an unchanged one costs a hash. Debian's python3 (not
-# whatever python is first on PATH), so a fresh machine gets the same one.
-sbx_venv() {
-  local requirements="$SBX_REPO_DIR/tests/python/requirements.txt"
+# sbx_cached_venv REQUIREMENTS PREFIX: prints the path of a venv holding
+# REQUIREMENTS (a pinned pip freeze), creating it on first use as
+# /var/cache/sbx/PREFIX-<hash of the file>, so a changed pin makes a new
+# venv and an unchanged one costs a hash. Marked complete only once pip
+# finished. Debian's python3 (not whatever python is first on PATH), so a
+# fresh machine gets the same one.
+sbx_cached_venv() {
+  local requirements="$1" prefix="$2"
   local key venv
   key="$(sha256sum "$requirements" | cut -c1-16)"
-  venv="/var/cache/sbx/venv-$key"
+  venv="/var/cache/sbx/$prefix-$key"
   if [[ ! -x "$venv/bin/python" || ! -e "$venv/.complete" ]]; then
     sbx_apt_install python3 python3-venv
-    sbx_log "creating the test venv: $venv"
+    sbx_log "creating a test venv: $venv"
     rm -rf "$venv"
     mkdir -p /var/cache/sbx
     /usr/bin/python3 -m venv "$venv" >&2
     "$venv/bin/pip" install -q --no-input -r "$requirements" >&2
     touch "$venv/.complete"
   fi
-  printf '%s\n' "$venv"
+  printf '%s
+' "$venv"
 }
 
-# sbx_node_modules: prints the path of a node_modules holding
-# tests/browser/package-lock.json (playwright-core, which drives Debian's
-# chromium in the browser tests), made with `npm ci` on first use. Keyed
-# by the lock file's hash and marked complete like sbx_venv's venv, outside
-# the checkout so that no node_modules lands in the work tree.
-# PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD: the tests run /usr/bin/chromium, and no
-# install step may fetch a browser build of its own.
-sbx_node_modules() {
-  local browser="$SBX_REPO_DIR/tests/browser"
+# sbx_cached_node_modules DIR PREFIX: prints the path of a node_modules
+# holding DIR's package-lock.json, made with `npm ci` on first use under
+# /var/cache/sbx/PREFIX-<hash of the lock>, outside the checkout so that no
+# node_modules lands in the work tree; marked complete like the venvs.
+# PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD: the browser tests run /usr/bin/chromium,
+# and no install step may fetch a browser build of its own.
+sbx_cached_node_modules() {
+  local source="$1" prefix="$2"
   local key dir
-  key="$(sha256sum "$browser/package-lock.json" | cut -c1-16)"
-  dir="/var/cache/sbx/node-$key"
+  key="$(sha256sum "$source/package-lock.json" | cut -c1-16)"
+  dir="/var/cache/sbx/$prefix-$key"
   if [[ ! -d "$dir/node_modules" || ! -e "$dir/.complete" ]]; then
     command -v npm >/dev/null 2>&1 || sbx_die "npm not found (scripts/setup installs it)"
-    sbx_log "installing the browser tests' node modules: $dir"
+    sbx_log "installing node modules: $dir"
     rm -rf "$dir"
     mkdir -p "$dir"
-    cp "$browser/package.json" "$browser/package-lock.json" "$dir/"
+    cp "$source/package.json" "$source/package-lock.json" "$dir/"
     (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund >&2)
     touch "$dir/.complete"
   fi
-  printf '%s\n' "$dir/node_modules"
+  printf '%s
+' "$dir/node_modules"
 }
 
-# sbx_e2b_venv: prints the path of a venv holding tests/e2b/requirements.txt
-# (the official E2B Python SDK and pytest), creating it on first use. Its own
-# venv, apart from sbx_venv's, so the E2B SDK's pins and the Python suites'
-# never have to agree. Keyed by the file's hash and marked complete like
-# sbx_venv's.
+# The Python suites' venv (tests/python: the SDK, MCP, schemathesis, …).
+sbx_venv() {
+  sbx_cached_venv "$SBX_REPO_DIR/tests/python/requirements.txt" venv
+}
+
+# playwright-core, which drives Debian's chromium in the browser tests.
+sbx_node_modules() {
+  sbx_cached_node_modules "$SBX_REPO_DIR/tests/browser" node
+}
+
+# The official E2B SDKs (tests/e2b), apart from the Python suites' venv so
+# that the E2B SDK's pins and theirs never have to agree.
 sbx_e2b_venv() {
-  local requirements="$SBX_REPO_DIR/tests/e2b/requirements.txt"
-  local key venv
-  key="$(sha256sum "$requirements" | cut -c1-16)"
-  venv="/var/cache/sbx/e2b-venv-$key"
-  if [[ ! -x "$venv/bin/python" || ! -e "$venv/.complete" ]]; then
-    sbx_apt_install python3 python3-venv
-    sbx_log "creating the E2B test venv: $venv"
-    rm -rf "$venv"
-    mkdir -p /var/cache/sbx
-    /usr/bin/python3 -m venv "$venv" >&2
-    "$venv/bin/pip" install -q --no-input -r "$requirements" >&2
-    touch "$venv/.complete"
-  fi
-  printf '%s\n' "$venv"
+  sbx_cached_venv "$SBX_REPO_DIR/tests/e2b/requirements.txt" e2b-venv
 }
 
-# sbx_e2b_node_modules: prints the path of a node_modules holding
-# tests/e2b/js/package-lock.json (the official E2B JavaScript SDK, which
-# tests/e2b/js/sdk.mjs drives), made with `npm ci` on first use. Keyed by
-# the lock file's hash and marked complete like sbx_node_modules's, outside
-# the checkout.
 sbx_e2b_node_modules() {
-  local js="$SBX_REPO_DIR/tests/e2b/js"
-  local key dir
-  key="$(sha256sum "$js/package-lock.json" | cut -c1-16)"
-  dir="/var/cache/sbx/e2b-node-$key"
-  if [[ ! -d "$dir/node_modules" || ! -e "$dir/.complete" ]]; then
-    command -v npm >/dev/null 2>&1 || sbx_die "npm not found (scripts/setup installs it)"
-    sbx_log "installing the E2B JS SDK's node modules: $dir"
-    rm -rf "$dir"
-    mkdir -p "$dir"
-    cp "$js/package.json" "$js/package-lock.json" "$dir/"
-    (cd "$dir" && npm ci --no-audit --no-fund >&2)
-    touch "$dir/.complete"
-  fi
-  printf '%s\n' "$dir/node_modules"
+  sbx_cached_node_modules "$SBX_REPO_DIR/tests/e2b/js" e2b-node
 }
