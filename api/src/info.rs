@@ -1,6 +1,7 @@
 //! `GET /v1/info`: what is serving, and on which container engine.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServerInfo {
@@ -32,11 +33,31 @@ pub struct StorageInfo {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RuntimeInfo {
-    /// `youki` or `docker`.
+    /// `youki`, `docker` or `kubernetes`.
     pub name: String,
-    /// The engine's own version.
+    /// The engine's own version (the API server's, on a cluster).
     pub version: String,
     pub isolation: IsolationInfo,
+    /// The cluster sandboxes run on, with the kubernetes runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterInfo>,
+    /// What this runtime cannot do, by feature (`pause`, `stop`,
+    /// `snapshot`, `egress_proxy`, `host_ca_bundle`), with the reason; a
+    /// call that needs one is refused with 409 and that reason. Empty:
+    /// everything works.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unsupported: BTreeMap<String, String>,
+}
+
+/// A Kubernetes cluster sbx places sandboxes on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ClusterInfo {
+    /// The API server's version (`v1.20.2`).
+    pub server_version: String,
+    /// Nodes registered with the cluster.
+    pub nodes: u64,
+    /// The namespace sbx's pods and `Sandbox` resources live in.
+    pub namespace: String,
 }
 
 /// What the runtime enforces on every sandbox, so that a client can check

@@ -47,7 +47,7 @@ pub use image::{
     BuildEvent, BuildImageQuery, Image, ImageConfig, ImageList, ImagePath, ImageSource,
     ImportImageQuery, LayerBaseline, PullEvent, PullImageRequest, MAX_IMAGE_ARCHIVE_BYTES,
 };
-pub use info::{IsolationInfo, RuntimeInfo, ServerInfo, StorageInfo};
+pub use info::{ClusterInfo, IsolationInfo, RuntimeInfo, ServerInfo, StorageInfo};
 pub use lifecycle::{
     validate_snapshot_name, CreateSnapshotRequest, Event, EventKind, EventsQuery, ForkOutcome,
     ForkRequest, ForkResult, Lifecycle, LifecycleRequest, OnTimeout, RestoreRequest,
@@ -103,3 +103,14 @@ pub const AGENT_BINARY_PATH: &str = "/.sbx/sandbox-agent";
 pub const CA_BUNDLE_PATH: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The default working directory of every command run in a sandbox.
 pub const WORKSPACE_DIR: &str = "/workspace";
+/// Where a sandbox's agent listens when the orchestrator cannot hand it a
+/// socket (the kubernetes runtime): loopback inside the sandbox's own
+/// network namespace, which only the API server's port-forward reaches.
+pub const AGENT_TCP_LISTEN: &str = "127.0.0.1:7177";
+/// The header that carries a sandbox's agent key on every request to an
+/// agent listening on TCP ([`AGENT_TCP_LISTEN`]); the agent refuses a
+/// request without it.
+pub const AGENT_KEY_HEADER: &str = "x-sbx-agent-key";
+/// The environment variable a TCP agent reads its key from (set from a
+/// Kubernetes Secret); the agent clears it before anything else runs.
+pub const AGENT_KEY_ENV: &str = "SBX_AGENT_KEY";

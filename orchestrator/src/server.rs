@@ -11,8 +11,9 @@ use crate::egress::{EgressProxy, Resolver};
 use crate::http::{self, AppState};
 use crate::metrics::{CountedEgress, Metrics};
 use crate::runtime::docker::DockerRuntime;
+use crate::runtime::kubernetes::{KubeOptions, KubernetesRuntime};
 use crate::runtime::youki::YoukiRuntime;
-use crate::runtime::{Disks, Runtime, RuntimeError};
+use crate::runtime::{Disks, Feature, Runtime, RuntimeError};
 use crate::sandbox::{Manager, ManagerConfig, SandboxError};
 use crate::store::{Store, StoreError};
 use crate::tokens::Tokens;
@@ -59,6 +60,8 @@ pub enum RuntimeKind {
     Youki,
     /// A Docker Engine at DOCKER_HOST or /var/run/docker.sock.
     Docker,
+    /// Pods on a Kubernetes cluster (see `--kubeconfig`, `--namespace`).
+    Kubernetes,
 }
 
 impl RuntimeKind {
@@ -113,6 +116,21 @@ pub struct ServeConfig {
     /// Previews are also served as `{port}-{id}.DOMAIN` (wildcard DNS to
     /// this server); their URLs name that host.
     pub preview_domain: Option<String>,
+    /// The cluster, for `RuntimeKind::Kubernetes`.
+    pub kube: KubeConfig,
+}
+
+/// Where the kubernetes runtime finds its cluster (see
+/// `runtime::kubernetes::KubeOptions`).
+#[derive(Debug, Clone, Default)]
+pub struct KubeConfig {
+    pub kubeconfig: Option<PathBuf>,
+    pub namespace: String,
+    pub runtime_class: Option<String>,
+    pub node_containerd: Option<PathBuf>,
+    /// Shared by replicas that serve the same sandboxes; defaults to this
+    /// data dir's instance id.
+    pub instance: Option<String>,
 }
 
 /// The CA bundle at `path`, resolved, once it is known to hold a PEM
@@ -200,6 +218,35 @@ fn load_or_create_instance_id(path: &Path) -> std::io::Result<String> {
     Ok(id)
 }
 
+/// The manager's settings, with what `runtime` cannot do taken out: a
+/// default timeout that would stop or pause deletes instead (said in the
+/// log), and a host CA bundle it cannot mount is an error.
+fn fit_to_runtime(
+    mut config: ManagerConfig,
+    runtime: &dyn Runtime,
+) -> Result<ManagerConfig, ServeError> {
+    let needs = match config.default_lifecycle.on_timeout {
+        sbx_api::OnTimeout::Delete => None,
+        sbx_api::OnTimeout::Stop => Some(Feature::Stop),
+        sbx_api::OnTimeout::Pause => Some(Feature::Pause),
+    };
+    if let Some(reason) = needs.and_then(|feature| runtime.refuses(feature)) {
+        tracing::warn!(
+            runtime = runtime.name(),
+            %reason,
+            "a sandbox's timeout deletes it by default on this runtime"
+        );
+        config.default_lifecycle.on_timeout = sbx_api::OnTimeout::Delete;
+    }
+    if let (Some(_), Some(reason)) = (&config.ca_bundle, runtime.refuses(Feature::HostCaBundle)) {
+        return Err(ServeError::Config(format!(
+            "--trust-host-ca does not work with the {} runtime: {reason}",
+            runtime.name()
+        )));
+    }
+    Ok(config)
+}
+
 pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(ServeError::NotRoot);
@@ -238,14 +285,35 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     if let Err(reason) = disks.usable() {
         tracing::warn!(%reason, "disk_mb cannot be enforced");
     }
+    let instance = || {
+        load_or_create_instance_id(&data_dir.join("instance-id"))
+            .map_err(io_error("cannot read or create the instance id"))
+    };
     let runtime: Arc<dyn Runtime> = match config.runtime.resolve() {
         RuntimeKind::Docker => {
-            let instance = load_or_create_instance_id(&data_dir.join("instance-id"))
-                .map_err(io_error("cannot read or create the instance id"))?;
-            Arc::new(DockerRuntime::connect(instance, Arc::clone(&disks)).await?)
+            Arc::new(DockerRuntime::connect(instance()?, Arc::clone(&disks)).await?)
+        }
+        RuntimeKind::Kubernetes => {
+            let kube = config.kube.clone();
+            Arc::new(
+                KubernetesRuntime::connect(KubeOptions {
+                    kubeconfig: kube.kubeconfig,
+                    namespace: kube.namespace,
+                    runtime_class: kube.runtime_class,
+                    node_containerd: kube.node_containerd,
+                    agent_binary: agent_binary.clone(),
+                    instance: match kube.instance {
+                        Some(instance) => instance,
+                        None => instance()?,
+                    },
+                    scratch: data_dir.join("kube-imports"),
+                })
+                .await?,
+            )
         }
         _ => Arc::new(YoukiRuntime::new(data_dir.join("youki"), Arc::clone(&disks)).await?),
     };
+    let manager_config = fit_to_runtime(manager_config, runtime.as_ref())?;
     let resolver = Resolver::with_overrides(config.egress_resolve);
     if resolver.has_overrides() {
         tracing::warn!("egress resolver overrides in effect (--egress-resolve): for tests only");

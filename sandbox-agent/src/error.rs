@@ -69,6 +69,9 @@ pub enum AgentError {
     /// SIGTERM arrived: the agent refuses new processes while it stops.
     #[error("the agent is shutting down")]
     ShuttingDown,
+    /// A request to a TCP agent without its key.
+    #[error("this agent serves only its orchestrator")]
+    Unauthorized,
     /// fork/exec failed for a reason that is not the program's fault
     /// (no pids or fds left, out of memory…).
     #[error("cannot start {program}: {source}")]
@@ -198,6 +201,7 @@ impl AgentError {
             AgentError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             AgentError::RouteNotFound { .. } => ErrorCode::NotFound,
             AgentError::ShuttingDown => ErrorCode::Unavailable,
+            AgentError::Unauthorized => ErrorCode::Unauthorized,
             AgentError::WatchLimit { .. }
             | AgentError::PortUnreachable { .. }
             | AgentError::PortNotListening { .. } => ErrorCode::Unavailable,

@@ -60,6 +60,7 @@ pub mod watch;
 pub use error::AgentError;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +82,40 @@ pub enum Listen {
     /// Receive it through the handoff socket at this path (in a sandbox:
     /// `sbx_api::HANDOFF_SOCKET_PATH`).
     Handoff(PathBuf),
+    /// Bind this TCP address (in a sandbox on a cluster:
+    /// `sbx_api::AGENT_TCP_LISTEN`, loopback in its own network namespace)
+    /// and serve only requests that carry `key` (see [`server::require_key`]).
+    Tcp { addr: SocketAddr, key: AgentKey },
+}
+
+/// The secret a TCP agent checks on every request: the orchestrator's
+/// proof that it is the one calling. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AgentKey(String);
+
+impl AgentKey {
+    /// A key; `None` when it is too short to be one (an unset variable).
+    pub fn new(key: String) -> Option<Self> {
+        (key.len() >= 32).then_some(Self(key))
+    }
+
+    /// Whether `offered` is this key, in time that does not depend on
+    /// where the two first differ.
+    pub fn matches(&self, offered: &[u8]) -> bool {
+        let key = self.0.as_bytes();
+        offered.len() == key.len()
+            && key
+                .iter()
+                .zip(offered)
+                .fold(0u8, |differ, (a, b)| differ | (a ^ b))
+                == 0
+    }
+}
+
+impl std::fmt::Debug for AgentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgentKey(..)")
+    }
 }
 
 /// What the agent needs to know, settled at start-up.
@@ -110,6 +145,31 @@ pub struct Agent {
     pub layers: Arc<layer::Layers>,
 }
 
+/// Copies the running executable to `target` (mode 0555), through a
+/// temporary name, so a half-written agent is never found there.
+pub fn install_self(target: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let source = std::env::current_exe()?;
+    if let Some(dir) = target.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let temporary = target.with_extension("partial");
+    std::fs::copy(&source, &temporary)?;
+    std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o555))?;
+    std::fs::rename(&temporary, target)
+}
+
+/// What a sandbox's agent does before any of the sandbox's code runs.
+fn prepare_sandbox(workdir: &Path) {
+    if let Err(err) = hosts::ensure_localhost(Path::new("/etc/hosts")) {
+        tracing::warn!(%err, "cannot make localhost resolve");
+    }
+    // An image's WorkingDir need not exist in it, as with Docker.
+    if let Err(err) = std::fs::create_dir_all(workdir) {
+        tracing::warn!(%err, workdir = %workdir.display(), "cannot make the working dir");
+    }
+}
+
 /// Runs the agent until SIGTERM/SIGINT. Returns `Ok` after a clean shutdown.
 pub fn run(config: Config) -> Result<(), AgentError> {
     // Code in the sandbox runs as root with our uid. Without CAP_SYS_PTRACE
@@ -129,19 +189,16 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         }
     }
     let listener = match &config.listen {
-        Listen::Path(path) => server::listen_ready(path)?,
+        Listen::Path(path) => server::Bound::Unix(server::listen_ready(path)?),
         Listen::Handoff(path) => {
-            // In a sandbox, and before any of its code runs.
-            if let Err(err) = hosts::ensure_localhost(Path::new("/etc/hosts")) {
-                tracing::warn!(%err, "cannot make localhost resolve");
-            }
-            // An image's WorkingDir need not exist in it, as with Docker.
-            if let Err(err) = std::fs::create_dir_all(&config.workdir) {
-                tracing::warn!(%err, workdir = %config.workdir.display(), "cannot make the working dir");
-            }
+            prepare_sandbox(&config.workdir);
             let received = handoff::receive(path)?;
             process::set_tenant_cgroups(received.tenant_cgroups);
-            received.listener
+            server::Bound::Unix(received.listener)
+        }
+        Listen::Tcp { addr, .. } => {
+            prepare_sandbox(&config.workdir);
+            server::Bound::Tcp(server::listen_tcp(*addr)?)
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -13,11 +13,15 @@
 //! process in the sandbox, give them up to [`STOP_GRACE`] to go, SIGKILL
 //! what is left, let in-flight replies go out for a moment, remove the
 //! socket (when the agent bound it), exit 0.
+//!
+//! On a cluster the agent listens on TCP, on loopback inside the sandbox's
+//! network namespace, and serves only requests carrying its key
+//! ([`require_key`]).
 
 use crate::error::AgentError;
 use crate::events::ndjson_response;
 use crate::process::signal_group;
-use crate::{exec, processes, stream, Agent, Listen};
+use crate::{exec, processes, stream, Agent, AgentKey, Listen};
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::header::ACCEPT;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -31,10 +35,11 @@ use sbx_api::{ExecRequest, NDJSON};
 use serde::de::DeserializeOwned;
 use std::future::IntoFuture;
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::UnixListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{signal, Signal as SignalStream, SignalKind};
 use tokio::time::Instant;
 
@@ -142,45 +147,109 @@ where
     }
 }
 
+/// A listener the agent serves on.
+#[derive(Debug)]
+pub enum Bound {
+    Unix(std::os::unix::net::UnixListener),
+    Tcp(std::net::TcpListener),
+}
+
+/// Binds `addr` for [`crate::Listen::Tcp`].
+pub fn listen_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, AgentError> {
+    std::net::TcpListener::bind(addr).map_err(|source| AgentError::Listen {
+        path: PathBuf::from(addr.to_string()),
+        source,
+    })
+}
+
+/// Refuses (401) a request that does not carry the agent's key in
+/// `sbx_api::AGENT_KEY_HEADER`, and removes the header from one that does:
+/// a request proxied on to a server in the sandbox must not take it along.
+pub async fn require_key(
+    State(key): State<AgentKey>,
+    mut request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let offered = request.headers_mut().remove(sbx_api::AGENT_KEY_HEADER);
+    match offered {
+        Some(value) if key.matches(value.as_bytes()) => next.run(request).await,
+        _ => AgentError::Unauthorized.into_response(),
+    }
+}
+
 /// Serves on `listener` until SIGTERM/SIGINT, then shuts down as the module
 /// docs say.
-pub async fn serve(
-    agent: Arc<Agent>,
-    listener: std::os::unix::net::UnixListener,
-) -> Result<(), AgentError> {
+pub async fn serve(agent: Arc<Agent>, listener: Bound) -> Result<(), AgentError> {
     // Handlers first: as PID 1 an unhandled SIGTERM is simply ignored, and
     // the orchestrator may send it as soon as the socket appears.
-    let mut sigterm = install(SignalKind::terminate(), "SIGTERM")?;
-    let mut sigint = install(SignalKind::interrupt(), "SIGINT")?;
+    let signals = Signals {
+        sigterm: install(SignalKind::terminate(), "SIGTERM")?,
+        sigint: install(SignalKind::interrupt(), "SIGINT")?,
+    };
     let socket = match &agent.config.listen {
         Listen::Path(path) => Some(path.clone()),
-        Listen::Handoff(_) => None,
+        Listen::Handoff(_) | Listen::Tcp { .. } => None,
     };
     let listen_error = |source| AgentError::Listen {
         path: socket.clone().unwrap_or_default(),
         source,
     };
-    listener.set_nonblocking(true).map_err(listen_error)?;
-    let listener = UnixListener::from_std(listener).map_err(listen_error)?;
-    tracing::info!(socket = ?socket, pid = std::process::id(), "agent ready");
+    let routes = router(Arc::clone(&agent));
+    match (listener, &agent.config.listen) {
+        (Bound::Tcp(listener), Listen::Tcp { key, .. }) => {
+            listener.set_nonblocking(true).map_err(listen_error)?;
+            let listener = TcpListener::from_std(listener).map_err(listen_error)?;
+            let routes = routes.layer(axum::middleware::from_fn_with_state(
+                key.clone(),
+                require_key,
+            ));
+            tracing::info!(addr = ?listener.local_addr().ok(), pid = std::process::id(), "agent ready");
+            serve_until_signalled(&agent, listener, routes, signals).await
+        }
+        (Bound::Tcp(_), _) => Err(listen_error(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a TCP listener needs a key",
+        ))),
+        (Bound::Unix(listener), _) => {
+            listener.set_nonblocking(true).map_err(listen_error)?;
+            let listener = UnixListener::from_std(listener).map_err(listen_error)?;
+            tracing::info!(socket = ?socket, pid = std::process::id(), "agent ready");
+            let result = serve_until_signalled(&agent, listener, routes, signals).await;
+            remove_socket(socket.as_deref());
+            result
+        }
+    }
+}
 
+struct Signals {
+    sigterm: SignalStream,
+    sigint: SignalStream,
+}
+
+async fn serve_until_signalled<L>(
+    agent: &Arc<Agent>,
+    listener: L,
+    routes: Router,
+    mut signals: Signals,
+) -> Result<(), AgentError>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router(Arc::clone(&agent)))
+    let server = axum::serve(listener, routes)
         .with_graceful_shutdown(async {
             let _ = stop_rx.await;
         })
         .into_future();
     tokio::pin!(server);
     tokio::select! {
-        result = &mut server => {
-            remove_socket(socket.as_deref());
-            return result.map_err(AgentError::Serve);
-        }
-        _ = sigterm.recv() => tracing::info!("SIGTERM received, shutting down"),
-        _ = sigint.recv() => tracing::info!("SIGINT received, shutting down"),
+        result = &mut server => return result.map_err(AgentError::Serve),
+        _ = signals.sigterm.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = signals.sigint.recv() => tracing::info!("SIGINT received, shutting down"),
     }
 
-    stop_children(&agent).await;
+    stop_children(agent).await;
     let _ = stop_tx.send(());
     if tokio::time::timeout(DRAIN_GRACE, &mut server)
         .await
@@ -188,7 +257,6 @@ pub async fn serve(
     {
         tracing::warn!("connections still open at exit");
     }
-    remove_socket(socket.as_deref());
     tracing::info!("agent stopped");
     Ok(())
 }

@@ -1530,6 +1530,77 @@ async fn run(sizes: Sizes, out: &Path) -> Result<()> {
     // 9. Live: terminal, port proxy, watch.
     live(&mut report, sizes).await?;
 
+    // 10. The same calls on the test cluster.
+    kubernetes(&mut report, sizes).await?;
+
+    write_report(&report, sizes, out)
+}
+
+/// The kubernetes section: sbx on the single-node test cluster
+/// (`scripts/kube-up`), beside the youki figures measured the same way in
+/// this run. A create makes a `Sandbox` record, a Secret and a pod and
+/// waits for the agent through the API server's port-forward; every call
+/// to the agent is a new port-forward (a WebSocket to the API server).
+async fn kubernetes(report: &mut Report, sizes: Sizes) -> Result<()> {
+    let mut cycle_rows = Vec::new();
+    let mut exec_rows = Vec::new();
+    for engine in [Engine::Youki, Engine::Kubernetes] {
+        let server = Server::start(engine).await?;
+        let client = server.client();
+        // The first sandbox pays for the image's import into the node.
+        let warm = client
+            .create_sandbox(&CreateSandboxRequest::default())
+            .await?;
+        let mut creates = Vec::with_capacity(sizes.cycles);
+        let mut cycles = Vec::with_capacity(sizes.cycles);
+        for _ in 0..sizes.cycles {
+            let (created, whole) = cycle(&client).await?;
+            creates.push(created);
+            cycles.push(whole);
+        }
+        let name = format!("sbx / {}", engine.name());
+        cycle_rows.push(latency_row(&format!("{name}: create"), creates, None).0);
+        cycle_rows.push(latency_row(&format!("{name}: create + exec + delete"), cycles, None).0);
+        let samples = exec_round_trips(&client, &warm.id, sizes.execs).await?;
+        exec_rows.push(latency_row(&name, samples, None).0);
+        client.delete_sandbox(&warm.id).await?;
+    }
+    let pooled = Server::start_with(Engine::Kubernetes, &["--warm-pool", "2"]).await?;
+    let (warm_creates, warm_cycles) = warm_cycles(&pooled, 2, sizes.cycles).await?;
+    drop(pooled);
+    cycle_rows.push(
+        latency_row(
+            "sbx / kubernetes, warm pool of 2: create",
+            warm_creates,
+            None,
+        )
+        .0,
+    );
+    cycle_rows.push(
+        latency_row(
+            "sbx / kubernetes, warm pool of 2: create + exec + delete",
+            warm_cycles,
+            None,
+        )
+        .0,
+    );
+    report.table(
+        "Kubernetes (single-node test cluster, Kubernetes 1.20 from Debian's source): \
+         cold and pooled creates, one after another (ms)",
+        &["", "n", "p50", "p95", "p99", "—"],
+        cycle_rows,
+    );
+    report.table(
+        "Kubernetes: exec `true` round trip over HTTP (ms)",
+        &["", "n", "p50", "p95", "p99", "—"],
+        exec_rows,
+    );
+    Ok(())
+}
+
+async fn run_kubernetes_only(sizes: Sizes, out: &Path) -> Result<()> {
+    let mut report = Report::default();
+    kubernetes(&mut report, sizes).await?;
     write_report(&report, sizes, out)
 }
 
@@ -2007,7 +2078,10 @@ fn main() -> Result<()> {
         Some(Some("import")) => runtime.block_on(run_import_only(sizes, &out)),
         Some(Some("build")) => runtime.block_on(run_build_only(sizes, &out)),
         Some(Some("live")) => runtime.block_on(run_live_only(sizes, &out)),
-        Some(section) => bail!("--only takes a section: import, build or live (got {section:?})"),
+        Some(Some("kubernetes")) => runtime.block_on(run_kubernetes_only(sizes, &out)),
+        Some(section) => {
+            bail!("--only takes a section: import, build, live or kubernetes (got {section:?})")
+        }
     };
     remove_leftover_bench_containers();
     remove_leftover_bench_engine_images();

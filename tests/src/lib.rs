@@ -131,6 +131,10 @@ where
 pub enum Engine {
     Youki,
     Docker,
+    /// Pods on the test cluster `scripts/kube-up` starts (its kubeconfig in
+    /// `SBX_TEST_KUBECONFIG`, its node's containerd in
+    /// `SBX_TEST_KUBE_CONTAINERD`).
+    Kubernetes,
 }
 
 impl Engine {
@@ -138,17 +142,65 @@ impl Engine {
         match self {
             Engine::Youki => "youki",
             Engine::Docker => "docker",
+            Engine::Kubernetes => "kubernetes",
         }
     }
 
     /// What the cgroup paths of a sandbox's processes contain: the sbx id
-    /// under youki, the container id under Docker (None once it is gone).
+    /// under youki, the container id under Docker (None once it is gone)
+    /// and on the cluster, the pod's uid.
     pub fn cgroup_marker(self, sandbox_id: &str) -> Option<String> {
         match self {
             Engine::Youki => Some(format!(":/sbx/{sandbox_id}")),
             Engine::Docker => docker_container_id(sandbox_id),
+            Engine::Kubernetes => {
+                let uid = kubectl(&[
+                    "get",
+                    "pod",
+                    &format!("sbx-{sandbox_id}"),
+                    "-o",
+                    "jsonpath={.metadata.uid}",
+                ])?;
+                // Requests below limits: the Burstable QoS class.
+                (!uid.is_empty()).then(|| format!("/kubepods/burstable/pod{uid}"))
+            }
         }
     }
+
+    /// The `sbx serve` flags that point it at this engine.
+    fn serve_args(self) -> Vec<std::ffi::OsString> {
+        match self {
+            Engine::Kubernetes => vec![
+                "--kubeconfig".into(),
+                required_env_path("SBX_TEST_KUBECONFIG").into(),
+                "--kube-node-containerd".into(),
+                required_env_path("SBX_TEST_KUBE_CONTAINERD").into(),
+            ],
+            Engine::Youki | Engine::Docker => Vec::new(),
+        }
+    }
+
+    /// Whether this engine's sandboxes run without a user namespace and on
+    /// a node rather than under this server (the cluster).
+    pub fn is_cluster(self) -> bool {
+        self == Engine::Kubernetes
+    }
+}
+
+/// Runs the test cluster's `kubectl` (`SBX_TEST_KUBECTL`) on its
+/// kubeconfig and returns its stdout, when it succeeds.
+pub fn kubectl(args: &[&str]) -> Option<String> {
+    let output = Command::new(required_env_path("SBX_TEST_KUBECTL"))
+        .arg("--kubeconfig")
+        .arg(required_env_path("SBX_TEST_KUBECONFIG"))
+        .args(["-n", "sbx"])
+        .args(args)
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 /// Host pids of the processes whose cgroup path contains `marker` (see
@@ -186,11 +238,18 @@ pub fn docker_container_id(sandbox_id: &str) -> Option<String> {
 
 /// Defines one `#[tokio::test]` per engine for each named test function
 /// (`async fn name(engine: Engine) -> anyhow::Result<()>`), in modules
-/// `youki` and `docker`: the same suite runs on both runtimes, and a runtime
-/// that cannot start fails its tests instead of skipping them.
+/// `youki`, `docker` and `kubernetes`: the same suite runs on every
+/// runtime, and a runtime that cannot start fails its tests instead of
+/// skipping them.
+///
+/// Tests named after `hosts_only:` run on youki and Docker only: they
+/// check what a sandbox leaves on the server's own host (its run dir,
+/// disk, cgroups, sockets) or a feature the kubernetes runtime refuses
+/// (stop, snapshots, egress through the proxy). Each file says why for
+/// its own; `tests/kubernetes.rs` asserts the refusals.
 #[macro_export]
 macro_rules! on_every_runtime {
-    ($($name:ident),* $(,)?) => {
+    ($($name:ident),* $(,)? $(; hosts_only: $($host:ident),* $(,)?)?) => {
         mod youki {
             $(
                 #[tokio::test]
@@ -198,12 +257,32 @@ macro_rules! on_every_runtime {
                     super::$name($crate::Engine::Youki).await
                 }
             )*
+            $($(
+                #[tokio::test]
+                async fn $host() -> anyhow::Result<()> {
+                    super::$host($crate::Engine::Youki).await
+                }
+            )*)?
         }
         mod docker {
             $(
                 #[tokio::test]
                 async fn $name() -> anyhow::Result<()> {
                     super::$name($crate::Engine::Docker).await
+                }
+            )*
+            $($(
+                #[tokio::test]
+                async fn $host() -> anyhow::Result<()> {
+                    super::$host($crate::Engine::Docker).await
+                }
+            )*)?
+        }
+        mod kubernetes {
+            $(
+                #[tokio::test]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name($crate::Engine::Kubernetes).await
                 }
             )*
         }
@@ -260,6 +339,24 @@ pub fn traces_on_the_host(engine: Engine, data_dir: &Path) -> Result<BTreeSet<St
                         .map(|entry| entry.file_name().to_string_lossy().into_owned()),
                 );
             }
+        }
+        Engine::Kubernetes => {
+            let instance = std::fs::read_to_string(data_dir.join("instance-id"))?;
+            let listed = kubectl(&[
+                "get",
+                "sandboxes,pods,secrets",
+                "-l",
+                &format!("sbx.dev/instance={}", instance.trim()),
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.labels.sbx\\.dev/sandbox}{\"\\n\"}{end}",
+            ])
+            .context("kubectl cannot list the cluster's sandboxes")?;
+            ids.extend(
+                listed
+                    .lines()
+                    .filter(|line| !line.is_empty())
+                    .map(str::to_owned),
+            );
         }
         Engine::Docker => {
             let instance = std::fs::read_to_string(data_dir.join("instance-id"))?;
@@ -383,6 +480,7 @@ impl Server {
             .arg(required_env_path("SBX_TEST_IMAGES_DIR"))
             .arg("--agent-bin")
             .arg(required_env_path("SBX_AGENT_BIN"))
+            .args(engine.serve_args())
             .args(overcommit(args))
             .args(args)
             .env("SBX_LOG", "info")

@@ -760,16 +760,21 @@ async fn a_symlinked_ca_path_steers_no_host_write(engine: Engine) -> Result<()> 
 }
 
 sbx_tests::on_every_runtime!(
-    a_hostile_filesystem_steers_no_lifecycle_copy,
-    a_symlinked_ca_path_steers_no_host_write,
-    the_run_dir_is_not_storage,
-    replaced_sockets_steer_nothing,
     privileged_operations_are_refused,
-    sandboxes_cannot_reach_each_other_or_the_host,
-    resource_bombs_stay_inside,
+    // hosts_only: these attack what a sandbox shares with the server's own
+    // host (its run dir and sockets, loop disks, tenant cgroups, the user
+    // namespace, the egress proxy). On the cluster none of it exists; the
+    // pod's own boundary is tested in tests/kubernetes.rs.
+    ; hosts_only:
+    a_hostile_filesystem_steers_no_lifecycle_copy,
+    a_disk_fill_stops_at_disk_mb,
+    a_symlinked_ca_path_steers_no_host_write,
+    replaced_sockets_steer_nothing,
     bombs_leave_the_agent_in_control,
     root_inside_is_an_unprivileged_uid_outside,
-    a_disk_fill_stops_at_disk_mb,
+    sandboxes_cannot_reach_each_other_or_the_host,
+    the_run_dir_is_not_storage,
+    resource_bombs_stay_inside,
 );
 
 /// `disk_mb` on a server that cannot enforce it: the info says so with a

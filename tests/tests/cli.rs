@@ -825,8 +825,11 @@ sbx_tests::on_every_runtime!(
     create_exec_ls_rm,
     background_processes_from_the_cli,
     cp_round_trips_a_100_mib_file_and_a_tree,
-    lifecycle_from_the_cli,
     without_a_token_the_cli_is_refused,
     images_from_the_cli,
     build_from_the_cli,
+    // hosts_only: stop, pause and snapshots, which the kubernetes runtime
+    // refuses (tests/kubernetes.rs).
+    ; hosts_only:
+    lifecycle_from_the_cli,
 );

@@ -510,5 +510,7 @@ async fn lifecycle_calls_whose_client_hangs_up_finish(engine: Engine) -> Result<
 
 sbx_tests::on_every_runtime!(
     clients_that_hang_up_strand_nothing_and_are_audited_once,
-    lifecycle_calls_whose_client_hangs_up_finish
+    // hosts_only: stop and start, refused on the cluster.
+    ; hosts_only:
+    lifecycle_calls_whose_client_hangs_up_finish,
 );

@@ -315,5 +315,7 @@ async fn a_server_that_trusts_the_host_ca_hands_it_to_every_sandbox(engine: Engi
 
 sbx_tests::on_every_runtime!(
     the_default_image_is_a_coding_agents_workbench,
+    // hosts_only: the host's CA bundle is not on the cluster's nodes.
+    ; hosts_only:
     a_server_that_trusts_the_host_ca_hands_it_to_every_sandbox,
 );

@@ -257,7 +257,7 @@ async fn images_are_idmapped_or_copied_and_say_which(engine: Engine) -> Result<(
                 Some("shifted_copy"),
             ),
         ],
-        Engine::Docker => vec![(Server::start(engine).await?, None)],
+        Engine::Docker | Engine::Kubernetes => vec![(Server::start(engine).await?, None)],
     };
     let layers = test_layers()?;
     for (server, expected) in servers {

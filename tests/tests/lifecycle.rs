@@ -17,13 +17,16 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 sbx_tests::on_every_runtime!(
-    nothing_is_lost_across_every_operation_many_times_over,
+    a_death_is_reported_without_anyone_asking,
+    // hosts_only: stop, pause, snapshots, host disks and tenant cgroups,
+    // none of which the kubernetes runtime has (tests/kubernetes.rs).
+    ; hosts_only:
+    a_full_disk_does_not_fail_its_neighbours_writes,
+    a_sandbox_the_oom_killer_ends_says_oom,
     a_server_killed_mid_operation_leaves_a_consistent_sandbox,
     idle_means_no_call_and_no_stream_not_no_process,
     the_pool_is_never_promised_past_its_size,
-    a_full_disk_does_not_fail_its_neighbours_writes,
-    a_sandbox_the_oom_killer_ends_says_oom,
-    a_death_is_reported_without_anyone_asking,
+    nothing_is_lost_across_every_operation_many_times_over,
 );
 
 /// The error code of a call the server refused.
@@ -285,7 +288,7 @@ async fn a_server_killed_mid_operation_leaves_a_consistent_sandbox(engine: Engin
                 snapshots: names.clone(),
                 cgroups: match engine {
                     Engine::Youki => running,
-                    Engine::Docker => BTreeSet::new(),
+                    Engine::Docker | Engine::Kubernetes => BTreeSet::new(),
                 },
             },
             "{operation}: what the host holds is what the store says; the servers' log:\n{}",

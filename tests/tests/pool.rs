@@ -148,6 +148,9 @@ async fn a_restart_replaces_the_pool(engine: Engine) -> Result<()> {
 }
 
 sbx_tests::on_every_runtime!(
-    default_creates_are_served_from_the_pool,
     a_restart_replaces_the_pool,
+    // hosts_only: its claim carries an egress policy, refused on the
+    // cluster; tests/kubernetes.rs claims a pooled pod.
+    ; hosts_only:
+    default_creates_are_served_from_the_pool,
 );

@@ -86,7 +86,23 @@ async fn create_answers_201_with_the_sandbox_and_applies_limits_and_env(
         .await?;
     assert_eq!(env.stdout, "hello\n");
     // The limits as the sandbox itself sees them (cgroup v1 files): its
-    // commands run in the tenant cgroup, which has exactly these.
+    // commands run in the tenant cgroup, which has exactly these. On the
+    // cluster the kubelet owns the cgroups: the pod's container has the
+    // sandbox's limits plus the agent's headroom, and pids are capped per
+    // node (the kubelet's podPidsLimit), not per sandbox.
+    if engine.is_cluster() {
+        let limits = client
+            .exec(
+                &id,
+                &ExecRequest::shell(
+                    "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+                ),
+            )
+            .await?;
+        let expected = format!("{}\n50000\n", (256u64 << 20) + (32 << 20));
+        assert_eq!(limits.stdout, expected, "{}", limits.stderr);
+        return Ok(());
+    }
     let limits = client
         .exec(
             &id,
@@ -162,13 +178,17 @@ async fn files_persist_between_execs_and_sandboxes_are_isolated(engine: Engine) 
                 &ExecRequest::shell("tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"),
             )
             .await?;
-        assert_eq!(interfaces.stdout, "lo\n", "only lo, no other network");
-        let routes = client
-            .exec(
-                id,
-                &ExecRequest::shell("tail -n +2 /proc/net/route | wc -l"),
-            )
-            .await?;
+        // A pod always has its interface on the cluster network, with a
+        // route to its subnet and none beyond (no default route).
+        let (only, routes) = match engine.is_cluster() {
+            true => (
+                "lo\neth0\n",
+                "awk 'NR > 1 && $2 == \"00000000\"' /proc/net/route | wc -l",
+            ),
+            false => ("lo\n", "tail -n +2 /proc/net/route | wc -l"),
+        };
+        assert_eq!(interfaces.stdout, only, "no other network");
+        let routes = client.exec(id, &ExecRequest::shell(routes)).await?;
         assert_eq!(routes.stdout.trim(), "0", "no route out");
         // lo is up: something can listen and be reached on loopback.
         let loopback = client
@@ -202,7 +222,10 @@ async fn delete_leaves_nothing_behind(engine: Engine) -> Result<()> {
         "the agent and the background sleep run in the sandbox"
     );
     let disks = || sbx_tests::attached_disks(server.data_dir());
-    assert!(disks()?.contains(&id), "the sandbox's disk is attached");
+    // On the cluster the disk is the pod's ephemeral storage, not a loop
+    // device of the server's.
+    let has_disk = !engine.is_cluster();
+    assert_eq!(disks()?.contains(&id), has_disk, "the sandbox's disk");
     if engine == Engine::Youki {
         // Docker keeps its overlays under its own layer ids.
         let agent = sbx_tests::agent_pid(engine, &id).context("the agent runs")?;
@@ -220,10 +243,13 @@ async fn delete_leaves_nothing_behind(engine: Engine) -> Result<()> {
     client.delete_sandbox(&id).await?;
 
     assert!(!dir.exists(), "sandbox dir removed");
-    assert!(
-        processes_in_cgroup(&marker).is_empty(),
-        "no container process left"
-    );
+    // The kubelet kills a deleted pod's containers after the API has let
+    // go of it (in under a second).
+    let exited = sbx_tests::eventually(Duration::from_secs(20), || async {
+        processes_in_cgroup(&marker).is_empty()
+    })
+    .await;
+    assert!(exited, "no container process left");
     match engine {
         Engine::Youki => assert!(
             !Path::new(&format!("/sys/fs/cgroup/memory/sbx/{id}")).exists(),
@@ -233,6 +259,15 @@ async fn delete_leaves_nothing_behind(engine: Engine) -> Result<()> {
             sbx_tests::docker_container_id(&id).is_none(),
             "container removed"
         ),
+        Engine::Kubernetes => {
+            for kind in ["sandbox", "pod", "secret"] {
+                assert_eq!(
+                    sbx_tests::kubectl(&["get", kind, &format!("sbx-{id}"), "--ignore-not-found"]),
+                    Some(String::new()),
+                    "the sandbox's {kind} is gone"
+                );
+            }
+        }
     }
     let mounts = std::fs::read_to_string("/proc/mounts")?;
     assert!(!mounts.contains(&id), "no mount left");
@@ -296,10 +331,19 @@ async fn containers_the_store_does_not_know_are_removed_at_start(engine: Engine)
 
     let second = Server::start_on(engine, data_dir.path()).await?;
     assert!(second.client().list_sandboxes().await?.is_empty());
-    assert!(
-        processes_in_cgroup(&marker).is_empty(),
-        "orphan still running"
-    );
+    // A pod's containers end just after its deletion.
+    let ended = sbx_tests::eventually(Duration::from_secs(20), || async {
+        processes_in_cgroup(&marker).is_empty()
+    })
+    .await;
+    assert!(ended, "orphan still running");
+    if engine.is_cluster() {
+        assert_eq!(
+            sbx_tests::kubectl(&["get", "sandbox", &format!("sbx-{id}"), "--ignore-not-found"]),
+            Some(String::new()),
+            "the orphan's record is gone"
+        );
+    }
     assert!(!data_dir.path().join("sandboxes").join(&id).exists());
     if engine == Engine::Docker {
         assert!(

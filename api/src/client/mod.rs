@@ -26,7 +26,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
 
 /// Everything that can go wrong between a call and its decoded answer.
 #[derive(Debug, thiserror::Error)]
@@ -62,10 +65,29 @@ impl ClientError {
     }
 }
 
+/// A byte stream to an agent, both ways.
+pub trait AgentStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> AgentStream for T {}
+
+/// A connection being dialed.
+pub type Dialing<'a> =
+    Pin<Box<dyn Future<Output = std::io::Result<Box<dyn AgentStream>>> + Send + 'a>>;
+
+/// Opens connections to an agent that is not on a local socket: a pod's
+/// agent, through the cluster API server's port-forward.
+pub trait AgentDialer: Send + Sync + std::fmt::Debug {
+    /// A new connection to the agent.
+    fn dial(&self) -> Dialing<'_>;
+
+    /// What the connection reaches, for errors.
+    fn describe(&self) -> String;
+}
+
 #[derive(Debug, Clone)]
 enum Endpoint {
     Tcp { authority: String },
     Unix(PathBuf),
+    Dialed(Arc<dyn AgentDialer>),
 }
 
 impl std::fmt::Display for Endpoint {
@@ -73,16 +95,27 @@ impl std::fmt::Display for Endpoint {
         match self {
             Endpoint::Tcp { authority } => write!(f, "http://{authority}"),
             Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+            Endpoint::Dialed(dialer) => f.write_str(&dialer.describe()),
         }
     }
 }
 
 /// A client of `sbx serve` (see [`Client::new`]) or of one sandbox agent
-/// (see [`Client::unix`]).
-#[derive(Debug, Clone)]
+/// (see [`Client::unix`], [`Client::dialed`]).
+#[derive(Clone)]
 pub struct Client {
     endpoint: Endpoint,
     token: Option<String>,
+    /// Sent as [`crate::AGENT_KEY_HEADER`] to an agent that needs it.
+    agent_key: Option<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -99,6 +132,7 @@ impl Client {
                 authority: authority.to_owned(),
             },
             token,
+            agent_key: None,
         })
     }
 
@@ -107,6 +141,17 @@ impl Client {
         Self {
             endpoint: Endpoint::Unix(path.into()),
             token: None,
+            agent_key: None,
+        }
+    }
+
+    /// A client of an agent `dialer` reaches, which serves only requests
+    /// that carry `key`.
+    pub fn dialed(dialer: Arc<dyn AgentDialer>, key: String) -> Self {
+        Self {
+            endpoint: Endpoint::Dialed(dialer),
+            token: None,
+            agent_key: Some(key),
         }
     }
 
@@ -144,7 +189,7 @@ impl Client {
     {
         let host = match &self.endpoint {
             Endpoint::Tcp { authority } => authority.as_str(),
-            Endpoint::Unix(_) => "sandbox-agent",
+            Endpoint::Unix(_) | Endpoint::Dialed(_) => "sandbox-agent",
         };
         let headers = request.headers_mut();
         let invalid = |what: &str| ClientError::Unexpected {
@@ -160,6 +205,12 @@ impl Client {
                 header::AUTHORIZATION,
                 header::HeaderValue::from_str(&format!("Bearer {token}"))
                     .map_err(|_| invalid("authorization"))?,
+            );
+        }
+        if let Some(key) = &self.agent_key {
+            headers.insert(
+                crate::AGENT_KEY_HEADER,
+                header::HeaderValue::from_str(key).map_err(|_| invalid("agent key"))?,
             );
         }
         let http_error = |source| ClientError::Http {
@@ -182,6 +233,10 @@ impl Client {
                 let stream = tokio::net::UnixStream::connect(path)
                     .await
                     .map_err(connect_error)?;
+                handshake(TokioIo::new(stream)).await.map_err(http_error)?
+            }
+            Endpoint::Dialed(dialer) => {
+                let stream = dialer.dial().await.map_err(connect_error)?;
                 handshake(TokioIo::new(stream)).await.map_err(http_error)?
             }
         };

@@ -14,7 +14,7 @@ mod live;
 mod policy;
 mod terminal;
 
-use crate::server::{self, RuntimeKind, ServeConfig, ServeError};
+use crate::server::{self, KubeConfig, RuntimeKind, ServeConfig, ServeError};
 use clap::{Args, Parser, Subcommand};
 use sbx_api::client::{Client, ClientError};
 use sbx_api::{
@@ -222,6 +222,24 @@ struct ServeArgs {
     /// Container engine for the sandboxes
     #[arg(long, env = "SBX_RUNTIME", value_enum, default_value_t = RuntimeKind::Auto)]
     runtime: RuntimeKind,
+    /// The cluster's kubeconfig (--runtime kubernetes); default: KUBECONFIG,
+    /// ~/.kube/config, then the pod's service account
+    #[arg(long, env = "SBX_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// The namespace sandboxes live in (--runtime kubernetes)
+    #[arg(long, env = "SBX_KUBE_NAMESPACE", default_value = "sbx")]
+    namespace: String,
+    /// A RuntimeClass for sandbox pods, such as gVisor's or Kata's
+    #[arg(long, env = "SBX_KUBE_RUNTIME_CLASS")]
+    kube_runtime_class: Option<String>,
+    /// The containerd socket of the cluster's one node when it is this
+    /// machine: sbx imports its images there itself (no registry needed)
+    #[arg(long, env = "SBX_KUBE_NODE_CONTAINERD")]
+    kube_node_containerd: Option<PathBuf>,
+    /// The name replicas serving the same sandboxes share; default: this
+    /// data dir's instance id
+    #[arg(long, env = "SBX_KUBE_INSTANCE")]
+    kube_instance: Option<String>,
     #[arg(long, env = "SBX_LISTEN", default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
     #[arg(long, env = "SBX_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
@@ -475,6 +493,13 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 disk_overcommit: args.disk_overcommit,
                 trust_host_ca: args.trust_host_ca,
                 preview_domain: args.preview_domain,
+                kube: KubeConfig {
+                    kubeconfig: args.kubeconfig,
+                    namespace: args.namespace,
+                    runtime_class: args.kube_runtime_class,
+                    node_containerd: args.kube_node_containerd,
+                    instance: args.kube_instance,
+                },
             })
             .await?;
             Ok(ExitCode::SUCCESS)

@@ -6,14 +6,15 @@ use super::detached::detached;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath};
 use super::AppState;
+use crate::runtime::Feature;
 use crate::sandbox::EndReason;
 use crate::tokens::Principal;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use sbx_api::{
-    CreateSandboxRequest, CreatedSandbox, IsolationInfo, RuntimeInfo, Sandbox, SandboxList,
-    SandboxPath, ServerInfo, StorageInfo, UpdateSandboxRequest,
+    ClusterInfo, CreateSandboxRequest, CreatedSandbox, IsolationInfo, RuntimeInfo, Sandbox,
+    SandboxList, SandboxPath, ServerInfo, StorageInfo, UpdateSandboxRequest,
 };
 use std::sync::Arc;
 
@@ -65,6 +66,18 @@ pub async fn info(State(state): State<AppState>) -> Result<Json<ServerInfo>, Api
                 image_mapping: image_mapping.map(|(how, _)| how.to_owned()),
                 notes: notes.into_iter().flatten().collect(),
             },
+            cluster: runtime.cluster().await.map(|cluster| ClusterInfo {
+                server_version: cluster.server_version,
+                nodes: cluster.nodes,
+                namespace: cluster.namespace,
+            }),
+            unsupported: Feature::ALL
+                .into_iter()
+                .filter_map(|feature| {
+                    let reason = runtime.refuses(feature)?;
+                    Some((feature.name().to_owned(), reason.to_owned()))
+                })
+                .collect(),
         },
     }))
 }

@@ -94,7 +94,7 @@ fn container_name(id: &str) -> String {
 /// `sbx/<name>:<hash>` from an image build directory named `<name>-<hash>`
 /// (what `scripts/build-image` makes); other layouts are named after the
 /// directory as a whole.
-fn image_tag(image_rootfs: &Path) -> Result<String, RuntimeError> {
+pub(crate) fn image_tag(image_rootfs: &Path) -> Result<String, RuntimeError> {
     let resolved = resolve_image(image_rootfs)?;
     let build = resolved
         .parent()
@@ -105,7 +105,7 @@ fn image_tag(image_rootfs: &Path) -> Result<String, RuntimeError> {
 }
 
 /// The engine's tag of the image build named `build`.
-fn build_tag(build: &str) -> String {
+pub(crate) fn build_tag(build: &str) -> String {
     let build = build.to_lowercase();
     let clean = |text: &str| -> String {
         text.chars()

@@ -12,8 +12,14 @@
 //!   and a few mounts.
 //! - [`docker::DockerRuntime`]: a Docker Engine through bollard, for
 //!   machines where Docker is what there is.
+//! - [`kubernetes::KubernetesRuntime`]: pods on a cluster through its API
+//!   server. The engine is not on this host, so the agent is reached over
+//!   a dialed, authenticated channel ([`AgentLink::Dialed`]) instead of a
+//!   handed-over socket, and some of the lifecycle is refused
+//!   ([`Runtime::refuses`]).
 
 pub mod docker;
+pub mod kubernetes;
 pub mod youki;
 
 mod disk;
@@ -201,6 +207,62 @@ pub const IMAGES_IDMAPPED: &str = "idmapped_mount";
 /// Each image build is copied once with its owners shifted.
 pub const IMAGES_SHIFTED_COPY: &str = "shifted_copy";
 
+/// How the orchestrator reaches a sandbox's agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentLink {
+    /// The orchestrator binds the agent's Unix socket on this host and
+    /// hands the listener over (`sandbox::handoff`).
+    Handoff,
+    /// The runtime dials the agent ([`Runtime::agent_client`]), which
+    /// listens inside the sandbox and checks a per-sandbox key.
+    Dialed,
+}
+
+/// What a runtime may be unable to do; [`Runtime::refuses`] says why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Feature {
+    /// Freezing a sandbox with its memory kept.
+    Pause,
+    /// Stopping a sandbox with its disk kept, and starting it again.
+    Stop,
+    /// Snapshots of a sandbox's disk: templates, forks, restores.
+    Snapshot,
+    /// Egress through sbx's proxy, by the sandbox's policy.
+    EgressProxy,
+    /// The host's CA bundle in place of the image's (`--trust-host-ca`).
+    HostCaBundle,
+}
+
+impl Feature {
+    pub const ALL: [Feature; 5] = [
+        Feature::Pause,
+        Feature::Stop,
+        Feature::Snapshot,
+        Feature::EgressProxy,
+        Feature::HostCaBundle,
+    ];
+
+    /// The name `GET /v1/info` lists it under.
+    pub fn name(self) -> &'static str {
+        match self {
+            Feature::Pause => "pause",
+            Feature::Stop => "stop",
+            Feature::Snapshot => "snapshot",
+            Feature::EgressProxy => "egress_proxy",
+            Feature::HostCaBundle => "host_ca_bundle",
+        }
+    }
+}
+
+/// The cluster a runtime places sandboxes on, for `GET /v1/info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// The API server's version (`v1.20.2`).
+    pub server_version: String,
+    pub nodes: u64,
+    pub namespace: String,
+}
+
 /// What a runtime needs to start one sandbox.
 #[derive(Debug, Clone)]
 pub struct ContainerSpec {
@@ -297,4 +359,28 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// Ids of every sandbox container this runtime holds, running or not:
     /// recovery removes the ones the store does not know.
     async fn list(&self) -> Result<Vec<String>, RuntimeError>;
+
+    /// How the orchestrator reaches an agent of this runtime's.
+    fn agent_link(&self) -> AgentLink {
+        AgentLink::Handoff
+    }
+
+    /// A client of the agent of sandbox `id`, for a runtime whose link is
+    /// [`AgentLink::Dialed`].
+    async fn agent_client(&self, id: &str) -> Result<sbx_api::client::Client, RuntimeError> {
+        Err(RuntimeError::Engine {
+            context: format!("sandbox {id}"),
+            message: format!("the {} runtime hands its agents a socket", self.name()),
+        })
+    }
+
+    /// Why this runtime cannot do `feature`; `None` when it can.
+    fn refuses(&self, _feature: Feature) -> Option<&'static str> {
+        None
+    }
+
+    /// The cluster this runtime runs on, when it is one.
+    async fn cluster(&self) -> Option<Cluster> {
+        None
+    }
 }

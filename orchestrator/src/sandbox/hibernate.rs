@@ -19,6 +19,7 @@
 use super::events::Detail;
 use super::{detached, Manager, SandboxError};
 use crate::lifecycle::Transition;
+use crate::runtime::Feature;
 use chrono::Utc;
 use sbx_api::{EventKind, Sandbox, SandboxState};
 use std::collections::HashMap;
@@ -115,6 +116,7 @@ impl Manager {
     }
 
     pub(crate) async fn stop_locked(&self, id: &str, reason: String) -> Result<(), SandboxError> {
+        self.supported(Feature::Stop)?;
         let state = self.record(id).await?.sandbox.state;
         if state == SandboxState::Stopped {
             return Ok(());
@@ -153,6 +155,7 @@ impl Manager {
     }
 
     pub(crate) async fn start_locked(&self, id: &str) -> Result<(), SandboxError> {
+        self.supported(Feature::Stop)?;
         let record = self.record(id).await?;
         match record.sandbox.state {
             SandboxState::Running => return Ok(()),
@@ -210,6 +213,7 @@ impl Manager {
     }
 
     pub(crate) async fn pause_locked(&self, id: &str, reason: String) -> Result<(), SandboxError> {
+        self.supported(Feature::Pause)?;
         let state = self.record(id).await?.sandbox.state;
         if state == SandboxState::Paused {
             return Ok(());

@@ -63,7 +63,9 @@ pub use storage::Storage;
 use crate::egress::{EgressError, EgressProxy};
 use crate::lifecycle::Transition;
 use crate::metrics::{Census, CreateSource, Metrics};
-use crate::runtime::{ContainerSpec, Disks, Limits, Runtime, RuntimeError, SandboxDir};
+use crate::runtime::{
+    AgentLink, ContainerSpec, Disks, Feature, Limits, Runtime, RuntimeError, SandboxDir,
+};
 use crate::store::{SandboxRecord, Store, StoreError};
 use chrono::{DateTime, Utc};
 use events::Detail;
@@ -651,10 +653,18 @@ impl Manager {
             Some(network) => network.normalized().map_err(SandboxError::InvalidRequest)?,
             None => NetworkPolicy::default(),
         };
+        if !network.egress.is_empty() {
+            self.supported(Feature::EgressProxy)?;
+        }
         let lifecycle = request
             .lifecycle
             .unwrap_or_default()
             .over(&self.config.default_lifecycle);
+        match lifecycle.on_timeout {
+            OnTimeout::Delete => {}
+            OnTimeout::Stop => self.supported(Feature::Stop)?,
+            OnTimeout::Pause => self.supported(Feature::Pause)?,
+        }
         let record = SandboxRecord {
             sandbox: Sandbox {
                 id: new_id(),
@@ -867,17 +877,6 @@ impl Manager {
         // Root's, and read-only to the sandbox (see `SandboxDir::run_dir`).
         std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o755))
             .map_err(io_error("cannot set the mode of"))?;
-        let owner = self.runtime.isolation().host_root_uid;
-        let agent = handoff::PendingAgent::bind(&dir, owner.unwrap_or(0))
-            .map_err(io_error("cannot bind the agent's sockets in"))?;
-        // Listening before the agent starts: its relay works from the
-        // first request.
-        self.egress
-            .attach(id, &dir.egress_socket(), &record.sandbox.network, owner)
-            .map_err(|source| SandboxError::Egress {
-                id: id.clone(),
-                source,
-            })?;
         let spec = ContainerSpec {
             id: id.clone(),
             agent_env: self.agent_env(&record.env, &image_rootfs),
@@ -894,8 +893,60 @@ impl Manager {
             keep_disk,
         };
         let started = Instant::now();
+        let ready = match self.runtime.agent_link() {
+            AgentLink::Handoff => self.start_handed_over(record, &spec).await?,
+            AgentLink::Dialed => {
+                self.runtime
+                    .start(&spec)
+                    .await
+                    .map_err(SandboxError::runtime(id))?;
+                self.agent_answers(id, Instant::now() + self.config.ready_timeout)
+                    .await
+            }
+        };
+        if ready {
+            tracing::debug!(%id, ready_us = started.elapsed().as_micros() as u64, "sandbox started");
+            Ok(())
+        } else {
+            Err(SandboxError::AgentUnavailable {
+                id: id.clone(),
+                reason: format!(
+                    "not ready after {:?}; agent log: {}",
+                    self.config.ready_timeout,
+                    log_tail(&dir.agent_log())
+                ),
+            })
+        }
+    }
+
+    /// Starts a sandbox whose agent takes its listener from the
+    /// orchestrator (see [`handoff`]); true once the agent answers.
+    async fn start_handed_over(
+        &self,
+        record: &SandboxRecord,
+        spec: &ContainerSpec,
+    ) -> Result<bool, SandboxError> {
+        let id = &record.sandbox.id;
+        let dir = &spec.dir;
+        let run_dir = dir.run_dir();
+        let io_error = |context: &str| {
+            let context = format!("{context} {}", run_dir.display());
+            move |source| SandboxError::Io { context, source }
+        };
+        let owner = self.runtime.isolation().host_root_uid;
+        let agent = handoff::PendingAgent::bind(dir, owner.unwrap_or(0))
+            .map_err(io_error("cannot bind the agent's sockets in"))?;
+        // Listening before the agent starts: its relay works from the
+        // first request.
+        self.egress
+            .attach(id, &dir.egress_socket(), &record.sandbox.network, owner)
+            .map_err(|source| SandboxError::Egress {
+                id: id.clone(),
+                source,
+            })?;
+        let started = Instant::now();
         self.runtime
-            .start(&spec)
+            .start(spec)
             .await
             .map_err(SandboxError::runtime(id))?;
         let tenant = self
@@ -908,24 +959,35 @@ impl Manager {
             .hand_over(self.config.ready_timeout, &tenant)
             .await
             .map_err(io_error("cannot hand the agent its listener in"))?;
-        if ready {
-            tracing::debug!(
-                %id,
-                container_us = container_started.as_micros() as u64,
-                agent_ready_us = (started.elapsed() - container_started).as_micros() as u64,
-                "sandbox started"
-            );
-            Ok(())
-        } else {
-            Err(SandboxError::AgentUnavailable {
-                id: id.clone(),
-                reason: format!(
-                    "not ready after {:?}; agent log: {}",
-                    self.config.ready_timeout,
-                    log_tail(&dir.agent_log())
-                ),
-            })
+        tracing::debug!(
+            %id,
+            container_us = container_started.as_micros() as u64,
+            agent_ready_us = (started.elapsed() - container_started).as_micros() as u64,
+            "agent handed its listener"
+        );
+        Ok(ready)
+    }
+
+    /// Whether a dialed agent answers `GET /health` before `deadline`,
+    /// asking again while it is not listening yet.
+    async fn agent_answers(&self, id: &str, deadline: Instant) -> bool {
+        let Ok(client) = self.agent_client(id).await else {
+            return false;
+        };
+        while Instant::now() < deadline {
+            let answer = client
+                .send(http::Method::GET, "/health", None, bytes::Bytes::new())
+                .await;
+            match answer {
+                Ok(response) if response.status().is_success() => return true,
+                Ok(response) => {
+                    tracing::debug!(%id, status = %response.status(), "agent not ready")
+                }
+                Err(err) => tracing::debug!(%id, error = %err, "agent not ready"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        false
     }
 
     /// Deletes a sandbox: stops the container and removes every trace,
@@ -1082,7 +1144,7 @@ impl Manager {
     /// whose lifecycle has `auto_resume` is woken first (see [`hibernate`]).
     pub async fn agent(self: &Arc<Self>, id: &str) -> Result<Client, SandboxError> {
         if self.serving.contains(id) {
-            return Ok(Client::unix(self.dir(id).agent_socket()));
+            return self.agent_client(id).await;
         }
         let record = self.record(id).await?;
         match record.sandbox.state {
@@ -1103,7 +1165,31 @@ impl Manager {
                 })
             }
         }
-        Ok(Client::unix(self.dir(id).agent_socket()))
+        self.agent_client(id).await
+    }
+
+    /// A client of sandbox `id`'s agent, however its runtime reaches it.
+    async fn agent_client(&self, id: &str) -> Result<Client, SandboxError> {
+        match self.runtime.agent_link() {
+            AgentLink::Handoff => Ok(Client::unix(self.dir(id).agent_socket())),
+            AgentLink::Dialed => self
+                .runtime
+                .agent_client(id)
+                .await
+                .map_err(SandboxError::runtime(id)),
+        }
+    }
+
+    /// Refuses what this server's runtime cannot do, saying why.
+    pub(crate) fn supported(&self, feature: Feature) -> Result<(), SandboxError> {
+        match self.runtime.refuses(feature) {
+            None => Ok(()),
+            Some(reason) => Err(SandboxError::Conflict(format!(
+                "the {} runtime cannot {}: {reason}",
+                self.runtime.name(),
+                feature.name().replace('_', " ")
+            ))),
+        }
     }
 
     /// Why a sandbox can no longer serve calls, if it cannot: deleted (404)
@@ -1252,7 +1338,11 @@ impl Manager {
                         tracing::warn!(%id, error = %err, "cannot thaw an adopted sandbox");
                     }
                 }
-                if alive && self.dir(&id).agent_socket().exists() {
+                let reachable = match self.runtime.agent_link() {
+                    AgentLink::Handoff => self.dir(&id).agent_socket().exists(),
+                    AgentLink::Dialed => true,
+                };
+                if alive && reachable {
                     // A sandbox without its proxy still runs; its relay
                     // answers 503 until it is deleted.
                     let socket = self.dir(&id).egress_socket();

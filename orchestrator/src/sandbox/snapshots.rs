@@ -27,6 +27,7 @@
 use super::events::Detail;
 use super::storage::{allocated, snapshot_image, snapshot_volume};
 use super::{new_id, Manager, SandboxError};
+use crate::runtime::Feature;
 use crate::store::{SandboxRecord, SnapshotRecord};
 use chrono::Utc;
 use sbx_api::{EventKind, Sandbox, SandboxState, Snapshot};
@@ -407,6 +408,7 @@ impl Manager {
     /// The sandbox's `disk_mb`, when its disk can be copied: it has a disk
     /// of its own and is in a state with a consistent one.
     fn copyable(&self, record: &SandboxRecord) -> Result<u64, SandboxError> {
+        self.supported(Feature::Snapshot)?;
         let id = &record.sandbox.id;
         let Some(disk_mb) = record.sandbox.disk_mb else {
             let why = self

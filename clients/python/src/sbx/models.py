@@ -49,6 +49,7 @@ __all__ = [
     "TokenInfo",
     "CreatedToken",
     "AuditRecord",
+    "ClusterInfo",
     "IsolationInfo",
     "RuntimeInfo",
     "ServerInfo",
@@ -789,11 +790,34 @@ class IsolationInfo:
 
 
 @dataclass(frozen=True)
+class ClusterInfo:
+    """The Kubernetes cluster sandboxes run on (the kubernetes runtime)."""
+
+    server_version: str
+    nodes: int
+    namespace: str
+
+    @classmethod
+    def from_json(cls, data: Any) -> ClusterInfo:
+        f = _Fields(data, "cluster")
+        return cls(
+            server_version=f.text("server_version"),
+            nodes=f.integer("nodes"),
+            namespace=f.text("namespace"),
+        )
+
+
+@dataclass(frozen=True)
 class RuntimeInfo:
-    #: ``youki`` or ``docker``.
+    #: ``youki``, ``docker`` or ``kubernetes``.
     name: str
     version: str
     isolation: IsolationInfo
+    #: The cluster, with the kubernetes runtime.
+    cluster: Optional[ClusterInfo] = None
+    #: What this runtime refuses (``pause``, ``stop``, ``snapshot``,
+    #: ``egress_proxy``, ``host_ca_bundle``), with the reason.
+    unsupported: Dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: Any) -> RuntimeInfo:
@@ -802,6 +826,8 @@ class RuntimeInfo:
             name=f.text("name"),
             version=f.text("version"),
             isolation=f.obj("isolation", IsolationInfo.from_json),
+            cluster=f.opt_obj("cluster", ClusterInfo.from_json),
+            unsupported=f.str_map("unsupported"),
         )
 
 
