@@ -244,13 +244,29 @@ async fn a_watch_reports_changes_deep_inside(engine: Engine) -> Result<()> {
         recursive: true,
     };
     let mut events = sandbox.watch(&query).await?;
+    // The new tree first: the agent watches each new directory as it
+    // reports it, so a file made once `c` is reported is seen. (A file made
+    // and moved away before its directory is watched leaves no trace to
+    // report, which under load made this test flaky.)
+    sh(&sandbox, "mkdir -p /workspace/watched/a/b/c").await?;
+    let mut seen = Vec::new();
+    let tree = async {
+        while !seen.iter().any(|event: &sbx_api::WatchEvent| {
+            event.kind == WatchEventKind::Create && event.path == "/workspace/watched/a/b/c"
+        }) {
+            seen.push(events.next().await?.context("the watch ended")?);
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(WAIT, tree)
+        .await
+        .with_context(|| format!("events: {seen:?}"))??;
     sh(
         &sandbox,
-        "mkdir -p /workspace/watched/a/b/c && echo x > /workspace/watched/a/b/c/deep \
+        "echo x > /workspace/watched/a/b/c/deep \
          && mv /workspace/watched/a/b/c/deep /workspace/watched/moved",
     )
     .await?;
-    let mut seen = Vec::new();
     let wanted = |seen: &Vec<sbx_api::WatchEvent>| {
         seen.iter().any(|event| {
             event.kind == WatchEventKind::Create && event.path == "/workspace/watched/a/b/c/deep"
